@@ -1,0 +1,24 @@
+"""Every Redis key and channel name the control plane uses, built in one place (§3).
+
+Channels are global to a Redis server (not per database), so the optional prefix isolates
+test runs and co-tenant deployments for keys and channels alike.
+"""
+
+from __future__ import annotations
+
+
+class RedisKeys:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def agent_pod(self, agent_id: str) -> str:
+        """agent -> name of the gateway replica holding its socket; expires after 3 heartbeats."""
+        return f"{self.prefix}agent:{agent_id}:pod"
+
+    def agent_connected(self, agent_id: str) -> str:
+        """agent -> unix time its current socket registered."""
+        return f"{self.prefix}agent:{agent_id}:connected"
+
+    def pod_commands(self, pod: str) -> str:
+        """Channel a gateway replica subscribes to for commands bound for its sockets."""
+        return f"{self.prefix}pod:{pod}:commands"

@@ -1,0 +1,90 @@
+"""The routing cache in Redis: which gateway replica holds each agent's socket (§2 step 3, §3).
+
+Redis may lose all of this at any time; gateways rebuild it from their live sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .keys import RedisKeys
+
+# Delete the mapping only if it still names this pod, so an old replica never erases the new one's.
+_REMOVE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+"""
+
+# Extend the mapping if it is ours or gone (expired, or Redis restarted); never take it from another pod.
+_REFRESH_IF_OWNER_OR_MISSING = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+    if current == false then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) end
+    return 1
+end
+return 0
+"""
+
+
+def create_redis(url: str) -> Redis:
+    """A client that fails fast: every loop that uses it owns its own retry and backoff."""
+    return Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=5,
+        decode_responses=False,
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RoutingTable:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._remove = redis.register_script(_REMOVE_IF_OWNER)
+        self._refresh = redis.register_script(_REFRESH_IF_OWNER_OR_MISSING)
+
+    async def register(self, agent_id: str, pod: str, ttl: int) -> None:
+        """A new socket always wins the mapping."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.agent_pod(agent_id), pod, ex=ttl)
+            pipe.set(self.keys.agent_connected(agent_id), str(time.time()), ex=ttl)
+            await pipe.execute()
+
+    async def refresh(self, agent_ids: Iterable[str], pod: str, ttl: int) -> None:
+        now = str(time.time())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for agent_id in agent_ids:
+                keys = [self.keys.agent_pod(agent_id), self.keys.agent_connected(agent_id)]
+                await self._refresh(keys=keys, args=[pod, ttl, now], client=pipe)
+            await pipe.execute()
+
+    async def remove_if_owner(self, agent_id: str, pod: str) -> bool:
+        keys = [self.keys.agent_pod(agent_id), self.keys.agent_connected(agent_id)]
+        return bool(await self._remove(keys=keys, args=[pod]))
+
+    async def lookup(self, agent_ids: list[str]) -> dict[str, str]:
+        if not agent_ids:
+            return {}
+        pods = await self.redis.mget([self.keys.agent_pod(agent_id) for agent_id in agent_ids])
+        return {agent_id: _text(pod) for agent_id, pod in zip(agent_ids, pods, strict=True) if pod}
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """PUBLISH each (pod, message); return how many subscribers got each one."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pod, message in messages:
+                pipe.publish(self.keys.pod_commands(pod), message)
+            return list(await pipe.execute())

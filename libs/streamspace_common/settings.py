@@ -1,0 +1,52 @@
+"""Process settings, read once from the environment and validated with msgspec (§6)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/streamspace"
+    redis_url: str = "redis://127.0.0.1:6379/1"
+    redis_key_prefix: str = ""
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    pod_name: str = msgspec.field(default_factory=socket.gethostname)
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 means "the service's own default port"
+    heartbeat_interval: float = 10.0
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "info"
+    # dispatcher
+    sweep_interval: float = 5.0
+    ack_timeout: float = 10.0
+    claim_batch_size: int = 500
+    # agent
+    agent_id: str = ""
+    agent_token: str = ""
+    gateway_urls: str = "http://127.0.0.1:8000,http://127.0.0.1:8001"
+    agent_platform: Literal["local", "docker", "kubernetes"] = "local"
+    # gateway
+    max_request_bytes: int = 64 * 1024
+
+
+class SettingsError(SystemExit):
+    """Raised for a bad environment value; uncaught, it exits the process with the message."""
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from upper-case environment variables; a bad value names its variable."""
+    environ = dict(os.environ if environ is None else environ)
+    names = set(Settings.__struct_fields__)
+    raw = {key.lower(): value for key, value in environ.items() if key.lower() in names and value != ""}
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"bad environment: {exc}") from exc
+
+
+def port_or(settings: Settings, default: int) -> int:
+    return settings.port or default

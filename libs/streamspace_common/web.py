@@ -1,0 +1,42 @@
+"""The /healthz, /readyz and /metrics endpoints every process serves (§6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+
+
+def add_health_routes(app: web.Application, is_ready: Callable[[], bool]) -> None:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = is_ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = prometheus_client.generate_latest()
+        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+@contextlib.asynccontextmanager
+async def background(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run loops as tasks for the life of the block; cancel and await them on the way out."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

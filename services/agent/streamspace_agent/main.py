@@ -1,0 +1,55 @@
+"""streamspace-agent: the gateway link plus a small /healthz, /readyz, /metrics server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from streamspace_common.log import configure_logging
+from streamspace_common.settings import Settings, load_settings, port_or
+from streamspace_common.web import add_health_routes, background
+
+from .client import AgentClient
+from .drivers import create_driver
+from .executor import Executor
+
+DEFAULT_PORT = 8091
+log = structlog.get_logger("agent")
+
+
+def create_app(settings: Settings) -> web.Application:
+    driver = create_driver(settings.agent_platform, settings.agent_id)
+    executor = Executor(driver)
+    client = AgentClient(
+        settings.agent_id, settings.agent_token, settings.gateway_urls, executor, settings.heartbeat_interval
+    )
+    app = web.Application()
+    add_health_routes(app, lambda: client.connected)
+
+    async def link(_: web.Application) -> AsyncIterator[None]:
+        async with background(client.run()):
+            yield
+        await executor.cancel_all()
+
+    app.cleanup_ctx.append(link)
+    return app
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, service="agent", agent_id=settings.agent_id)
+    missing = [name for name in ("agent_id", "agent_token") if not getattr(settings, name)]
+    if missing:
+        log.error("missing_settings", missing=[name.upper() for name in missing])
+        sys.exit(2)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        log.error("bad_settings", error=str(exc))
+        sys.exit(2)
+    port = port_or(settings, DEFAULT_PORT)
+    log.info("starting", platform=settings.agent_platform, gateways=settings.gateway_urls, port=port)
+    web.run_app(app, host=settings.host, port=port, print=None)

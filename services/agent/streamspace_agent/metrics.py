@@ -1,0 +1,10 @@
+"""Prometheus metrics of the agent."""
+
+from prometheus_client import Counter, Gauge
+
+CONNECTED = Gauge("streamspace_agent_connected", "1 while a gateway socket is registered")
+CONNECTS = Counter("streamspace_agent_connects_total", "Successful registrations with a gateway")
+COMMANDS = Counter("streamspace_agent_commands_total", "Commands executed", ["action", "status"])
+REDELIVERIES = Counter(
+    "streamspace_agent_redeliveries_total", "Commands received again; answered from the earlier result"
+)

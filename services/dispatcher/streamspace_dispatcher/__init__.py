@@ -1,0 +1,1 @@
+"""StreamSpace dispatcher: claims pending commands and routes each to the replica holding its agent."""

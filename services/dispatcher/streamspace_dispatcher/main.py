@@ -1,0 +1,60 @@
+"""streamspace-dispatcher: the claim/route loops, plus /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from streamspace_common.db import create_pool
+from streamspace_common.keys import RedisKeys
+from streamspace_common.log import configure_logging
+from streamspace_common.routing import RoutingTable, create_redis
+from streamspace_common.settings import Settings, load_settings, port_or
+from streamspace_common.web import add_health_routes, background
+
+from .dispatcher import Dispatcher
+
+DEFAULT_PORT = 8090
+DISPATCHER_KEY = web.AppKey("dispatcher", Dispatcher)
+log = structlog.get_logger("dispatcher")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+
+    def is_ready() -> bool:
+        dispatcher = app.get(DISPATCHER_KEY)
+        return dispatcher is not None and dispatcher.listening
+
+    add_health_routes(app, is_ready)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url)
+        redis = create_redis(settings.redis_url)
+        dispatcher = Dispatcher(
+            settings.database_url,
+            pool,
+            RoutingTable(redis, RedisKeys(settings.redis_key_prefix)),
+            name=settings.pod_name,
+            sweep_interval=settings.sweep_interval,
+            ack_timeout=settings.ack_timeout,
+            batch_size=settings.claim_batch_size,
+        )
+        app[DISPATCHER_KEY] = dispatcher
+        async with background(dispatcher.run_listener(), dispatcher.run_claimer()):
+            yield
+        await redis.aclose()
+        await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    return app
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, service="dispatcher", pod=settings.pod_name)
+    port = port_or(settings, DEFAULT_PORT)
+    log.info("starting", host=settings.host, port=port)
+    web.run_app(create_app(settings), host=settings.host, port=port, print=None)

@@ -1,0 +1,13 @@
+"""Prometheus metrics of the dispatcher."""
+
+from prometheus_client import Counter, Histogram
+
+COMMANDS_CLAIMED = Counter("streamspace_dispatcher_commands_claimed_total", "Commands claimed and marked sent")
+COMMANDS_UNROUTABLE = Counter(
+    "streamspace_dispatcher_commands_unroutable_total",
+    "Published commands that reached no gateway (stale mapping); put back to pending",
+)
+CLAIM_BATCH = Histogram(
+    "streamspace_dispatcher_claim_batch_size", "Commands per claim", buckets=(1, 2, 5, 10, 50, 100, 500, 1000)
+)
+WAKEUPS = Counter("streamspace_dispatcher_wakeups_total", "Claim rounds", ["reason"])

@@ -1,0 +1,1 @@
+"""StreamSpace gateway: REST API, agent WebSocket endpoint and the AgentHub of this replica."""

@@ -1,0 +1,124 @@
+"""The agent WebSocket endpoint: token auth, hello handshake, then acks and results (§3).
+
+Every frame is one msgspec-typed JSON object. A frame that is not valid JSON, has an unknown
+type or wrong fields closes the socket with 4400 and a reason, and changes nothing stored.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import msgspec
+import structlog
+from aiohttp import WSMessage, WSMsgType, web
+
+from streamspace_common import closecodes
+from streamspace_common.schemas import Ack, AgentFrame, Hello, Result, Welcome
+from streamspace_common.tokens import hash_token
+
+from . import metrics
+from .errors import ApiError
+from .hub import HUB_KEY, AgentConnection
+from .store import Store
+
+log = structlog.get_logger("gateway.socket")
+HELLO_TIMEOUT = 10.0
+MAX_FRAME_BYTES = 1024 * 1024
+_decoder = msgspec.json.Decoder(AgentFrame)
+_encoder = msgspec.json.Encoder()
+
+
+class FrameRejected(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def decode_frame(message: WSMessage) -> AgentFrame:
+    if message.type != WSMsgType.TEXT:
+        raise FrameRejected(closecodes.BAD_FRAME, "only text frames holding one JSON object are accepted")
+    try:
+        frame: AgentFrame = _decoder.decode(message.data)
+        return frame
+    except msgspec.ValidationError as exc:
+        raise FrameRejected(closecodes.BAD_FRAME, f"invalid frame: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise FrameRejected(closecodes.BAD_FRAME, f"frame is not valid JSON: {exc}") from exc
+
+
+async def authenticate(request: web.Request, store: Store) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <agent token>", "Authorization")
+    agent_id = await store.agent_for_token(hash_token(token.strip()))
+    if agent_id is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked agent token", "Authorization")
+    return agent_id
+
+
+async def agent_connect(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    if hub.closing:
+        raise ApiError(503, "shutting_down", "this gateway replica is shutting down")
+    token_agent_id = await authenticate(request, hub.store)
+    ws = web.WebSocketResponse(heartbeat=hub.heartbeat_interval, max_msg_size=MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    bound = log.bind(agent_id=token_agent_id, pod=hub.pod)
+    try:
+        hello = await receive_hello(ws, token_agent_id)
+    except FrameRejected as exc:
+        return await reject(ws, exc, bound)
+    conn = AgentConnection(hello=hello, ws=ws)
+    await hub.register(conn)
+    bound.info("agent_connected", platform=hello.platform, version=hello.version, instance_id=hello.instance_id)
+    try:
+        await ws.send_str(_encoder.encode(Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval)).decode())
+        await read_frames(ws, conn, hub.store)
+    except FrameRejected as exc:
+        await reject(ws, exc, bound)
+    finally:
+        await hub.unregister(conn)
+        bound.info("agent_disconnected", close_code=ws.close_code)
+    return ws
+
+
+async def receive_hello(ws: web.WebSocketResponse, token_agent_id: str) -> Hello:
+    try:
+        message = await ws.receive(timeout=HELLO_TIMEOUT)
+    except TimeoutError as exc:
+        raise FrameRejected(closecodes.HELLO_TIMEOUT, "no hello frame in time") from exc
+    frame = decode_frame(message)
+    if not isinstance(frame, Hello):
+        raise FrameRejected(closecodes.BAD_FRAME, "the first frame must be hello")
+    if frame.agent_id != token_agent_id:
+        raise FrameRejected(closecodes.FORBIDDEN, "the token does not belong to this agent id")
+    return frame
+
+
+async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, store: Store) -> None:
+    agent_id = conn.agent_id
+    async for message in ws:
+        if message.type in (WSMsgType.ERROR, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
+        frame = decode_frame(message)
+        conn.mark_seen()
+        if isinstance(frame, Ack):
+            await store.until_done(partial(store.ack, agent_id, frame.command_id))
+        elif isinstance(frame, Result):
+            await store.until_done(partial(store.finish, agent_id, frame))
+            metrics.AGENT_RESULTS.labels(frame.status).inc()
+        elif isinstance(frame, Hello):
+            raise FrameRejected(closecodes.BAD_FRAME, "hello was already received")
+        # Heartbeat: marking the socket seen is all it does.
+
+
+async def reject(
+    ws: web.WebSocketResponse, exc: FrameRejected, bound: structlog.typing.FilteringBoundLogger
+) -> web.WebSocketResponse:
+    metrics.FRAMES_REJECTED.labels(str(exc.code)).inc()
+    bound.warning("agent_frame_rejected", close_code=exc.code, reason=exc.reason)
+    # A close reason must fit in a control frame (123 bytes).
+    await ws.close(code=exc.code, message=exc.reason.encode()[:123])
+    return ws

@@ -1,0 +1,188 @@
+"""AgentHub: the agent sockets open on this replica, and their routing entries in Redis (§3).
+
+It writes `agent:{id}:pod` when an agent registers, refreshes the mappings of live sockets every
+heartbeat interval (so a crashed replica's mappings expire by themselves), subscribes to this pod's
+command channel and forwards each delivery to the local socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import msgspec
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from streamspace_common import closecodes
+from streamspace_common.keys import RedisKeys
+from streamspace_common.resilience import Backoff, Outage
+from streamspace_common.routing import RoutingTable
+from streamspace_common.schemas import Delivery, Hello
+
+from . import metrics
+from .store import DB_ERRORS, Store
+
+log = structlog.get_logger("gateway.hub")
+STALE_AFTER_INTERVALS = 3
+
+
+@dataclass(eq=False)
+class AgentConnection:
+    hello: Hello
+    ws: web.WebSocketResponse
+    last_seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def agent_id(self) -> str:
+        return self.hello.agent_id
+
+    def mark_seen(self) -> None:
+        self.last_seen = time.monotonic()
+
+
+class AgentHub:
+    def __init__(self, pod: str, redis: Redis, keys: RedisKeys, store: Store, heartbeat_interval: float) -> None:
+        self.pod = pod
+        self.redis = redis
+        self.keys = keys
+        self.routing = RoutingTable(redis, keys)
+        self.store = store
+        self.heartbeat_interval = heartbeat_interval
+        self.mapping_ttl = max(1, round(STALE_AFTER_INTERVALS * heartbeat_interval))
+        self.connections: dict[str, AgentConnection] = {}
+        self.subscribed = False
+        self.closing = False
+        self.redis_outage = Outage("redis", log)
+        self.db_outage = Outage("postgres", log)
+        self._delivery_decoder = msgspec.json.Decoder(Delivery)
+        self._encoder = msgspec.json.Encoder()
+
+    # --- sockets ---------------------------------------------------------------------------
+
+    async def register(self, conn: AgentConnection) -> None:
+        previous = self.connections.get(conn.agent_id)
+        self.connections[conn.agent_id] = conn
+        metrics.AGENTS_CONNECTED.set(len(self.connections))
+        if previous is not None:
+            await previous.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
+        if self.subscribed:  # otherwise the subscription loop writes it once Redis is back
+            try:
+                await self.routing.register(conn.agent_id, self.pod, self.mapping_ttl)
+            except RedisError as exc:
+                self.redis_outage.failed(exc)
+        await self.store.until_done(partial(self.store.agent_online, conn.hello))
+
+    async def unregister(self, conn: AgentConnection) -> None:
+        if self.connections.get(conn.agent_id) is not conn:
+            return  # replaced by a newer socket, which owns the mapping now
+        del self.connections[conn.agent_id]
+        metrics.AGENTS_CONNECTED.set(len(self.connections))
+        with contextlib.suppress(RedisError):
+            await self.routing.remove_if_owner(conn.agent_id, self.pod)
+        with contextlib.suppress(*DB_ERRORS):
+            await self.store.agent_offline(conn.agent_id)
+
+    async def close_all(self, code: int, message: bytes) -> None:
+        for conn in list(self.connections.values()):
+            await conn.ws.close(code=code, message=message)
+
+    # --- deliveries from the pod channel ---------------------------------------------------
+
+    async def deliver(self, raw: bytes) -> None:
+        try:
+            delivery = self._delivery_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            log.error("bad_delivery", error=str(exc))
+            return
+        command_id = delivery.command.command_id
+        conn = self.connections.get(delivery.agent_id)
+        if conn is not None and not conn.ws.closed:
+            try:
+                await conn.ws.send_str(self._encoder.encode(delivery.command).decode())
+                metrics.COMMANDS_FORWARDED.inc()
+                return
+            except (ConnectionError, RuntimeError) as exc:
+                log.info("forward_failed", agent_id=delivery.agent_id, command_id=command_id, error=str(exc))
+        # The agent is not (or no longer) here: drop our stale mapping, give the command back at once.
+        log.info("agent_not_here", agent_id=delivery.agent_id, command_id=command_id)
+        with contextlib.suppress(RedisError):
+            await self.routing.remove_if_owner(delivery.agent_id, self.pod)
+        await self.store.until_done(partial(self.store.requeue_sent, command_id))
+        metrics.COMMANDS_REQUEUED.inc()
+
+    async def run_subscription(self) -> None:
+        """Hold the pod channel subscription; on every (re)connect re-write all local mappings."""
+        backoff = Backoff(cap=5.0)
+        channel = self.keys.pod_commands(self.pod)
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while (await pubsub.get_message(timeout=1.0)) is None:  # wait for the confirmation
+                    pass
+                await self.routing.refresh(list(self.connections), self.pod, self.mapping_ttl)
+                self.subscribed = True
+                self.redis_outage.recovered()
+                backoff.reset()
+                log.info("subscribed", channel=channel)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        await self.deliver(message["data"])
+            except (RedisError, OSError) as exc:
+                self.subscribed = False
+                self.redis_outage.failed(exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff.next_delay())
+
+    # --- upkeep ----------------------------------------------------------------------------
+
+    async def run_upkeep(self) -> None:
+        """Every heartbeat interval: close stale sockets, refresh mappings and last_heartbeat."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self.upkeep_once()
+
+    async def upkeep_once(self) -> None:
+        deadline = time.monotonic() - STALE_AFTER_INTERVALS * self.heartbeat_interval
+        live: list[str] = []
+        for conn in list(self.connections.values()):
+            if conn.last_seen < deadline:
+                log.info("agent_stale", agent_id=conn.agent_id)
+                await conn.ws.close(code=closecodes.STALE, message=b"no heartbeat for 3 intervals")
+            else:
+                live.append(conn.agent_id)
+        if not live:
+            return
+        if self.subscribed:
+            try:
+                await self.routing.refresh(live, self.pod, self.mapping_ttl)
+            except RedisError as exc:
+                self.redis_outage.failed(exc)
+        try:
+            await self.store.touch_heartbeats(live)
+            self.db_outage.recovered()
+        except DB_ERRORS as exc:
+            self.db_outage.failed(exc)
+
+    async def shutdown(self) -> None:
+        """Graceful stop (§3): agents reconnect elsewhere at once; our mappings and rows go."""
+        self.closing = True
+        agent_ids = list(self.connections)
+        await self.close_all(closecodes.SERVICE_RESTART, b"gateway restarting")
+        for agent_id in agent_ids:
+            with contextlib.suppress(RedisError):
+                await self.routing.remove_if_owner(agent_id, self.pod)
+        with contextlib.suppress(*DB_ERRORS):
+            await self.store.pod_agents_offline()
+
+
+HUB_KEY = web.AppKey("hub", AgentHub)

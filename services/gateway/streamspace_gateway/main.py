@@ -1,0 +1,66 @@
+"""streamspace-gateway: the app factory and its background loops."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from streamspace_common.db import create_pool
+from streamspace_common.keys import RedisKeys
+from streamspace_common.log import configure_logging
+from streamspace_common.routing import create_redis
+from streamspace_common.settings import Settings, load_settings, port_or
+from streamspace_common.web import add_health_routes, background
+
+from .agent_socket import agent_connect
+from .api import routes
+from .errors import json_errors
+from .hub import HUB_KEY, AgentHub
+from .store import STORE_KEY, Store
+
+DEFAULT_PORT = 8000
+log = structlog.get_logger("gateway")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
+    app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
+    app.router.add_routes(routes)
+
+    def is_ready() -> bool:
+        hub = app.get(HUB_KEY)
+        return hub is not None and hub.subscribed and not hub.closing
+
+    add_health_routes(app, is_ready)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url)
+        redis = create_redis(settings.redis_url)
+        store = Store(pool, settings.pod_name)
+        await store.pod_agents_offline()  # a restarted replica holds no sockets yet
+        hub = AgentHub(
+            settings.pod_name, redis, RedisKeys(settings.redis_key_prefix), store, settings.heartbeat_interval
+        )
+        app[STORE_KEY], app[HUB_KEY] = store, hub
+        async with background(hub.run_subscription(), hub.run_upkeep()):
+            yield
+        await redis.aclose()
+        await pool.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        log.info("shutting_down")
+        await app[HUB_KEY].shutdown()
+
+    app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, service="gateway", pod=settings.pod_name)
+    port = port_or(settings, DEFAULT_PORT)
+    log.info("starting", host=settings.host, port=port)
+    web.run_app(create_app(settings), host=settings.host, port=port, print=None, shutdown_timeout=10)

@@ -1,0 +1,130 @@
+"""The gateway's PostgreSQL reads and writes, by named query."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+import structlog
+from aiohttp import web
+
+from streamspace_common.db import CONNECT_ERRORS, load_queries
+from streamspace_common.resilience import Backoff, Outage
+from streamspace_common.schemas import AgentView, CommandView, CreateCommand, Hello, Result
+
+QUERIES = load_queries("streamspace_gateway")
+SHARED = load_queries("streamspace_common")
+DB_ERRORS = CONNECT_ERRORS
+T = TypeVar("T")
+log = structlog.get_logger("gateway.store")
+
+
+class UnknownAgent(Exception):
+    pass
+
+
+class DuplicateCommand(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool, pod: str) -> None:
+        self.pool = pool
+        self.pod = pod
+        self.outage = Outage("postgres", log)
+
+    async def until_done(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Retry a write that must not be lost (an agent's ack or result) through a PostgreSQL outage.
+
+        The caller is the socket's read loop, so the agent is simply not read meanwhile: backpressure.
+        """
+        backoff = Backoff(cap=5.0)
+        while True:
+            try:
+                value = await write()
+                self.outage.recovered()
+                return value
+            except DB_ERRORS as exc:
+                self.outage.failed(exc)
+                await asyncio.sleep(backoff.next_delay())
+
+    async def agent_for_token(self, token_hash: str) -> str | None:
+        value = await self.pool.fetchval(QUERIES["agent_for_token"], token_hash)
+        return None if value is None else str(value)
+
+    async def agent_online(self, hello: Hello) -> None:
+        await self.pool.execute(
+            QUERIES["agent_online"],
+            hello.agent_id,
+            self.pod,
+            hello.platform,
+            hello.version,
+            hello.capabilities,
+            hello.concurrency,
+            hello.instance_id,
+        )
+
+    async def agent_offline(self, agent_id: str) -> None:
+        await self.pool.execute(QUERIES["agent_offline"], agent_id, self.pod)
+
+    async def pod_agents_offline(self) -> None:
+        await self.pool.execute(QUERIES["pod_agents_offline"], self.pod)
+
+    async def touch_heartbeats(self, agent_ids: list[str]) -> None:
+        await self.pool.execute(QUERIES["touch_heartbeats"], agent_ids, self.pod)
+
+    async def ack(self, agent_id: str, command_id: str) -> None:
+        await self.pool.execute(QUERIES["ack_command"], command_id, agent_id, self.pod)
+
+    async def finish(self, agent_id: str, result: Result) -> None:
+        await self.pool.execute(
+            QUERIES["finish_command"],
+            result.command_id,
+            agent_id,
+            result.status,
+            result.result,
+            result.error,
+            self.pod,
+        )
+
+    async def requeue_sent(self, command_id: str) -> None:
+        await self.pool.execute(SHARED["requeue_sent"], command_id)
+
+    async def create_command(self, agent_id: str, body: CreateCommand) -> CommandView:
+        try:
+            row = await self.pool.fetchrow(
+                QUERIES["create_command"],
+                agent_id,
+                body.command_id,
+                body.action,
+                body.payload,
+                body.session_id,
+                body.max_attempts,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateCommand(body.command_id) from exc
+        if row is None:
+            raise UnknownAgent(agent_id)
+        return _view(row, CommandView)
+
+    async def get_command(self, command_id: str) -> CommandView | None:
+        row = await self.pool.fetchrow(QUERIES["get_command"], command_id)
+        return None if row is None else _view(row, CommandView)
+
+    async def list_agents(self) -> list[AgentView]:
+        return [_view(row, AgentView) for row in await self.pool.fetch(QUERIES["list_agents"])]
+
+    async def get_agent(self, agent_id: str) -> AgentView | None:
+        row = await self.pool.fetchrow(QUERIES["get_agent"], agent_id)
+        return None if row is None else _view(row, AgentView)
+
+
+STORE_KEY = web.AppKey("store", Store)
+
+
+def _view(row: asyncpg.Record, view: type[T]) -> T:
+    data: dict[str, Any] = dict(row)
+    return msgspec.convert(data, view)
