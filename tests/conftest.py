@@ -1,0 +1,94 @@
+"""Fixtures: the isolated test environment, a database pool, and real service stacks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio
+from support import RunEnv, Stack, new_test_env, rabbitmqctl
+
+from streamspace_common.admin import create_agent_token
+from streamspace_common.db import create_pool
+from streamspace_common.migrate import create_database_if_missing, migrate
+
+
+@pytest.fixture(scope="session")
+def test_env() -> Iterator[RunEnv]:
+    env = new_test_env()
+    asyncio.run(create_database_if_missing(env.database_url))
+    asyncio.run(migrate(env.database_url))
+    rabbitmqctl("add_vhost", env.vhost)
+    rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
+    yield env
+    rabbitmqctl("delete_vhost", env.vhost)
+    asyncio.run(_drop_run_data(env))
+
+
+async def _drop_run_data(env: RunEnv) -> None:
+    database = env.database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(env.database_url, database="postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    client = redis.asyncio.Redis.from_url(env.redis_url)
+    keys = [key async for key in client.scan_iter(match=f"{env.redis_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def db(test_env: RunEnv) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(test_env.database_url)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_client(test_env: RunEnv) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(test_env.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def stack(test_env: RunEnv, tmp_path: Path) -> Iterator[Stack]:
+    """Processes started by one test; killed after it, their logs printed (shown on failure)."""
+    running = Stack(test_env, tmp_path)
+    yield running
+    running.stop_all()
+    print(running.dump_logs())
+
+
+@pytest.fixture(scope="module")
+async def shared_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """Two gateways and a dispatcher shared by the tests of one module."""
+    running = Stack(test_env, tmp_path_factory.mktemp("stack"))
+    services = [running.gateway("gateway-a"), running.gateway("gateway-b"), running.dispatcher()]
+    await running.ready(*services)
+    yield running
+    running.stop_all()
+    print(running.dump_logs())
+
+
+@pytest.fixture
+def agent_id(request: pytest.FixtureRequest) -> str:
+    """A fresh agent id per test, so tests sharing a database never see each other's rows."""
+    return f"agent-{request.node.name[:40].replace('[', '-').replace(']', '')}-{id(request) % 100000}"
+
+
+@pytest.fixture
+async def agent_token(test_env: RunEnv, agent_id: str) -> str:
+    return await create_agent_token(test_env.database_url, agent_id)

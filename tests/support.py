@@ -1,0 +1,190 @@
+"""Test support: an isolated environment per test run and real service processes.
+
+Each test run gets its own PostgreSQL database (created, migrated, dropped), its own Redis key
+and channel prefix, and its own RabbitMQ vhost, so concurrent runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+T = TypeVar("T")
+
+BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BASE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
+BASE_RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+HEARTBEAT_INTERVAL = "2"  # short, so staleness and TTLs show within a test; never below 1 s on a busy CI box
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def rabbitmqctl(*args: str) -> None:
+    """The shared broker's CLI; as root the Erlang cookie is the rabbitmq user's, so run it as that user."""
+    ctl = shutil.which("rabbitmqctl", path="/usr/lib/rabbitmq/bin:" + os.environ.get("PATH", "")) or "rabbitmqctl"
+    attempts = [[ctl, *args]]
+    if os.geteuid() == 0:
+        attempts.insert(0, ["runuser", "-u", "rabbitmq", "--", ctl, *args])
+    for command in attempts:
+        if subprocess.run(command, capture_output=True, timeout=60).returncode == 0:
+            return
+    raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed")
+
+
+@dataclass
+class RunEnv:
+    """The per-run isolation: one database, one Redis prefix, one RabbitMQ vhost."""
+
+    run_id: str
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+    rabbitmq_url: str
+    vhost: str
+
+    def service_env(self) -> dict[str, str]:
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "REDIS_KEY_PREFIX": self.redis_prefix,
+            "RABBITMQ_URL": self.rabbitmq_url,
+            "HEARTBEAT_INTERVAL": HEARTBEAT_INTERVAL,
+            "SWEEP_INTERVAL": "1",
+            "LOG_FORMAT": "console",
+            "LOG_LEVEL": "info",
+            "HOST": "127.0.0.1",
+        }
+
+
+def new_test_env() -> RunEnv:
+    run_id = uuid.uuid4().hex[:10]
+    vhost = f"streamspace-test-{run_id}"
+    rabbit = urlsplit(BASE_RABBITMQ_URL)
+    return RunEnv(
+        run_id=run_id,
+        database_url=with_database(BASE_DATABASE_URL, f"streamspace_test_{run_id}"),
+        redis_url=BASE_REDIS_URL,
+        redis_prefix=f"test-{run_id}:",
+        rabbitmq_url=urlunsplit(rabbit._replace(path=f"/{vhost}")),
+        vhost=vhost,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll until probe() returns something truthy; fail with the last value after timeout."""
+    deadline = time.monotonic() + timeout
+    value = await probe()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
+        await asyncio.sleep(interval)
+        value = await probe()
+    return value
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=20)
+
+
+@dataclass
+class Stack:
+    """Starts real gateway, dispatcher and agent processes for a test and stops them afterwards."""
+
+    env: RunEnv
+    log_dir: Path
+    services: list[Service] = field(default_factory=list)
+
+    def start(self, name: str, module: str, extra_env: dict[str, str]) -> Service:
+        port = free_port()
+        log_path = self.log_dir / f"{name}.log"
+        env = {**os.environ, **self.env.service_env(), "PORT": str(port), **extra_env}
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        service = Service(name, process, port, log_path)
+        self.services.append(service)
+        return service
+
+    def gateway(self, pod: str) -> Service:
+        return self.start(pod, "streamspace_gateway", {"POD_NAME": pod})
+
+    def dispatcher(self, name: str = "dispatcher-1") -> Service:
+        return self.start(name, "streamspace_dispatcher", {"POD_NAME": name})
+
+    def agent(self, agent_id: str, token: str, gateways: list[Service], name: str | None = None) -> Service:
+        urls = ",".join(gateway.url for gateway in gateways)
+        extra = {"AGENT_ID": agent_id, "AGENT_TOKEN": token, "GATEWAY_URLS": urls}
+        return self.start(name or f"agent-{agent_id}", "streamspace_agent", extra)
+
+    async def ready(self, *services: Service, timeout: float = 30.0) -> None:
+        async with aiohttp.ClientSession() as http:
+            for service in services:
+
+                async def probe(service: Service = service) -> bool:
+                    if service.process.poll() is not None:
+                        raise AssertionError(f"{service.name} exited:\n{service.log()}")
+                    try:
+                        async with http.get(service.url + "/readyz") as response:
+                            return response.status == 200
+                    except aiohttp.ClientError:
+                        return False
+
+                await wait_for(probe, timeout=timeout)
+
+    def stop_all(self) -> None:
+        for service in self.services:
+            service.kill()
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {s.name} =====\n{s.log()}" for s in self.services)
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()

@@ -1,0 +1,262 @@
+"""A command's life across real processes: two gateway replicas, a dispatcher, an agent (§2, §3)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.asyncio
+from support import RunEnv, Stack, get_json, wait_for
+
+from streamspace_common.keys import RedisKeys
+
+
+async def post_command(http: aiohttp.ClientSession, gateway_url: str, agent_id: str, **body: Any) -> dict[str, Any]:
+    async with http.post(f"{gateway_url}/api/v1/agents/{agent_id}/commands", json=body) as response:
+        assert response.status == 201, await response.text()
+        created: dict[str, Any] = await response.json()
+        return created
+
+
+async def wait_status(
+    http: aiohttp.ClientSession, gateway_url: str, command_id: str, status: str, timeout: float = 15.0
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        command: dict[str, Any] = await get_json(http, f"{gateway_url}/api/v1/commands/{command_id}")
+        return command if command["status"] == status else None
+
+    return await wait_for(probe, timeout=timeout)
+
+
+async def test_command_created_on_other_replica_completes(
+    shared_stack: Stack,
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    agent_id: str,
+    agent_token: str,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+) -> None:
+    gateway_a, gateway_b = shared_stack.services[0], shared_stack.services[1]
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    assert await redis_client.get(RedisKeys(test_env.redis_prefix).agent_pod(agent_id)) == "gateway-a"
+
+    created = await post_command(http, gateway_b.url, agent_id, action="PING")
+    assert created["status"] == "pending"
+    done = await wait_status(http, gateway_b.url, created["command_id"], "completed")
+
+    assert done["result"]["pong"] is True
+    assert done["delivered_via_pod"] == "gateway-a"
+    assert done["dispatched_by"] == "dispatcher-1"
+    assert done["attempts"] == 1
+    assert done["created_at"] <= done["sent_at"] <= done["acknowledged_at"] <= done["completed_at"]
+
+
+async def test_hand_written_insert_with_null_session_completes(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    gateway_b = shared_stack.services[1]
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_b]))
+
+    # What an operator would type in psql: no command_id, no session_id, nothing but the essentials.
+    row = await db.fetchrow(
+        f"INSERT INTO agent_commands (agent_id, action, payload) VALUES ('{agent_id}', 'ECHO', '{{\"n\": 7}}') "
+        "RETURNING command_id, session_id, created_at, updated_at"
+    )
+    assert row["session_id"] is None
+    done = await wait_status(http, gateway_b.url, row["command_id"], "completed")
+
+    assert done["result"] == {"echo": {"n": 7}}
+    assert done["delivered_via_pod"] == "gateway-b"
+    final = await db.fetchrow(
+        "SELECT created_at, updated_at FROM agent_commands WHERE command_id = $1", row["command_id"]
+    )
+    assert final["created_at"] == row["created_at"]
+    assert final["updated_at"] > row["updated_at"]
+
+
+async def test_updated_at_moves_on_every_update_and_created_at_never(
+    db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        # Inside one transaction now() stands still, so this also shows the trigger uses the clock.
+        first = await conn.fetchrow(
+            "INSERT INTO agent_commands (agent_id, action, status) VALUES ($1, 'PING', 'cancelled') "
+            "RETURNING command_id, created_at, updated_at",
+            agent_id,
+        )
+        stamps = [first["updated_at"]]
+        for note in ("one", "two"):
+            updated = await conn.fetchrow(
+                "UPDATE agent_commands SET error_message = $2 WHERE command_id = $1 RETURNING created_at, updated_at",
+                first["command_id"],
+                note,
+            )
+            assert updated["created_at"] == first["created_at"]
+            stamps.append(updated["updated_at"])
+    assert stamps[0] < stamps[1] < stamps[2]
+
+
+async def test_offline_agent_keeps_command_pending_without_spending_attempts(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
+) -> None:
+    gateway_a = shared_stack.services[0]
+    created = await post_command(http, gateway_a.url, agent_id, action="PING")
+    await asyncio.sleep(3)  # three sweeps of the dispatcher (SWEEP_INTERVAL=1) pass over it
+
+    waiting = await get_json(http, f"{gateway_a.url}/api/v1/commands/{created['command_id']}")
+    assert waiting["status"] == "pending"
+    assert waiting["attempts"] == 0
+
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    done = await wait_status(http, gateway_a.url, created["command_id"], "completed")
+    assert done["attempts"] == 1
+
+
+async def test_agent_moves_to_next_gateway_when_its_replica_is_killed(
+    shared_stack: Stack,
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    agent_id: str,
+    agent_token: str,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+) -> None:
+    pod_key = RedisKeys(test_env.redis_prefix).agent_pod(agent_id)
+    gateway_c, gateway_d = stack.gateway("gateway-c"), stack.gateway("gateway-d")
+    await stack.ready(gateway_c, gateway_d)
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_c, gateway_d]))
+    assert await redis_client.get(pod_key) == "gateway-c"
+
+    gateway_c.kill()
+
+    async def moved() -> bool:
+        return await redis_client.get(pod_key) == "gateway-d"
+
+    await wait_for(moved, timeout=20)
+    agent = await get_json(http, f"{gateway_d.url}/api/v1/agents/{agent_id}")
+    assert agent["status"] == "online"
+    assert agent["gateway_pod"] == "gateway-d"
+
+    created = await post_command(http, shared_stack.services[0].url, agent_id, action="PING")
+    done = await wait_status(http, gateway_d.url, created["command_id"], "completed")
+    assert done["delivered_via_pod"] == "gateway-d"
+
+
+async def test_graceful_shutdown_sends_agents_elsewhere_at_once(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    agent_id: str,
+    agent_token: str,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+    shared_stack: Stack,
+) -> None:
+    pod_key = RedisKeys(test_env.redis_prefix).agent_pod(agent_id)
+    gateway_e, gateway_f = stack.gateway("gateway-e"), stack.gateway("gateway-f")
+    await stack.ready(gateway_e, gateway_f)
+    agent = stack.agent(agent_id, agent_token, [gateway_e, gateway_f])
+    await stack.ready(agent)
+    assert await redis_client.get(pod_key) == "gateway-e"
+
+    gateway_e.terminate()  # SIGTERM: close agents with 1012, remove mappings, exit
+
+    async def moved() -> bool:
+        return await redis_client.get(pod_key) == "gateway-f"
+
+    await wait_for(moved, timeout=5)
+    assert "close_code=1012" in agent.log()
+    listed = await get_json(http, f"{gateway_f.url}/api/v1/agents/{agent_id}")
+    assert (listed["status"], listed["gateway_pod"]) == ("online", "gateway-f")
+
+
+async def test_agents_endpoint_shows_online_agent_with_pod_platform_version(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
+) -> None:
+    gateway_a, gateway_b = shared_stack.services[0], shared_stack.services[1]
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    listed = await get_json(http, f"{gateway_b.url}/api/v1/agents")
+    mine = [agent for agent in listed["agents"] if agent["agent_id"] == agent_id]
+    assert len(mine) == 1
+    assert mine[0]["status"] == "online"
+    assert mine[0]["gateway_pod"] == "gateway-a"
+    assert mine[0]["platform"] == "local"
+    assert mine[0]["version"]
+    assert mine[0]["last_heartbeat"] is not None
+    assert set(mine[0]["capabilities"]) >= {"PING", "ECHO", "SLEEP"}
+
+
+async def test_unknown_action_fails_with_a_clear_error(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
+) -> None:
+    gateway_a = shared_stack.services[0]
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    created = await post_command(http, gateway_a.url, agent_id, action="LAUNCH_ROCKET")
+    done = await wait_status(http, gateway_a.url, created["command_id"], "failed")
+    assert "unknown action 'LAUNCH_ROCKET'" in done["error_message"]
+    assert "PING" in done["error_message"]
+
+
+async def test_commands_of_one_session_go_in_order_one_at_a_time(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
+) -> None:
+    gateway_a = shared_stack.services[0]
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    session = f"session-{agent_id}"
+    slow = await post_command(
+        http, gateway_a.url, agent_id, action="SLEEP", payload={"seconds": 0.5}, session_id=session
+    )
+    quick = await post_command(http, gateway_a.url, agent_id, action="ECHO", session_id=session)
+    unrelated = await post_command(http, gateway_a.url, agent_id, action="PING")
+
+    slow_done = await wait_status(http, gateway_a.url, slow["command_id"], "completed")
+    quick_done = await wait_status(http, gateway_a.url, quick["command_id"], "completed")
+    unrelated_done = await wait_status(http, gateway_a.url, unrelated["command_id"], "completed")
+    assert quick_done["sent_at"] >= slow_done["completed_at"]
+    assert unrelated_done["completed_at"] < slow_done["completed_at"]  # no session: not held back
+
+
+async def test_publish_to_a_dead_pod_puts_the_command_back_and_drops_the_mapping(
+    shared_stack: Stack,
+    http: aiohttp.ClientSession,
+    agent_id: str,
+    agent_token: str,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+    db: asyncpg.Pool,
+) -> None:
+    pod_key = RedisKeys(test_env.redis_prefix).agent_pod(agent_id)
+    await redis_client.set(pod_key, "gateway-that-died", ex=60)
+    created = await post_command(http, shared_stack.services[0].url, agent_id, action="PING")
+
+    async def mapping_gone() -> bool:
+        return await redis_client.get(pod_key) is None
+
+    await wait_for(mapping_gone, timeout=10)
+    row = await db.fetchrow("SELECT status, attempts FROM agent_commands WHERE command_id = $1", created["command_id"])
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+
+
+async def test_gateway_without_the_agent_puts_the_command_back_at_once(
+    shared_stack: Stack,
+    http: aiohttp.ClientSession,
+    agent_id: str,
+    agent_token: str,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+    db: asyncpg.Pool,
+) -> None:
+    """The mapping names a live replica that no longer holds the agent's socket."""
+    pod_key = RedisKeys(test_env.redis_prefix).agent_pod(agent_id)
+    await redis_client.set(pod_key, "gateway-b", ex=60)
+    created = await post_command(http, shared_stack.services[0].url, agent_id, action="PING")
+
+    async def mapping_gone() -> bool:
+        return await redis_client.get(pod_key) is None
+
+    await wait_for(mapping_gone, timeout=10)
+    row = await db.fetchrow("SELECT status, attempts FROM agent_commands WHERE command_id = $1", created["command_id"])
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+    assert "agent_not_here" in shared_stack.services[1].log()
