@@ -67,6 +67,7 @@ class RunEnv:
             "RABBITMQ_URL": self.rabbitmq_url,
             "HEARTBEAT_INTERVAL": HEARTBEAT_INTERVAL,
             "SWEEP_INTERVAL": "1",
+            "ACK_TIMEOUT": "2",
             "LOG_FORMAT": "console",
             "LOG_LEVEL": "info",
             "HOST": "127.0.0.1",

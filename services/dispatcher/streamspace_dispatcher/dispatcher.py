@@ -24,6 +24,7 @@ from streamspace_common.schemas import Command, Delivery
 from . import metrics
 
 CHANNEL = "streamspace_dispatch"
+RETRY_BACKOFF_CAP = 30.0  # seconds
 QUERIES = load_queries("streamspace_dispatcher")
 SHARED = load_queries("streamspace_common")
 log = structlog.get_logger("dispatcher")
@@ -125,6 +126,27 @@ class Dispatcher:
             if count == 0:
                 await self.unroutable(row["agent_id"], row["command_id"], pod)
         return len(rows)
+
+    async def run_expiry(self) -> None:
+        """Every sweep interval: commands whose ack deadline passed are retried later or failed."""
+        outage = Outage("expiry", log)
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                rows = await self.pool.fetch(QUERIES["expire_unacknowledged"], RETRY_BACKOFF_CAP)
+                outage.recovered()
+            except CONNECT_ERRORS as exc:
+                outage.failed(exc)
+                continue
+            for row in rows:
+                log.info(
+                    "ack_deadline_passed",
+                    command_id=row["command_id"],
+                    agent_id=row["agent_id"],
+                    status=row["status"],
+                    attempts=row["attempts"],
+                )
+                metrics.ACK_TIMEOUTS.labels(row["status"]).inc()
 
     async def unroutable(self, agent_id: str, command_id: str, pod: str) -> None:
         """Nobody listens on that pod's channel: the mapping is stale; the agent counts as offline."""

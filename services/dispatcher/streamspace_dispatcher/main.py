@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
             batch_size=settings.claim_batch_size,
         )
         app[DISPATCHER_KEY] = dispatcher
-        async with background(dispatcher.run_listener(), dispatcher.run_claimer()):
+        async with background(dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry()):
             yield
         await redis.aclose()
         await pool.close()

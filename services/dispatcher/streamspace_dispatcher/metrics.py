@@ -10,4 +10,5 @@ COMMANDS_UNROUTABLE = Counter(
 CLAIM_BATCH = Histogram(
     "streamspace_dispatcher_claim_batch_size", "Commands per claim", buckets=(1, 2, 5, 10, 50, 100, 500, 1000)
 )
+ACK_TIMEOUTS = Counter("streamspace_dispatcher_ack_timeouts_total", "Commands whose ack deadline passed", ["outcome"])
 WAKEUPS = Counter("streamspace_dispatcher_wakeups_total", "Claim rounds", ["reason"])

@@ -50,3 +50,20 @@ SET status = 'sent', sent_at = now(), attempts = c.attempts + 1, next_attempt_at
 FROM ranked JOIN free_slots USING (agent_id)
 WHERE c.id = ranked.id AND (free_slots.free IS NULL OR ranked.rank <= free_slots.free)
 RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload;
+
+-- name: expire_unacknowledged
+-- Sent but not acknowledged by its deadline: back to pending after an exponential backoff with
+-- jitter (1 s, 2 s, 4 s ... capped at $1 s), or failed once max_attempts is spent. The sweep honours
+-- next_attempt_at; guarded by status and deadline, so replicas may run it at the same time.
+UPDATE agent_commands
+SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+    error_message = CASE WHEN attempts >= max_attempts
+                         THEN format('no acknowledgement from agent %s after %s attempt(s)', agent_id, attempts)
+                         ELSE error_message END,
+    completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
+    next_attempt_at = CASE WHEN attempts < max_attempts
+                           THEN now() + make_interval(secs => least(power(2, attempts - 1), $1) * (0.5 + random() / 2))
+                      END,
+    ack_deadline = NULL
+WHERE status = 'sent' AND ack_deadline < now()
+RETURNING command_id, agent_id, status, attempts;
