@@ -154,8 +154,8 @@ class Stack:
     def gateway(self, pod: str) -> Service:
         return self.start(pod, "streamspace_gateway", {"POD_NAME": pod})
 
-    def dispatcher(self, name: str = "dispatcher-1") -> Service:
-        return self.start(name, "streamspace_dispatcher", {"POD_NAME": name})
+    def dispatcher(self, name: str = "dispatcher-1", **settings: str) -> Service:
+        return self.start(name, "streamspace_dispatcher", {"POD_NAME": name, **settings})
 
     def agent(self, agent_id: str, token: str, gateways: list[Service], name: str | None = None) -> Service:
         urls = ",".join(gateway.url for gateway in gateways)
