@@ -36,10 +36,10 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None) 
         async with conn.transaction():
             await conn.execute(QUERIES["ensure_agent"], agent_id)
             owner = await conn.fetchval(QUERIES["register_token"], agent_id, hash_token(token))
+            if owner != agent_id:  # raised inside the transaction, so the new agent row is rolled back too
+                raise AdminError("that token is already registered to another agent")
     finally:
         await conn.close()
-    if owner != agent_id:
-        raise AdminError("that token is already registered to another agent")
     return token
 
 

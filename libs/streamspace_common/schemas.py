@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-ACTION_PATTERN = "^[A-Z][A-Z0-9_]{0,63}$"
-ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
+# "$(?!\n)": Python's "$" also matches before a trailing newline; the lookahead refuses that and, unlike "\Z",
+# still means the same in the ECMAScript regexes OpenAPI clients generate from these patterns.
+ACTION_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$(?!\n)"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$(?!\n)"
 
 Action = Annotated[str, msgspec.Meta(pattern=ACTION_PATTERN, description="upper-case verb, e.g. PING")]
 Identifier = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]

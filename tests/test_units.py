@@ -1,0 +1,508 @@
+"""The pieces every service leans on, tested alone: backoff, URLs, the agent's executor, the Redis
+routing table (against the real Redis), settings, error field names and the named queries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+import redis.asyncio
+from support import BASE_REDIS_URL
+
+from streamspace_agent.client import CONNECT_PATH, socket_urls
+from streamspace_agent.drivers.local import LocalDriver
+from streamspace_agent.executor import Executor
+from streamspace_common.db import load_queries
+from streamspace_common.keys import RedisKeys
+from streamspace_common.resilience import Backoff
+from streamspace_common.routing import RoutingTable
+from streamspace_common.schemas import AgentFrame, Command, CreateCommand, Result
+from streamspace_common.settings import Settings, SettingsError, load_settings
+from streamspace_gateway.errors import field_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --- Backoff ------------------------------------------------------------------------------------
+
+SAMPLES = 400  # per step; each statistical bound below fails by chance with probability < 1e-18
+
+
+def delays_at_step(step: int, base: float, cap: float) -> list[float]:
+    """The delay drawn after `step` failures, from SAMPLES independent backoffs."""
+    delays = []
+    for _ in range(SAMPLES):
+        backoff = Backoff(base=base, cap=cap)
+        for _ in range(step):
+            backoff.next_delay()
+        delays.append(backoff.next_delay())
+    return delays
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 5, 7, 8, 12, 40])
+def test_backoff_is_full_jitter_below_a_growing_capped_ceiling(step: int) -> None:
+    base, cap = 0.25, 30.0
+    ceiling = min(cap, base * 2**step)
+    delays = delays_at_step(step, base, cap)
+    assert all(0 <= delay <= ceiling for delay in delays)
+    # Full jitter: the whole range [0, ceiling] is used, not only its top.
+    assert min(delays) < 0.1 * ceiling
+    assert max(delays) > 0.9 * ceiling
+
+
+def test_backoff_grows_then_stays_at_the_cap() -> None:
+    means = [sum(delays_at_step(step, 0.25, 4.0)) / SAMPLES for step in range(8)]
+    # Ceilings 0.25, 0.5, 1, 2, 4, 4, 4, 4: the mean (ceiling / 2) doubles, then stops at cap / 2.
+    for smaller, larger in itertools.pairwise(means[:5]):
+        assert 1.5 * smaller < larger < 2.5 * smaller
+    assert all(1.6 < mean < 2.4 for mean in means[4:])
+
+
+def test_backoff_reset_starts_over_from_the_base() -> None:
+    backoffs = [Backoff(base=0.25, cap=30.0) for _ in range(SAMPLES)]
+    for backoff in backoffs:
+        for _ in range(10):
+            backoff.next_delay()
+        backoff.reset()
+    after_reset = [backoff.next_delay() for backoff in backoffs]
+    assert all(0 <= delay <= 0.25 for delay in after_reset)
+    # ...and it grows again from there.
+    second = [backoff.next_delay() for backoff in backoffs]
+    assert all(0 <= delay <= 0.5 for delay in second)
+    assert max(second) > 0.25
+
+
+def test_backoff_never_overflows_after_very_many_failures() -> None:
+    backoff = Backoff(base=0.25, cap=30.0)
+    for _ in range(10_000):
+        assert 0 <= backoff.next_delay() <= 30.0
+
+
+# --- socket_urls --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [
+        ("http://127.0.0.1:8000", ["ws://127.0.0.1:8000" + CONNECT_PATH]),
+        ("https://gw.example.com", ["wss://gw.example.com" + CONNECT_PATH]),
+        ("http://gw:8000/", ["ws://gw:8000" + CONNECT_PATH]),
+        ("https://gw///", ["wss://gw" + CONNECT_PATH]),
+        ("ws://gw:1", ["ws://gw:1" + CONNECT_PATH]),
+        ("wss://gw:1/", ["wss://gw:1" + CONNECT_PATH]),
+        ("ws://gw:1/api/v1/agents/connect", ["ws://gw:1" + CONNECT_PATH]),
+        ("http://gw:1/api/v1/agents/connect/", ["ws://gw:1" + CONNECT_PATH]),
+        ("https://gw/api/v1/agents/connect", ["wss://gw" + CONNECT_PATH]),
+        (
+            " http://a:1 , https://b:2/ ,, ws://c:3",
+            ["ws://a:1" + CONNECT_PATH, "wss://b:2" + CONNECT_PATH, "ws://c:3" + CONNECT_PATH],
+        ),
+        ("http://proxy/http://x", ["ws://proxy/http://x" + CONNECT_PATH]),
+    ],
+)
+def test_socket_urls(configured: str, expected: list[str]) -> None:
+    assert socket_urls(configured) == expected
+
+
+@pytest.mark.parametrize("configured", ["", "   ", ",", " , ,, "])
+def test_socket_urls_without_a_gateway_is_an_error(configured: str) -> None:
+    with pytest.raises(ValueError, match="GATEWAY_URLS"):
+        socket_urls(configured)
+
+
+# --- Executor -----------------------------------------------------------------------------------
+
+
+class CountingDriver(LocalDriver):
+    """The real local driver, counting how often each command really runs; SLEEP can be held."""
+
+    def __init__(self) -> None:
+        super().__init__("unit-agent")
+        self.runs: dict[str, int] = {}
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def execute(self, command: Command) -> dict[str, Any]:
+        self.runs[command.command_id] = self.runs.get(command.command_id, 0) + 1
+        self.started.set()
+        await self.release.wait()
+        return await super().execute(command)
+
+
+async def next_results(executor: Executor) -> list[Result]:
+    await asyncio.wait_for(executor.has_unsent.wait(), timeout=10)
+    return executor.take_unsent()
+
+
+def command(action: str, payload: dict[str, Any] | None = None) -> Command:
+    return Command(command_id=f"cmd-{uuid.uuid4().hex}", action=action, payload=payload or {})
+
+
+async def test_redelivered_running_command_runs_once() -> None:
+    driver = CountingDriver()
+    driver.release.clear()
+    executor = Executor(driver)
+    sleep = command("SLEEP", {"seconds": 0})
+
+    executor.submit(sleep)
+    executor.submit(sleep)  # redelivered before it even started
+    await asyncio.wait_for(driver.started.wait(), timeout=10)
+    executor.submit(sleep)  # redelivered while it runs
+    driver.release.set()
+
+    results = await next_results(executor)
+    assert results == [Result(command_id=sleep.command_id, status="completed", result={"slept": 0.0})]
+    assert driver.runs == {sleep.command_id: 1}
+    assert not executor.running
+
+
+async def test_redelivered_finished_command_gets_the_same_earlier_result() -> None:
+    driver = CountingDriver()
+    executor = Executor(driver)
+    ping = command("PING")
+
+    executor.submit(ping)
+    [first] = await next_results(executor)
+    assert first.status == "completed" and first.result is not None and first.result["pong"] is True
+
+    await asyncio.sleep(0.01)  # a second run of PING would report a later time
+    executor.submit(ping)
+    [again] = await next_results(executor)
+    assert again == first  # same time stamp: answered from memory, not run again
+    assert driver.runs == {ping.command_id: 1}
+
+
+async def test_different_commands_each_run() -> None:
+    driver = CountingDriver()
+    executor = Executor(driver)
+    echoes = [command("ECHO", {"n": n}) for n in range(3)]
+    for echo in echoes:
+        executor.submit(echo)
+    results: dict[str, Result] = {}
+    while len(results) < 3:
+        results.update((result.command_id, result) for result in await next_results(executor))
+    assert {cid: r.result for cid, r in results.items()} == {e.command_id: {"echo": e.payload} for e in echoes}
+    assert driver.runs == {echo.command_id: 1 for echo in echoes}
+
+
+async def test_unknown_action_fails_with_a_clear_error() -> None:
+    executor = Executor(LocalDriver("unit-agent"))
+    rocket = command("LAUNCH_ROCKET")
+    executor.submit(rocket)
+    [result] = await next_results(executor)
+    assert result.command_id == rocket.command_id
+    assert result.status == "failed"
+    assert result.result is None
+    assert result.error is not None
+    assert "unknown action 'LAUNCH_ROCKET'" in result.error
+    assert all(action in result.error for action in ("PING", "ECHO", "SLEEP"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"seconds": -1}, {"seconds": "soon"}, {"seconds": 1e9}, {"seconds": 0, "extra": 1}, {"secs": 1}],
+    ids=["missing", "negative", "string", "too_long", "unknown_field", "misspelt"],
+)
+async def test_bad_sleep_payload_fails(payload: dict[str, Any]) -> None:
+    executor = Executor(LocalDriver("unit-agent"))
+    sleep = command("SLEEP", payload)
+    executor.submit(sleep)
+    [result] = await next_results(executor)
+    assert result.status == "failed"
+    assert result.error is not None and "invalid SLEEP payload" in result.error
+
+
+async def test_a_driver_crash_still_answers_failed() -> None:
+    class BrokenDriver(LocalDriver):
+        async def execute(self, command: Command) -> dict[str, Any]:
+            raise RuntimeError("disk on fire")
+
+    executor = Executor(BrokenDriver("unit-agent"))
+    executor.submit(command("PING"))
+    [result] = await next_results(executor)
+    assert result.status == "failed"
+    assert result.error is not None and "disk on fire" in result.error
+    assert not executor.running
+
+
+# --- RoutingTable against the real Redis --------------------------------------------------------
+
+
+@pytest.fixture
+async def routing() -> AsyncIterator[tuple[RoutingTable, redis.asyncio.Redis, RedisKeys]]:
+    prefix = f"unit-{uuid.uuid4().hex[:10]}:"
+    client = redis.asyncio.Redis.from_url(BASE_REDIS_URL)
+    keys = RedisKeys(prefix)
+    yield RoutingTable(client, keys), client, keys
+    leftovers = [key async for key in client.scan_iter(match=f"{prefix}*")]
+    if leftovers:
+        await client.delete(*leftovers)
+    await client.aclose()
+
+
+Routing = tuple[RoutingTable, redis.asyncio.Redis, RedisKeys]
+
+
+async def test_register_maps_the_agent_with_a_ttl(routing: Routing) -> None:
+    table, client, keys = routing
+    await table.register("a1", "pod-1", ttl=30)
+    assert await client.get(keys.agent_pod("a1")) == b"pod-1"
+    assert float(await client.get(keys.agent_connected("a1")) or 0) > 0
+    assert 0 < await client.ttl(keys.agent_pod("a1")) <= 30
+    assert 0 < await client.ttl(keys.agent_connected("a1")) <= 30
+
+    await table.register("a1", "pod-2", ttl=30)  # a new socket always wins
+    assert await client.get(keys.agent_pod("a1")) == b"pod-2"
+
+
+async def test_remove_if_owner_never_erases_another_pods_mapping(routing: Routing) -> None:
+    table, client, keys = routing
+    await table.register("a1", "pod-new", ttl=30)
+
+    assert await table.remove_if_owner("a1", "pod-old") is False  # the old replica cleaning up late
+    assert await client.get(keys.agent_pod("a1")) == b"pod-new"
+    assert await client.exists(keys.agent_connected("a1")) == 1
+
+    assert await table.remove_if_owner("a1", "pod-new") is True
+    assert await client.exists(keys.agent_pod("a1"), keys.agent_connected("a1")) == 0
+    assert await table.remove_if_owner("a1", "pod-new") is False  # already gone
+
+
+async def test_refresh_extends_ours_recreates_missing_and_leaves_others(routing: Routing) -> None:
+    table, client, keys = routing
+    await table.register("ours", "pod-1", ttl=5)
+    await table.register("theirs", "pod-2", ttl=5)
+    theirs_connected = await client.get(keys.agent_connected("theirs"))
+
+    await table.refresh(["ours", "theirs", "missing"], "pod-1", ttl=300)
+
+    assert await client.get(keys.agent_pod("ours")) == b"pod-1"
+    assert 5 < await client.ttl(keys.agent_pod("ours")) <= 300
+    assert await client.get(keys.agent_pod("missing")) == b"pod-1"
+    assert 5 < await client.ttl(keys.agent_pod("missing")) <= 300
+    assert await client.exists(keys.agent_connected("missing")) == 1
+    assert await client.get(keys.agent_pod("theirs")) == b"pod-2"
+    assert 0 < await client.ttl(keys.agent_pod("theirs")) <= 5
+    assert await client.get(keys.agent_connected("theirs")) == theirs_connected
+
+    await table.refresh([], "pod-1", ttl=300)  # nothing to do is fine
+
+
+async def test_lookup_returns_only_mapped_agents(routing: Routing) -> None:
+    table, _, _ = routing
+    await table.register("a1", "pod-1", ttl=30)
+    await table.register("a2", "pod-2", ttl=30)
+    assert await table.lookup(["a1", "nobody", "a2"]) == {"a1": "pod-1", "a2": "pod-2"}
+    assert await table.lookup(["nobody"]) == {}
+    assert await table.lookup([]) == {}
+
+
+async def test_publish_many_counts_subscribers(routing: Routing) -> None:
+    table, client, keys = routing
+    assert await table.publish_many([("pod-nobody", b"lost")]) == [0]
+
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(keys.pod_commands("pod-1"))
+        confirmation = await pubsub.get_message(timeout=5)
+        assert confirmation is not None and confirmation["type"] == "subscribe"
+
+        counts = await table.publish_many([("pod-1", b"one"), ("pod-nobody", b"two"), ("pod-1", b"three")])
+        assert counts == [1, 0, 1]
+        received: list[bytes] = []
+        while len(received) < 2:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert message is not None
+            received.append(message["data"])
+        assert received == [b"one", b"three"]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert await table.publish_many([]) == []
+
+
+async def test_keys_are_prefixed_and_isolated(routing: Routing) -> None:
+    table, client, keys = routing
+    other = RoutingTable(client, RedisKeys(keys.prefix + "other:"))
+    await table.register("a1", "pod-1", ttl=30)
+    assert await other.lookup(["a1"]) == {}
+    assert keys.agent_pod("a1").startswith(keys.prefix)
+    assert keys.pod_commands("p").startswith(keys.prefix)
+
+
+# --- load_settings ------------------------------------------------------------------------------
+
+
+def test_environment_names_map_to_fields() -> None:
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://db.example/streamspace",
+            "REDIS_URL": "redis://cache:6379/3",
+            "REDIS_KEY_PREFIX": "tenant-a:",
+            "RABBITMQ_URL": "amqp://u:p@mq/",
+            "POD_NAME": "gateway-7",
+            "HOST": "0.0.0.0",
+            "PORT": "8123",
+            "HEARTBEAT_INTERVAL": "2.5",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "debug",
+            "AGENT_ID": "agent-1",
+            "AGENT_TOKEN": "secret",
+            "GATEWAY_URLS": "http://a:1,http://b:2",
+            "AGENT_PLATFORM": "local",
+            "MAX_REQUEST_BYTES": "1024",
+            "SWEEP_INTERVAL": "1",
+            "ACK_TIMEOUT": "3",
+            "UNRELATED_VARIABLE": "ignored",
+            "PATH": "/usr/bin",
+        }
+    )
+    assert settings.database_url == "postgresql://db.example/streamspace"
+    assert settings.redis_url == "redis://cache:6379/3"
+    assert settings.redis_key_prefix == "tenant-a:"
+    assert settings.rabbitmq_url == "amqp://u:p@mq/"
+    assert settings.pod_name == "gateway-7"
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8123
+    assert settings.heartbeat_interval == 2.5
+    assert settings.log_format == "json"
+    assert settings.log_level == "debug"
+    assert (settings.agent_id, settings.agent_token) == ("agent-1", "secret")
+    assert settings.gateway_urls == "http://a:1,http://b:2"
+    assert settings.agent_platform == "local"
+    assert settings.max_request_bytes == 1024
+    assert settings.sweep_interval == 1.0
+    assert settings.ack_timeout == 3.0
+
+
+def test_defaults_and_empty_values() -> None:
+    settings = load_settings({"PORT": "", "HEARTBEAT_INTERVAL": ""})  # empty means "not set"
+    defaults = Settings()
+    assert settings.port == defaults.port == 0
+    assert settings.heartbeat_interval == 10.0
+    assert settings.redis_url.endswith("/1")  # Redis database 1 by default, as in the original
+    assert settings.max_request_bytes == 64 * 1024
+    assert settings.pod_name  # the host name when POD_NAME is unset
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HEARTBEAT_INTERVAL", "abc"),
+        ("PORT", "eighty"),
+        ("LOG_FORMAT", "xml"),
+        ("AGENT_PLATFORM", "mainframe"),
+        ("MAX_REQUEST_BYTES", "1.5"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({variable: value})
+    assert variable.lower() in str(raised.value).lower()
+    assert isinstance(raised.value, SystemExit)  # uncaught, it ends the process with the message
+
+
+# --- field_of -----------------------------------------------------------------------------------
+
+
+class Inner(msgspec.Struct, forbid_unknown_fields=True):
+    x: int
+
+
+class Outer(msgspec.Struct, forbid_unknown_fields=True):
+    inner: Inner
+    items: list[Inner] = []
+
+
+@pytest.mark.parametrize(
+    ("raw", "body_type", "field"),
+    [
+        (b'{"action": "PING", "colour": 1}', CreateCommand, "colour"),
+        (b"{}", CreateCommand, "action"),
+        (b'{"action": 5}', CreateCommand, "action"),
+        (b'{"action": "ping"}', CreateCommand, "action"),
+        (b'{"action": "PING", "payload": []}', CreateCommand, "payload"),
+        (b'{"action": "PING", "max_attempts": 0}', CreateCommand, "max_attempts"),
+        (b'{"action": "PING", "session_id": ""}', CreateCommand, "session_id"),
+        (b"[]", CreateCommand, None),
+        (b'{"type": "launch"}', AgentFrame, "type"),
+        (b'{"command_id": "c"}', AgentFrame, "type"),
+        (b'{"type": "result", "command_id": "c", "status": "done"}', AgentFrame, "status"),
+        (b'{"type": "ack"}', AgentFrame, "command_id"),
+        (b'{"type": "hello", "agent_id": "a", "platform": "p", "version": "v", "instance_id": "i",'
+         b' "capabilities": ["PING", 1]}', AgentFrame, "capabilities[1]"),
+        (b'{"inner": {"x": 1, "y": 2}}', Outer, "inner.y"),
+        (b'{"inner": {}}', Outer, "inner.x"),
+        (b'{"inner": {"x": "s"}}', Outer, "inner.x"),
+        (b'{"inner": {"x": 1}, "items": [{"x": 1}, {"x": "a"}]}', Outer, "items[1].x"),
+        (b'{"inner": {"x": 1}, "items": [{}]}', Outer, "items[0].x"),
+    ],
+)  # fmt: skip
+def test_field_of_names_the_offending_field(raw: bytes, body_type: Any, field: str | None) -> None:
+    with pytest.raises(msgspec.ValidationError) as raised:
+        msgspec.json.decode(raw, type=body_type)
+    assert field_of(raised.value) == field
+
+
+# --- load_queries -------------------------------------------------------------------------------
+
+QUERY_PACKAGES = {
+    "streamspace_common": REPO / "libs" / "streamspace_common",
+    "streamspace_gateway": REPO / "services" / "gateway" / "streamspace_gateway",
+    "streamspace_dispatcher": REPO / "services" / "dispatcher" / "streamspace_dispatcher",
+}
+_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"(\w+)\"\)", re.MULTILINE)
+
+
+def query_names_used() -> dict[str, set[str]]:
+    """package -> query names the source looks up, read from `NAME = load_queries("pkg")` and NAME["query"]."""
+    used: dict[str, set[str]] = {package: set() for package in QUERY_PACKAGES}
+    for directory in QUERY_PACKAGES.values():
+        for source in directory.rglob("*.py"):
+            text = source.read_text()
+            for variable, package in _LOADED_AS.findall(text):
+                names = re.findall(rf"\b{variable}\[\"(\w+)\"\]", text)
+                used.setdefault(package, set()).update(names)
+    return used
+
+
+def test_every_service_loads_the_queries_its_code_uses() -> None:
+    used = query_names_used()
+    assert used["streamspace_gateway"] >= {"create_command", "ack_command", "finish_command", "agent_for_token"}
+    assert used["streamspace_common"] >= {"requeue_sent", "ensure_agent", "register_token"}
+    assert used["streamspace_dispatcher"] >= {"claim_commands"}
+    for package, names in used.items():
+        queries = load_queries(package)
+        assert names <= set(queries), f"{package} lacks {sorted(names - set(queries))}"
+        assert all(sql and not sql.startswith("-- name:") for sql in queries.values()), package
+
+
+def test_load_queries_splits_on_name_lines_only() -> None:
+    queries = load_queries("streamspace_gateway")
+    assert queries["agent_for_token"] == (
+        "SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;"
+    )
+    assert "-- name:" not in "".join(queries.values())
+
+
+def test_a_file_without_named_queries_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no named queries"):
+        load_queries("streamspace_common", "py.typed")
+
+
+async def test_every_query_prepares_against_the_migrated_schema(db: asyncpg.Pool) -> None:
+    """Column and table names in every query match the schema the migrations build."""
+    async with db.acquire() as conn:
+        for package in QUERY_PACKAGES:
+            for name, sql in load_queries(package).items():
+                try:
+                    await conn.prepare(sql)
+                except asyncpg.PostgresError as exc:
+                    raise AssertionError(f"{package}.{name} does not prepare: {exc}") from exc
