@@ -151,15 +151,17 @@ class Stack:
         self.services.append(service)
         return service
 
-    def gateway(self, pod: str) -> Service:
-        return self.start(pod, "streamspace_gateway", {"POD_NAME": pod})
+    def gateway(self, pod: str, **settings: str) -> Service:
+        return self.start(pod, "streamspace_gateway", {"POD_NAME": pod, **settings})
 
     def dispatcher(self, name: str = "dispatcher-1", **settings: str) -> Service:
         return self.start(name, "streamspace_dispatcher", {"POD_NAME": name, **settings})
 
-    def agent(self, agent_id: str, token: str, gateways: list[Service], name: str | None = None) -> Service:
+    def agent(
+        self, agent_id: str, token: str, gateways: list[Service], name: str | None = None, **settings: str
+    ) -> Service:
         urls = ",".join(gateway.url for gateway in gateways)
-        extra = {"AGENT_ID": agent_id, "AGENT_TOKEN": token, "GATEWAY_URLS": urls}
+        extra = {"AGENT_ID": agent_id, "AGENT_TOKEN": token, "GATEWAY_URLS": urls, **settings}
         return self.start(name or f"agent-{agent_id}", "streamspace_agent", extra)
 
     async def ready(self, *services: Service, timeout: float = 30.0) -> None:

@@ -290,6 +290,7 @@ async def test_socket_refuses_a_revoked_token(
     async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
         await ws.send_json(hello(agent_id))
         await expect_welcome(ws)
+        await wait_for(lambda: _status_is(db, agent_id, "online"))
     await wait_for(lambda: _status_is(db, agent_id, "offline"))
     # ...until it is revoked.
     await db.execute("UPDATE agent_tokens SET revoked_at = now() WHERE agent_id = $1", agent_id)
@@ -436,7 +437,7 @@ async def test_socket_rejects_bad_frame_after_welcome(
     async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
         await ws.send_json(hello(agent_id))
         await expect_welcome(ws)
-        assert await _status_is(db, agent_id, "online")
+        await wait_for(lambda: _status_is(db, agent_id, "online"))
         if isinstance(frame, bytes):
             await ws.send_bytes(frame)
         else:

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio
 from support import RunEnv, Stack, get_json, wait_for
 
+from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
 
 
@@ -31,6 +32,16 @@ async def wait_status(
     return await wait_for(probe, timeout=timeout)
 
 
+async def wait_online(http: aiohttp.ClientSession, gateway_url: str, agent_id: str, pod: str) -> dict[str, Any]:
+    """The agents row says online on `pod`; the gateway writes the Redis mapping just before it."""
+
+    async def probe() -> dict[str, Any] | None:
+        agent: dict[str, Any] = await get_json(http, f"{gateway_url}/api/v1/agents/{agent_id}")
+        return agent if (agent["status"], agent["gateway_pod"]) == ("online", pod) else None
+
+    return await wait_for(probe)
+
+
 async def test_command_created_on_other_replica_completes(
     shared_stack: Stack,
     stack: Stack,
@@ -42,6 +53,7 @@ async def test_command_created_on_other_replica_completes(
 ) -> None:
     gateway_a, gateway_b = shared_stack.services[0], shared_stack.services[1]
     await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    await wait_online(http, gateway_b.url, agent_id, "gateway-a")
     assert await redis_client.get(RedisKeys(test_env.redis_prefix).agent_pod(agent_id)) == "gateway-a"
 
     created = await post_command(http, gateway_b.url, agent_id, action="PING")
@@ -129,6 +141,7 @@ async def test_agent_moves_to_next_gateway_when_its_replica_is_killed(
     gateway_c, gateway_d = stack.gateway("gateway-c"), stack.gateway("gateway-d")
     await stack.ready(gateway_c, gateway_d)
     await stack.ready(stack.agent(agent_id, agent_token, [gateway_c, gateway_d]))
+    await wait_online(http, gateway_d.url, agent_id, "gateway-c")
     assert await redis_client.get(pod_key) == "gateway-c"
 
     gateway_c.kill()
@@ -137,9 +150,7 @@ async def test_agent_moves_to_next_gateway_when_its_replica_is_killed(
         return await redis_client.get(pod_key) == "gateway-d"
 
     await wait_for(moved, timeout=20)
-    agent = await get_json(http, f"{gateway_d.url}/api/v1/agents/{agent_id}")
-    assert agent["status"] == "online"
-    assert agent["gateway_pod"] == "gateway-d"
+    await wait_online(http, gateway_d.url, agent_id, "gateway-d")
 
     created = await post_command(http, shared_stack.services[0].url, agent_id, action="PING")
     done = await wait_status(http, gateway_d.url, created["command_id"], "completed")
@@ -160,6 +171,7 @@ async def test_graceful_shutdown_sends_agents_elsewhere_at_once(
     await stack.ready(gateway_e, gateway_f)
     agent = stack.agent(agent_id, agent_token, [gateway_e, gateway_f])
     await stack.ready(agent)
+    await wait_online(http, gateway_f.url, agent_id, "gateway-e")
     assert await redis_client.get(pod_key) == "gateway-e"
 
     gateway_e.terminate()  # SIGTERM: close agents with 1012, remove mappings, exit
@@ -169,8 +181,7 @@ async def test_graceful_shutdown_sends_agents_elsewhere_at_once(
 
     await wait_for(moved, timeout=5)
     assert "close_code=1012" in agent.log()
-    listed = await get_json(http, f"{gateway_f.url}/api/v1/agents/{agent_id}")
-    assert (listed["status"], listed["gateway_pod"]) == ("online", "gateway-f")
+    await wait_online(http, gateway_f.url, agent_id, "gateway-f")
 
 
 async def test_agents_endpoint_shows_online_agent_with_pod_platform_version(
@@ -178,6 +189,7 @@ async def test_agents_endpoint_shows_online_agent_with_pod_platform_version(
 ) -> None:
     gateway_a, gateway_b = shared_stack.services[0], shared_stack.services[1]
     await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    await wait_online(http, gateway_b.url, agent_id, "gateway-a")
     listed = await get_json(http, f"{gateway_b.url}/api/v1/agents")
     mine = [agent for agent in listed["agents"] if agent["agent_id"] == agent_id]
     assert len(mine) == 1
@@ -234,7 +246,11 @@ async def test_stale_mapping_puts_the_command_back_without_spending_an_attempt(
     db: asyncpg.Pool,
     stale_pod: str,
 ) -> None:
-    """The mapping names a dead pod (PUBLISH reaches nobody) or a live replica that does not hold the socket."""
+    """The mapping names a dead pod (PUBLISH reaches nobody) or a live replica that does not hold the socket.
+
+    The row says online on that pod, as a replica that crashed leaves it.
+    """
+    await db.execute("UPDATE agents SET status = 'online', gateway_pod = $2 WHERE agent_id = $1", agent_id, stale_pod)
     pod_key = RedisKeys(test_env.redis_prefix).agent_pod(agent_id)
     await redis_client.set(pod_key, stale_pod, ex=60)
     created = await post_command(http, shared_stack.services[0].url, agent_id, action="PING")
@@ -247,3 +263,21 @@ async def test_stale_mapping_puts_the_command_back_without_spending_an_attempt(
     assert (row["status"], row["attempts"]) == ("pending", 0)
     if stale_pod == "gateway-b":
         assert "agent_not_here" in shared_stack.services[1].log()
+
+
+async def test_agent_keeps_trying_after_its_hello_is_refused(
+    shared_stack: Stack, stack: Stack, test_env: RunEnv, agent_id: str, agent_token: str
+) -> None:
+    """The gateway closes with 4403 before welcome (the token is another agent's); the agent never gives up."""
+    owner = f"{agent_id}-owner"
+    someone_elses_token = await create_agent_token(test_env.database_url, owner)
+    gateway_a = shared_stack.services[0]
+    agent = stack.agent(agent_id, someone_elses_token, [gateway_a])
+
+    async def refused_three_times() -> bool:
+        refusals = [line for line in gateway_a.log().splitlines() if "agent_frame_rejected" in line]
+        return sum(f"agent_id={owner} " in line and "close_code=4403" in line for line in refusals) >= 3
+
+    await wait_for(refused_three_times, timeout=20)
+    assert agent.process.poll() is None
+    assert "hello_refused" in agent.log()

@@ -15,14 +15,15 @@ import asyncpg
 import msgspec
 import pytest
 import redis.asyncio
-from support import BASE_REDIS_URL
+import structlog
+from support import BASE_REDIS_URL, wait_for
 
 from streamspace_agent.client import CONNECT_PATH, socket_urls
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
 from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
-from streamspace_common.resilience import Backoff
+from streamspace_common.resilience import Backoff, Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import AgentFrame, Command, CreateCommand, Result
 from streamspace_common.settings import Settings, SettingsError, load_settings
@@ -83,6 +84,29 @@ def test_backoff_never_overflows_after_very_many_failures() -> None:
     backoff = Backoff(base=0.25, cap=30.0)
     for _ in range(10_000):
         assert 0 <= backoff.next_delay() <= 30.0
+
+
+async def test_forever_survives_any_error_and_logs_the_outage_once_each_way() -> None:
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)  # a real step waits for its work (a wake-up, a message, a timer)
+        if calls <= 3:
+            raise (KeyError, RuntimeError, asyncpg.AdminShutdownError)[calls - 1]("boom")
+
+    async def called_often() -> bool:
+        return calls >= 20
+
+    with structlog.testing.capture_logs() as logs:
+        loop = asyncio.create_task(forever(step, Outage("thing", structlog.get_logger("test"))))
+        try:
+            await wait_for(called_often, timeout=30)
+        finally:
+            loop.cancel()
+    assert [entry["event"] for entry in logs] == ["dependency_down", "dependency_back"]
+    assert "KeyError" in logs[0]["error"]
 
 
 # --- socket_urls --------------------------------------------------------------------------------
@@ -495,6 +519,27 @@ def test_load_queries_splits_on_name_lines_only() -> None:
 def test_a_file_without_named_queries_is_an_error() -> None:
     with pytest.raises(ValueError, match="no named queries"):
         load_queries("streamspace_common", "py.typed")
+
+
+async def test_requeue_only_undoes_the_claim_it_names(db: asyncpg.Pool, agent_token: str, agent_id: str) -> None:
+    """A gateway that learns late that its delivery failed must not requeue a newer claim of the row."""
+    requeue = load_queries("streamspace_common")["requeue_sent"]
+    command_id = await db.fetchval(
+        "INSERT INTO agent_commands (agent_id, action, status, sent_at, attempts) "
+        "VALUES ($1, 'PING', 'sent', now(), 2) RETURNING command_id",
+        agent_id,
+    )
+
+    async def state() -> tuple[str, int]:
+        row = await db.fetchrow("SELECT status, attempts FROM agent_commands WHERE command_id = $1", command_id)
+        return row["status"], row["attempts"]
+
+    await db.execute(requeue, [command_id], [1])  # the first attempt's delivery failing, reported late
+    assert await state() == ("sent", 2)
+    await db.execute(requeue, [command_id], [2])
+    assert await state() == ("pending", 1)
+    await db.execute(requeue, [command_id], [1])  # pending already: nothing to undo
+    assert await state() == ("pending", 1)
 
 
 async def test_every_query_prepares_against_the_migrated_schema(db: asyncpg.Pool) -> None:

@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from .resilience import Backoff, Outage
+from .resilience import Outage, retry
 
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -38,30 +38,33 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(type_name, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog")
 
 
-CONNECT_ERRORS = (
+# Errors that say "PostgreSQL is unavailable for now", not "this statement is wrong": the same
+# statement may succeed later. Class 08 (connection), 57 (admin/crash shutdown, cannot connect now),
+# 53 (too many connections, out of memory) and 40 (serialization failure, deadlock).
+TRANSIENT_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
 )
 
 
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+def application_name(service: str, pod: str) -> dict[str, str]:
+    """Server settings naming the connection, so pg_stat_activity shows which process holds it."""
+    return {"application_name": f"streamspace-{service}:{pod}"[:63]}
+
+
+async def create_pool(
+    dsn: str, server_settings: dict[str, str] | None = None, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool:
     """A pool, waiting (with backoff, logged once) for PostgreSQL if it is not up yet."""
-    outage = Outage("postgres", structlog.get_logger("db"))
-    backoff = Backoff(cap=5.0)
-    while True:
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
-            outage.recovered()
-            return pool
-        except CONNECT_ERRORS as exc:
-            outage.failed(exc)
-            await asyncio.sleep(backoff.next_delay())
 
+    async def attempt() -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=init_connection, server_settings=server_settings
+        )
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn)
-    await init_connection(conn)
-    return conn
+    return await retry(attempt, Outage("postgres", structlog.get_logger("db")), TRANSIENT_ERRORS)

@@ -18,8 +18,10 @@ LIMIT 1;
 -- Command transitions shared by the gateway and the dispatcher.
 
 -- name: requeue_sent
--- A command that was marked sent but cannot reach its agent goes back to pending with its attempt
--- refunded. Guarded: only from sent, so a late ack or result is never undone.
-UPDATE agent_commands
-SET status = 'pending', attempts = greatest(attempts - 1, 0), ack_deadline = NULL
-WHERE command_id = $1 AND status = 'sent';
+-- Commands marked sent that cannot reach their agent go back to pending with the attempt refunded.
+-- $1 command ids, $2 the attempts each had when claimed. Guarded by status (a late ack or result is
+-- never undone) and by attempts (a requeue arriving late never undoes a newer claim of the row).
+UPDATE agent_commands c
+SET status = 'pending', attempts = greatest(c.attempts - 1, 0), ack_deadline = NULL
+FROM unnest($1::text[], $2::int[]) AS sent(command_id, attempts)
+WHERE c.command_id = sent.command_id AND c.attempts = sent.attempts AND c.status = 'sent';

@@ -6,9 +6,14 @@ between attempts so it never spins hot.
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
 import structlog
+
+T = TypeVar("T")
 
 
 class Backoff:
@@ -45,3 +50,32 @@ class Outage:
         if self.down:
             self.down = False
             self.log.info("dependency_back", dependency=self.dependency)
+
+
+async def retry(
+    step: Callable[[], Awaitable[T]],
+    outage: Outage,
+    errors: tuple[type[BaseException], ...] = (Exception,),
+    cap: float = 5.0,
+) -> T:
+    """Run step until it succeeds; after each failure in `errors`, back off with full jitter."""
+    backoff = Backoff(cap=cap)
+    while True:
+        try:
+            value = await step()
+        except errors as exc:
+            outage.failed(exc)
+            await asyncio.sleep(backoff.next_delay())
+        else:
+            outage.recovered()
+            return value
+
+
+async def forever(step: Callable[[], Awaitable[object]], outage: Outage, cap: float = 5.0) -> NoReturn:
+    """The body of every background loop: run step again and again, surviving any error it raises.
+
+    An unexpected exception is logged (once, as an outage) and retried after a backoff like a lost
+    dependency, so a bug or an unforeseen error class can never end a loop the service relies on.
+    """
+    while True:
+        await retry(step, outage, cap=cap)

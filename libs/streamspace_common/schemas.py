@@ -79,6 +79,7 @@ GatewayFrame = Welcome | Command
 class Delivery(msgspec.Struct, forbid_unknown_fields=True):
     agent_id: str
     command: Command
+    attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
 
 
 # --- REST -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_token: str = ""
     gateway_urls: str = "http://127.0.0.1:8000,http://127.0.0.1:8001"
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
+    agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
     # gateway
     max_request_bytes: int = 64 * 1024
 

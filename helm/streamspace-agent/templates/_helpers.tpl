@@ -54,6 +54,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       key: {{ .Values.agentToken.key }}
 - name: AGENT_PLATFORM
   value: {{ .Values.agent.platform | quote }}
+- name: AGENT_CONCURRENCY
+  value: {{ .Values.agent.concurrency | quote }}
 - name: GATEWAY_URLS
   value: {{ required "agent.gatewayUrls is required" .Values.agent.gatewayUrls | quote }}
 - name: HEARTBEAT_INTERVAL

@@ -39,8 +39,17 @@ def socket_urls(gateway_urls: str) -> list[str]:
 
 
 class AgentClient:
-    def __init__(self, agent_id: str, token: str, gateway_urls: str, executor: Executor, ping_interval: float) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        token: str,
+        gateway_urls: str,
+        executor: Executor,
+        ping_interval: float,
+        concurrency: int = 0,
+    ) -> None:
         self.agent_id = agent_id
+        self.concurrency = concurrency
         self.ping_interval = ping_interval
         self.token = token
         self.urls = socket_urls(gateway_urls)
@@ -60,6 +69,7 @@ class AgentClient:
             version=__version__,
             instance_id=self.instance_id,
             capabilities=self.executor.driver.actions,
+            concurrency=self.concurrency,
         )
 
     async def run(self) -> None:
@@ -77,7 +87,7 @@ class AgentClient:
                     outage.failed(exc)
                     if exc.status == 401:
                         log.error("token_rejected", url=url, agent_id=self.agent_id)
-                except (TimeoutError, aiohttp.ClientError, OSError, msgspec.DecodeError) as exc:
+                except Exception as exc:  # whatever went wrong, try the next gateway: never give up (§4)
                     outage.failed(exc)
                 if close_code == closecodes.SERVICE_RESTART:
                     continue
@@ -88,7 +98,11 @@ class AgentClient:
             url, heartbeat=self.ping_interval, timeout=aiohttp.ClientWSTimeout(ws_close=5)
         ) as ws:
             await ws.send_str(_encoder.encode(self.hello()).decode())
-            welcome = _decoder.decode(await ws.receive_str(timeout=10))
+            message = await ws.receive(timeout=10)
+            if message.type != aiohttp.WSMsgType.TEXT:  # refused: the gateway closed instead of welcoming us
+                log.warning("hello_refused", url=url, close_code=ws.close_code, reason=message.extra)
+                return ws.close_code
+            welcome = _decoder.decode(message.data)
             if not isinstance(welcome, Welcome):
                 raise msgspec.DecodeError("expected welcome")
             outage.recovered()

@@ -24,7 +24,12 @@ def create_app(settings: Settings) -> web.Application:
     driver = create_driver(settings.agent_platform, settings.agent_id)
     executor = Executor(driver)
     client = AgentClient(
-        settings.agent_id, settings.agent_token, settings.gateway_urls, executor, settings.heartbeat_interval
+        settings.agent_id,
+        settings.agent_token,
+        settings.gateway_urls,
+        executor,
+        settings.heartbeat_interval,
+        settings.agent_concurrency,
     )
     app = web.Application()
     add_health_routes(app, lambda: client.connected)

@@ -16,8 +16,8 @@ import msgspec
 import structlog
 from redis.exceptions import RedisError
 
-from streamspace_common.db import CONNECT_ERRORS, load_queries
-from streamspace_common.resilience import Backoff, Outage
+from streamspace_common.db import application_name, load_queries
+from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Command, Delivery
 
@@ -50,29 +50,23 @@ class Dispatcher:
         self.batch_size = batch_size
         self.wake = asyncio.Event()
         self.listening = False
+        self.listen_outage = Outage("postgres_listen", log)
         self._encoder = msgspec.json.Encoder()
 
     # --- the LISTEN connection -------------------------------------------------------------
 
     async def run_listener(self) -> None:
-        outage = Outage("postgres_listen", log)
-        backoff = Backoff(cap=5.0)
-        while True:
-            try:
-                await self._listen(outage, backoff)
-            except CONNECT_ERRORS as exc:
-                outage.failed(exc)
-            await asyncio.sleep(backoff.next_delay())
+        await forever(self._listen, self.listen_outage)
 
-    async def _listen(self, outage: Outage, backoff: Backoff) -> None:
-        conn = await asyncpg.connect(self.dsn)
+    async def _listen(self) -> None:
+        """Hold one LISTEN connection until it is lost (then return, and `forever` opens another)."""
+        conn = await asyncpg.connect(self.dsn, server_settings=application_name("dispatcher", self.name))
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _: lost.set())
             await conn.add_listener(CHANNEL, self._on_notify)
             self.listening = True
-            outage.recovered()
-            backoff.reset()
+            self.listen_outage.recovered()
             self.wake.set()  # NOTIFYs are lost while nobody listens: scan after every (re)connect
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -88,25 +82,23 @@ class Dispatcher:
     # --- claiming and routing --------------------------------------------------------------
 
     async def run_claimer(self) -> None:
-        outage = Outage("dispatch", log)
-        backoff = Backoff(cap=5.0)
-        while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self.sweep_interval)
-                metrics.WAKEUPS.labels("notify").inc()
-            except TimeoutError:
-                metrics.WAKEUPS.labels("sweep").inc()
-            self.wake.clear()  # before the claim, never after
-            try:
-                claimed = await self.dispatch_once()
-                outage.recovered()
-                backoff.reset()
-            except (*CONNECT_ERRORS, RedisError) as exc:
-                outage.failed(exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            if claimed >= self.batch_size:
-                self.wake.set()  # a full batch: there is probably more
+        # Retried at least every second: commands must flow within a second of Redis returning (§3).
+        await forever(self.claim_round, Outage("dispatch", log), cap=1.0)
+
+    async def claim_round(self) -> None:
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=self.sweep_interval)
+            metrics.WAKEUPS.labels("notify").inc()
+        except TimeoutError:
+            metrics.WAKEUPS.labels("sweep").inc()
+        self.wake.clear()  # before the claim, never after
+        try:
+            claimed = await self.dispatch_once()
+        except BaseException:
+            self.wake.set()  # try again as soon as the backoff allows, not at the next sweep
+            raise
+        if claimed >= self.batch_size:
+            self.wake.set()  # a full batch: there is probably more
 
     async def dispatch_once(self) -> int:
         agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]
@@ -121,43 +113,49 @@ class Dispatcher:
         metrics.COMMANDS_CLAIMED.inc(len(rows))
         metrics.CLAIM_BATCH.observe(len(rows))
         messages = [(pods[row["agent_id"]], self._encoder.encode(delivery_of(row))) for row in rows]
-        receivers = await self.routing.publish_many(messages)
-        for row, (pod, _), count in zip(rows, messages, receivers, strict=True):
-            if count == 0:
-                await self.unroutable(row["agent_id"], row["command_id"], pod)
+        try:
+            receivers = await self.routing.publish_many(messages)
+        except RedisError:
+            await self.requeue(rows)  # whatever did go out is deduplicated by the agent
+            raise
+        unroutable = [row for row, count in zip(rows, receivers, strict=True) if count == 0]
+        for row in unroutable:
+            await self.stale_mapping(row["agent_id"], pods[row["agent_id"]], row["command_id"])
+        await self.requeue(unroutable)
         return len(rows)
 
-    async def run_expiry(self) -> None:
-        """Every sweep interval: commands whose ack deadline passed are retried later or failed."""
-        outage = Outage("expiry", log)
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                rows = await self.pool.fetch(QUERIES["expire_unacknowledged"], RETRY_BACKOFF_CAP)
-                outage.recovered()
-            except CONNECT_ERRORS as exc:
-                outage.failed(exc)
-                continue
-            for row in rows:
-                log.info(
-                    "ack_deadline_passed",
-                    command_id=row["command_id"],
-                    agent_id=row["agent_id"],
-                    status=row["status"],
-                    attempts=row["attempts"],
-                )
-                metrics.ACK_TIMEOUTS.labels(row["status"]).inc()
-
-    async def unroutable(self, agent_id: str, command_id: str, pod: str) -> None:
-        """Nobody listens on that pod's channel: the mapping is stale; the agent counts as offline."""
+    async def stale_mapping(self, agent_id: str, pod: str, command_id: str) -> None:
+        """Nobody listens on that pod's channel: drop the mapping; the agent counts as offline."""
         log.info("stale_mapping", agent_id=agent_id, command_id=command_id, pod=pod)
         metrics.COMMANDS_UNROUTABLE.inc()
         await self.routing.remove_if_owner(agent_id, pod)
-        await self.pool.execute(SHARED["requeue_sent"], command_id)
+
+    async def requeue(self, rows: list[asyncpg.Record]) -> None:
+        if rows:
+            ids, attempts = [row["command_id"] for row in rows], [row["attempts"] for row in rows]
+            await self.pool.execute(SHARED["requeue_sent"], ids, attempts)
+
+    # --- ack deadlines -----------------------------------------------------------------------
+
+    async def run_expiry(self) -> None:
+        """Every sweep interval: commands whose ack deadline passed are retried later or failed."""
+        await forever(self.expire_round, Outage("expiry", log))
+
+    async def expire_round(self) -> None:
+        await asyncio.sleep(self.sweep_interval)
+        for row in await self.pool.fetch(QUERIES["expire_unacknowledged"], RETRY_BACKOFF_CAP):
+            log.info(
+                "ack_deadline_passed",
+                command_id=row["command_id"],
+                agent_id=row["agent_id"],
+                status=row["status"],
+                attempts=row["attempts"],
+            )
+            metrics.ACK_TIMEOUTS.labels(row["status"]).inc()
 
 
 def delivery_of(row: asyncpg.Record) -> Delivery:
     command = Command(
         command_id=row["command_id"], action=row["action"], payload=row["payload"], session_id=row["session_id"]
     )
-    return Delivery(agent_id=row["agent_id"], command=command)
+    return Delivery(agent_id=row["agent_id"], command=command, attempt=row["attempts"])

@@ -1,55 +1,56 @@
 -- Queries run by the dispatcher.
 
 -- name: agents_with_due_commands
--- Agents that have something to send now; online ones first so a long offline backlog cannot starve them.
-SELECT c.agent_id
+-- Online agents that have something to send now (an offline agent's backlog waits for its NOTIFY).
+SELECT DISTINCT c.agent_id
 FROM agent_commands c JOIN agents a USING (agent_id)
 WHERE c.status = 'pending' AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-GROUP BY c.agent_id, a.status
-ORDER BY (a.status = 'online') DESC
+  AND a.status = 'online'
 LIMIT $1;
 
 -- name: claim_commands
 -- Claim up to $2 due commands of the agents in $1 and mark them sent in one statement, so the row
 -- says sent (and is committed) before anything is published. SKIP LOCKED lets dispatcher replicas
 -- share the work without sending a row twice. Commands of one session go one at a time in
--- created_at order, and an agent's advertised concurrency (0 = no limit) caps what is in flight.
-WITH candidates AS (
-    SELECT c.id, c.agent_id, c.created_at
-    FROM agent_commands c
-    WHERE c.status = 'pending'
-      AND c.agent_id = ANY($1::text[])
-      AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-      AND (c.session_id IS NULL OR NOT EXISTS (
-            SELECT 1 FROM agent_commands earlier
-            WHERE earlier.session_id = c.session_id
-              AND earlier.id <> c.id
-              AND (earlier.status IN ('sent', 'acknowledged')
-                   OR (earlier.status = 'pending'
-                       AND (earlier.created_at, earlier.id) < (c.created_at, c.id)))))
-    ORDER BY c.created_at
-    LIMIT $2
-    FOR UPDATE OF c SKIP LOCKED
-),
-ranked AS (
-    SELECT id, agent_id, row_number() OVER (PARTITION BY agent_id ORDER BY created_at) AS rank
-    FROM candidates
-),
-free_slots AS (
+-- created_at order. An agent's advertised concurrency (0 = no limit) caps what it has in flight,
+-- and is applied per agent before the batch limit, so one agent's backlog never crowds out others.
+WITH slots AS (
     SELECT a.agent_id,
-           CASE WHEN a.concurrency > 0 THEN a.concurrency - (
+           CASE WHEN a.concurrency > 0 THEN greatest(a.concurrency - (
                SELECT count(*) FROM agent_commands f
-               WHERE f.agent_id = a.agent_id AND f.status IN ('sent', 'acknowledged'))
-           END AS free
+               WHERE f.agent_id = a.agent_id AND f.status IN ('sent', 'acknowledged')), 0)
+           ELSE $2 END AS free
     FROM agents a
     WHERE a.agent_id = ANY($1::text[])
+    ORDER BY random()  -- no agent is always first in line when the batch limit cuts
+),
+candidates AS (
+    SELECT due.id
+    FROM slots CROSS JOIN LATERAL (
+        SELECT c.id
+        FROM agent_commands c
+        WHERE c.status = 'pending'
+          AND c.agent_id = slots.agent_id
+          AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+          AND (c.session_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM agent_commands earlier
+                WHERE earlier.session_id = c.session_id
+                  AND earlier.id <> c.id
+                  AND (earlier.status IN ('sent', 'acknowledged')
+                       OR (earlier.status = 'pending'
+                           AND (earlier.created_at, earlier.id) < (c.created_at, c.id)))))
+        ORDER BY c.created_at
+        LIMIT slots.free
+        FOR UPDATE OF c SKIP LOCKED
+    ) AS due
+    LIMIT $2
 )
 UPDATE agent_commands c
 SET status = 'sent', sent_at = now(), attempts = c.attempts + 1, next_attempt_at = NULL,
     ack_deadline = now() + make_interval(secs => $3), dispatched_by = $4
-FROM ranked JOIN free_slots USING (agent_id)
-WHERE c.id = ranked.id AND (free_slots.free IS NULL OR ranked.rank <= free_slots.free)
-RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload;
+FROM candidates
+WHERE c.id = candidates.id
+RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts;
 
 -- name: expire_unacknowledged
 -- Sent but not acknowledged by its deadline: back to pending after an exponential backoff with

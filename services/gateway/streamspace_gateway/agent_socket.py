@@ -71,10 +71,11 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     except FrameRejected as exc:
         return await reject(ws, exc, bound)
     conn = AgentConnection(hello=hello, ws=ws)
-    await hub.register(conn)
-    bound.info("agent_connected", platform=hello.platform, version=hello.version, instance_id=hello.instance_id)
     try:
+        # Welcome first: once registered, commands may arrive, and the agent expects welcome before any.
         await ws.send_str(_encoder.encode(Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval)).decode())
+        await hub.register(conn)
+        bound.info("agent_connected", platform=hello.platform, version=hello.version, instance_id=hello.instance_id)
         await read_frames(ws, conn, hub.store)
     except FrameRejected as exc:
         await reject(ws, exc, bound)

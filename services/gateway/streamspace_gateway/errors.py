@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from streamspace_common.db import CONNECT_ERRORS
+from streamspace_common.db import TRANSIENT_ERRORS
 from streamspace_common.schemas import ErrorBody, ErrorResponse
 
 log = structlog.get_logger("gateway.http")
@@ -63,7 +63,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
-    except CONNECT_ERRORS as exc:
+    except TRANSIENT_ERRORS as exc:
         log.warning("database_unavailable", path=request.path, error=repr(exc))
         return error_response(503, ErrorBody(code="database_unavailable", message="PostgreSQL is unreachable; retry"))
     except Exception:

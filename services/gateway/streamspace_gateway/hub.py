@@ -20,13 +20,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from streamspace_common import closecodes
+from streamspace_common.db import TRANSIENT_ERRORS
 from streamspace_common.keys import RedisKeys
-from streamspace_common.resilience import Backoff, Outage
+from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery, Hello
 
 from . import metrics
-from .store import DB_ERRORS, Store
+from .store import Store
 
 log = structlog.get_logger("gateway.hub")
 STALE_AFTER_INTERVALS = 3
@@ -60,6 +61,7 @@ class AgentHub:
         self.closing = False
         self.redis_outage = Outage("redis", log)
         self.db_outage = Outage("postgres", log)
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._delivery_decoder = msgspec.json.Decoder(Delivery)
         self._encoder = msgspec.json.Encoder()
 
@@ -85,7 +87,7 @@ class AgentHub:
         metrics.AGENTS_CONNECTED.set(len(self.connections))
         with contextlib.suppress(RedisError):
             await self.routing.remove_if_owner(conn.agent_id, self.pod)
-        with contextlib.suppress(*DB_ERRORS):
+        with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.store.agent_offline(conn.agent_id)
 
     async def close_all(self, code: int, message: bytes) -> None:
@@ -100,7 +102,6 @@ class AgentHub:
         except msgspec.DecodeError as exc:
             log.error("bad_delivery", error=str(exc))
             return
-        command_id = delivery.command.command_id
         conn = self.connections.get(delivery.agent_id)
         if conn is not None and not conn.ws.closed:
             try:
@@ -108,48 +109,63 @@ class AgentHub:
                 metrics.COMMANDS_FORWARDED.inc()
                 return
             except (ConnectionError, RuntimeError) as exc:
-                log.info("forward_failed", agent_id=delivery.agent_id, command_id=command_id, error=str(exc))
-        # The agent is not (or no longer) here: drop our stale mapping, give the command back at once.
-        log.info("agent_not_here", agent_id=delivery.agent_id, command_id=command_id)
+                log.info(
+                    "forward_failed",
+                    agent_id=delivery.agent_id,
+                    command_id=delivery.command.command_id,
+                    error=str(exc),
+                )
+        # Off the channel-reading loop, so a PostgreSQL outage never stalls deliveries to other agents.
+        task = asyncio.create_task(self.give_back(delivery))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def give_back(self, delivery: Delivery) -> None:
+        """The agent is not (or no longer) here: drop our stale mapping, requeue the command at once."""
+        log.info("agent_not_here", agent_id=delivery.agent_id, command_id=delivery.command.command_id)
         with contextlib.suppress(RedisError):
             await self.routing.remove_if_owner(delivery.agent_id, self.pod)
-        await self.store.until_done(partial(self.store.requeue_sent, command_id))
+        await self.store.until_done(partial(self.store.requeue_sent, delivery.command.command_id, delivery.attempt))
         metrics.COMMANDS_REQUEUED.inc()
 
     async def run_subscription(self) -> None:
+        await forever(self._subscribe_and_forward, self.redis_outage, cap=1.0)
+
+    async def _subscribe_and_forward(self) -> None:
         """Hold the pod channel subscription; on every (re)connect re-write all local mappings."""
-        backoff = Backoff(cap=5.0)
         channel = self.keys.pod_commands(self.pod)
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                while (await pubsub.get_message(timeout=1.0)) is None:  # wait for the confirmation
-                    pass
-                await self.routing.refresh(list(self.connections), self.pod, self.mapping_ttl)
-                self.subscribed = True
-                self.redis_outage.recovered()
-                backoff.reset()
-                log.info("subscribed", channel=channel)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        await self.deliver(message["data"])
-            except (RedisError, OSError) as exc:
-                self.subscribed = False
-                self.redis_outage.failed(exc)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff.next_delay())
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            while (await pubsub.get_message(timeout=1.0)) is None:  # wait for the confirmation
+                pass
+            # Set before the snapshot below: an agent registering from here on writes its own mapping.
+            self.subscribed = True
+            await self.routing.refresh(list(self.connections), self.pod, self.mapping_ttl)
+            self.redis_outage.recovered()
+            if self.connections:  # their mappings may have gone with Redis: they are routable again
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    await self.store.wake_dispatchers(list(self.connections))
+            log.info("subscribed", channel=channel)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    await self.deliver(message["data"])
+        finally:
+            self.subscribed = False
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # --- upkeep ----------------------------------------------------------------------------
 
     async def run_upkeep(self) -> None:
         """Every heartbeat interval: close stale sockets, refresh mappings and last_heartbeat."""
-        while True:
+
+        async def one_round() -> None:
             await asyncio.sleep(self.heartbeat_interval)
             await self.upkeep_once()
+
+        await forever(one_round, Outage("upkeep", log))
 
     async def upkeep_once(self) -> None:
         deadline = time.monotonic() - STALE_AFTER_INTERVALS * self.heartbeat_interval
@@ -170,7 +186,7 @@ class AgentHub:
         try:
             await self.store.touch_heartbeats(live)
             self.db_outage.recovered()
-        except DB_ERRORS as exc:
+        except TRANSIENT_ERRORS as exc:
             self.db_outage.failed(exc)
 
     async def shutdown(self) -> None:
@@ -181,7 +197,7 @@ class AgentHub:
         for agent_id in agent_ids:
             with contextlib.suppress(RedisError):
                 await self.routing.remove_if_owner(agent_id, self.pod)
-        with contextlib.suppress(*DB_ERRORS):
+        with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.store.pod_agents_offline()
 
 

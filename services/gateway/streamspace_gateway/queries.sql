@@ -22,6 +22,10 @@ UPDATE agents SET status = 'offline' WHERE gateway_pod = $1 AND status = 'online
 UPDATE agents SET last_heartbeat = now()
 WHERE agent_id = ANY($1::text[]) AND gateway_pod = $2;
 
+-- name: wake_dispatchers
+-- The same NOTIFY an agent coming online sends (migrations: streamspace_notify_agent).
+SELECT pg_notify('streamspace_dispatch', agent_id) FROM unnest($1::text[]) AS agent_id;
+
 -- name: ack_command
 UPDATE agent_commands
 SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,13 +10,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from streamspace_common.db import CONNECT_ERRORS, load_queries
-from streamspace_common.resilience import Backoff, Outage
+from streamspace_common.db import TRANSIENT_ERRORS, load_queries
+from streamspace_common.resilience import Outage, retry
 from streamspace_common.schemas import AgentView, CommandView, CreateCommand, Hello, Result
 
 QUERIES = load_queries("streamspace_gateway")
 SHARED = load_queries("streamspace_common")
-DB_ERRORS = CONNECT_ERRORS
 T = TypeVar("T")
 log = structlog.get_logger("gateway.store")
 
@@ -41,15 +39,7 @@ class Store:
 
         The caller is the socket's read loop, so the agent is simply not read meanwhile: backpressure.
         """
-        backoff = Backoff(cap=5.0)
-        while True:
-            try:
-                value = await write()
-                self.outage.recovered()
-                return value
-            except DB_ERRORS as exc:
-                self.outage.failed(exc)
-                await asyncio.sleep(backoff.next_delay())
+        return await retry(write, self.outage, TRANSIENT_ERRORS)
 
     async def agent_for_token(self, token_hash: str) -> str | None:
         value = await self.pool.fetchval(QUERIES["agent_for_token"], token_hash)
@@ -76,6 +66,9 @@ class Store:
     async def touch_heartbeats(self, agent_ids: list[str]) -> None:
         await self.pool.execute(QUERIES["touch_heartbeats"], agent_ids, self.pod)
 
+    async def wake_dispatchers(self, agent_ids: list[str]) -> None:
+        await self.pool.execute(QUERIES["wake_dispatchers"], agent_ids)
+
     async def ack(self, agent_id: str, command_id: str) -> None:
         await self.pool.execute(QUERIES["ack_command"], command_id, agent_id, self.pod)
 
@@ -90,8 +83,8 @@ class Store:
             self.pod,
         )
 
-    async def requeue_sent(self, command_id: str) -> None:
-        await self.pool.execute(SHARED["requeue_sent"], command_id)
+    async def requeue_sent(self, command_id: str, attempt: int) -> None:
+        await self.pool.execute(SHARED["requeue_sent"], [command_id], [attempt])
 
     async def create_command(self, agent_id: str, body: CreateCommand) -> CommandView:
         try:

@@ -1,0 +1,113 @@
+"""An agent's advertised concurrency limit is respected, and never costs other agents or its own
+next command a wait for the sweep (§2 step 2).
+
+Like test_notify, this module runs its own dispatcher with a 60 s sweep (and 60 s between ack
+deadline checks), so anything that completes within seconds was woken by a NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+from support import RunEnv, Service, Stack
+from test_end_to_end import post_command, wait_status
+
+from streamspace_common.admin import create_agent_token
+
+NO_SWEEP = {"SWEEP_INTERVAL": "60"}
+BACKLOG = 600  # more than a claim batch (CLAIM_BATCH_SIZE, 500 by default)
+
+
+@pytest.fixture(scope="module")
+async def slow_sweep_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    running = Stack(test_env, tmp_path_factory.mktemp("concurrency"))
+    gateway = running.gateway("gateway-q")
+    dispatcher = running.dispatcher("dispatcher-q", **NO_SWEEP)
+    await running.ready(gateway, dispatcher)
+    yield running
+    running.stop_all()
+    print(running.dump_logs())
+
+
+def gateway_of(stack: Stack) -> Service:
+    return stack.services[0]
+
+
+async def test_a_finished_command_frees_the_slot_for_the_next_at_once(
+    slow_sweep_stack: Stack,
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Pool,
+    agent_id: str,
+    agent_token: str,
+) -> None:
+    gateway = gateway_of(slow_sweep_stack)
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway], AGENT_CONCURRENCY="1"))
+    nap = {"action": "SLEEP", "payload": {"seconds": 0.2}}
+    created = [await post_command(http, gateway.url, agent_id, **nap) for _ in range(3)]
+    for command in created:
+        await wait_status(http, gateway.url, command["command_id"], "completed", timeout=10)
+
+    rows = await db.fetch(
+        "SELECT sent_at, completed_at FROM agent_commands WHERE agent_id = $1 ORDER BY sent_at", agent_id
+    )
+    assert len(rows) == 3
+    for earlier, later in itertools.pairwise(rows):
+        assert later["sent_at"] >= earlier["completed_at"]  # one at a time: never two in flight
+
+
+async def test_one_agents_backlog_never_starves_another_agent(
+    slow_sweep_stack: Stack,
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Pool,
+    test_env: RunEnv,
+    agent_id: str,
+    agent_token: str,
+) -> None:
+    """A busy agent (concurrency 1, never acknowledging) has a backlog older and larger than a claim
+    batch; a command for another agent still goes out at once."""
+    gateway = gateway_of(slow_sweep_stack)
+    busy = f"{agent_id}-busy"
+    busy_token = await create_agent_token(test_env.database_url, busy)
+    await db.execute(
+        "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, $2)", busy, BACKLOG
+    )
+
+    url = gateway.url.replace("http://", "ws://", 1) + "/api/v1/agents/connect"
+    async with http.ws_connect(url, headers={"Authorization": f"Bearer {busy_token}"}) as ws:
+        hello = {"type": "hello", "agent_id": busy, "platform": "local", "version": "t", "instance_id": "i"}
+        await ws.send_json({**hello, "concurrency": 1})
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+        heartbeats = asyncio.create_task(send_heartbeats(ws))
+        try:
+            first = await ws.receive_json(timeout=10)  # the busy agent gets exactly one command...
+            assert first["action"] == "PING"
+
+            await stack.ready(stack.agent(agent_id, agent_token, [gateway]))
+            created = await post_command(http, gateway.url, agent_id, action="PING")
+            # ...and the other agent's command is not stuck behind the busy agent's backlog.
+            await wait_status(http, gateway.url, created["command_id"], "completed", timeout=10)
+
+            counts = await db.fetch(
+                "SELECT status, count(*), max(attempts) AS attempts FROM agent_commands WHERE agent_id = $1 "
+                "GROUP BY status ORDER BY status",
+                busy,
+            )
+            assert [tuple(row) for row in counts] == [("pending", BACKLOG - 1, 0), ("sent", 1, 1)]
+        finally:
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+
+
+async def send_heartbeats(ws: aiohttp.ClientWebSocketResponse) -> None:
+    while True:
+        await ws.send_json({"type": "heartbeat"})
+        await asyncio.sleep(0.5)
