@@ -83,6 +83,21 @@ async def shared_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactor
     print(running.dump_logs())
 
 
+@pytest.fixture(scope="module")
+async def slow_sweep_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway and a dispatcher whose sweep (and ack-deadline check) runs only every 60 s.
+
+    With no other dispatcher alive (other modules' stacks are torn down by then), a command that
+    completes within seconds was woken by a NOTIFY, not found by the sweep.
+    """
+    running = Stack(test_env, tmp_path_factory.mktemp("slow-sweep"))
+    services = [running.gateway("gateway-s"), running.dispatcher("dispatcher-s", SWEEP_INTERVAL="60")]
+    await running.ready(*services)
+    yield running
+    running.stop_all()
+    print(running.dump_logs())
+
+
 @pytest.fixture
 def agent_id(request: pytest.FixtureRequest) -> str:
     """A fresh agent id per test, so tests sharing a database never see each other's rows."""

@@ -1,8 +1,8 @@
 """An agent's advertised concurrency limit is respected, and never costs other agents or its own
 next command a wait for the sweep (§2 step 2).
 
-Like test_notify, this module runs its own dispatcher with a 60 s sweep (and 60 s between ack
-deadline checks), so anything that completes within seconds was woken by a NOTIFY.
+Like test_notify, it runs on `slow_sweep_stack` (60 s sweep and ack-deadline checks), so anything
+that completes within seconds was woken by a NOTIFY.
 """
 
 from __future__ import annotations
@@ -10,33 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
-import pytest
-from support import RunEnv, Service, Stack
+from support import RunEnv, Stack
 from test_end_to_end import post_command, wait_status
 
 from streamspace_common.admin import create_agent_token
 
-NO_SWEEP = {"SWEEP_INTERVAL": "60"}
 BACKLOG = 600  # more than a claim batch (CLAIM_BATCH_SIZE, 500 by default)
-
-
-@pytest.fixture(scope="module")
-async def slow_sweep_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    running = Stack(test_env, tmp_path_factory.mktemp("concurrency"))
-    gateway = running.gateway("gateway-q")
-    dispatcher = running.dispatcher("dispatcher-q", **NO_SWEEP)
-    await running.ready(gateway, dispatcher)
-    yield running
-    running.stop_all()
-    print(running.dump_logs())
-
-
-def gateway_of(stack: Stack) -> Service:
-    return stack.services[0]
 
 
 async def test_a_finished_command_frees_the_slot_for_the_next_at_once(
@@ -47,7 +29,7 @@ async def test_a_finished_command_frees_the_slot_for_the_next_at_once(
     agent_id: str,
     agent_token: str,
 ) -> None:
-    gateway = gateway_of(slow_sweep_stack)
+    gateway = slow_sweep_stack.services[0]
     await stack.ready(stack.agent(agent_id, agent_token, [gateway], AGENT_CONCURRENCY="1"))
     nap = {"action": "SLEEP", "payload": {"seconds": 0.2}}
     created = [await post_command(http, gateway.url, agent_id, **nap) for _ in range(3)]
@@ -73,7 +55,7 @@ async def test_one_agents_backlog_never_starves_another_agent(
 ) -> None:
     """A busy agent (concurrency 1, never acknowledging) has a backlog older and larger than a claim
     batch; a command for another agent still goes out at once."""
-    gateway = gateway_of(slow_sweep_stack)
+    gateway = slow_sweep_stack.services[0]
     busy = f"{agent_id}-busy"
     busy_token = await create_agent_token(test_env.database_url, busy)
     await db.execute(
