@@ -16,7 +16,7 @@ import msgspec
 import structlog
 from redis.exceptions import RedisError
 
-from streamspace_common.db import application_name, load_queries
+from streamspace_common.db import load_queries, server_settings
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Command, Delivery
@@ -60,7 +60,7 @@ class Dispatcher:
 
     async def _listen(self) -> None:
         """Hold one LISTEN connection until it is lost (then return, and `forever` opens another)."""
-        conn = await asyncpg.connect(self.dsn, server_settings=application_name("dispatcher", self.name))
+        conn = await asyncpg.connect(self.dsn, server_settings=server_settings("dispatcher", self.name))
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _: lost.set())

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from streamspace_common.db import application_name, create_pool
+from streamspace_common.db import create_pool, server_settings
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> web.Application:
     add_health_routes(app, is_ready)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings.database_url, application_name("dispatcher", settings.pod_name))
+        pool = await create_pool(settings.database_url, server_settings("dispatcher", settings.pod_name))
         redis = create_redis(settings.redis_url)
         dispatcher = Dispatcher(
             settings.database_url,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from streamspace_common.db import application_name, create_pool
+from streamspace_common.db import create_pool, server_settings
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import create_redis
@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     add_health_routes(app, is_ready)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings.database_url, application_name("gateway", settings.pod_name))
+        pool = await create_pool(settings.database_url, server_settings("gateway", settings.pod_name))
         redis = create_redis(settings.redis_url)
         store = Store(pool, settings.pod_name)
         await store.pod_agents_offline()  # a restarted replica holds no sockets yet
