@@ -119,15 +119,18 @@ class Dispatcher:
             await self.requeue(rows)  # whatever did go out is deduplicated by the agent
             raise
         unroutable = [row for row, count in zip(rows, receivers, strict=True) if count == 0]
+        stale: dict[str, list[str]] = {}  # agent -> its unroutable commands: one mapping removal per agent
         for row in unroutable:
-            await self.stale_mapping(row["agent_id"], pods[row["agent_id"]], row["command_id"])
+            stale.setdefault(row["agent_id"], []).append(row["command_id"])
+        for agent_id, command_ids in stale.items():
+            await self.stale_mapping(agent_id, pods[agent_id], command_ids)
+        metrics.COMMANDS_UNROUTABLE.inc(len(unroutable))
         await self.requeue(unroutable)
         return len(rows)
 
-    async def stale_mapping(self, agent_id: str, pod: str, command_id: str) -> None:
+    async def stale_mapping(self, agent_id: str, pod: str, command_ids: list[str]) -> None:
         """Nobody listens on that pod's channel: drop the mapping; the agent counts as offline."""
-        log.info("stale_mapping", agent_id=agent_id, command_id=command_id, pod=pod)
-        metrics.COMMANDS_UNROUTABLE.inc()
+        log.info("stale_mapping", agent_id=agent_id, command_ids=command_ids, pod=pod)
         await self.routing.remove_if_owner(agent_id, pod)
 
     async def requeue(self, rows: list[asyncpg.Record]) -> None:

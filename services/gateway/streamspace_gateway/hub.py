@@ -16,12 +16,10 @@ from functools import partial
 import msgspec
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from streamspace_common import closecodes
 from streamspace_common.db import TRANSIENT_ERRORS
-from streamspace_common.keys import RedisKeys
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery, Hello
@@ -48,11 +46,9 @@ class AgentConnection:
 
 
 class AgentHub:
-    def __init__(self, pod: str, redis: Redis, keys: RedisKeys, store: Store, heartbeat_interval: float) -> None:
+    def __init__(self, pod: str, routing: RoutingTable, store: Store, heartbeat_interval: float) -> None:
         self.pod = pod
-        self.redis = redis
-        self.keys = keys
-        self.routing = RoutingTable(redis, keys)
+        self.routing = routing
         self.store = store
         self.heartbeat_interval = heartbeat_interval
         self.mapping_ttl = max(1, round(STALE_AFTER_INTERVALS * heartbeat_interval))
@@ -133,8 +129,8 @@ class AgentHub:
 
     async def _subscribe_and_forward(self) -> None:
         """Hold the pod channel subscription; on every (re)connect re-write all local mappings."""
-        channel = self.keys.pod_commands(self.pod)
-        pubsub = self.redis.pubsub()
+        channel = self.routing.keys.pod_commands(self.pod)
+        pubsub = self.routing.redis.pubsub()
         try:
             await pubsub.subscribe(channel)
             while (await pubsub.get_message(timeout=1.0)) is None:  # wait for the confirmation

@@ -10,7 +10,7 @@ from aiohttp import web
 from streamspace_common.db import create_pool, server_settings
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
-from streamspace_common.routing import create_redis
+from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background
 
@@ -40,9 +40,8 @@ def create_app(settings: Settings) -> web.Application:
         redis = create_redis(settings.redis_url)
         store = Store(pool, settings.pod_name)
         await store.pod_agents_offline()  # a restarted replica holds no sockets yet
-        hub = AgentHub(
-            settings.pod_name, redis, RedisKeys(settings.redis_key_prefix), store, settings.heartbeat_interval
-        )
+        routing = RoutingTable(redis, RedisKeys(settings.redis_key_prefix))
+        hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
         app[STORE_KEY], app[HUB_KEY] = store, hub
         async with background(hub.run_subscription(), hub.run_upkeep()):
             yield
