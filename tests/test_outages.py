@@ -17,6 +17,8 @@ import asyncpg
 from support import HEARTBEAT_INTERVAL, Stack, wait_for
 from test_end_to_end import post_command, wait_status
 
+from streamspace_common.keys import DISPATCH_CHANNEL
+
 WAITING_SERVICES = """
 SELECT pid, application_name FROM pg_stat_activity
 WHERE datname = current_database() AND wait_event_type = 'Lock' AND application_name LIKE 'streamspace-%'
@@ -35,7 +37,7 @@ async def test_loops_survive_their_queries_being_killed(
 
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("LOCK TABLE agents, agent_commands IN ACCESS EXCLUSIVE MODE")
-        await db.execute("SELECT pg_notify('streamspace_dispatch', $1)", agent_id)  # wake the claimer
+        await db.execute("SELECT pg_notify($1, $2)", DISPATCH_CHANNEL, agent_id)  # wake the claimer
 
         async def both_services_blocked() -> list[asyncpg.Record] | None:
             rows = await db.fetch(WAITING_SERVICES)

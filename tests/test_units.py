@@ -21,6 +21,7 @@ from support import BASE_REDIS_URL, wait_for
 from streamspace_agent.client import CONNECT_PATH, socket_urls
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
+from streamspace_common.commands import TRANSITIONS, CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
 from streamspace_common.resilience import Backoff, Outage, forever
@@ -482,29 +483,30 @@ QUERY_PACKAGES = {
     "streamspace_gateway": REPO / "services" / "gateway" / "streamspace_gateway",
     "streamspace_dispatcher": REPO / "services" / "dispatcher" / "streamspace_dispatcher",
 }
-_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"(\w+)\"\)", re.MULTILINE)
+_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"(\w+)\"(?:, \"([\w.]+)\")?\)", re.MULTILINE)
 
 
-def query_names_used() -> dict[str, set[str]]:
-    """package -> query names the source looks up, read from `NAME = load_queries("pkg")` and NAME["query"]."""
-    used: dict[str, set[str]] = {package: set() for package in QUERY_PACKAGES}
+def query_names_used() -> dict[tuple[str, str], set[str]]:
+    """(package, file) -> query names the source looks up, read from `NAME = load_queries(...)` and NAME["query"]."""
+    used: dict[tuple[str, str], set[str]] = {}
     for directory in QUERY_PACKAGES.values():
         for source in directory.rglob("*.py"):
             text = source.read_text()
-            for variable, package in _LOADED_AS.findall(text):
+            for variable, package, filename in _LOADED_AS.findall(text):
                 names = re.findall(rf"\b{variable}\[\"(\w+)\"\]", text)
-                used.setdefault(package, set()).update(names)
+                used.setdefault((package, filename or "queries.sql"), set()).update(names)
     return used
 
 
 def test_every_service_loads_the_queries_its_code_uses() -> None:
     used = query_names_used()
-    assert used["streamspace_gateway"] >= {"create_command", "ack_command", "finish_command", "agent_for_token"}
-    assert used["streamspace_common"] >= {"requeue_sent", "ensure_agent", "register_token"}
-    assert used["streamspace_dispatcher"] >= {"claim_commands"}
-    for package, names in used.items():
-        queries = load_queries(package)
-        assert names <= set(queries), f"{package} lacks {sorted(names - set(queries))}"
+    assert used["streamspace_gateway", "queries.sql"] >= {"create_command", "agent_for_token"}
+    assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
+    assert used["streamspace_common", "commands.sql"] >= {"claim", "requeue_sent", "acknowledge", "finish"}
+    assert used["streamspace_dispatcher", "queries.sql"] >= {"agents_with_due_commands"}
+    for (package, filename), names in used.items():
+        queries = load_queries(package, filename)
+        assert names <= set(queries), f"{package}/{filename} lacks {sorted(names - set(queries))}"
         assert all(sql and not sql.startswith("-- name:") for sql in queries.values()), package
 
 
@@ -523,7 +525,7 @@ def test_a_file_without_named_queries_is_an_error() -> None:
 
 async def test_requeue_only_undoes_the_claim_it_names(db: asyncpg.Pool, agent_token: str, agent_id: str) -> None:
     """A gateway that learns late that its delivery failed must not requeue a newer claim of the row."""
-    requeue = load_queries("streamspace_common")["requeue_sent"]
+    commands = CommandLifecycle(db)
     command_id = await db.fetchval(
         "INSERT INTO agent_commands (agent_id, action, status, sent_at, attempts) "
         "VALUES ($1, 'PING', 'sent', now(), 2) RETURNING command_id",
@@ -534,20 +536,47 @@ async def test_requeue_only_undoes_the_claim_it_names(db: asyncpg.Pool, agent_to
         row = await db.fetchrow("SELECT status, attempts FROM agent_commands WHERE command_id = $1", command_id)
         return row["status"], row["attempts"]
 
-    await db.execute(requeue, [command_id], [1])  # the first attempt's delivery failing, reported late
+    assert await commands.requeue_sent([command_id], [1]) == 0  # the first attempt's failure, reported late
     assert await state() == ("sent", 2)
-    await db.execute(requeue, [command_id], [2])
+    assert await commands.requeue_sent([command_id], [2]) == 1
     assert await state() == ("pending", 1)
-    await db.execute(requeue, [command_id], [1])  # pending already: nothing to undo
+    assert await commands.requeue_sent([command_id], [1]) == 0  # pending already: nothing to undo
     assert await state() == ("pending", 1)
 
 
 async def test_every_query_prepares_against_the_migrated_schema(db: asyncpg.Pool) -> None:
     """Column and table names in every query match the schema the migrations build."""
+    query_files = [(package, source.name) for package, d in QUERY_PACKAGES.items() for source in d.glob("*.sql")]
+    assert ("streamspace_common", "commands.sql") in query_files
     async with db.acquire() as conn:
-        for package in QUERY_PACKAGES:
-            for name, sql in load_queries(package).items():
+        for package, filename in query_files:
+            for name, sql in load_queries(package, filename).items():
                 try:
                     await conn.prepare(sql)
                 except asyncpg.PostgresError as exc:
-                    raise AssertionError(f"{package}.{name} does not prepare: {exc}") from exc
+                    raise AssertionError(f"{package}/{filename}.{name} does not prepare: {exc}") from exc
+
+
+@pytest.mark.parametrize("old", list(TRANSITIONS))
+async def test_the_database_allows_exactly_the_moves_of_the_lifecycle(
+    db: asyncpg.Pool, agent_token: str, agent_id: str, old: str
+) -> None:
+    """Migration 0003's trigger and commands.TRANSITIONS agree on every (from, to) pair, and a refused
+    move leaves the row as it was, even when written by hand."""
+    for new in TRANSITIONS:
+        if new == old:
+            continue
+        command_id = await db.fetchval(  # an INSERT may start a row anywhere: only moves are guarded
+            "INSERT INTO agent_commands (agent_id, action, status) VALUES ($1, 'PING', $2) RETURNING command_id",
+            agent_id,
+            old,
+        )
+        try:
+            await db.execute("UPDATE agent_commands SET status = $2 WHERE command_id = $1", command_id, new)
+            allowed = True
+        except asyncpg.CheckViolationError as exc:
+            assert f"cannot move from {old} to {new}" in str(exc)
+            allowed = False
+        assert allowed == (new in TRANSITIONS[old]), (old, new)  # type: ignore[index]
+        status = await db.fetchval("SELECT status FROM agent_commands WHERE command_id = $1", command_id)
+        assert status == (new if allowed else old)

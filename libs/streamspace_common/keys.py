@@ -1,10 +1,14 @@
-"""Every Redis key and channel name the control plane uses, built in one place (§3).
+"""Every Redis key and channel name, and every PostgreSQL NOTIFY channel, named in one place (§3).
 
 Channels are global to a Redis server (not per database), so the optional prefix isolates
 test runs and co-tenant deployments for keys and channels alike.
 """
 
 from __future__ import annotations
+
+# PostgreSQL NOTIFY channel that wakes the dispatchers; the payload is an agent id. The triggers of
+# migrations 0001/0002 spell it as a literal too (SQL cannot import this).
+DISPATCH_CHANNEL = "streamspace_dispatch"
 
 
 class RedisKeys:

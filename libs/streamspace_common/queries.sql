@@ -14,14 +14,3 @@ SELECT agent_id FROM inserted
 UNION ALL
 SELECT agent_id FROM agent_tokens WHERE token_hash = $2
 LIMIT 1;
-
--- Command transitions shared by the gateway and the dispatcher.
-
--- name: requeue_sent
--- Commands marked sent that cannot reach their agent go back to pending with the attempt refunded.
--- $1 command ids, $2 the attempts each had when claimed. Guarded by status (a late ack or result is
--- never undone) and by attempts (a requeue arriving late never undoes a newer claim of the row).
-UPDATE agent_commands c
-SET status = 'pending', attempts = greatest(c.attempts - 1, 0), ack_deadline = NULL
-FROM unnest($1::text[], $2::int[]) AS sent(command_id, attempts)
-WHERE c.command_id = sent.command_id AND c.attempts = sent.attempts AND c.status = 'sent';

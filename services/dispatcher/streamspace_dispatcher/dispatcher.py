@@ -16,17 +16,17 @@ import msgspec
 import structlog
 from redis.exceptions import RedisError
 
+from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries, server_settings
+from streamspace_common.keys import DISPATCH_CHANNEL
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Command, Delivery
 
 from . import metrics
 
-CHANNEL = "streamspace_dispatch"
 RETRY_BACKOFF_CAP = 30.0  # seconds
 QUERIES = load_queries("streamspace_dispatcher")
-SHARED = load_queries("streamspace_common")
 log = structlog.get_logger("dispatcher")
 
 
@@ -44,6 +44,7 @@ class Dispatcher:
         self.dsn = dsn
         self.pool = pool
         self.routing = routing
+        self.commands = CommandLifecycle(pool)
         self.name = name
         self.sweep_interval = sweep_interval
         self.ack_timeout = ack_timeout
@@ -64,7 +65,7 @@ class Dispatcher:
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _: lost.set())
-            await conn.add_listener(CHANNEL, self._on_notify)
+            await conn.add_listener(DISPATCH_CHANNEL, self._on_notify)
             self.listening = True
             self.listen_outage.recovered()
             self.wake.set()  # NOTIFYs are lost while nobody listens: scan after every (re)connect
@@ -105,9 +106,7 @@ class Dispatcher:
         pods = await self.routing.lookup(agent_ids)
         if not pods:
             return 0  # offline agents keep their commands pending, at no attempt's cost
-        rows = await self.pool.fetch(
-            QUERIES["claim_commands"], list(pods), self.batch_size, self.ack_timeout, self.name
-        )
+        rows = await self.commands.claim(list(pods), self.batch_size, self.ack_timeout, self.name)
         if not rows:
             return 0
         metrics.COMMANDS_CLAIMED.inc(len(rows))
@@ -134,9 +133,7 @@ class Dispatcher:
         await self.routing.remove_if_owner(agent_id, pod)
 
     async def requeue(self, rows: list[asyncpg.Record]) -> None:
-        if rows:
-            ids, attempts = [row["command_id"] for row in rows], [row["attempts"] for row in rows]
-            await self.pool.execute(SHARED["requeue_sent"], ids, attempts)
+        await self.commands.requeue_sent([row["command_id"] for row in rows], [row["attempts"] for row in rows])
 
     # --- ack deadlines -----------------------------------------------------------------------
 
@@ -146,7 +143,7 @@ class Dispatcher:
 
     async def expire_round(self) -> None:
         await asyncio.sleep(self.sweep_interval)
-        for row in await self.pool.fetch(QUERIES["expire_unacknowledged"], RETRY_BACKOFF_CAP):
+        for row in await self.commands.expire_unacknowledged(RETRY_BACKOFF_CAP):
             log.info(
                 "ack_deadline_passed",
                 command_id=row["command_id"],

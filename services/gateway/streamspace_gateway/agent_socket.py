@@ -106,9 +106,9 @@ async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, store: S
         frame = decode_frame(message)
         conn.mark_seen()
         if isinstance(frame, Ack):
-            await store.until_done(partial(store.ack, agent_id, frame.command_id))
+            await store.until_done(partial(store.commands.acknowledge, agent_id, frame.command_id, store.pod))
         elif isinstance(frame, Result):
-            await store.until_done(partial(store.finish, agent_id, frame))
+            await store.until_done(partial(store.commands.finish, agent_id, frame, store.pod))
             metrics.AGENT_RESULTS.labels(frame.status).inc()
         elif isinstance(frame, Hello):
             raise FrameRejected(closecodes.BAD_FRAME, "hello was already received")

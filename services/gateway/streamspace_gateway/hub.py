@@ -121,7 +121,8 @@ class AgentHub:
         log.info("agent_not_here", agent_id=delivery.agent_id, command_id=delivery.command.command_id)
         with contextlib.suppress(RedisError):
             await self.routing.remove_if_owner(delivery.agent_id, self.pod)
-        await self.store.until_done(partial(self.store.requeue_sent, delivery.command.command_id, delivery.attempt))
+        requeue = partial(self.store.commands.requeue_sent, [delivery.command.command_id], [delivery.attempt])
+        await self.store.until_done(requeue)
         metrics.COMMANDS_REQUEUED.inc()
 
     async def run_subscription(self) -> None:

@@ -24,18 +24,7 @@ WHERE agent_id = ANY($1::text[]) AND gateway_pod = $2;
 
 -- name: wake_dispatchers
 -- The same NOTIFY an agent coming online sends (migrations: streamspace_notify_agent).
-SELECT pg_notify('streamspace_dispatch', agent_id) FROM unnest($1::text[]) AS agent_id;
-
--- name: ack_command
-UPDATE agent_commands
-SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $3
-WHERE command_id = $1 AND agent_id = $2 AND status = 'sent';
-
--- name: finish_command
-UPDATE agent_commands
-SET status = $3, result = $4, error_message = $5, completed_at = now(),
-    acknowledged_at = coalesce(acknowledged_at, now()), delivered_via_pod = coalesce(delivered_via_pod, $6)
-WHERE command_id = $1 AND agent_id = $2 AND status IN ('sent', 'acknowledged');
+SELECT pg_notify($2, agent_id) FROM unnest($1::text[]) AS agent_id;
 
 -- name: create_command
 -- Inserts nothing (and returns no row) when the agent is unknown.

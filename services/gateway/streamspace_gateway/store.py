@@ -10,12 +10,13 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import TRANSIENT_ERRORS, load_queries
+from streamspace_common.keys import DISPATCH_CHANNEL
 from streamspace_common.resilience import Outage, retry
-from streamspace_common.schemas import AgentView, CommandView, CreateCommand, Hello, Result
+from streamspace_common.schemas import AgentView, CommandView, CreateCommand, Hello
 
 QUERIES = load_queries("streamspace_gateway")
-SHARED = load_queries("streamspace_common")
 T = TypeVar("T")
 log = structlog.get_logger("gateway.store")
 
@@ -33,6 +34,7 @@ class Store:
         self.pool = pool
         self.pod = pod
         self.outage = Outage("postgres", log)
+        self.commands = CommandLifecycle(pool)
 
     async def until_done(self, write: Callable[[], Awaitable[T]]) -> T:
         """Retry a write that must not be lost (an agent's ack or result) through a PostgreSQL outage.
@@ -67,24 +69,7 @@ class Store:
         await self.pool.execute(QUERIES["touch_heartbeats"], agent_ids, self.pod)
 
     async def wake_dispatchers(self, agent_ids: list[str]) -> None:
-        await self.pool.execute(QUERIES["wake_dispatchers"], agent_ids)
-
-    async def ack(self, agent_id: str, command_id: str) -> None:
-        await self.pool.execute(QUERIES["ack_command"], command_id, agent_id, self.pod)
-
-    async def finish(self, agent_id: str, result: Result) -> None:
-        await self.pool.execute(
-            QUERIES["finish_command"],
-            result.command_id,
-            agent_id,
-            result.status,
-            result.result,
-            result.error,
-            self.pod,
-        )
-
-    async def requeue_sent(self, command_id: str, attempt: int) -> None:
-        await self.pool.execute(SHARED["requeue_sent"], [command_id], [attempt])
+        await self.pool.execute(QUERIES["wake_dispatchers"], agent_ids, DISPATCH_CHANNEL)
 
     async def create_command(self, agent_id: str, body: CreateCommand) -> CommandView:
         try:

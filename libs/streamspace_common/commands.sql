@@ -1,0 +1,87 @@
+-- The command lifecycle: every statement that changes agent_commands.status (§2).
+-- Each is guarded by the status it expects, so a late or duplicate message never moves a row
+-- backwards; each RETURNs the rows it moved, so the caller knows whether it applied.
+
+-- name: claim
+-- Claim up to $2 due commands of the agents in $1 and mark them sent in one statement, so the row
+-- says sent (and is committed) before anything is published. SKIP LOCKED lets dispatcher replicas
+-- share the work without sending a row twice. Commands of one session go one at a time in
+-- created_at order. An agent's advertised concurrency (0 = no limit) caps what it has in flight,
+-- and is applied per agent before the batch limit, so one agent's backlog never crowds out others.
+WITH slots AS (
+    SELECT a.agent_id,
+           CASE WHEN a.concurrency > 0 THEN greatest(a.concurrency - (
+               SELECT count(*) FROM agent_commands f
+               WHERE f.agent_id = a.agent_id AND f.status IN ('sent', 'acknowledged')), 0)
+           ELSE $2 END AS free
+    FROM agents a
+    WHERE a.agent_id = ANY($1::text[])
+    ORDER BY random()  -- no agent is always first in line when the batch limit cuts
+),
+candidates AS (
+    SELECT due.id
+    FROM slots CROSS JOIN LATERAL (
+        SELECT c.id
+        FROM agent_commands c
+        WHERE c.status = 'pending'
+          AND c.agent_id = slots.agent_id
+          AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+          AND (c.session_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM agent_commands earlier
+                WHERE earlier.session_id = c.session_id
+                  AND earlier.id <> c.id
+                  AND (earlier.status IN ('sent', 'acknowledged')
+                       OR (earlier.status = 'pending'
+                           AND (earlier.created_at, earlier.id) < (c.created_at, c.id)))))
+        ORDER BY c.created_at
+        LIMIT slots.free
+        FOR UPDATE OF c SKIP LOCKED
+    ) AS due
+    LIMIT $2
+)
+UPDATE agent_commands c
+SET status = 'sent', sent_at = now(), attempts = c.attempts + 1, next_attempt_at = NULL,
+    ack_deadline = now() + make_interval(secs => $3), dispatched_by = $4
+FROM candidates
+WHERE c.id = candidates.id
+RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts;
+
+-- name: requeue_sent
+-- Commands marked sent that cannot reach their agent go back to pending with the attempt refunded.
+-- $1 command ids, $2 the attempts each had when claimed. Guarded by status (a late ack or result is
+-- never undone) and by attempts (a requeue arriving late never undoes a newer claim of the row).
+UPDATE agent_commands c
+SET status = 'pending', attempts = greatest(c.attempts - 1, 0), ack_deadline = NULL
+FROM unnest($1::text[], $2::int[]) AS sent(command_id, attempts)
+WHERE c.command_id = sent.command_id AND c.attempts = sent.attempts AND c.status = 'sent'
+RETURNING c.command_id;
+
+-- name: acknowledge
+UPDATE agent_commands
+SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $3
+WHERE command_id = $1 AND agent_id = $2 AND status = 'sent'
+RETURNING command_id;
+
+-- name: finish
+UPDATE agent_commands
+SET status = $3, result = $4, error_message = $5, completed_at = now(),
+    acknowledged_at = coalesce(acknowledged_at, now()), delivered_via_pod = coalesce(delivered_via_pod, $6)
+WHERE command_id = $1 AND agent_id = $2 AND status IN ('sent', 'acknowledged')
+RETURNING command_id;
+
+-- name: expire_unacknowledged
+-- Sent but not acknowledged by its deadline: back to pending after an exponential backoff with
+-- jitter (1 s, 2 s, 4 s ... capped at $1 s), or failed once max_attempts is spent. The sweep honours
+-- next_attempt_at; guarded by status and deadline, so replicas may run it at the same time.
+UPDATE agent_commands
+SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+    error_message = CASE WHEN attempts >= max_attempts
+                         THEN format('no acknowledgement from agent %s after %s attempt(s)', agent_id, attempts)
+                         ELSE error_message END,
+    completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
+    next_attempt_at = CASE WHEN attempts < max_attempts
+                           THEN now() + make_interval(secs => least(power(2, attempts - 1), $1) * (0.5 + random() / 2))
+                      END,
+    ack_deadline = NULL
+WHERE status = 'sent' AND ack_deadline < now()
+RETURNING command_id, agent_id, status, attempts;
