@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from support import BASE_DATABASE_URL, RunEnv, Stack, wait_for, with_database
 
-from streamspace_common.migrate import LOCK_KEY
+from streamspace_common.migrate import LOCK_KEY, dump_schema
 from streamspace_common.tokens import hash_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,3 +305,9 @@ async def test_admin_refuses_an_invalid_agent_id(db: asyncpg.Pool, test_env: Run
     assert "invalid agent id" in result.stderr
     assert result.stdout == ""
     assert await db.fetchval("SELECT count(*) FROM agents WHERE agent_id = $1", bad_id) == 0
+
+
+def test_the_schema_snapshot_is_current(test_env: RunEnv) -> None:
+    """docs/schema.sql is what the migrations build; after adding one, run scripts/schema-snapshot."""
+    snapshot = (Path(__file__).parents[1] / "docs" / "schema.sql").read_text()
+    assert dump_schema(test_env.database_url) == snapshot, "docs/schema.sql is stale: run scripts/schema-snapshot"

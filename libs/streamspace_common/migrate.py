@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -80,9 +81,24 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     return applied
 
 
+def dump_schema(dsn: str) -> str:
+    """The migrated schema as pg_dump prints it, less the lines that change from one dump to the next."""
+    dump = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    varying = ("\\restrict", "\\unrestrict", "-- Dumped from", "-- Dumped by")
+    return "".join(line for line in dump.splitlines(keepends=True) if not line.startswith(varying))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="streamspace-migrate", description=__doc__)
     parser.add_argument("--create-database", action="store_true", help="create the database first if missing")
+    parser.add_argument(
+        "--dump-schema", action="store_true", help="after migrating, print the schema (docs/schema.sql is this output)"
+    )
     args = parser.parse_args()
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, service="migrate")
@@ -92,9 +108,11 @@ def main() -> None:
             await create_database_if_missing(settings.database_url)
         applied = await migrate(settings.database_url)
         log.info("migrations_up_to_date", applied=len(applied))
+        if args.dump_schema:
+            print(dump_schema(settings.database_url), end="")
 
     try:
         asyncio.run(run())
-    except (OSError, ValueError, asyncpg.PostgresError) as exc:
+    except (OSError, ValueError, asyncpg.PostgresError, subprocess.CalledProcessError) as exc:
         log.error("migration_failed", error=str(exc))
         sys.exit(1)

@@ -1,0 +1,298 @@
+--
+-- PostgreSQL database dump
+--
+
+
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: streamspace_command_transition_allowed(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_command_transition_allowed(old_status text, new_status text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE old_status
+        WHEN 'pending'      THEN new_status IN ('sent', 'cancelled', 'failed')
+        WHEN 'sent'         THEN new_status IN ('pending', 'acknowledged', 'completed', 'failed', 'cancelled')
+        WHEN 'acknowledged' THEN new_status IN ('pending', 'completed', 'failed', 'cancelled')
+        ELSE false  -- completed, failed and cancelled are final
+    END
+$$;
+
+
+--
+-- Name: streamspace_guard_command_transition(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_guard_command_transition() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.status <> OLD.status AND NOT streamspace_command_transition_allowed(OLD.status, NEW.status) THEN
+        RAISE EXCEPTION 'command % cannot move from % to %', OLD.command_id, OLD.status, NEW.status
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+
+--
+-- Name: streamspace_notify_agent(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_notify_agent() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.status = 'online'
+       AND (TG_OP = 'INSERT' OR OLD.status <> 'online' OR OLD.gateway_pod IS DISTINCT FROM NEW.gateway_pod) THEN
+        PERFORM pg_notify('streamspace_dispatch', NEW.agent_id);
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+--
+-- Name: streamspace_notify_command(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_notify_command() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.status = 'pending' AND (TG_OP = 'INSERT' OR OLD.status <> 'pending')
+       OR (TG_OP = 'UPDATE' AND OLD.status IN ('sent', 'acknowledged') AND NEW.status <> OLD.status
+           AND (NEW.session_id IS NOT NULL
+                OR EXISTS (SELECT 1 FROM agents WHERE agent_id = NEW.agent_id AND concurrency > 0))) THEN
+        PERFORM pg_notify('streamspace_dispatch', NEW.agent_id);
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+--
+-- Name: streamspace_touch_updated_at(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_touch_updated_at() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    NEW.updated_at := clock_timestamp();
+    RETURN NEW;
+END $$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: agent_commands; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_commands (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    command_id character varying(255) DEFAULT (gen_random_uuid())::text NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    session_id character varying(255),
+    action character varying(64) NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status character varying(32) DEFAULT 'pending'::character varying NOT NULL,
+    error_message text,
+    result jsonb,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    next_attempt_at timestamp with time zone,
+    ack_deadline timestamp with time zone,
+    dispatched_by character varying(255),
+    delivered_via_pod character varying(255),
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sent_at timestamp with time zone,
+    acknowledged_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[])))
+);
+
+
+--
+-- Name: agent_tokens; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_tokens (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    token_hash character(64) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone
+);
+
+
+--
+-- Name: agents; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agents (
+    agent_id character varying(255) NOT NULL,
+    status character varying(16) DEFAULT 'offline'::character varying NOT NULL,
+    gateway_pod character varying(255),
+    platform character varying(64),
+    version character varying(64),
+    capabilities jsonb DEFAULT '[]'::jsonb NOT NULL,
+    concurrency integer DEFAULT 0 NOT NULL,
+    instance_id character varying(255),
+    last_heartbeat timestamp with time zone,
+    connected_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT agents_status_check CHECK (((status)::text = ANY ((ARRAY['online'::character varying, 'offline'::character varying])::text[])))
+);
+
+
+--
+-- Name: schema_migrations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.schema_migrations (
+    version text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: agent_commands agent_commands_command_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_commands
+    ADD CONSTRAINT agent_commands_command_id_key UNIQUE (command_id);
+
+
+--
+-- Name: agent_commands agent_commands_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_commands
+    ADD CONSTRAINT agent_commands_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: agent_tokens agent_tokens_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_tokens
+    ADD CONSTRAINT agent_tokens_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: agent_tokens agent_tokens_token_hash_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_tokens
+    ADD CONSTRAINT agent_tokens_token_hash_key UNIQUE (token_hash);
+
+
+--
+-- Name: agents agents_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agents
+    ADD CONSTRAINT agents_pkey PRIMARY KEY (agent_id);
+
+
+--
+-- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: agent_commands_in_flight; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_in_flight ON public.agent_commands USING btree (status, ack_deadline) WHERE ((status)::text = ANY ((ARRAY['sent'::character varying, 'acknowledged'::character varying])::text[]));
+
+
+--
+-- Name: agent_commands_pending; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_pending ON public.agent_commands USING btree (agent_id, created_at) WHERE ((status)::text = 'pending'::text);
+
+
+--
+-- Name: agent_commands_session; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_session ON public.agent_commands USING btree (session_id, created_at) WHERE (session_id IS NOT NULL);
+
+
+--
+-- Name: agent_commands agent_commands_guard_transition; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_guard_transition BEFORE UPDATE OF status ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_guard_command_transition();
+
+
+--
+-- Name: agent_commands agent_commands_notify; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_notify AFTER INSERT OR UPDATE OF status ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_notify_command();
+
+
+--
+-- Name: agent_commands agent_commands_touch; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_touch BEFORE UPDATE ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: agents agents_notify; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agents_notify AFTER INSERT OR UPDATE OF status, gateway_pod ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_notify_agent();
+
+
+--
+-- Name: agents agents_touch; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agents_touch BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: agent_commands agent_commands_agent_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_commands
+    ADD CONSTRAINT agent_commands_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES public.agents(agent_id);
+
+
+--
+-- Name: agent_tokens agent_tokens_agent_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_tokens
+    ADD CONSTRAINT agent_tokens_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES public.agents(agent_id) ON DELETE CASCADE;
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+
