@@ -25,8 +25,9 @@ from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
 from streamspace_common.resilience import Backoff, Outage, forever
 from streamspace_common.routing import RoutingTable
-from streamspace_common.schemas import AgentFrame, Command, CreateCommand, Result
+from streamspace_common.schemas import AgentFrame, Command, Result
 from streamspace_common.settings import Settings, SettingsError, load_settings
+from streamspace_gateway.api.commands import CreateCommand
 from streamspace_gateway.errors import field_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -482,29 +483,32 @@ QUERY_PACKAGES = {
     "streamspace_gateway": REPO / "services" / "gateway" / "streamspace_gateway",
     "streamspace_dispatcher": REPO / "services" / "dispatcher" / "streamspace_dispatcher",
 }
-_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"(\w+)\"\)", re.MULTILINE)
+_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"([\w.]+)\"(?:, \"([\w.]+)\")?\)", re.MULTILINE)
+QueryFile = tuple[str, str]  # (package, file name)
 
 
-def query_names_used() -> dict[str, set[str]]:
-    """package -> query names the source looks up, read from `NAME = load_queries("pkg")` and NAME["query"]."""
-    used: dict[str, set[str]] = {package: set() for package in QUERY_PACKAGES}
+def query_names_used() -> dict[QueryFile, set[str]]:
+    """(package, file) -> query names the source looks up, read from `NAME = load_queries(...)` and NAME["query"]."""
+    used: dict[QueryFile, set[str]] = {(package, "queries.sql"): set() for package in QUERY_PACKAGES}
     for directory in QUERY_PACKAGES.values():
         for source in directory.rglob("*.py"):
             text = source.read_text()
-            for variable, package in _LOADED_AS.findall(text):
+            for variable, package, filename in _LOADED_AS.findall(text):
                 names = re.findall(rf"\b{variable}\[\"(\w+)\"\]", text)
-                used.setdefault(package, set()).update(names)
+                used.setdefault((package, filename or "queries.sql"), set()).update(names)
     return used
 
 
 def test_every_service_loads_the_queries_its_code_uses() -> None:
     used = query_names_used()
-    assert used["streamspace_gateway"] >= {"create_command", "ack_command", "finish_command", "agent_for_token"}
-    assert used["streamspace_common"] >= {"requeue_sent", "ensure_agent", "register_token"}
-    assert used["streamspace_dispatcher"] >= {"claim_commands"}
-    for package, names in used.items():
-        queries = load_queries(package)
-        assert names <= set(queries), f"{package} lacks {sorted(names - set(queries))}"
+    assert used["streamspace_gateway", "queries.sql"] >= {"ack_command", "finish_command", "agent_for_token"}
+    assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
+    assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
+    assert used["streamspace_common", "queries.sql"] >= {"requeue_sent", "ensure_agent", "register_token"}
+    assert used["streamspace_dispatcher", "queries.sql"] >= {"claim_commands"}
+    for (package, filename), names in used.items():
+        queries = load_queries(package, filename)
+        assert names <= set(queries), f"{package}/{filename} lacks {sorted(names - set(queries))}"
         assert all(sql and not sql.startswith("-- name:") for sql in queries.values()), package
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -11,12 +11,21 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from streamspace_common.db import TRANSIENT_ERRORS
-from streamspace_common.schemas import ErrorBody, ErrorResponse
 
 log = structlog.get_logger("gateway.http")
 T = TypeVar("T")
 _UNKNOWN_OR_MISSING = re.compile(r"field `([^`]+)`")
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
 
 
 class ApiError(Exception):
@@ -43,13 +52,47 @@ def field_of(error: msgspec.ValidationError) -> str | None:
     return path or None
 
 
+def nul_path(value: Any, path: str = "") -> str | None:
+    """Where a NUL character sits in decoded JSON (a key or a string), as a dotted path; None if nowhere.
+
+    PostgreSQL stores no NUL in text or jsonb, so such a body must be refused here, naming the field.
+    """
+    if isinstance(value, str):
+        return path or "$" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else key
+            if "\x00" in key:
+                return here.replace("\x00", "\\u0000")
+            found = nul_path(item, here)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
 def decode_body(raw: bytes, body_type: type[T]) -> T:
     try:
+        if b"\\u0000" in raw:  # the only way JSON can carry a NUL; then find where
+            where = nul_path(msgspec.json.decode(raw))
+            if where is not None:
+                raise ApiError(400, "invalid_field", "NUL characters (\\u0000) are not accepted", where)
         return msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_field", str(exc), field_of(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+
+
+async def read_body(request: web.Request, body_type: type[T]) -> T:
+    """The request's JSON body as body_type: 415 unless application/json, 413 beyond the size limit, 400 if bad."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json", "Content-Type")
+    return decode_body(await request.read(), body_type)
 
 
 @web.middleware
@@ -62,7 +105,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
+        response = error_response(exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
+        if "Allow" in exc.headers:  # a 405 names the methods the path does support
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except TRANSIENT_ERRORS as exc:
         log.warning("database_unavailable", path=request.path, error=repr(exc))
         return error_response(503, ErrorBody(code="database_unavailable", message="PostgreSQL is unreachable; retry"))

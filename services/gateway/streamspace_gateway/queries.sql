@@ -36,28 +36,3 @@ UPDATE agent_commands
 SET status = $3, result = $4, error_message = $5, completed_at = now(),
     acknowledged_at = coalesce(acknowledged_at, now()), delivered_via_pod = coalesce(delivered_via_pod, $6)
 WHERE command_id = $1 AND agent_id = $2 AND status IN ('sent', 'acknowledged');
-
--- name: create_command
--- Inserts nothing (and returns no row) when the agent is unknown.
-INSERT INTO agent_commands (agent_id, command_id, action, payload, session_id, max_attempts)
-SELECT $1::text, coalesce($2::text, gen_random_uuid()::text), $3, $4, $5, $6
-WHERE EXISTS (SELECT 1 FROM agents WHERE agent_id = $1)
-RETURNING id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
-          attempts, max_attempts, dispatched_by, delivered_via_pod, created_at, sent_at,
-          acknowledged_at, completed_at, updated_at;
-
--- name: get_command
-SELECT id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
-       attempts, max_attempts, dispatched_by, delivered_via_pod, created_at, sent_at,
-       acknowledged_at, completed_at, updated_at
-FROM agent_commands WHERE command_id = $1;
-
--- name: list_agents
-SELECT agent_id, status, gateway_pod, platform, version, capabilities, concurrency, instance_id,
-       last_heartbeat, connected_at
-FROM agents ORDER BY agent_id;
-
--- name: get_agent
-SELECT agent_id, status, gateway_pod, platform, version, capabilities, concurrency, instance_id,
-       last_heartbeat, connected_at
-FROM agents WHERE agent_id = $1;
