@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, TypeVar
 
@@ -53,10 +54,7 @@ def field_of(error: msgspec.ValidationError) -> str | None:
 
 
 def nul_path(value: Any, path: str = "") -> str | None:
-    """Where a NUL character sits in decoded JSON (a key or a string), as a dotted path; None if nowhere.
-
-    PostgreSQL stores no NUL in text or jsonb, so such a body must be refused here, naming the field.
-    """
+    """Where a NUL character sits in decoded JSON (a key or a string), as a dotted path; None if nowhere."""
     if isinstance(value, str):
         return path or "$" if "\x00" in value else None
     if isinstance(value, dict):
@@ -75,13 +73,41 @@ def nul_path(value: Any, path: str = "") -> str | None:
     return None
 
 
+@functools.cache
+def _int_fields(body_type: type) -> frozenset[str]:
+    """The top-level fields of a body struct that take an integer."""
+    info = msgspec.inspect.type_info(body_type)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return frozenset()
+
+    def takes_int(kind: msgspec.inspect.Type) -> bool:
+        if isinstance(kind, msgspec.inspect.UnionType):
+            return any(isinstance(member, msgspec.inspect.IntType) for member in kind.types)
+        return isinstance(kind, msgspec.inspect.IntType)
+
+    return frozenset(field.encode_name for field in info.fields if takes_int(field.type))
+
+
+def _integral_floats_as_ints(value: Any, body_type: type) -> Any:
+    """JSON (and JSON Schema) counts 5.0 as an integer, msgspec does not: agree with JSON for int fields.
+
+    Only the body's own integer fields are touched; a payload's numbers are stored exactly as sent.
+    """
+    if isinstance(value, dict):
+        for name in _int_fields(body_type) & value.keys():
+            item = value[name]
+            if isinstance(item, float) and item.is_integer():
+                value[name] = int(item)
+    return value
+
+
 def decode_body(raw: bytes, body_type: type[T]) -> T:
     try:
-        if b"\\u0000" in raw:  # the only way JSON can carry a NUL; then find where
-            where = nul_path(msgspec.json.decode(raw))
-            if where is not None:
-                raise ApiError(400, "invalid_field", "NUL characters (\\u0000) are not accepted", where)
-        return msgspec.json.decode(raw, type=body_type)
+        data = msgspec.json.decode(raw)
+        where = nul_path(data)
+        if where is not None:  # PostgreSQL stores no NUL in text or jsonb: refuse it here, naming the field
+            raise ApiError(400, "invalid_field", "NUL characters (\\u0000) are not accepted", where)
+        return msgspec.convert(_integral_floats_as_ints(data, body_type), body_type)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_field", str(exc), field_of(exc)) from exc
     except msgspec.DecodeError as exc:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..errors import ErrorResponse
 from . import agents, auth, commands, keys, users
-from .base import ApiRoutes, Operation, encoded
+from .base import JSON_VALUE_SCHEMA, ApiRoutes, Operation, encoded
 
 MODULES = (auth, users, keys, agents, commands)
 meta = ApiRoutes()
@@ -43,7 +43,7 @@ def operations() -> list[Operation]:
 
 def add_api_routes(app: web.Application) -> None:
     for operation in operations():
-        app.router.add_route(operation.method, operation.path, operation.handler)
+        app.router.add_route(operation.method, operation.router_path(), operation.handler)
 
 
 @meta.public("GET", "/api/v1/openapi.json", summary="This document", status=200, reply=None)
@@ -98,5 +98,8 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "StreamSpace control plane", "version": "1"},
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": {"bearer": SECURITY_SCHEME}},
+        "components": {
+            "schemas": {**components, "JsonValue": JSON_VALUE_SCHEMA},
+            "securitySchemes": {"bearer": SECURITY_SCHEME},
+        },
     }

@@ -16,7 +16,7 @@ INSERT INTO agents (agent_id) VALUES ($1) ON CONFLICT (agent_id) DO NOTHING;
 
 -- name: create_agent_token
 INSERT INTO agent_tokens (agent_id, token_hash) VALUES ($1, $2)
-RETURNING id::text, agent_id, created_at, revoked_at;
+RETURNING id::text, agent_id, created_at;
 
 -- name: list_agent_tokens
 SELECT id::text, agent_id, created_at, revoked_at FROM agent_tokens WHERE agent_id = $1 ORDER BY created_at, id;

@@ -13,15 +13,15 @@ from streamspace_common.passwords import MAX_LENGTH, verify_password
 
 from ..auth import AUTH_KEY
 from ..errors import ApiError, read_body
-from .base import ApiRoutes, encoded
+from .base import NO_NUL, ApiRoutes, encoded
 
 QUERIES = load_queries("streamspace_gateway.api", "users.sql")
 routes = ApiRoutes()
 
 
 class Login(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LENGTH)]
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LENGTH, pattern=NO_NUL)]
 
 
 class LoginToken(msgspec.Struct):

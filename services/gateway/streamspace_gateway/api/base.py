@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 import msgspec
@@ -24,6 +24,31 @@ Access = Literal["public", "user", "admin"]
 Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
 PublicHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = re.compile(ID_PATTERN)
+# Free text: anything but NUL, which PostgreSQL cannot store (decode_body refuses it, naming the field;
+# the pattern says so in the OpenAPI document).
+NO_NUL = "^[^\\u0000]*$"
+# Any JSON value without a NUL in a key or string: what a free-form payload may hold.
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        },
+    ]
+}
+JsonObject = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        extra_json_schema={
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        }
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -32,14 +57,15 @@ class Param:
     where: Literal["path", "query"]
     schema: dict[str, Any]
     description: str = ""
+    route_regex: str = ""  # for aiohttp's router only, e.g. to leave /users/me to its own route
 
 
 def identifier(name: str) -> Param:
     return Param(name, "path", {"type": "string", "pattern": ID_PATTERN})
 
 
-def uuid_param(name: str) -> Param:
-    return Param(name, "path", {"type": "string", "format": "uuid"})
+def uuid_param(name: str, route_regex: str = "") -> Param:
+    return Param(name, "path", {"type": "string", "format": "uuid"}, route_regex=route_regex)
 
 
 @dataclass(frozen=True)
@@ -55,6 +81,13 @@ class Operation:
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()  # statuses beyond those the access, body and params imply
     description: str = ""
+
+    def router_path(self) -> str:
+        path = self.path
+        for param in self.params:
+            if param.route_regex:
+                path = path.replace(f"{{{param.name}}}", f"{{{param.name}:{param.route_regex}}}")
+        return path
 
     def statuses(self) -> list[int]:
         codes = set(self.errors) | {500, 503}

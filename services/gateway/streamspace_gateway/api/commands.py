@@ -15,7 +15,7 @@ from streamspace_common.schemas import ID_PATTERN, Action, CommandStatus
 
 from ..auth import Caller
 from ..errors import ApiError, read_body
-from .base import ApiRoutes, encoded, identifier, path_identifier, pool_of, view
+from .base import NO_NUL, ApiRoutes, JsonObject, encoded, identifier, path_identifier, pool_of, view
 
 QUERIES = load_queries("streamspace_gateway.api", "commands.sql")
 routes = ApiRoutes()
@@ -23,8 +23,8 @@ routes = ApiRoutes()
 
 class CreateCommand(msgspec.Struct, forbid_unknown_fields=True):
     action: Action
-    payload: dict[str, Any] = {}
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    payload: JsonObject = {}
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
     command_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
 

@@ -17,14 +17,26 @@ from streamspace_common.tokens import hash_token
 
 from ..auth import Caller, key_prefix, new_api_key, require_admin, require_owner_or_admin
 from ..errors import ApiError, read_body
-from .base import ApiRoutes, Param, encoded, no_content, path_uuid, pool_of, query_bool, query_uuid, uuid_param, view
+from .base import (
+    NO_NUL,
+    ApiRoutes,
+    Param,
+    encoded,
+    no_content,
+    path_uuid,
+    pool_of,
+    query_bool,
+    query_uuid,
+    uuid_param,
+    view,
+)
 
 QUERIES = load_queries("streamspace_gateway.api", "keys.sql")
 routes = ApiRoutes()
 
 
 class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
 
 
 class KeyCreated(msgspec.Struct):

@@ -1,8 +1,9 @@
 """Users: administrators manage accounts; everyone may read their own (GET /api/v1/users/me).
 
-DELETE disables an account rather than erasing it (its name stays taken, its rows keep their owner):
-a disabled user can no longer log in, and their login tokens and API keys are refused at once.
-An administrator cannot demote or disable their own account, so the last administrator stays one.
+PATCH {"disabled": true} disables an account (reversible; its name stays taken): a disabled user can no
+longer log in, and their login tokens and API keys are refused at once. DELETE erases the account and
+its API keys. An administrator cannot demote, disable or delete their own account, so the last
+administrator stays one.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from streamspace_common.schemas import USERNAME_PATTERN
 
 from ..auth import Caller, Role
 from ..errors import ApiError, read_body
-from .base import ApiRoutes, encoded, no_content, path_uuid, pool_of, uuid_param, view
+from .base import NO_NUL, ApiRoutes, encoded, no_content, path_uuid, pool_of, uuid_param, view
 
 QUERIES = load_queries("streamspace_gateway.api", "users.sql")
 routes = ApiRoutes()
 
 Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN, description="letters, digits, '.', '_', '@', '-'")]
-Password = Annotated[str, msgspec.Meta(min_length=MIN_LENGTH, max_length=MAX_LENGTH)]
+Password = Annotated[str, msgspec.Meta(min_length=MIN_LENGTH, max_length=MAX_LENGTH, pattern=NO_NUL)]
 
 
 class CreateUser(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,7 +55,7 @@ class UserList(msgspec.Struct):
     users: list[UserView]
 
 
-USER_ID = (uuid_param("user_id"),)
+USER_ID = (uuid_param("user_id", route_regex="(?!me$)[^/]+"),)  # /users/me is its own route
 
 
 def not_found(user_id: str) -> ApiError:
@@ -138,16 +139,16 @@ async def update_user(request: web.Request, caller: Caller) -> web.Response:
     "DELETE",
     "/api/v1/users/{user_id}",
     "admin",
-    summary="Disable a user (their tokens and keys stop working at once)",
+    summary="Delete a user and their API keys (their tokens stop working at once)",
     status=204,
     reply=None,
     params=USER_ID,
     errors=(404, 409),
 )
-async def disable_user(request: web.Request, caller: Caller) -> web.Response:
+async def delete_user(request: web.Request, caller: Caller) -> web.Response:
     user_id = path_uuid(request, "user_id", "user_not_found")
     if user_id == caller.user_id:
-        raise ApiError(409, "own_account", "an administrator cannot disable their own account", "user_id")
-    if await pool_of(request).fetchrow(QUERIES["update_user"], user_id, None, None, True) is None:
+        raise ApiError(409, "own_account", "an administrator cannot delete their own account", "user_id")
+    if await pool_of(request).fetchval(QUERIES["delete_user"], user_id) is None:
         raise not_found(user_id)
     return no_content()
