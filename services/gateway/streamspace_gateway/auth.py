@@ -147,14 +147,13 @@ class Authenticator:
 
 
 AUTH_KEY = web.AppKey("auth", Authenticator)
-_CALLER = "streamspace.caller"
+_CALLER = web.RequestKey("caller", Caller)
 
 
 async def caller_of(request: web.Request) -> Caller:
     """The request's caller, resolved once and kept on the request; a 401 ApiError if there is none."""
-    cached = request.get(_CALLER)
-    if isinstance(cached, Caller):
-        return cached
+    if _CALLER in request:
+        return request[_CALLER]
     caller = await request.app[AUTH_KEY].resolve(request.headers.get("Authorization"))
     request[_CALLER] = caller
     return caller
