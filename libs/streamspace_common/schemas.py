@@ -1,4 +1,4 @@
-"""Every WebSocket frame, Redis message and REST body, defined once as msgspec types.
+"""Every WebSocket frame and Redis message, defined once as msgspec types (REST bodies: gateway api/).
 
 One message per WebSocket frame, always (§9): frames are tagged unions on the "type" field.
 """

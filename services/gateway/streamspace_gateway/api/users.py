@@ -65,6 +65,8 @@ def not_found(user_id: str) -> ApiError:
 @routes.route("GET", "/api/v1/users/me", "user", summary="The calling user", status=200, reply=UserView)
 async def me(request: web.Request, caller: Caller) -> web.Response:
     row = await pool_of(request).fetchrow(QUERIES["get_user"], caller.user_id)
+    if row is None:  # deleted since the caller was resolved
+        raise ApiError(401, "unauthorized", "this account no longer exists", "Authorization")
     return encoded(view(row, UserView))
 
 
