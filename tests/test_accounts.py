@@ -108,8 +108,12 @@ async def test_login_gives_a_token_and_an_api_key_works_too(gateway: Client, adm
 
     key = await create_key(gateway, token)
     assert key["key"].startswith("ssk_") and key["prefix"] == key["key"][:12]
+    async with gateway.get("/api/v1/keys", headers=bearer(token)) as response:
+        assert (await expect(response, 200))["keys"][0]["last_used_at"] is None
     async with gateway.get("/api/v1/users/me", headers=bearer(key["key"])) as response:
         assert (await expect(response, 200))["id"] == created["id"]
+    async with gateway.get("/api/v1/keys", headers=bearer(token)) as response:
+        assert (await expect(response, 200))["keys"][0]["last_used_at"] is not None
 
 
 async def test_login_answers_an_expiry_of_the_configured_ttl(make_gateway: MakeGateway, user: Account) -> None:
