@@ -6,6 +6,7 @@ touched are exactly as before.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,9 +19,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from support import Account, RunEnv, new_account, wait_for
+from support import Account, RunEnv, new_account, wait_for, with_database
 from test_bad_input import assert_error, hello
 
+from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import load_settings
 from streamspace_gateway.api import openapi_document, operations
 from streamspace_gateway.auth import sign_token, signing_secret
@@ -506,3 +508,27 @@ async def test_openapi_states_auth_and_statuses_of_every_operation(gateway: Clie
     assert public == {("POST", "/api/v1/auth/login"), ("GET", "/api/v1/openapi.json")}
     admin_only = {op.path for op in operations() if op.access == "admin"}
     assert {"/api/v1/agents/{agent_id}/commands", "/api/v1/commands/{command_id}", "/api/v1/agents"} <= admin_only
+
+
+async def test_gateways_starting_together_agree_on_one_signing_secret(test_env: RunEnv) -> None:
+    """On an empty database, eight concurrent first starts all read the same generated key."""
+    database = f"streamspace_secret_{test_env.run_id}"
+    url = with_database(test_env.database_url, database)
+    await create_database_if_missing(url)
+    try:
+        await migrate(url)
+        pool = await asyncpg.create_pool(url, min_size=8, max_size=8)
+        try:
+            secrets = await asyncio.gather(*(signing_secret(pool, "") for _ in range(8)))
+            assert len(set(secrets)) == 1 and len(secrets[0]) >= 48
+            assert await pool.fetchval("SELECT count(*) FROM auth_secrets") == 1
+            assert await signing_secret(pool, "configured") == b"configured"  # AUTH_SECRET wins, stores nothing
+            assert await pool.fetchval("SELECT count(*) FROM auth_secrets") == 1
+        finally:
+            await pool.close()
+    finally:
+        conn = await asyncpg.connect(url, database="postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()

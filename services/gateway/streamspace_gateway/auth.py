@@ -113,7 +113,13 @@ def key_prefix(key: str) -> str:
 async def signing_secret(pool: asyncpg.Pool, configured: str) -> bytes:
     if configured:
         return configured.encode()
-    secret: str = await pool.fetchval(QUERIES["signing_secret"], secrets.token_urlsafe(48))
+    secret: str | None = await pool.fetchval(QUERIES["signing_secret"], secrets.token_urlsafe(48))
+    if secret is None:
+        # Another gateway inserted it at the same moment: our INSERT waited for it and did nothing, and
+        # the statement's snapshot predates that row. A new statement sees it.
+        secret = await pool.fetchval(QUERIES["read_signing_secret"])
+    if secret is None:
+        raise RuntimeError("auth_secrets has no token_signing row after inserting one")
     return secret.encode()
 
 

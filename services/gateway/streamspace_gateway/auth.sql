@@ -12,6 +12,9 @@ UNION ALL
 SELECT secret FROM auth_secrets WHERE name = 'token_signing'
 LIMIT 1;
 
+-- name: read_signing_secret
+SELECT secret FROM auth_secrets WHERE name = 'token_signing';
+
 -- name: user_for_token
 -- The user a login token names, if still enabled.
 SELECT id::text AS user_id, username, role FROM users WHERE id = $1 AND disabled_at IS NULL;
