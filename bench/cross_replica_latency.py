@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Stack, new_test_env
+from support import Stack, new_account, new_test_env
 
 from streamspace_common.admin import create_agent_token
 from streamspace_common.migrate import create_database_if_missing, migrate
@@ -56,7 +56,8 @@ async def measure(count: int, warmup: int) -> None:
             dispatcher = stack.dispatcher()
             await stack.ready(gateway_a, gateway_b, dispatcher)
             await stack.ready(stack.agent("bench-agent", token, [gateway_a]))
-            await run_commands(env.database_url, gateway_b.url, count, warmup)
+            admin = await new_account(env.database_url, "bench-admin", admin=True)
+            await run_commands(env.database_url, gateway_b.url, admin.headers, count, warmup)
         finally:
             stack.stop_all()
             conn = await asyncpg.connect(env.database_url, database="postgres")
@@ -64,11 +65,11 @@ async def measure(count: int, warmup: int) -> None:
             await conn.close()
 
 
-async def run_commands(database_url: str, gateway_url: str, count: int, warmup: int) -> None:
+async def run_commands(database_url: str, gateway_url: str, headers: dict[str, str], count: int, warmup: int) -> None:
     db = await asyncpg.connect(database_url)
     stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
     post_round_trip: list[float] = []
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=headers) as http:
         for i in range(warmup + count):
             started = time.perf_counter()
             async with http.post(f"{gateway_url}/api/v1/agents/bench-agent/commands", json={"action": "PING"}) as r:

@@ -10,7 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio
-from support import RunEnv, Stack, new_test_env, rabbitmqctl
+from support import Account, RunEnv, Stack, new_account, new_test_env, rabbitmqctl
 
 from streamspace_common.admin import create_agent_token
 from streamspace_common.db import create_pool
@@ -57,8 +57,27 @@ async def redis_client(test_env: RunEnv) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
+@pytest.fixture(scope="session")
+async def admin(test_env: RunEnv) -> Account:
+    """An administrator of this test run, with a login token every gateway of the run accepts."""
+    return await new_account(test_env.database_url, f"admin-{test_env.run_id}", admin=True)
+
+
+@pytest.fixture(scope="session")
+def admin_token(admin: Account) -> str:
+    return admin.token
+
+
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
+async def http(admin_token: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session that sends the admin's token with every request (a request may override it)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_token}"}) as session:
+        yield session
+
+
+@pytest.fixture
+async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session without credentials."""
     async with aiohttp.ClientSession() as session:
         yield session
 

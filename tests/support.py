@@ -22,6 +22,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
+
+from streamspace_common.admin import create_user
+from streamspace_gateway.auth import sign_token, signing_secret
 
 T = TypeVar("T")
 
@@ -185,6 +189,38 @@ class Stack:
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {s.name} =====\n{s.log()}" for s in self.services)
+
+
+@dataclass
+class Account:
+    """A user made for a test, with a login token signed like a gateway signs one."""
+
+    user_id: str
+    username: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def new_account(database_url: str, username: str, admin: bool = False) -> Account:
+    """Create a user (as streamspace-admin does) and sign a login token with the gateways' shared secret.
+
+    The secret is the one every gateway started without AUTH_SECRET uses (auth_secrets, made by the
+    first to ask), so the token is accepted by every gateway of the test run.
+    """
+
+    password = await create_user(database_url, username, admin=admin)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        user_id = str(await pool.fetchval("SELECT id FROM users WHERE username = $1", username))
+        secret = await signing_secret(pool, "")
+    finally:
+        await pool.close()
+    token = sign_token(secret, user_id, "admin" if admin else "user", int(time.time()) + 3600 * 6)
+    return Account(user_id, username, password, token)
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:

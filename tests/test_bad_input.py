@@ -252,7 +252,7 @@ def upgrade_headers() -> dict[str, str]:
 )
 async def test_socket_refuses_bad_credentials(
     shared_stack: Stack,
-    http: aiohttp.ClientSession,
+    anon_http: aiohttp.ClientSession,
     db: asyncpg.Pool,
     redis_client: redis.asyncio.Redis,
     test_env: RunEnv,
@@ -266,14 +266,14 @@ async def test_socket_refuses_bad_credentials(
 
     # A real WebSocket client: the handshake is refused with 401.
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        async with http.ws_connect(socket_url(shared_stack), headers=auth):
+        async with anon_http.ws_connect(socket_url(shared_stack), headers=auth):
             pass
     assert refused.value.status == 401
 
     # The same request by hand, upgrade headers included, and as a plain GET: 401 with a JSON error.
     url = gateway_url(shared_stack) + CONNECT_PATH
     for headers in ({**upgrade_headers(), **auth}, auth):
-        async with http.get(url, headers=headers) as response:
+        async with anon_http.get(url, headers=headers) as response:
             assert response.status == 401
             assert response.content_type == "application/json"
             assert_error(await response.json(), "unauthorized", "Authorization")

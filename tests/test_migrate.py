@@ -311,3 +311,73 @@ def test_the_schema_snapshot_is_current(test_env: RunEnv) -> None:
     """docs/schema.sql is what the migrations build; after adding one, run scripts/schema-snapshot."""
     snapshot = (Path(__file__).parents[1] / "docs" / "schema.sql").read_text()
     assert dump_schema(test_env.database_url) == snapshot, "docs/schema.sql is stale: run scripts/schema-snapshot"
+
+
+# --- streamspace-admin user create --------------------------------------------------------------
+
+
+async def login_status(gateway_url: str, username: str, password: str) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{gateway_url}/api/v1/auth/login", json={"username": username, "password": password}) as reply,
+    ):
+        body: dict[str, Any] = await reply.json()
+        return reply.status, body
+
+
+async def test_admin_creates_a_user_whose_printed_password_logs_in(
+    shared_stack: Stack, db: asyncpg.Pool, test_env: RunEnv
+) -> None:
+    env = {"DATABASE_URL": test_env.database_url}
+    name = f"first-admin-{uuid.uuid4().hex[:8]}"
+    result = await run("streamspace-admin", "user", "create", name, "--admin", env=env)
+    assert result.returncode == 0, result.stderr
+    password = result.stdout.splitlines()[-1]
+    assert len(password) >= 20 and password not in result.stderr
+
+    row = await db.fetchrow("SELECT role, password_hash FROM users WHERE username = $1", name)
+    assert (
+        row["role"] == "admin" and password not in row["password_hash"] and row["password_hash"].startswith("$argon2")
+    )
+    status, body = await login_status(shared_stack.services[0].url, name, password)
+    assert status == 200 and body["token"].startswith("sst_"), body
+
+    # The same name again is refused, and the account is unchanged.
+    again = await run("streamspace-admin", "user", "create", name, env=env)
+    assert again.returncode != 0 and "already exists" in again.stderr and again.stdout == ""
+    assert await db.fetchrow("SELECT role, password_hash FROM users WHERE username = $1", name) == row
+
+
+async def test_admin_creates_a_user_with_a_given_password(
+    shared_stack: Stack, db: asyncpg.Pool, test_env: RunEnv
+) -> None:
+    env = {"DATABASE_URL": test_env.database_url}
+    name = f"carol-{uuid.uuid4().hex[:8]}"
+    result = await run("streamspace-admin", "user", "create", name, "--password", "chosen-password-1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "chosen-password-1"
+    assert await db.fetchval("SELECT role FROM users WHERE username = $1", name) == "user"
+    status, _ = await login_status(shared_stack.services[0].url, name, "chosen-password-1")
+    assert status == 200
+    status, _ = await login_status(shared_stack.services[0].url, name, "chosen-password-2")
+    assert status == 401
+
+
+@pytest.mark.parametrize(
+    ("username", "extra", "message"),
+    [
+        ("has space", [], "invalid username"),
+        ("", [], "invalid username"),
+        ("dave", ["--password", "short"], "at least"),
+    ],
+    ids=["space", "empty", "short_password"],
+)
+async def test_admin_refuses_a_bad_user(
+    db: asyncpg.Pool, test_env: RunEnv, username: str, extra: list[str], message: str
+) -> None:
+    before = await db.fetchval("SELECT count(*) FROM users")
+    result = await run(
+        "streamspace-admin", "user", "create", username, *extra, env={"DATABASE_URL": test_env.database_url}
+    )
+    assert result.returncode != 0 and message in result.stderr and result.stdout == ""
+    assert await db.fetchval("SELECT count(*) FROM users") == before

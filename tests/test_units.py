@@ -26,8 +26,9 @@ from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
 from streamspace_common.resilience import Backoff, Outage, forever
 from streamspace_common.routing import RoutingTable
-from streamspace_common.schemas import AgentFrame, Command, CreateCommand, Result
+from streamspace_common.schemas import AgentFrame, Command, Result
 from streamspace_common.settings import Settings, SettingsError, load_settings
+from streamspace_gateway.api.commands import CreateCommand
 from streamspace_gateway.errors import field_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -483,12 +484,13 @@ QUERY_PACKAGES = {
     "streamspace_gateway": REPO / "services" / "gateway" / "streamspace_gateway",
     "streamspace_dispatcher": REPO / "services" / "dispatcher" / "streamspace_dispatcher",
 }
-_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"(\w+)\"(?:, \"([\w.]+)\")?\)", re.MULTILINE)
+_LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"([\w.]+)\"(?:, \"([\w.]+)\")?\)", re.MULTILINE)
+QueryFile = tuple[str, str]  # (package, file name)
 
 
-def query_names_used() -> dict[tuple[str, str], set[str]]:
+def query_names_used() -> dict[QueryFile, set[str]]:
     """(package, file) -> query names the source looks up, read from `NAME = load_queries(...)` and NAME["query"]."""
-    used: dict[tuple[str, str], set[str]] = {}
+    used: dict[QueryFile, set[str]] = {(package, "queries.sql"): set() for package in QUERY_PACKAGES}
     for directory in QUERY_PACKAGES.values():
         for source in directory.rglob("*.py"):
             text = source.read_text()
@@ -500,7 +502,9 @@ def query_names_used() -> dict[tuple[str, str], set[str]]:
 
 def test_every_service_loads_the_queries_its_code_uses() -> None:
     used = query_names_used()
-    assert used["streamspace_gateway", "queries.sql"] >= {"create_command", "agent_for_token"}
+    assert used["streamspace_gateway", "queries.sql"] >= {"agent_for_token"}
+    assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
+    assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
     assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
     assert used["streamspace_common", "commands.sql"] >= {"claim", "requeue_sent", "acknowledge", "finish"}
     assert used["streamspace_dispatcher", "queries.sql"] >= {"agents_with_due_commands"}
@@ -546,7 +550,12 @@ async def test_requeue_only_undoes_the_claim_it_names(db: asyncpg.Pool, agent_to
 
 async def test_every_query_prepares_against_the_migrated_schema(db: asyncpg.Pool) -> None:
     """Column and table names in every query match the schema the migrations build."""
-    query_files = [(package, source.name) for package, d in QUERY_PACKAGES.items() for source in d.glob("*.sql")]
+    query_files = [
+        (".".join([package, *source.relative_to(d).parent.parts]), source.name)
+        for package, d in QUERY_PACKAGES.items()
+        for source in d.rglob("*.sql")
+    ]
+    assert ("streamspace_gateway.api", "commands.sql") in query_files
     assert ("streamspace_common", "commands.sql") in query_files
     async with db.acquire() as conn:
         for package, filename in query_files:

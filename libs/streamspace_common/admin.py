@@ -1,9 +1,12 @@
 """streamspace-admin: operator tasks (§6).
 
     streamspace-admin agent-token create AGENT_ID [--token VALUE]
+    streamspace-admin user create USERNAME [--admin] [--password VALUE]
 
-registers the agent if it is new and a token for it, and prints the token alone on the last line
-of stdout. With --token an operator-chosen value is registered (idempotent), for compose and Helm.
+`agent-token create` registers the agent if it is new and a token for it, and prints the token alone
+on the last line of stdout. With --token an operator-chosen value is registered (idempotent), for
+compose and Helm. `user create` creates an account (the first administrator: --admin) and prints its
+password alone on the last line of stdout: the one given, or a strong generated one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import sys
 import asyncpg
 
 from .db import load_queries
-from .schemas import ID_PATTERN
+from .passwords import MIN_LENGTH, hash_password, new_password
+from .schemas import ID_PATTERN, USERNAME_PATTERN
 from .settings import load_settings
 from .tokens import hash_token, new_token
 
@@ -43,6 +47,24 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None) 
     return token
 
 
+async def create_user(dsn: str, username: str, admin: bool = False, password: str | None = None) -> str:
+    """Create the account; return its password (generated when none is given)."""
+    if not re.match(USERNAME_PATTERN, username):
+        raise AdminError(f"invalid username {username!r}: 1-64 letters, digits, '.', '_', '@' or '-'")
+    if password is not None and len(password) < MIN_LENGTH:
+        raise AdminError(f"a password needs at least {MIN_LENGTH} characters")
+    password = password or new_password()
+    password_hash = await hash_password(password)
+    conn = await asyncpg.connect(dsn)
+    try:
+        created = await conn.fetchval(QUERIES["create_user"], username, password_hash, "admin" if admin else "user")
+    finally:
+        await conn.close()
+    if created is None:
+        raise AdminError(f"user {username!r} already exists")
+    return password
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="streamspace-admin", description="StreamSpace operator tasks")
     commands = parser.add_subparsers(dest="group", required=True)
@@ -51,13 +73,24 @@ def main() -> None:
     create = token_commands.add_parser("create", help="register an agent token and print it")
     create.add_argument("agent_id")
     create.add_argument("--token", help="register this value instead of a new random token")
+    user_parser = commands.add_parser("user", help="user accounts")
+    user_commands = user_parser.add_subparsers(dest="verb", required=True)
+    create_user_parser = user_commands.add_parser("create", help="create a user and print their password")
+    create_user_parser.add_argument("username")
+    create_user_parser.add_argument("--admin", action="store_true", help="an administrator")
+    create_user_parser.add_argument("--password", help="this password instead of a generated one")
     args = parser.parse_args()
 
     settings = load_settings()
     try:
-        token = asyncio.run(create_agent_token(settings.database_url, args.agent_id, args.token))
+        if args.group == "user":
+            secret = asyncio.run(create_user(settings.database_url, args.username, args.admin, args.password))
+            role = "administrator" if args.admin else "user"
+            print(f"{role} {args.username} created; password (shown once, store it now):", file=sys.stderr)
+        else:
+            secret = asyncio.run(create_agent_token(settings.database_url, args.agent_id, args.token))
+            print(f"agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)
     except (AdminError, OSError, asyncpg.PostgresError) as exc:
         print(f"streamspace-admin: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)
-    print(token)
+    print(secret)

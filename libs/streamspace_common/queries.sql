@@ -14,3 +14,9 @@ SELECT agent_id FROM inserted
 UNION ALL
 SELECT agent_id FROM agent_tokens WHERE token_hash = $2
 LIMIT 1;
+
+-- name: create_user
+-- No row: the username is taken.
+INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3)
+ON CONFLICT (username) DO NOTHING
+RETURNING id;

@@ -1,11 +1,10 @@
-"""Every WebSocket frame, Redis message and REST body, defined once as msgspec types.
+"""Every WebSocket frame and Redis message, defined once as msgspec types (REST bodies: gateway api/).
 
 One message per WebSocket frame, always (§9): frames are tagged unions on the "type" field.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -14,6 +13,7 @@ import msgspec
 # still means the same in the ECMAScript regexes OpenAPI clients generate from these patterns.
 ACTION_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$(?!\n)"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$(?!\n)"
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$(?!\n)"
 
 Action = Annotated[str, msgspec.Meta(pattern=ACTION_PATTERN, description="upper-case verb, e.g. PING")]
 Identifier = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
@@ -80,62 +80,3 @@ class Delivery(msgspec.Struct, forbid_unknown_fields=True):
     agent_id: str
     command: Command
     attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
-
-
-# --- REST -------------------------------------------------------------------------------
-
-
-class CreateCommand(msgspec.Struct, forbid_unknown_fields=True):
-    action: Action
-    payload: dict[str, Any] = {}
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
-    command_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
-
-
-class CommandView(msgspec.Struct):
-    id: str
-    command_id: str
-    agent_id: str
-    session_id: str | None
-    action: str
-    payload: dict[str, Any]
-    status: CommandStatus
-    error_message: str | None
-    result: dict[str, Any] | None
-    attempts: int
-    max_attempts: int
-    dispatched_by: str | None
-    delivered_via_pod: str | None
-    created_at: datetime
-    sent_at: datetime | None
-    acknowledged_at: datetime | None
-    completed_at: datetime | None
-    updated_at: datetime
-
-
-class AgentView(msgspec.Struct):
-    agent_id: str
-    status: Literal["online", "offline"]
-    gateway_pod: str | None
-    platform: str | None
-    version: str | None
-    capabilities: list[str]
-    concurrency: int
-    instance_id: str | None
-    last_heartbeat: datetime | None
-    connected_at: datetime | None
-
-
-class AgentList(msgspec.Struct):
-    agents: list[AgentView]
-
-
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorResponse(msgspec.Struct):
-    error: ErrorBody

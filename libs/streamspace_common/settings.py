@@ -32,6 +32,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
     # gateway
     max_request_bytes: int = 64 * 1024
+    # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and
+    # stored in PostgreSQL (table auth_secrets), so every replica accepts every other's tokens.
+    auth_secret: str = ""
+    auth_token_ttl: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600.0  # seconds a login token is valid
 
 
 class SettingsError(SystemExit):

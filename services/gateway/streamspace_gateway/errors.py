@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -11,12 +12,21 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from streamspace_common.db import TRANSIENT_ERRORS
-from streamspace_common.schemas import ErrorBody, ErrorResponse
 
 log = structlog.get_logger("gateway.http")
 T = TypeVar("T")
 _UNKNOWN_OR_MISSING = re.compile(r"field `([^`]+)`")
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
 
 
 class ApiError(Exception):
@@ -43,13 +53,72 @@ def field_of(error: msgspec.ValidationError) -> str | None:
     return path or None
 
 
+def nul_path(value: Any, path: str = "") -> str | None:
+    """Where a NUL character sits in decoded JSON (a key or a string), as a dotted path; None if nowhere."""
+    if isinstance(value, str):
+        return path or "$" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else key
+            if "\x00" in key:
+                return here.replace("\x00", "\\u0000")
+            found = nul_path(item, here)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+@functools.cache
+def _int_fields(body_type: type) -> frozenset[str]:
+    """The top-level fields of a body struct that take an integer."""
+    info = msgspec.inspect.type_info(body_type)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return frozenset()
+
+    def takes_int(kind: msgspec.inspect.Type) -> bool:
+        if isinstance(kind, msgspec.inspect.UnionType):
+            return any(isinstance(member, msgspec.inspect.IntType) for member in kind.types)
+        return isinstance(kind, msgspec.inspect.IntType)
+
+    return frozenset(field.encode_name for field in info.fields if takes_int(field.type))
+
+
+def _integral_floats_as_ints(value: Any, body_type: type) -> Any:
+    """JSON (and JSON Schema) counts 5.0 as an integer, msgspec does not: agree with JSON for int fields.
+
+    Only the body's own integer fields are touched; a payload's numbers are stored exactly as sent.
+    """
+    if isinstance(value, dict):
+        for name in _int_fields(body_type) & value.keys():
+            item = value[name]
+            if isinstance(item, float) and item.is_integer():
+                value[name] = int(item)
+    return value
+
+
 def decode_body(raw: bytes, body_type: type[T]) -> T:
     try:
-        return msgspec.json.decode(raw, type=body_type)
+        data = msgspec.json.decode(raw)
+        where = nul_path(data)
+        if where is not None:  # PostgreSQL stores no NUL in text or jsonb: refuse it here, naming the field
+            raise ApiError(400, "invalid_field", "NUL characters (\\u0000) are not accepted", where)
+        return msgspec.convert(_integral_floats_as_ints(data, body_type), body_type)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_field", str(exc), field_of(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+
+
+async def read_body(request: web.Request, body_type: type[T]) -> T:
+    """The request's JSON body as body_type: 415 unless application/json, 413 beyond the size limit, 400 if bad."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json", "Content-Type")
+    return decode_body(await request.read(), body_type)
 
 
 @web.middleware
@@ -62,7 +131,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
+        response = error_response(exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
+        if "Allow" in exc.headers:  # a 405 names the methods the path does support
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except TRANSIENT_ERRORS as exc:
         log.warning("database_unavailable", path=request.path, error=repr(exc))
         return error_response(503, ErrorBody(code="database_unavailable", message="PostgreSQL is unreachable; retry"))

@@ -15,7 +15,8 @@ from streamspace_common.settings import Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background
 
 from .agent_socket import agent_connect
-from .api import routes
+from .api import add_api_routes
+from .auth import AUTH_KEY, Authenticator, signing_secret
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
 from .store import STORE_KEY, Store
@@ -27,7 +28,7 @@ log = structlog.get_logger("gateway")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
-    app.router.add_routes(routes)
+    add_api_routes(app)
 
     def is_ready() -> bool:
         hub = app.get(HUB_KEY)
@@ -42,6 +43,8 @@ def create_app(settings: Settings) -> web.Application:
         await store.pod_agents_offline()  # a restarted replica holds no sockets yet
         routing = RoutingTable(redis, RedisKeys(settings.redis_key_prefix))
         hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
+        secret = await signing_secret(pool, settings.auth_secret)
+        app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
         app[STORE_KEY], app[HUB_KEY] = store, hub
         async with background(hub.run_subscription(), hub.run_upkeep()):
             yield

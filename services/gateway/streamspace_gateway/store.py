@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
-import msgspec
 import structlog
 from aiohttp import web
 
@@ -14,19 +13,11 @@ from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import TRANSIENT_ERRORS, load_queries
 from streamspace_common.keys import DISPATCH_CHANNEL
 from streamspace_common.resilience import Outage, retry
-from streamspace_common.schemas import AgentView, CommandView, CreateCommand, Hello
+from streamspace_common.schemas import Hello
 
 QUERIES = load_queries("streamspace_gateway")
 T = TypeVar("T")
 log = structlog.get_logger("gateway.store")
-
-
-class UnknownAgent(Exception):
-    pass
-
-
-class DuplicateCommand(Exception):
-    pass
 
 
 class Store:
@@ -71,38 +62,5 @@ class Store:
     async def wake_dispatchers(self, agent_ids: list[str]) -> None:
         await self.pool.execute(QUERIES["wake_dispatchers"], agent_ids, DISPATCH_CHANNEL)
 
-    async def create_command(self, agent_id: str, body: CreateCommand) -> CommandView:
-        try:
-            row = await self.pool.fetchrow(
-                QUERIES["create_command"],
-                agent_id,
-                body.command_id,
-                body.action,
-                body.payload,
-                body.session_id,
-                body.max_attempts,
-            )
-        except asyncpg.UniqueViolationError as exc:
-            raise DuplicateCommand(body.command_id) from exc
-        if row is None:
-            raise UnknownAgent(agent_id)
-        return _view(row, CommandView)
-
-    async def get_command(self, command_id: str) -> CommandView | None:
-        row = await self.pool.fetchrow(QUERIES["get_command"], command_id)
-        return None if row is None else _view(row, CommandView)
-
-    async def list_agents(self) -> list[AgentView]:
-        return [_view(row, AgentView) for row in await self.pool.fetch(QUERIES["list_agents"])]
-
-    async def get_agent(self, agent_id: str) -> AgentView | None:
-        row = await self.pool.fetchrow(QUERIES["get_agent"], agent_id)
-        return None if row is None else _view(row, AgentView)
-
 
 STORE_KEY = web.AppKey("store", Store)
-
-
-def _view(row: asyncpg.Record, view: type[T]) -> T:
-    data: dict[str, Any] = dict(row)
-    return msgspec.convert(data, view)

@@ -1,0 +1,146 @@
+"""Agents (§6): their registry rows and their tokens. Administrators only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+from aiohttp import web
+
+from streamspace_common.db import load_queries
+from streamspace_common.tokens import hash_token, new_token
+
+from ..auth import Caller
+from ..errors import ApiError
+from .base import (
+    ApiRoutes,
+    encoded,
+    identifier,
+    is_identifier,
+    no_content,
+    path_identifier,
+    path_uuid,
+    pool_of,
+    uuid_param,
+    view,
+)
+
+QUERIES = load_queries("streamspace_gateway.api", "agents.sql")
+routes = ApiRoutes()
+
+
+class AgentView(msgspec.Struct):
+    agent_id: str
+    status: Literal["online", "offline"]
+    gateway_pod: str | None
+    platform: str | None
+    version: str | None
+    capabilities: list[str]
+    concurrency: int
+    instance_id: str | None
+    last_heartbeat: datetime | None
+    connected_at: datetime | None
+
+
+class AgentList(msgspec.Struct):
+    agents: list[AgentView]
+
+
+class AgentTokenView(msgspec.Struct):
+    id: str
+    agent_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class AgentTokenCreated(msgspec.Struct):
+    id: str
+    agent_id: str
+    created_at: datetime
+    token: str  # shown this once; only its SHA-256 is stored
+
+
+class AgentTokenList(msgspec.Struct):
+    tokens: list[AgentTokenView]
+
+
+@routes.route("GET", "/api/v1/agents", "admin", summary="All agents", status=200, reply=AgentList)
+async def list_agents(request: web.Request, _: Caller) -> web.Response:
+    rows = await pool_of(request).fetch(QUERIES["list_agents"])
+    return encoded(AgentList(agents=[view(row, AgentView) for row in rows]))
+
+
+@routes.route(
+    "GET",
+    "/api/v1/agents/{agent_id}",
+    "admin",
+    summary="One agent",
+    status=200,
+    reply=AgentView,
+    params=(identifier("agent_id"),),
+    errors=(404,),
+)
+async def get_agent(request: web.Request, _: Caller) -> web.Response:
+    agent_id = path_identifier(request, "agent_id", "agent_not_found")
+    row = await pool_of(request).fetchrow(QUERIES["get_agent"], agent_id)
+    if row is None:
+        raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
+    return encoded(view(row, AgentView))
+
+
+@routes.route(
+    "POST",
+    "/api/v1/agents/{agent_id}/tokens",
+    "admin",
+    summary="Register the agent if new and a token for it (the token is in this answer only)",
+    status=201,
+    reply=AgentTokenCreated,
+    params=(identifier("agent_id"),),
+)
+async def create_agent_token(request: web.Request, _: Caller) -> web.Response:
+    agent_id = request.match_info["agent_id"]
+    if not is_identifier(agent_id):
+        raise ApiError(400, "invalid_field", "use letters, digits, '.', '_', ':' or '-' (255 at most)", "agent_id")
+    token = new_token()
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        await conn.execute(QUERIES["ensure_agent"], agent_id)
+        row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, hash_token(token))
+    return encoded(AgentTokenCreated(token=token, **dict(row)), status=201)
+
+
+@routes.route(
+    "GET",
+    "/api/v1/agents/{agent_id}/tokens",
+    "admin",
+    summary="An agent's tokens, revoked ones included (no secrets)",
+    status=200,
+    reply=AgentTokenList,
+    params=(identifier("agent_id"),),
+    errors=(404,),
+)
+async def list_agent_tokens(request: web.Request, _: Caller) -> web.Response:
+    agent_id = path_identifier(request, "agent_id", "agent_not_found")
+    pool = pool_of(request)
+    if await pool.fetchrow(QUERIES["get_agent"], agent_id) is None:
+        raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
+    rows = await pool.fetch(QUERIES["list_agent_tokens"], agent_id)
+    return encoded(AgentTokenList(tokens=[view(row, AgentTokenView) for row in rows]))
+
+
+@routes.route(
+    "DELETE",
+    "/api/v1/agents/{agent_id}/tokens/{token_id}",
+    "admin",
+    summary="Revoke an agent token: it can no longer open a connection",
+    status=204,
+    reply=None,
+    params=(identifier("agent_id"), uuid_param("token_id")),
+    errors=(404,),
+)
+async def revoke_agent_token(request: web.Request, _: Caller) -> web.Response:
+    agent_id = path_identifier(request, "agent_id", "token_not_found")
+    token_id = path_uuid(request, "token_id", "token_not_found")
+    if await pool_of(request).fetchval(QUERIES["revoke_agent_token"], token_id, agent_id) is None:
+        raise ApiError(404, "token_not_found", f"agent {agent_id!r} has no token {token_id!r}", "token_id")
+    return no_content()

@@ -1,0 +1,156 @@
+"""Users: administrators manage accounts; everyone may read their own (GET /api/v1/users/me).
+
+PATCH {"disabled": true} disables an account (reversible; its name stays taken): a disabled user can no
+longer log in, and their login tokens and API keys are refused at once. DELETE erases the account and
+its API keys. An administrator cannot demote, disable or delete their own account, so the last
+administrator stays one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from streamspace_common.db import load_queries
+from streamspace_common.passwords import MAX_LENGTH, MIN_LENGTH, hash_password
+from streamspace_common.schemas import USERNAME_PATTERN
+
+from ..auth import Caller, Role
+from ..errors import ApiError, read_body
+from .base import NO_NUL, ApiRoutes, encoded, no_content, path_uuid, pool_of, uuid_param, view
+
+QUERIES = load_queries("streamspace_gateway.api", "users.sql")
+routes = ApiRoutes()
+
+Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN, description="letters, digits, '.', '_', '@', '-'")]
+Password = Annotated[str, msgspec.Meta(min_length=MIN_LENGTH, max_length=MAX_LENGTH, pattern=NO_NUL)]
+
+
+class CreateUser(msgspec.Struct, forbid_unknown_fields=True):
+    username: Username
+    password: Password
+    role: Role = "user"
+
+
+class UpdateUser(msgspec.Struct, forbid_unknown_fields=True):
+    """Only the fields given change."""
+
+    password: Password | None = None
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+class UserView(msgspec.Struct):
+    id: str
+    username: str
+    role: Role
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class UserList(msgspec.Struct):
+    users: list[UserView]
+
+
+USER_ID = (uuid_param("user_id", route_regex="(?!me$)[^/]+"),)  # /users/me is its own route
+
+
+def not_found(user_id: str) -> ApiError:
+    return ApiError(404, "user_not_found", f"no user {user_id!r}", "user_id")
+
+
+@routes.route("GET", "/api/v1/users/me", "user", summary="The calling user", status=200, reply=UserView)
+async def me(request: web.Request, caller: Caller) -> web.Response:
+    row = await pool_of(request).fetchrow(QUERIES["get_user"], caller.user_id)
+    if row is None:  # deleted since the caller was resolved
+        raise ApiError(401, "unauthorized", "this account no longer exists", "Authorization")
+    return encoded(view(row, UserView))
+
+
+@routes.route(
+    "POST",
+    "/api/v1/users",
+    "admin",
+    summary="Create a user",
+    status=201,
+    reply=UserView,
+    body=CreateUser,
+    errors=(409,),
+)
+async def create_user(request: web.Request, _: Caller) -> web.Response:
+    body = await read_body(request, CreateUser)
+    password_hash = await hash_password(body.password)
+    row = await pool_of(request).fetchrow(QUERIES["create_user"], body.username, password_hash, body.role)
+    if row is None:
+        raise ApiError(409, "username_taken", f"user {body.username!r} already exists", "username")
+    return encoded(view(row, UserView), status=201)
+
+
+@routes.route("GET", "/api/v1/users", "admin", summary="All users", status=200, reply=UserList)
+async def list_users(request: web.Request, _: Caller) -> web.Response:
+    rows = await pool_of(request).fetch(QUERIES["list_users"])
+    return encoded(UserList(users=[view(row, UserView) for row in rows]))
+
+
+@routes.route(
+    "GET",
+    "/api/v1/users/{user_id}",
+    "admin",
+    summary="One user",
+    status=200,
+    reply=UserView,
+    params=USER_ID,
+    errors=(404,),
+)
+async def get_user(request: web.Request, _: Caller) -> web.Response:
+    user_id = path_uuid(request, "user_id", "user_not_found")
+    row = await pool_of(request).fetchrow(QUERIES["get_user"], user_id)
+    if row is None:
+        raise not_found(user_id)
+    return encoded(view(row, UserView))
+
+
+@routes.route(
+    "PATCH",
+    "/api/v1/users/{user_id}",
+    "admin",
+    summary="Change a user's password, role or disabled state",
+    status=200,
+    reply=UserView,
+    body=UpdateUser,
+    params=USER_ID,
+    errors=(404, 409),
+)
+async def update_user(request: web.Request, caller: Caller) -> web.Response:
+    user_id = path_uuid(request, "user_id", "user_not_found")
+    body = await read_body(request, UpdateUser)
+    if user_id == caller.user_id and (body.role == "user" or body.disabled):
+        field = "role" if body.role == "user" else "disabled"
+        raise ApiError(409, "own_account", "an administrator cannot demote or disable their own account", field)
+    password_hash = None if body.password is None else await hash_password(body.password)
+    row = await pool_of(request).fetchrow(QUERIES["update_user"], user_id, password_hash, body.role, body.disabled)
+    if row is None:
+        raise not_found(user_id)
+    return encoded(view(row, UserView))
+
+
+@routes.route(
+    "DELETE",
+    "/api/v1/users/{user_id}",
+    "admin",
+    summary="Delete a user and their API keys (their tokens stop working at once)",
+    status=204,
+    reply=None,
+    params=USER_ID,
+    errors=(404, 409),
+)
+async def delete_user(request: web.Request, caller: Caller) -> web.Response:
+    user_id = path_uuid(request, "user_id", "user_not_found")
+    if user_id == caller.user_id:
+        raise ApiError(409, "own_account", "an administrator cannot delete their own account", "user_id")
+    if await pool_of(request).fetchval(QUERIES["delete_user"], user_id) is None:
+        raise not_found(user_id)
+    return no_content()
