@@ -150,7 +150,7 @@ class CountingDriver(LocalDriver):
     """The real local driver, counting how often each command really runs; SLEEP can be held."""
 
     def __init__(self) -> None:
-        super().__init__("unit-agent")
+        super().__init__(Settings(agent_id="unit-agent"))
         self.runs: dict[str, int] = {}
         self.started = asyncio.Event()
         self.release = asyncio.Event()
@@ -220,7 +220,7 @@ async def test_different_commands_each_run() -> None:
 
 
 async def test_unknown_action_fails_with_a_clear_error() -> None:
-    executor = Executor(LocalDriver("unit-agent"))
+    executor = Executor(LocalDriver(Settings(agent_id="unit-agent")))
     rocket = command("LAUNCH_ROCKET")
     executor.submit(rocket)
     [result] = await next_results(executor)
@@ -238,7 +238,7 @@ async def test_unknown_action_fails_with_a_clear_error() -> None:
     ids=["missing", "negative", "string", "too_long", "unknown_field", "misspelt"],
 )
 async def test_bad_sleep_payload_fails(payload: dict[str, Any]) -> None:
-    executor = Executor(LocalDriver("unit-agent"))
+    executor = Executor(LocalDriver(Settings(agent_id="unit-agent")))
     sleep = command("SLEEP", payload)
     executor.submit(sleep)
     [result] = await next_results(executor)
@@ -251,7 +251,7 @@ async def test_a_driver_crash_still_answers_failed() -> None:
         async def execute(self, command: Command) -> dict[str, Any]:
             raise RuntimeError("disk on fire")
 
-    executor = Executor(BrokenDriver("unit-agent"))
+    executor = Executor(BrokenDriver(Settings(agent_id="unit-agent")))
     executor.submit(command("PING"))
     [result] = await next_results(executor)
     assert result.status == "failed"

@@ -30,6 +30,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_urls: str = "http://127.0.0.1:8000,http://127.0.0.1:8001"
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
+    # agent, AGENT_PLATFORM=local (docs/drivers.md)
+    local_session_dir: str = ""  # state files and data of sessions; "": <tmp>/streamspace-sessions/<agent_id>
+    local_stop_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # SIGTERM, then SIGKILL after this many seconds
+    local_start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # until the process listens on its port
+    # agent, AGENT_PLATFORM=docker
+    docker_host: str = ""  # "": aiodocker's default (the local socket)
+    docker_network: str = "streamspace-sessions"  # created if missing
+    docker_publish_host: str = "127.0.0.1"  # host address the session's first port is published on
+    docker_stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10  # seconds before the engine kills
+    # agent, AGENT_PLATFORM=kubernetes
+    kubernetes_namespace: str = ""  # "": the agent pod's own namespace, else "default"
+    kubernetes_api_url: str = ""  # "": in-cluster service account, else ~/.kube/config
+    kubernetes_storage_size: str = "1Gi"  # each session's PersistentVolumeClaim
+    kubernetes_storage_class: str = ""  # "": the cluster's default StorageClass
+    kubernetes_cluster_domain: str = "cluster.local"
     # gateway
     max_request_bytes: int = 64 * 1024
     # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and

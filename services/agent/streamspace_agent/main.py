@@ -21,7 +21,7 @@ log = structlog.get_logger("agent")
 
 
 def create_app(settings: Settings) -> web.Application:
-    driver = create_driver(settings.agent_platform, settings.agent_id)
+    driver = create_driver(settings)
     executor = Executor(driver)
     client = AgentClient(
         settings.agent_id,
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> web.Application:
         async with background(client.run()):
             yield
         await executor.cancel_all()
+        await driver.close()
 
     app.cleanup_ctx.append(link)
     return app

@@ -1,10 +1,19 @@
-"""Platform drivers behind one small interface (§4)."""
+"""Platform drivers behind one small interface (§4); docs/drivers.md says what each one does.
+
+Every driver runs the diagnostics (PING, ECHO, SLEEP) and the five session actions, lists the sessions
+it finds on its platform (`inventory`), and removes workloads carrying its labels that no known
+session owns (`remove_orphans`). Session actions are idempotent: CREATE_SESSION twice makes one
+workload, STOP_SESSION makes sure it is stopped, DELETE_SESSION makes sure it is gone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
+from streamspace_common.actions import SessionInventoryItem
 from streamspace_common.schemas import Command
+from streamspace_common.settings import Settings
 
 
 class CommandFailed(Exception):
@@ -21,10 +30,31 @@ class Driver(Protocol):
         """Run the command idempotently and return its result; raise CommandFailed on failure."""
         ...
 
+    async def inventory(self) -> list[SessionInventoryItem]:
+        """The sessions this agent's workloads hold now, as found on the platform itself."""
+        ...
 
-def create_driver(platform: str, agent_id: str) -> Driver:
-    if platform == "local":
+    async def remove_orphans(self, known_session_ids: Collection[str]) -> list[str]:
+        """Delete this agent's workloads whose session is not in `known_session_ids`; their ids."""
+        ...
+
+    async def close(self) -> None:
+        """Release the platform client; sessions keep running."""
+        ...
+
+
+def create_driver(settings: Settings) -> Driver:
+    """The driver for AGENT_PLATFORM, with its own settings; ValueError for a bad setting."""
+    if settings.agent_platform == "local":
         from .local import LocalDriver
 
-        return LocalDriver(agent_id)
-    raise ValueError(f"AGENT_PLATFORM={platform!r} has no driver in this build yet; use 'local'")
+        return LocalDriver(settings)
+    if settings.agent_platform == "docker":
+        from .docker import DockerDriver
+
+        return DockerDriver(settings)
+    if settings.agent_platform == "kubernetes":
+        from .kubernetes import KubernetesDriver
+
+        return KubernetesDriver(settings)
+    raise ValueError(f"AGENT_PLATFORM={settings.agent_platform!r} has no driver")

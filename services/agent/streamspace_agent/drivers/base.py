@@ -1,0 +1,165 @@
+"""What every driver shares: the diagnostics, decoding session payloads, and the session dispatch.
+
+A platform driver subclasses `SessionDriver` and implements the five session operations plus
+`inventory` and `workload_ids`; the base turns a Command into a call and the call's SessionReport into
+the command's result dict. A payload that does not decode fails the command (it was wrong); a
+workload that cannot reach the asked state completes the command with state "failed" and a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+
+from streamspace_common.actions import (
+    CREATE_SESSION,
+    DELETE_SESSION,
+    HIBERNATE_SESSION,
+    SESSION_ACTIONS,
+    STOP_SESSION,
+    WAKE_SESSION,
+    CreateSession,
+    DeleteSession,
+    SessionInventoryItem,
+    SessionPayload,
+    SessionReport,
+    decode_payload,
+)
+from streamspace_common.schemas import Command
+
+from . import CommandFailed
+
+log = structlog.get_logger("agent.driver")
+
+MANAGED_LABEL = "io.streamspace.managed"
+SESSION_LABEL = "io.streamspace.session_id"
+AGENT_LABEL = "io.streamspace.agent_id"
+TEMPLATE_LABEL = "io.streamspace.template"
+DIAGNOSTICS = ("PING", "ECHO", "SLEEP")
+
+
+class SleepArgs(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)]
+
+
+class SessionFailed(Exception):
+    """The workload could not be brought to the asked state; the message is the report's reason."""
+
+
+async def run_diagnostic(agent_id: str, command: Command) -> dict[str, Any]:
+    """PING, ECHO and SLEEP: the same on every platform."""
+    if command.action == "PING":
+        return {"pong": True, "agent_id": agent_id, "time": time.time()}
+    if command.action == "ECHO":
+        return {"echo": command.payload}
+    try:
+        args = msgspec.convert(command.payload, SleepArgs)
+    except msgspec.ValidationError as exc:
+        raise CommandFailed(f"invalid SLEEP payload: {exc}") from exc
+    await asyncio.sleep(args.seconds)
+    return {"slept": args.seconds}
+
+
+async def poll_until(done: Callable[[], bool], within: float, interval: float = 0.05) -> bool:
+    """Check `done` every `interval` seconds until it holds (True) or `within` seconds pass (False)."""
+    deadline = time.monotonic() + within
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
+class SessionDriver:
+    """Base of the platform drivers: dispatch, one lock per session, orphan removal."""
+
+    platform = "none"
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._operations: dict[str, Callable[[SessionPayload], Awaitable[SessionReport]]] = {
+            CREATE_SESSION: self._create,
+            STOP_SESSION: lambda p: self.stop(p.session_id),
+            HIBERNATE_SESSION: lambda p: self.hibernate(p.session_id),
+            WAKE_SESSION: lambda p: self.wake(p.session_id),
+            DELETE_SESSION: lambda p: self.delete(p.session_id),
+        }
+
+    @property
+    def actions(self) -> list[str]:
+        return sorted((*DIAGNOSTICS, *SESSION_ACTIONS))
+
+    async def execute(self, command: Command) -> dict[str, Any]:
+        if command.action in DIAGNOSTICS:
+            return await run_diagnostic(self.agent_id, command)
+        if command.action not in SESSION_ACTIONS:
+            raise CommandFailed(
+                f"unknown action {command.action!r} for platform {self.platform}; supported: {', '.join(self.actions)}"
+            )
+        try:
+            payload = decode_payload(command.action, command.payload, command.session_id)
+        except msgspec.ValidationError as exc:
+            raise CommandFailed(f"invalid {command.action} payload: {exc}") from exc
+        report = await self.run(command.action, payload)
+        result: dict[str, Any] = msgspec.to_builtins(report)
+        return result
+
+    async def run(self, action: str, payload: SessionPayload) -> SessionReport:
+        """One session action, serialised per session; a SessionFailed becomes a "failed" report."""
+        session_id = payload.session_id
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        bound = log.bind(session_id=session_id, action=action, platform=self.platform)
+        async with lock:
+            try:
+                report = await self._operations[action](payload)
+            except SessionFailed as exc:
+                report = SessionReport(session_id=session_id, state="failed", reason=str(exc))
+        if action == DELETE_SESSION:
+            self._locks.pop(session_id, None)
+        bound.info("session_action", state=report.state, reason=report.reason)
+        return report
+
+    async def _create(self, payload: SessionPayload) -> SessionReport:
+        assert isinstance(payload, CreateSession)
+        return await self.create(payload)
+
+    async def remove_orphans(self, known_session_ids: Collection[str]) -> list[str]:
+        known = set(known_session_ids)
+        orphans = sorted(set(await self.workload_ids()) - known)
+        for session_id in orphans:
+            log.warning("orphan_removed", session_id=session_id, platform=self.platform)
+            await self.run(DELETE_SESSION, DeleteSession(session_id=session_id))
+        return orphans
+
+    # --- what a platform implements ------------------------------------------------------
+
+    async def create(self, spec: CreateSession) -> SessionReport:
+        raise NotImplementedError
+
+    async def stop(self, session_id: str) -> SessionReport:
+        raise NotImplementedError
+
+    async def hibernate(self, session_id: str) -> SessionReport:
+        raise NotImplementedError
+
+    async def wake(self, session_id: str) -> SessionReport:
+        raise NotImplementedError
+
+    async def delete(self, session_id: str) -> SessionReport:
+        raise NotImplementedError
+
+    async def inventory(self) -> list[SessionInventoryItem]:
+        raise NotImplementedError
+
+    async def workload_ids(self) -> list[str]:
+        """Session ids of every workload (or leftover part of one) carrying this agent's labels."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,225 @@
+"""The `docker` platform: a session is a container on a Docker Engine, via aiodocker.
+
+Per session: a container `ss-<session_id>` running the template's image (its own command) with
+labels io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id (and
+io.streamspace.template), on the network DOCKER_NETWORK (created if missing), with a named volume
+`ss-<session_id>-data` mounted at /data, NanoCpus and Memory from the template's resources, PORT set
+to the first port, and that port published on DOCKER_PUBLISH_HOST with a host port the engine picks.
+
+hibernate and stop = stop the container; wake = start it (the engine picks a new host port, which
+the report carries); delete = remove the container and its volume. Inventory and orphans come from
+the labels, so they survive the agent restarting. A stopped container cannot say whether it was
+hibernated or stopped (labels cannot change after creation): inventory reports both as "stopped".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+from aiodocker.volumes import DockerVolume
+
+from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
+from streamspace_common.settings import Settings
+
+from .base import AGENT_LABEL, MANAGED_LABEL, SESSION_LABEL, TEMPLATE_LABEL, SessionDriver, SessionFailed
+
+DATA_PATH = "/data"
+
+
+def container_name(session_id: str) -> str:
+    return f"ss-{session_id}"
+
+
+def volume_name(session_id: str) -> str:
+    return f"ss-{session_id}-data"
+
+
+class DockerDriver(SessionDriver):
+    platform = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.agent_id)
+        self.url = settings.docker_host or None
+        self.network = settings.docker_network
+        self.publish_host = settings.docker_publish_host
+        self.stop_timeout = settings.docker_stop_timeout
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        """The client, made on first use (it needs the running event loop)."""
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.url)
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    def labels(self, session_id: str) -> dict[str, str]:
+        return {MANAGED_LABEL: "true", SESSION_LABEL: session_id, AGENT_LABEL: self.agent_id}
+
+    async def _containers(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """This agent's session containers (one session's, if given), as the engine lists them."""
+        wanted = [f"{MANAGED_LABEL}=true", f"{AGENT_LABEL}={self.agent_id}"]
+        if session_id is not None:
+            wanted.append(f"{SESSION_LABEL}={session_id}")
+        listed = await self.docker.containers.list(all="1", filters=json.dumps({"label": wanted}))
+        return [container._container for container in listed]
+
+    async def _inspect(self, session_id: str) -> dict[str, Any] | None:
+        try:
+            container = await self.docker.containers.get(container_name(session_id))
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data: dict[str, Any] = container._container
+        if data.get("Config", {}).get("Labels", {}).get(AGENT_LABEL) != self.agent_id:
+            raise SessionFailed(f"container {container_name(session_id)} exists but is not this agent's")
+        return data
+
+    def _endpoint(self, data: dict[str, Any]) -> Endpoint | None:
+        """The published host port of the container's first exposed port, from an inspect result."""
+        first = data.get("Config", {}).get("Labels", {}).get("io.streamspace.port")
+        bindings = (data.get("NetworkSettings", {}).get("Ports") or {}).get(f"{first}/tcp") or []
+        for binding in bindings:
+            if binding.get("HostPort"):
+                return Endpoint(host=self.publish_host, port=int(binding["HostPort"]))
+        return None
+
+    async def _ensure_image(self, image: str) -> None:
+        try:
+            await self.docker.images.inspect(image)
+        except DockerError:
+            try:
+                await self.docker.images.pull(image)
+            except DockerError as exc:
+                raise SessionFailed(
+                    f"image {image!r} is not on the engine and cannot be pulled: {exc.message}"
+                ) from exc
+
+    async def _ensure_network(self) -> None:
+        try:
+            await self.docker.networks.get(self.network)
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+            try:
+                await self.docker.networks.create(
+                    {"Name": self.network, "Driver": "bridge", "Labels": {MANAGED_LABEL: "true"}}
+                )
+            except DockerError as race:
+                if race.status != 409:  # made by another agent meanwhile
+                    raise
+
+    def _config(self, spec: CreateSession) -> dict[str, Any]:
+        if not spec.ports:
+            raise SessionFailed("the template has no ports; the docker platform publishes the first one")
+        port = f"{spec.ports[0]}/tcp"
+        labels = {**self.labels(spec.session_id), TEMPLATE_LABEL: spec.name, "io.streamspace.port": str(spec.ports[0])}
+        env = {**spec.env, "PORT": str(spec.ports[0]), "STREAMSPACE_SESSION_ID": spec.session_id}
+        return {
+            "Image": spec.image,
+            "Env": [f"{name}={value}" for name, value in env.items()],
+            "Labels": labels,
+            "ExposedPorts": {f"{p}/tcp": {} for p in spec.ports},
+            "HostConfig": {
+                "NanoCpus": int(spec.resources.cpu * 1e9),
+                "Memory": spec.resources.memory * 1024 * 1024,
+                "PortBindings": {port: [{"HostIp": self.publish_host, "HostPort": ""}]},
+                "Mounts": [{"Type": "volume", "Source": volume_name(spec.session_id), "Target": DATA_PATH}],
+                "NetworkMode": self.network,
+                "RestartPolicy": {"Name": "no"},
+            },
+        }
+
+    async def _start(self, session_id: str) -> SessionReport:
+        container = await self.docker.containers.get(container_name(session_id))
+        try:
+            await container.start()
+        except DockerError as exc:
+            raise SessionFailed(f"container did not start: {exc.message}") from exc
+        data = await container.show()
+        if not data["State"]["Running"]:
+            raise SessionFailed(f"container exited at once with code {data['State'].get('ExitCode')}")
+        return SessionReport(session_id=session_id, state="running", endpoint=self._endpoint(data))
+
+    async def create(self, spec: CreateSession) -> SessionReport:
+        if not spec.image:
+            raise SessionFailed("the docker platform runs the template's image, and this template has none")
+        if await self._inspect(spec.session_id) is None:
+            config = self._config(spec)
+            await self._ensure_image(spec.image)
+            await self._ensure_network()
+            volume = {"Name": volume_name(spec.session_id), "Labels": self.labels(spec.session_id)}
+            await self.docker.volumes.create(volume)  # type: ignore[no-untyped-call]
+            try:
+                await self.docker.containers.create(config, name=container_name(spec.session_id))
+            except DockerError as exc:
+                if exc.status != 409:  # a concurrent create of the same session made it: use that one
+                    raise SessionFailed(f"cannot create the container: {exc.message}") from exc
+        return await self.wake(spec.session_id)
+
+    async def wake(self, session_id: str) -> SessionReport:
+        data = await self._inspect(session_id)
+        if data is None:
+            raise SessionFailed(f"no session {session_id} on this agent")
+        if data["State"]["Running"]:
+            return SessionReport(session_id=session_id, state="running", endpoint=self._endpoint(data))
+        return await self._start(session_id)
+
+    async def _stop(self, session_id: str, state: str) -> SessionReport:
+        if await self._inspect(session_id) is None:
+            raise SessionFailed(f"no session {session_id} on this agent")
+        container = await self.docker.containers.get(container_name(session_id))
+        await container.stop(t=self.stop_timeout)  # a stopped container: a no-op (304)
+        return SessionReport(session_id=session_id, state="hibernated" if state == "hibernated" else "stopped")
+
+    async def hibernate(self, session_id: str) -> SessionReport:
+        return await self._stop(session_id, "hibernated")
+
+    async def stop(self, session_id: str) -> SessionReport:
+        return await self._stop(session_id, "stopped")
+
+    async def delete(self, session_id: str) -> SessionReport:
+        for data in await self._containers(session_id):
+            try:
+                await self.docker.containers.container(data["Id"]).delete(force=True)
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+        try:
+            await DockerVolume(self.docker, volume_name(session_id)).delete()  # type: ignore[no-untyped-call]
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+        return SessionReport(session_id=session_id, state="deleted")
+
+    async def inventory(self) -> list[SessionInventoryItem]:
+        items = []
+        for data in await self._containers():
+            session_id = data["Labels"][SESSION_LABEL]
+            if data["State"] == "running":
+                endpoint = None
+                first = int(data["Labels"].get("io.streamspace.port", "0"))
+                for port in data.get("Ports", []):
+                    if port.get("PrivatePort") == first and port.get("PublicPort"):
+                        endpoint = Endpoint(host=self.publish_host, port=int(port["PublicPort"]))
+                items.append(SessionInventoryItem(session_id=session_id, state="running", endpoint=endpoint))
+            elif data["State"] == "paused":
+                items.append(SessionInventoryItem(session_id=session_id, state="hibernated"))
+            else:
+                items.append(SessionInventoryItem(session_id=session_id, state="stopped"))
+        return sorted(items, key=lambda item: item.session_id)
+
+    async def workload_ids(self) -> list[str]:
+        ids = {data["Labels"][SESSION_LABEL] for data in await self._containers()}
+        labels = [f"{MANAGED_LABEL}=true", f"{AGENT_LABEL}={self.agent_id}"]
+        volumes = await self.docker.volumes.list(filters={"label": labels})  # type: ignore[no-untyped-call]
+        ids.update(volume["Labels"][SESSION_LABEL] for volume in volumes.get("Volumes") or [])
+        return sorted(ids)

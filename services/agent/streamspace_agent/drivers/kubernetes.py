@@ -1,0 +1,260 @@
+"""The `kubernetes` platform: a session is a Deployment, a Service and a PVC, via kubernetes_asyncio.
+
+Per session, in KUBERNETES_NAMESPACE, all named `ss-<session_id>` and labelled
+io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id:
+- a PersistentVolumeClaim (always one: KUBERNETES_STORAGE_SIZE, ReadWriteOnce, KUBERNETES_STORAGE_CLASS
+  or the cluster's default) mounted at /data, so a hibernated session keeps its files;
+- a ClusterIP Service exposing the template's ports; the endpoint is its cluster DNS name
+  (`ss-<id>.<namespace>.svc.<KUBERNETES_CLUSTER_DOMAIN>`) and the first port;
+- a Deployment (Recreate strategy, one container `session` with the image's own command, PORT set,
+  cpu/memory as both requests and limits) with replicas 1.
+
+hibernate and stop = patch replicas to 0 (the annotation io.streamspace.state records which, so
+inventory can tell them apart); wake = replicas 1; delete = delete all three. Creating makes each of the
+three if missing (a 409 means it is there), so a half-made session is completed by a second CREATE.
+Inventory and orphans come from label selectors. The endpoint is reported as soon as the Deployment
+asks for a pod: the driver does not wait for the pod to be ready (docs/drivers.md).
+
+The calls, and nothing else, that helm/streamspace-agent/templates/rbac.yaml grants: deployments
+create/patch/delete/list, services and persistentvolumeclaims create/delete/list.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport, SessionState
+from streamspace_common.settings import Settings
+
+from .base import AGENT_LABEL, MANAGED_LABEL, SESSION_LABEL, TEMPLATE_LABEL, SessionDriver, SessionFailed
+
+STATE_ANNOTATION = "io.streamspace.state"
+DATA_PATH = "/data"
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def object_name(session_id: str) -> str:
+    return f"ss-{session_id}"
+
+
+def label_value(text: str) -> str:
+    """Template names may hold anything; a label value may not. Keep what fits."""
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", text)[:63].strip("-_.")
+    return cleaned
+
+
+class KubernetesDriver(SessionDriver):
+    platform = "kubernetes"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.agent_id)
+        if len(settings.agent_id) > 63 or not LABEL_VALUE.match(settings.agent_id):
+            raise ValueError(f"AGENT_ID={settings.agent_id!r} must be a Kubernetes label value for this platform")
+        self.namespace = settings.kubernetes_namespace or self._own_namespace()
+        self.api_url = settings.kubernetes_api_url
+        self.storage_size = settings.kubernetes_storage_size
+        self.storage_class = settings.kubernetes_storage_class
+        self.cluster_domain = settings.kubernetes_cluster_domain
+        self._api: client.ApiClient | None = None
+
+    @staticmethod
+    def _own_namespace() -> str:
+        try:
+            return POD_NAMESPACE_FILE.read_text().strip() or "default"
+        except OSError:
+            return "default"
+
+    async def _client(self) -> client.ApiClient:
+        """KUBERNETES_API_URL if set, else the pod's service account, else ~/.kube/config; made on first use."""
+        if self._api is None:
+            configuration = client.Configuration()
+            if self.api_url:
+                configuration.host = self.api_url
+            else:
+                try:
+                    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                except config.ConfigException:
+                    await config.load_kube_config(client_configuration=configuration)
+            self._api = client.ApiClient(configuration)
+        return self._api
+
+    async def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(await self._client())
+
+    async def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(await self._client())
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    # --- the objects -----------------------------------------------------------------------
+
+    def labels(self, session_id: str) -> dict[str, str]:
+        return {MANAGED_LABEL: "true", SESSION_LABEL: session_id, AGENT_LABEL: self.agent_id}
+
+    def selector(self) -> str:
+        return f"{MANAGED_LABEL}=true,{AGENT_LABEL}={self.agent_id}"
+
+    def _metadata(self, session_id: str, **extra: Any) -> dict[str, Any]:
+        return {"name": object_name(session_id), "labels": self.labels(session_id), **extra}
+
+    def claim_body(self, spec: CreateSession) -> Any:
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": self.storage_size}},
+        }
+        if self.storage_class:
+            claim["storageClassName"] = self.storage_class
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self._metadata(spec.session_id),
+            "spec": claim,
+        }
+
+    def service_body(self, spec: CreateSession) -> Any:
+        ports = [{"name": f"port-{port}", "port": port, "targetPort": port, "protocol": "TCP"} for port in spec.ports]
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self._metadata(spec.session_id),
+            "spec": {"type": "ClusterIP", "selector": self.labels(spec.session_id), "ports": ports},
+        }
+
+    def deployment_body(self, spec: CreateSession) -> Any:
+        labels = {**self.labels(spec.session_id), TEMPLATE_LABEL: label_value(spec.name)}
+        env = {**spec.env, "PORT": str(spec.ports[0]), "STREAMSPACE_SESSION_ID": spec.session_id}
+        amounts = {"cpu": f"{round(spec.resources.cpu * 1000)}m", "memory": f"{spec.resources.memory}Mi"}
+        container = {
+            "name": "session",
+            "image": spec.image,
+            "env": [{"name": name, "value": value} for name, value in env.items()],
+            "ports": [{"containerPort": port, "protocol": "TCP"} for port in spec.ports],
+            "resources": {"requests": amounts, "limits": amounts},
+            "volumeMounts": [{"name": "data", "mountPath": DATA_PATH}],
+        }
+        volume = {"name": "data", "persistentVolumeClaim": {"claimName": object_name(spec.session_id)}}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": self._metadata(spec.session_id, annotations={STATE_ANNOTATION: "running"}),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": self.labels(spec.session_id)},
+                "strategy": {"type": "Recreate"},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [container], "volumes": [volume]},
+                },
+            },
+        }
+
+    def endpoint(self, session_id: str, port: int) -> Endpoint:
+        host = f"{object_name(session_id)}.{self.namespace}.svc.{self.cluster_domain}"
+        return Endpoint(host=host, port=port)
+
+    # --- the session operations ------------------------------------------------------------
+
+    async def create(self, spec: CreateSession) -> SessionReport:
+        if not spec.image:
+            raise SessionFailed("the kubernetes platform runs the template's image, and this template has none")
+        if not spec.ports:
+            raise SessionFailed("the template has no ports; the kubernetes platform serves the first one")
+        core, apps = await self.core(), await self.apps()
+        await _exists_is_fine(core.create_namespaced_persistent_volume_claim(self.namespace, self.claim_body(spec)))
+        await _exists_is_fine(core.create_namespaced_service(self.namespace, self.service_body(spec)))
+        if await _exists_is_fine(apps.create_namespaced_deployment(self.namespace, self.deployment_body(spec))):
+            return await self.wake(spec.session_id)  # it was there: make sure it runs
+        return SessionReport(
+            session_id=spec.session_id, state="running", endpoint=self.endpoint(spec.session_id, spec.ports[0])
+        )
+
+    async def _scale(self, session_id: str, replicas: int, state: str) -> Any:
+        patch = {"metadata": {"annotations": {STATE_ANNOTATION: state}}, "spec": {"replicas": replicas}}
+        apps = await self.apps()
+        try:
+            return await apps.patch_namespaced_deployment(object_name(session_id), self.namespace, patch)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SessionFailed(f"no session {session_id} on this agent") from exc
+            raise
+
+    async def wake(self, session_id: str) -> SessionReport:
+        deployment = await self._scale(session_id, 1, "running")
+        port = deployment.spec.template.spec.containers[0].ports[0].container_port
+        return SessionReport(session_id=session_id, state="running", endpoint=self.endpoint(session_id, port))
+
+    async def hibernate(self, session_id: str) -> SessionReport:
+        await self._scale(session_id, 0, "hibernated")
+        return SessionReport(session_id=session_id, state="hibernated")
+
+    async def stop(self, session_id: str) -> SessionReport:
+        await self._scale(session_id, 0, "stopped")
+        return SessionReport(session_id=session_id, state="stopped")
+
+    async def delete(self, session_id: str) -> SessionReport:
+        name = object_name(session_id)
+        core, apps = await self.core(), await self.apps()
+        await _gone_is_fine(apps.delete_namespaced_deployment(name, self.namespace))
+        await _gone_is_fine(core.delete_namespaced_service(name, self.namespace))
+        await _gone_is_fine(core.delete_namespaced_persistent_volume_claim(name, self.namespace))
+        return SessionReport(session_id=session_id, state="deleted")
+
+    # --- what runs -------------------------------------------------------------------------
+
+    async def inventory(self) -> list[SessionInventoryItem]:
+        listed = await (await self.apps()).list_namespaced_deployment(self.namespace, label_selector=self.selector())
+        items = []
+        for deployment in listed.items:
+            session_id = deployment.metadata.labels[SESSION_LABEL]
+            if deployment.spec.replicas:
+                port = deployment.spec.template.spec.containers[0].ports[0].container_port
+                items.append(
+                    SessionInventoryItem(
+                        session_id=session_id, state="running", endpoint=self.endpoint(session_id, port)
+                    )
+                )
+            else:
+                wanted = (deployment.metadata.annotations or {}).get(STATE_ANNOTATION)
+                state: SessionState = "hibernated" if wanted == "hibernated" else "stopped"
+                items.append(SessionInventoryItem(session_id=session_id, state=state))
+        return sorted(items, key=lambda item: item.session_id)
+
+    async def workload_ids(self) -> list[str]:
+        core, apps = await self.core(), await self.apps()
+        selector = self.selector()
+        ids: set[str] = set()
+        for listing in (
+            await apps.list_namespaced_deployment(self.namespace, label_selector=selector),
+            await core.list_namespaced_service(self.namespace, label_selector=selector),
+            await core.list_namespaced_persistent_volume_claim(self.namespace, label_selector=selector),
+        ):
+            ids.update(item.metadata.labels[SESSION_LABEL] for item in listing.items)
+        return sorted(ids)
+
+
+async def _exists_is_fine(call: Any) -> bool:
+    """Await a create; True if the object was already there (409), False if it was made now."""
+    try:
+        await call
+    except ApiException as exc:
+        if exc.status == 409:
+            return True
+        raise SessionFailed(f"the Kubernetes API refused: {exc.status} {exc.reason}") from exc
+    return False
+
+
+async def _gone_is_fine(call: Any) -> None:
+    try:
+        await call
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -1,0 +1,240 @@
+"""The docker driver against a real Docker Engine (scripts/docker-engine) and a locally built image.
+
+The sample image `streamspace/echo:dev` (scripts/build-sample-images: busybox httpd) answers GET / with
+a page and GET/POST /cgi-bin/echo with what it received. Skipped, saying why, only when no engine can
+be started on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import pytest
+from aiodocker.exceptions import DockerError
+from support import wait_for
+
+from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
+from streamspace_common.schemas import Command
+from streamspace_common.settings import Settings
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "streamspace/echo:dev"
+
+
+@pytest.fixture(scope="session")
+def sample_image() -> str:
+    """A running engine and the sample image (built once; kept between runs)."""
+    engine = subprocess.run(["bash", str(ROOT / "scripts/docker-engine")], capture_output=True, text=True)
+    if engine.returncode != 0:
+        pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")
+    subprocess.run(["bash", str(ROOT / "scripts/build-sample-images")], check=True, env={**os.environ, "IMAGE": IMAGE})
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[str]:
+    """A network of this module's own, so "created if missing" really happens; removed afterwards."""
+    name = f"ss-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["docker", "network", "rm", name], capture_output=True)
+
+
+@pytest.fixture
+async def driver(sample_image: str, network: str) -> AsyncIterator[DockerDriver]:
+    settings = Settings(agent_id=f"docker-test-{uuid.uuid4().hex[:8]}", docker_network=network, docker_stop_timeout=2)
+    docker_driver = DockerDriver(settings)
+    yield docker_driver
+    await docker_driver.remove_orphans([])  # nothing of this test outlives it
+    await docker_driver.close()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[aiodocker.Docker]:
+    """A separate client, to look at (and tamper with) the engine behind the driver's back."""
+    async with aiodocker.Docker() as client:
+        yield client
+
+
+def new_session_id() -> str:
+    return f"s-{uuid.uuid4()}"
+
+
+async def run(driver: DockerDriver, action: str, **payload: Any) -> dict[str, Any]:
+    return await driver.execute(Command(command_id=f"cmd-{uuid.uuid4().hex}", action=action, payload=payload))
+
+
+async def create(driver: DockerDriver, session_id: str, image: str = IMAGE) -> dict[str, Any]:
+    return await run(
+        driver,
+        "CREATE_SESSION",
+        session_id=session_id,
+        name="echo",
+        image=image,
+        ports=[8080],
+        resources={"cpu": 0.5, "memory": 64},
+        env={"GREETING": "hello"},
+    )
+
+
+async def answers(endpoint: dict[str, Any]) -> str:
+    """The echo CGI's answer to a POST, once the session's httpd takes requests."""
+    url = f"http://{endpoint['host']}:{endpoint['port']}/cgi-bin/echo?q=1"
+
+    async def probe() -> str | None:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+                http.post(url, data="hello docker") as response,
+            ):
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    return await wait_for(probe, timeout=20)
+
+
+async def refused(endpoint: dict[str, Any]) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+            http.get(f"http://{endpoint['host']}:{endpoint['port']}/") as response,
+        ):
+            return response.status != 200
+    except (aiohttp.ClientError, TimeoutError):
+        return True
+
+
+async def inspect(engine: aiodocker.Docker, session_id: str) -> dict[str, Any] | None:
+    try:
+        container = await engine.containers.get(container_name(session_id))
+    except DockerError as exc:
+        assert exc.status == 404
+        return None
+    data: dict[str, Any] = container._container
+    return data
+
+
+async def volume_exists(engine: aiodocker.Docker, session_id: str) -> bool:
+    try:
+        await engine.volumes.get(volume_name(session_id))  # type: ignore[no-untyped-call]
+    except DockerError as exc:
+        assert exc.status == 404
+        return False
+    return True
+
+
+async def test_session_life_create_hibernate_wake_stop_delete(
+    driver: DockerDriver, engine: aiodocker.Docker, network: str
+) -> None:
+    session_id = new_session_id()
+    created = await create(driver, session_id)
+    assert created["state"] == "running" and created["endpoint"]["host"] == "127.0.0.1"
+    echoed = await answers(created["endpoint"])
+    assert "method=POST" in echoed and "query=q=1" in echoed and "body=hello docker" in echoed
+
+    data = await inspect(engine, session_id)
+    assert data is not None and data["State"]["Running"]
+    assert data["Config"]["Labels"] == {
+        "io.streamspace.managed": "true",
+        "io.streamspace.session_id": session_id,
+        "io.streamspace.agent_id": driver.agent_id,
+        "io.streamspace.template": "echo",
+        "io.streamspace.port": "8080",
+    }
+    assert {"GREETING=hello", "PORT=8080", f"STREAMSPACE_SESSION_ID={session_id}"} <= set(data["Config"]["Env"])
+    host = data["HostConfig"]
+    assert (host["NanoCpus"], host["Memory"]) == (500_000_000, 64 * 1024 * 1024)
+    assert host["NetworkMode"] == network and network in data["NetworkSettings"]["Networks"]
+    [binding] = data["NetworkSettings"]["Ports"]["8080/tcp"]
+    assert (binding["HostIp"], int(binding["HostPort"])) == ("127.0.0.1", created["endpoint"]["port"])
+    [mount] = data["Mounts"]
+    assert (mount["Type"], mount["Name"], mount["Destination"]) == ("volume", volume_name(session_id), "/data")
+
+    assert await run(driver, "HIBERNATE_SESSION", session_id=session_id) == {
+        "session_id": session_id,
+        "state": "hibernated",
+    }
+    data = await inspect(engine, session_id)
+    assert data is not None and not data["State"]["Running"]
+    assert await refused(created["endpoint"])
+    [item] = await driver.inventory()
+    assert (item.session_id, item.state, item.endpoint) == (session_id, "stopped", None)  # see docs/drivers.md
+
+    woken = await run(driver, "WAKE_SESSION", session_id=session_id)
+    assert woken["state"] == "running"
+    assert "body=hello docker" in await answers(woken["endpoint"])  # on the new host port it reports
+    [item] = await driver.inventory()
+    assert item.state == "running" and item.endpoint is not None and item.endpoint.port == woken["endpoint"]["port"]
+
+    assert await run(driver, "STOP_SESSION", session_id=session_id) == {"session_id": session_id, "state": "stopped"}
+    data = await inspect(engine, session_id)
+    assert data is not None and not data["State"]["Running"]
+    assert await volume_exists(engine, session_id)
+
+    assert await run(driver, "DELETE_SESSION", session_id=session_id) == {"session_id": session_id, "state": "deleted"}
+    assert await inspect(engine, session_id) is None
+    assert not await volume_exists(engine, session_id)
+    assert await driver.inventory() == []
+    assert (await run(driver, "DELETE_SESSION", session_id=session_id))["state"] == "deleted"
+
+
+async def test_create_twice_makes_one_container(driver: DockerDriver, engine: aiodocker.Docker) -> None:
+    session_id = new_session_id()
+    first = await create(driver, session_id)
+    second = await create(driver, session_id)
+    assert second == first
+    listed = await engine.containers.list(all="1", filters=f'{{"label": ["io.streamspace.session_id={session_id}"]}}')
+    assert len(listed) == 1
+    assert [item.session_id for item in await driver.inventory()] == [session_id]
+
+    await run(driver, "STOP_SESSION", session_id=session_id)
+    again = await create(driver, session_id)  # create means "make sure it runs"
+    assert again["state"] == "running" and "hello docker" in await answers(again["endpoint"])
+
+
+async def test_a_container_removed_behind_the_drivers_back_leaves_the_inventory(
+    driver: DockerDriver, engine: aiodocker.Docker
+) -> None:
+    kept, removed = new_session_id(), new_session_id()
+    await create(driver, kept)
+    await create(driver, removed)
+    assert [item.session_id for item in await driver.inventory()] == sorted([kept, removed])
+
+    await (await engine.containers.get(container_name(removed))).delete(force=True)
+
+    assert [item.session_id for item in await driver.inventory()] == [kept]
+    report = await run(driver, "WAKE_SESSION", session_id=removed)
+    assert report["state"] == "failed" and "no session" in report["reason"]
+
+
+async def test_orphans_with_our_labels_are_removed(driver: DockerDriver, engine: aiodocker.Docker) -> None:
+    known, orphan = new_session_id(), new_session_id()
+    await create(driver, known)
+    # A container made by hand with this agent's labels, owned by no session the control plane knows.
+    labels = {**driver.labels(orphan), "io.streamspace.port": "8080"}
+    await engine.containers.create({"Image": IMAGE, "Labels": labels}, name=container_name(orphan))
+    stranger = new_session_id()  # another agent's: never touched
+    others = {**labels, "io.streamspace.session_id": stranger, "io.streamspace.agent_id": "someone-else"}
+    await engine.containers.create({"Image": IMAGE, "Labels": others}, name=container_name(stranger))
+    try:
+        assert await driver.remove_orphans([known]) == [orphan]
+        assert await inspect(engine, orphan) is None
+        assert await inspect(engine, known) is not None
+        assert await inspect(engine, stranger) is not None
+    finally:
+        await (await engine.containers.get(container_name(stranger))).delete(force=True)
+
+
+async def test_an_image_the_engine_cannot_get_reports_failed(driver: DockerDriver, engine: aiodocker.Docker) -> None:
+    session_id = new_session_id()
+    report = await create(driver, session_id, image="streamspace/no-such-image:never")
+    assert report["state"] == "failed" and "no-such-image" in report["reason"]
+    assert await inspect(engine, session_id) is None
