@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
         routing = RoutingTable(redis, RedisKeys(settings.redis_key_prefix))
         hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
         app[STORE_KEY], app[HUB_KEY] = store, hub
-        async with background(hub.run_subscription(), hub.run_upkeep()):
+        async with background(hub.run_subscription(), hub.run_upkeep(), hub.writer.run()):
             yield
         await redis.aclose()
         await pool.close()
