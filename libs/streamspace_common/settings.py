@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_urls: str = "http://127.0.0.1:8000,http://127.0.0.1:8001"
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
+    agent_state_dir: str = ""  # the dedupe journal's directory; empty: ~/.local/state/streamspace-agent/<id>
     # gateway
     max_request_bytes: int = 64 * 1024
 

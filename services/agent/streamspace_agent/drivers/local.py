@@ -18,6 +18,11 @@ class SleepArgs(msgspec.Struct, forbid_unknown_fields=True):
     seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)]
 
 
+class FailArgs(msgspec.Struct, forbid_unknown_fields=True):
+    error: Annotated[str, msgspec.Meta(max_length=1000)] = "failed on purpose"
+    retryable: bool = False
+
+
 class LocalDriver:
     platform = "local"
 
@@ -27,6 +32,7 @@ class LocalDriver:
             "PING": self.ping,
             "ECHO": self.echo,
             "SLEEP": self.sleep,
+            "FAIL": self.fail,
         }
 
     @property
@@ -54,3 +60,11 @@ class LocalDriver:
             raise CommandFailed(f"invalid SLEEP payload: {exc}") from exc
         await asyncio.sleep(args.seconds)
         return {"slept": args.seconds}
+
+    async def fail(self, command: Command) -> dict[str, Any]:
+        """Diagnostics: fail on purpose, retryable or not ({"error": "...", "retryable": true})."""
+        try:
+            args = msgspec.convert(command.payload, FailArgs)
+        except msgspec.ValidationError as exc:
+            raise CommandFailed(f"invalid FAIL payload: {exc}") from exc
+        raise CommandFailed(args.error, retryable=args.retryable)
