@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 from support import RunEnv, Service, Stack, wait_for
@@ -75,3 +77,102 @@ async def test_a_burst_from_20_sql_clients_is_delivered_once_each_without_a_disc
     assert count_event(agent, "connected") == 1, agent.log()[-5000:]
     assert count_event(agent, "disconnected") == 0
     assert count_event(gateway, "agent_disconnected") == 0
+
+
+# --- results survive a dying socket and a restarting agent ---------------------------------------
+
+
+async def insert_command(db: asyncpg.Pool, agent_id: str, action: str, payload: dict[str, Any] | None = None) -> str:
+    command_id: str = await db.fetchval(
+        "INSERT INTO agent_commands (agent_id, action, payload) VALUES ($1, $2, $3) RETURNING command_id",
+        agent_id,
+        action,
+        payload or {},
+    )
+    return command_id
+
+
+async def wait_row(db: asyncpg.Pool, command_id: str, status: str, timeout: float = 20) -> asyncpg.Record:
+    async def probe() -> asyncpg.Record | None:
+        row = await db.fetchrow("SELECT * FROM agent_commands WHERE command_id = $1", command_id)
+        return row if row is not None and row["status"] == status else None
+
+    found: asyncpg.Record = await wait_for(probe, timeout=timeout)
+    return found
+
+
+async def backends_waiting_on_a_lock(db: asyncpg.Pool, pod: str) -> list[int]:
+    rows = await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 "
+        "AND wait_event_type = 'Lock'",
+        f"streamspace-gateway:{pod}",
+    )
+    return [row["pid"] for row in rows]
+
+
+async def test_a_result_in_flight_when_its_gateway_dies_is_sent_again_and_completes(
+    stack: Stack, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """The agent's result reached gateway A, whose write of it is held (the test locks the row), and A
+    is killed: the agent still holds the unconfirmed result, resends it to gateway B after
+    reconnecting, and the command completes on its first delivery. Before, the agent forgot a result
+    once it was on a socket: the row stayed acknowledged for ever."""
+    gateway_a, gateway_b = stack.gateway("gateway-fa"), stack.gateway("gateway-fb")
+    await stack.ready(gateway_a, gateway_b, stack.dispatcher("dispatcher-f"))
+    agent = stack.agent(agent_id, agent_token, [gateway_a, gateway_b])
+    await stack.ready(agent)
+    await wait_for(lambda: agent_online(db, agent_id, "gateway-fa"))
+
+    command_id = await insert_command(db, agent_id, "SLEEP", {"seconds": 0.5})
+    await wait_row(db, command_id, "acknowledged")
+    async with db.acquire() as conn:
+        lock = conn.transaction()
+        await lock.start()
+        await conn.execute("SELECT 1 FROM agent_commands WHERE command_id = $1 FOR UPDATE", command_id)
+        blocked = await wait_for(lambda: backends_waiting_on_a_lock(db, "gateway-fa"))  # the result's write
+        gateway_a.kill()
+        for pid in blocked:  # a dead client's backend would still finish its statement once unblocked
+            await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await lock.rollback()
+    assert (await db.fetchval("SELECT status FROM agent_commands WHERE command_id = $1", command_id)) == "acknowledged"
+
+    row = await wait_row(db, command_id, "completed")
+    assert row["attempts"] == 1 and row["result"] == {"slept": 0.5}
+    assert row["delivered_via_pod"] == "gateway-fa"
+    assert count_event(agent, "command_done") == 1
+
+
+async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
+    stack: Stack, db: asyncpg.Pool, agent_id: str, agent_token: str, tmp_path: Path
+) -> None:
+    """The agent finishes a command while its gateway is gone, then dies itself. The row went back to
+    pending meanwhile (as a lost ack's deadline or a hello-requeue would put it). The restarted agent,
+    with the same state directory, answers the redelivery from its journal: the command ran once."""
+    state = str(tmp_path / "agent-state")
+    gateway = stack.gateway("gateway-j1")
+    await stack.ready(gateway, stack.dispatcher("dispatcher-j"))
+    first = stack.agent(agent_id, agent_token, [gateway], name="agent-first", AGENT_STATE_DIR=state)
+    await stack.ready(first)
+    await wait_for(lambda: agent_online(db, agent_id))
+
+    command_id = await insert_command(db, agent_id, "SLEEP", {"seconds": 0.5})
+    await wait_row(db, command_id, "acknowledged")
+    gateway.kill()
+
+    async def finished() -> bool:
+        return count_event(first, "command_done") == 1
+
+    await wait_for(finished)
+    first.kill()  # the result is in its journal only
+    await db.execute(
+        "UPDATE agent_commands SET status = 'pending', ack_deadline = NULL WHERE command_id = $1", command_id
+    )
+    await db.execute("UPDATE agents SET status = 'offline' WHERE agent_id = $1", agent_id)  # gateway-j1 is dead
+
+    gateway_again = stack.gateway("gateway-j2")
+    await stack.ready(gateway_again)
+    second = stack.agent(agent_id, agent_token, [gateway_again], name="agent-second", AGENT_STATE_DIR=state)
+    row = await wait_row(db, command_id, "completed")
+    assert row["attempts"] == 2 and row["result"] == {"slept": 0.5}
+    assert count_event(second, "answered_from_journal") == 1
+    assert count_event(second, "command_done") == 0  # not run again
