@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+import pytest
 from support import RunEnv, Service, Stack, wait_for
 
 BURST = int(os.environ.get("PIPELINE_BURST", "10000"))
@@ -176,3 +178,69 @@ async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
     assert row["attempts"] == 2 and row["result"] == {"slept": 0.5}
     assert count_event(second, "answered_from_journal") == 1
     assert count_event(second, "command_done") == 0  # not run again
+
+
+# --- the protocol with agents of this release and of the previous one ----------------------------
+
+
+def socket_url(gateway: Service) -> str:
+    return gateway.url.replace("http://", "ws://", 1) + CONNECT_PATH
+
+
+def raw_hello(agent_id: str, **fields: Any) -> dict[str, Any]:
+    """A hello as written by hand; without `fields`, exactly what an agent of the previous release sends."""
+    return {
+        "type": "hello",
+        "agent_id": agent_id,
+        "platform": "local",
+        "version": "0.0.9",
+        "instance_id": "i-1",
+        **fields,
+    }
+
+
+async def insert_in_flight(
+    db: asyncpg.Pool, agent_id: str, status: str = "sent", sent_ago: float = 60.0, attempts: int = 1
+) -> str:
+    """A command as the dispatcher leaves it after claiming it (no ack deadline: only the test moves it)."""
+    command_id: str = await db.fetchval(
+        "INSERT INTO agent_commands (agent_id, action, status, sent_at, attempts, max_attempts) "
+        "VALUES ($1, 'PING', $2, now() - make_interval(secs => $3), $4, 3) RETURNING command_id",
+        agent_id,
+        status,
+        sent_ago,
+        attempts,
+    )
+    return command_id
+
+
+@pytest.mark.parametrize("features", [[], ["confirm"]], ids=["previous_release", "confirming"])
+async def test_confirm_frames_go_only_to_agents_that_announced_them(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str, features: list[str]
+) -> None:
+    """An agent of the previous release decodes gateway frames with a closed union: an unknown frame
+    would crash it. It says hello the old way, is welcomed the old way, gets no confirm frame and its
+    results are stored as before; an agent that announces `confirm` gets one per committed result."""
+    gateway = stack.gateway("gateway-c")
+    await stack.ready(gateway, stack.dispatcher("dispatcher-c"))
+    old = await insert_in_flight(db, agent_id)
+    async with http.ws_connect(socket_url(gateway), headers={"Authorization": f"Bearer {agent_token}"}) as ws:
+        await ws.send_json(raw_hello(agent_id, **({"features": features} if features else {})))
+        welcome = await ws.receive_json(timeout=10)
+        assert welcome == {
+            "type": "welcome",
+            "pod": "gateway-c",
+            "heartbeat_interval": 2.0,
+            **({"features": features} if features else {}),
+        }
+        await ws.send_json({"type": "ack", "command_id": old})
+        await ws.send_json({"type": "result", "command_id": old, "status": "completed", "result": {"n": 1}})
+        await wait_row(db, old, "completed")
+
+        # The next command comes through the dispatcher; a confirm, if any, was sent before it.
+        new = await insert_command(db, agent_id, "PING")
+        frame = await ws.receive_json(timeout=10)
+        if features:
+            assert frame == {"type": "confirm", "command_ids": [old]}
+            frame = await ws.receive_json(timeout=10)
+        assert frame["type"] == "command" and frame["command_id"] == new
