@@ -244,3 +244,140 @@ async def test_confirm_frames_go_only_to_agents_that_announced_them(
             assert frame == {"type": "confirm", "command_ids": [old]}
             frame = await ws.receive_json(timeout=10)
         assert frame["type"] == "command" and frame["command_id"] == new
+
+
+async def statuses(db: asyncpg.Pool, *command_ids: str) -> list[tuple[str, int]]:
+    rows = await db.fetch(
+        "SELECT command_id, status, attempts FROM agent_commands WHERE command_id = ANY($1)", command_ids
+    )
+    by_id = {row["command_id"]: (row["status"], row["attempts"]) for row in rows}
+    return [by_id[command_id] for command_id in command_ids]
+
+
+async def test_hello_requeues_at_once_what_the_agent_never_saw(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """An agent announcing `inventory` lists what it runs and what it finished unconfirmed; its other
+    commands sent before this socket registered were lost on the way and go back to pending at once
+    (the attempt stays spent; one with no attempt left fails readably). A command claimed after the
+    registration (here: sent_at in the future) may still be on the wire and is left alone. No
+    dispatcher runs, so nothing moves the rows but the gateway."""
+    gateway = stack.gateway("gateway-h")
+    await stack.ready(gateway)
+    running = await insert_in_flight(db, agent_id, "acknowledged")
+    unreported = await insert_in_flight(db, agent_id, "acknowledged")
+    lost_sent = await insert_in_flight(db, agent_id, "sent")
+    lost_acked = await insert_in_flight(db, agent_id, "acknowledged", attempts=2)
+    lost_last = await insert_in_flight(db, agent_id, "sent", attempts=3)
+    on_the_wire = await insert_in_flight(db, agent_id, "sent", sent_ago=-3600)
+    everything = (running, unreported, lost_sent, lost_acked, lost_last, on_the_wire)
+
+    async with http.ws_connect(socket_url(gateway), headers={"Authorization": f"Bearer {agent_token}"}) as ws:
+        hello = raw_hello(agent_id, features=["confirm", "inventory"], running=[running], unreported=[unreported])
+        await ws.send_json(hello)
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+
+        async def requeued() -> bool:
+            return (await statuses(db, lost_sent))[0][0] == "pending"
+
+        await wait_for(requeued)
+        assert await statuses(db, *everything) == [
+            ("acknowledged", 1),
+            ("acknowledged", 1),
+            ("pending", 1),
+            ("pending", 2),
+            ("failed", 3),
+            ("sent", 1),
+        ]
+        error = await db.fetchval("SELECT error_message FROM agent_commands WHERE command_id = $1", lost_last)
+        assert "lost the command" in error and "3 attempt(s)" in error
+
+
+async def test_hello_of_an_agent_without_inventory_requeues_nothing(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """An agent of the previous release lists nothing: its in-flight commands are left to the deadlines."""
+    gateway = stack.gateway("gateway-h0")
+    await stack.ready(gateway)
+    in_flight = [await insert_in_flight(db, agent_id, status) for status in ("sent", "acknowledged")]
+    finished = await insert_in_flight(db, agent_id, "acknowledged")
+    async with http.ws_connect(socket_url(gateway), headers={"Authorization": f"Bearer {agent_token}"}) as ws:
+        await ws.send_json(raw_hello(agent_id, features=["confirm"]))  # confirms, but lists no inventory
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+        # A result written after the registration: by then a requeue, had there been one, was under way.
+        await ws.send_json({"type": "result", "command_id": finished, "status": "completed"})
+        assert await ws.receive_json(timeout=10) == {"type": "confirm", "command_ids": [finished]}
+        await asyncio.sleep(0.5)
+        assert await statuses(db, *in_flight) == [("sent", 1), ("acknowledged", 1)]
+
+
+# --- a late unregister of an older socket ----------------------------------------------------------
+
+SLOW_OFFLINE = """
+CREATE FUNCTION pg_temp_slow_offline() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Before any row is read or locked: the statement's snapshot is older than the newer socket's row.
+    IF current_setting('application_name') = 'streamspace-gateway:{pod}'
+       AND (SELECT query FROM pg_stat_activity WHERE pid = pg_backend_pid()) LIKE '%status = ''offline''%' THEN
+        PERFORM pg_sleep(1.5);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER slow_offline_{tag} BEFORE UPDATE ON agents FOR EACH STATEMENT EXECUTE FUNCTION pg_temp_slow_offline();
+"""
+
+
+async def slow_offline_running(db: asyncpg.Pool, pod: str) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE $2 AND state = 'active'",
+            f"streamspace-gateway:{pod}",
+            "%status = 'offline'%",
+        )
+    )
+
+
+async def test_a_late_unregister_of_an_old_socket_leaves_the_newer_socket_online(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """Socket 1 closes; while its unregister's UPDATE is slow (a trigger makes it sleep 1.5 s before it
+    reads the row), socket 2 of the same agent registers on the same replica. The late UPDATE must not
+    mark the agent offline: it is guarded by the connection (its registration time), not only by pod."""
+    pod = "gateway-u"
+    gateway = stack.gateway(pod)
+    await stack.ready(gateway)
+    headers = {"Authorization": f"Bearer {agent_token}"}
+    tag = agent_id.rsplit("-", 1)[-1]
+    function = f"slow_offline_{tag}"
+    await db.execute(SLOW_OFFLINE.format(pod=pod, tag=tag).replace("pg_temp_slow_offline", function))
+    try:
+        async with http.ws_connect(socket_url(gateway), headers=headers) as first:
+            await first.send_json(raw_hello(agent_id, instance_id="first"))
+            assert (await first.receive_json(timeout=10))["type"] == "welcome"
+            await wait_for(lambda: agent_online(db, agent_id))
+        await wait_for(lambda: slow_offline_running(db, pod))  # the first socket's unregister, sleeping
+        async with http.ws_connect(socket_url(gateway), headers=headers) as second:
+            await second.send_json(raw_hello(agent_id, instance_id="second"))
+            assert (await second.receive_json(timeout=10))["type"] == "welcome"
+
+            async def second_registered() -> bool:
+                return bool(
+                    await db.fetchval("SELECT instance_id = 'second' FROM agents WHERE agent_id = $1", agent_id)
+                )
+
+            await wait_for(second_registered)
+
+            async def late_unregister_done() -> bool:  # the slowed statement has finished
+                return not await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE $2 "
+                    "AND state = 'active'",
+                    f"streamspace-gateway:{pod}",
+                    "%status = 'offline'%",
+                )
+
+            await wait_for(late_unregister_done)
+            assert await agent_online(db, agent_id, pod)
+            await second.send_json({"type": "heartbeat"})
+            assert not second.closed
+    finally:
+        await db.execute(f"DROP TRIGGER slow_offline_{tag} ON agents; DROP FUNCTION {function}()")
