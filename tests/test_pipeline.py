@@ -381,3 +381,30 @@ async def test_a_late_unregister_of_an_old_socket_leaves_the_newer_socket_online
             assert not second.closed
     finally:
         await db.execute(f"DROP TRIGGER slow_offline_{tag} ON agents; DROP FUNCTION {function}()")
+
+
+# --- retryable failures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retryable", [True, False], ids=["retryable", "final"])
+async def test_a_retryable_failure_is_retried_until_attempts_run_out(
+    stack: Stack, db: asyncpg.Pool, agent_id: str, agent_token: str, retryable: bool
+) -> None:
+    """A failed result marked retryable goes back to pending with a backoff while attempts remain, and
+    the agent really runs it again (a retryable failure is no answer for a redelivery); the last attempt
+    fails with the agent's error. A plain failure fails at once."""
+    gateway = stack.gateway("gateway-r")
+    await stack.ready(gateway, stack.dispatcher("dispatcher-r"))
+    agent = stack.agent(agent_id, agent_token, [gateway])
+    await stack.ready(agent)
+    await wait_for(lambda: agent_online(db, agent_id))
+    command_id: str = await db.fetchval(
+        "INSERT INTO agent_commands (agent_id, action, payload, max_attempts) VALUES ($1, 'FAIL', $2, 3) "
+        "RETURNING command_id",
+        agent_id,
+        {"error": "platform API busy", "retryable": retryable},
+    )
+    row = await wait_row(db, command_id, "failed", timeout=30)
+    runs = 3 if retryable else 1
+    assert (row["attempts"], row["error_message"]) == (runs, "platform API busy")
+    assert count_event(agent, "command_done") == runs
