@@ -164,9 +164,13 @@ class Stack:
     def agent(
         self, agent_id: str, token: str, gateways: list[Service], name: str | None = None, **settings: str
     ) -> Service:
+        """An agent process; its journal lives in this test's directory unless AGENT_STATE_DIR is given
+        (pass the same one again to restart the agent with its journal)."""
+        name = name or f"agent-{agent_id}"
         urls = ",".join(gateway.url for gateway in gateways)
-        extra = {"AGENT_ID": agent_id, "AGENT_TOKEN": token, "GATEWAY_URLS": urls, **settings}
-        return self.start(name or f"agent-{agent_id}", "streamspace_agent", extra)
+        state = str(self.log_dir / f"{name}-state")
+        extra = {"AGENT_ID": agent_id, "AGENT_TOKEN": token, "GATEWAY_URLS": urls, "AGENT_STATE_DIR": state, **settings}
+        return self.start(name, "streamspace_agent", extra)
 
     async def ready(self, *services: Service, timeout: float = 30.0) -> None:
         async with aiohttp.ClientSession() as http:

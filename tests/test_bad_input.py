@@ -338,6 +338,12 @@ FIRST_FRAMES: list[tuple[str, FrameBuilder, int, str]] = [
     ("hello_agent_id_int", _hello_with(agent_id=7), closecodes.BAD_FRAME, "agent_id"),
     ("hello_missing_version", _hello_without("version"), closecodes.BAD_FRAME, "version"),
     ("hello_unknown_field", _hello_with(colour="red"), closecodes.BAD_FRAME, "colour"),
+    # Longer than the agents column it is stored in: refused at the edge, never a failed UPDATE.
+    ("hello_platform_too_long", _hello_with(platform="p" * 65), closecodes.BAD_FRAME, "platform"),
+    ("hello_version_too_long", _hello_with(version="v" * 65), closecodes.BAD_FRAME, "version"),
+    ("hello_instance_id_too_long", _hello_with(instance_id="i" * 256), closecodes.BAD_FRAME, "instance_id"),
+    ("hello_unreported_id_too_long", _hello_with(unreported=["c" * 256]), closecodes.BAD_FRAME, "unreported"),
+    ("hello_features_str", _hello_with(features="confirm"), closecodes.BAD_FRAME, "features"),
     (
         "result_before_hello",
         lambda _, __, command_id: json.dumps({"type": "result", "command_id": command_id, "status": "completed"}),
@@ -395,6 +401,19 @@ async def test_socket_rejects_first_frame(
         assert await agent_row(db, name) == before[name]
         assert await command_rows(db, name) == commands_before[name]
         assert await redis_client.get(RedisKeys(test_env.redis_prefix).agent_pod(name)) is None
+
+
+async def test_hello_fields_as_long_as_their_columns_are_stored(
+    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    longest = hello(agent_id, platform="p" * 64, version="v" * 64, instance_id="i" * 255)
+    async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
+        await ws.send_json(longest)
+        await expect_welcome(ws)
+        await wait_for(lambda: _status_is(db, agent_id, "online"))
+        row = await agent_row(db, agent_id)
+        assert row is not None
+        assert (row["platform"], row["version"], row["instance_id"]) == ("p" * 64, "v" * 64, "i" * 255)
 
 
 # --- the agent socket: after a good hello -------------------------------------------------------

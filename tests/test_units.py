@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ import structlog
 from support import BASE_REDIS_URL, wait_for
 
 from streamspace_agent.client import CONNECT_PATH, socket_urls
+from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
+from streamspace_agent.journal import Journal
 from streamspace_common.commands import TRANSITIONS, CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
@@ -163,19 +165,47 @@ class CountingDriver(LocalDriver):
         return await super().execute(command)
 
 
+ExecutorFactory = Callable[[Driver], Executor]
+
+
+@pytest.fixture
+async def executors(tmp_path: Path) -> AsyncIterator[ExecutorFactory]:
+    """Executors with a real journal each, in this test's temporary directory."""
+    made: list[Executor] = []
+
+    def make(driver: Driver) -> Executor:
+        executor = Executor(driver, Journal(tmp_path / f"state-{len(made)}"))
+        executor.restore()
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        await executor.cancel_all()
+
+
 async def next_results(executor: Executor) -> list[Result]:
-    await asyncio.wait_for(executor.has_unsent.wait(), timeout=10)
-    return executor.take_unsent()
+    """Run the journal writer until results are ready to send; return them, confirmed as a gateway would."""
+    ready: list[str] = list(executor.unconfirmed)  # a redelivery answered from the journal is ready at once
+    executor.listeners.add(ready.append)
+    try:
+        while not ready:
+            await asyncio.wait_for(executor.journal_once(), timeout=10)
+    finally:
+        executor.listeners.discard(ready.append)
+    results = [executor.unconfirmed[command_id] for command_id in ready]
+    executor.confirmed(ready)
+    return results
 
 
 def command(action: str, payload: dict[str, Any] | None = None) -> Command:
     return Command(command_id=f"cmd-{uuid.uuid4().hex}", action=action, payload=payload or {})
 
 
-async def test_redelivered_running_command_runs_once() -> None:
+async def test_redelivered_running_command_runs_once(executors: ExecutorFactory) -> None:
     driver = CountingDriver()
     driver.release.clear()
-    executor = Executor(driver)
+    executor = executors(driver)
     sleep = command("SLEEP", {"seconds": 0})
 
     executor.submit(sleep)
@@ -190,9 +220,9 @@ async def test_redelivered_running_command_runs_once() -> None:
     assert not executor.running
 
 
-async def test_redelivered_finished_command_gets_the_same_earlier_result() -> None:
+async def test_redelivered_finished_command_gets_the_same_earlier_result(executors: ExecutorFactory) -> None:
     driver = CountingDriver()
-    executor = Executor(driver)
+    executor = executors(driver)
     ping = command("PING")
 
     executor.submit(ping)
@@ -206,9 +236,9 @@ async def test_redelivered_finished_command_gets_the_same_earlier_result() -> No
     assert driver.runs == {ping.command_id: 1}
 
 
-async def test_different_commands_each_run() -> None:
+async def test_different_commands_each_run(executors: ExecutorFactory) -> None:
     driver = CountingDriver()
-    executor = Executor(driver)
+    executor = executors(driver)
     echoes = [command("ECHO", {"n": n}) for n in range(3)]
     for echo in echoes:
         executor.submit(echo)
@@ -219,8 +249,8 @@ async def test_different_commands_each_run() -> None:
     assert driver.runs == {echo.command_id: 1 for echo in echoes}
 
 
-async def test_unknown_action_fails_with_a_clear_error() -> None:
-    executor = Executor(LocalDriver(Settings(agent_id="unit-agent")))
+async def test_unknown_action_fails_with_a_clear_error(executors: ExecutorFactory) -> None:
+    executor = executors(LocalDriver(Settings(agent_id="unit-agent")))
     rocket = command("LAUNCH_ROCKET")
     executor.submit(rocket)
     [result] = await next_results(executor)
@@ -229,7 +259,7 @@ async def test_unknown_action_fails_with_a_clear_error() -> None:
     assert result.result is None
     assert result.error is not None
     assert "unknown action 'LAUNCH_ROCKET'" in result.error
-    assert all(action in result.error for action in ("PING", "ECHO", "SLEEP"))
+    assert all(action in result.error for action in ("PING", "ECHO", "SLEEP", "FAIL"))
 
 
 @pytest.mark.parametrize(
@@ -237,8 +267,8 @@ async def test_unknown_action_fails_with_a_clear_error() -> None:
     [{}, {"seconds": -1}, {"seconds": "soon"}, {"seconds": 1e9}, {"seconds": 0, "extra": 1}, {"secs": 1}],
     ids=["missing", "negative", "string", "too_long", "unknown_field", "misspelt"],
 )
-async def test_bad_sleep_payload_fails(payload: dict[str, Any]) -> None:
-    executor = Executor(LocalDriver(Settings(agent_id="unit-agent")))
+async def test_bad_sleep_payload_fails(payload: dict[str, Any], executors: ExecutorFactory) -> None:
+    executor = executors(LocalDriver(Settings(agent_id="unit-agent")))
     sleep = command("SLEEP", payload)
     executor.submit(sleep)
     [result] = await next_results(executor)
@@ -246,12 +276,12 @@ async def test_bad_sleep_payload_fails(payload: dict[str, Any]) -> None:
     assert result.error is not None and "invalid SLEEP payload" in result.error
 
 
-async def test_a_driver_crash_still_answers_failed() -> None:
+async def test_a_driver_crash_still_answers_failed(executors: ExecutorFactory) -> None:
     class BrokenDriver(LocalDriver):
         async def execute(self, command: Command) -> dict[str, Any]:
             raise RuntimeError("disk on fire")
 
-    executor = Executor(BrokenDriver(Settings(agent_id="unit-agent")))
+    executor = executors(BrokenDriver(Settings(agent_id="unit-agent")))
     executor.submit(command("PING"))
     [result] = await next_results(executor)
     assert result.status == "failed"
@@ -506,7 +536,8 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
     assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
     assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
     assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
-    assert used["streamspace_common", "commands.sql"] >= {"claim", "requeue_sent", "acknowledge", "finish"}
+    lifecycle = {"claim", "requeue_sent", "acknowledge_many", "finish_many", "requeue_unseen"}
+    assert used["streamspace_common", "commands.sql"] >= lifecycle
     assert used["streamspace_dispatcher", "queries.sql"] >= {"agents_with_due_commands"}
     for (package, filename), names in used.items():
         queries = load_queries(package, filename)

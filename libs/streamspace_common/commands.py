@@ -10,9 +10,11 @@ silently dropped.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from .db import load_queries
@@ -29,7 +31,9 @@ TRANSITIONS: dict[CommandStatus, frozenset[CommandStatus]] = {
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
+RETRY_BACKOFF_CAP = 30.0  # seconds: the longest wait before a retry (expired ack or retryable failure)
 log = structlog.get_logger("commands")
+_json = msgspec.json.Encoder()
 
 
 class CommandLifecycle:
@@ -53,20 +57,40 @@ class CommandLifecycle:
         _log_unmoved("requeue_sent", len(command_ids) - len(moved))
         return len(moved)
 
-    async def acknowledge(self, agent_id: str, command_id: str, pod: str) -> bool:
-        """sent -> acknowledged."""
-        moved = await self.db.fetchval(QUERIES["acknowledge"], command_id, agent_id, pod) is not None
-        if not moved:
-            _log_unmoved("acknowledge", 1, command_id=command_id, agent_id=agent_id)
+    async def acknowledge_many(self, acks: list[tuple[str, str]], pod: str) -> list[str]:
+        """sent -> acknowledged for (command_id, agent_id) pairs; the ids it moved."""
+        if not acks:
+            return []
+        command_ids, agent_ids = (list(column) for column in zip(*acks, strict=True))
+        moved = [
+            row["command_id"] for row in await self.db.fetch(QUERIES["acknowledge_many"], command_ids, agent_ids, pod)
+        ]
+        _log_unmoved("acknowledge", len(acks) - len(moved))
         return moved
 
-    async def finish(self, agent_id: str, result: Result, pod: str) -> bool:
-        """sent | acknowledged -> completed | failed, with the agent's result or error."""
-        args: list[Any] = [result.command_id, agent_id, result.status, result.result, result.error, pod]
-        moved = await self.db.fetchval(QUERIES["finish"], *args) is not None
-        if not moved:
-            _log_unmoved("finish", 1, command_id=result.command_id, agent_id=agent_id)
+    async def finish_many(
+        self, results: list[tuple[str, Result]], pod: str, backoff_cap: float = RETRY_BACKOFF_CAP
+    ) -> dict[str, CommandStatus]:
+        """sent | acknowledged -> completed | failed (or pending: a retryable failure with attempts left)
+        for (agent_id, result) pairs; the ids it moved, with the status each got."""
+        if not results:
+            return {}
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+        for agent_id, result in results:
+            encoded = None if result.result is None else _json.encode(result.result).decode()
+            values = (result.command_id, agent_id, result.status, encoded, result.error, result.retryable)
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        rows = await self.db.fetch(QUERIES["finish_many"], *columns, pod, backoff_cap)
+        moved: dict[str, CommandStatus] = {row["command_id"]: row["status"] for row in rows}
+        _log_unmoved("finish", len(results) - len(moved))
         return moved
+
+    async def requeue_unseen(self, agent_id: str, registered_at: datetime, known: list[str]) -> list[asyncpg.Record]:
+        """sent | acknowledged -> pending (or failed, attempts spent) for the agent's commands claimed
+        before `registered_at` that it does not know (`known`: running or holding a result)."""
+        rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["requeue_unseen"], agent_id, registered_at, known)
+        return rows
 
     async def expire_unacknowledged(self, backoff_cap: float) -> list[asyncpg.Record]:
         """sent past its ack deadline -> pending (with backoff) or failed (attempts spent)."""

@@ -56,18 +56,56 @@ FROM unnest($1::text[], $2::int[]) AS sent(command_id, attempts)
 WHERE c.command_id = sent.command_id AND c.attempts = sent.attempts AND c.status = 'sent'
 RETURNING c.command_id;
 
--- name: acknowledge
-UPDATE agent_commands
+-- name: acknowledge_many
+-- sent -> acknowledged for a batch of acks read from agent sockets: $1 command ids, $2 the agent each
+-- ack came from (a foreign or late ack matches nothing), $3 the replica that delivered them.
+UPDATE agent_commands c
 SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $3
-WHERE command_id = $1 AND agent_id = $2 AND status = 'sent'
-RETURNING command_id;
+FROM unnest($1::text[], $2::text[]) AS ack(command_id, agent_id)
+WHERE c.command_id = ack.command_id AND c.agent_id = ack.agent_id AND c.status = 'sent'
+RETURNING c.command_id;
 
--- name: finish
+-- name: finish_many
+-- sent | acknowledged -> completed | failed for a batch of results: $1 command ids, $2 agent ids,
+-- $3 statuses, $4 results (JSON text or NULL), $5 errors, $6 retryable flags, $7 the replica.
+-- A retryable failure with attempts left goes back to pending after the same backoff as an expired
+-- ack (1 s, 2 s, 4 s ... capped at $8 s, jitter 50-100 %); the attempt it used stays spent.
+UPDATE agent_commands c
+SET status = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
+                  THEN 'pending' ELSE r.status END,
+    result = r.result::jsonb,
+    error_message = r.error,
+    completed_at = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
+                        THEN NULL ELSE now() END,
+    next_attempt_at = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
+                           THEN now() + make_interval(secs => least(power(2, c.attempts - 1), $8) * (0.5 + random() / 2))
+                      END,
+    ack_deadline = NULL,
+    acknowledged_at = coalesce(c.acknowledged_at, now()),
+    delivered_via_pod = coalesce(c.delivered_via_pod, $7)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+     AS r(command_id, agent_id, status, result, error, retryable)
+WHERE c.command_id = r.command_id AND c.agent_id = r.agent_id AND c.status IN ('sent', 'acknowledged')
+RETURNING c.command_id, c.status;
+
+-- name: requeue_unseen
+-- On an agent's hello (agents that announce the inventory feature only): its commands marked sent or
+-- acknowledged BEFORE this socket registered ($2) that the agent neither runs nor holds a result for
+-- ($3) were lost with an earlier socket or process. They go back to pending at once, or fail once
+-- max_attempts is spent. The attempt is not refunded: a command that kills its agent would otherwise
+-- be delivered forever. Rows claimed after the registration may still be on the wire: never touched.
 UPDATE agent_commands
-SET status = $3, result = $4, error_message = $5, completed_at = now(),
-    acknowledged_at = coalesce(acknowledged_at, now()), delivered_via_pod = coalesce(delivered_via_pod, $6)
-WHERE command_id = $1 AND agent_id = $2 AND status IN ('sent', 'acknowledged')
-RETURNING command_id;
+SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+    error_message = CASE WHEN attempts >= max_attempts
+                         THEN format('agent %s lost the command (reconnected without it) after %s attempt(s)',
+                                     agent_id, attempts)
+                         ELSE error_message END,
+    completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
+    next_attempt_at = NULL,
+    ack_deadline = NULL
+WHERE agent_id = $1 AND status IN ('sent', 'acknowledged') AND sent_at < $2
+  AND command_id <> ALL($3::text[])
+RETURNING command_id, status, attempts;
 
 -- name: expire_unacknowledged
 -- Sent but not acknowledged by its deadline: back to pending after an exponential backoff with

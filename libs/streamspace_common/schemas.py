@@ -17,6 +17,10 @@ USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$(?!\n)"
 
 Action = Annotated[str, msgspec.Meta(pattern=ACTION_PATTERN, description="upper-case verb, e.g. PING")]
 Identifier = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+# Hello strings are stored in agents columns of these sizes: a longer one is refused at the edge (4400).
+Short = Annotated[str, msgspec.Meta(max_length=64)]
+Long = Annotated[str, msgspec.Meta(max_length=255)]
+CommandId = Annotated[str, msgspec.Meta(max_length=255)]
 CommandStatus = Literal["pending", "sent", "acknowledged", "completed", "failed", "cancelled"]
 FinalStatus = Literal["completed", "failed"]
 
@@ -28,13 +32,23 @@ class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_d
 # --- agent -> gateway -------------------------------------------------------------------
 
 
+# Optional protocol features an agent announces in its hello (and a gateway echoes in its welcome).
+# An agent of an earlier release announces none and gets exactly the earlier protocol.
+FEATURE_CONFIRM = "confirm"  # the gateway sends `confirm` frames; the agent keeps results until confirmed
+FEATURE_INVENTORY = "inventory"  # hello's running/unreported lists are complete: requeue what is in neither
+FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY)
+
+
 class Hello(Frame, tag="hello"):
     agent_id: Identifier
-    platform: str
-    version: str
-    instance_id: str
+    platform: Short
+    version: Short
+    instance_id: Long
     capabilities: list[str] = []
     concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: no limit advertised
+    features: list[Short] = []
+    running: list[CommandId] = []  # commands executing now
+    unreported: list[CommandId] = []  # finished, result not confirmed by a gateway yet
 
 
 class Heartbeat(Frame, tag="heartbeat"):
@@ -50,6 +64,7 @@ class Result(Frame, tag="result"):
     status: FinalStatus
     result: dict[str, Any] | None = None
     error: str | None = None
+    retryable: bool = False  # failed, but may succeed later: retried with backoff while attempts remain
 
 
 AgentFrame = Hello | Heartbeat | Ack | Result
@@ -61,6 +76,16 @@ AgentFrame = Hello | Heartbeat | Ack | Result
 class Welcome(Frame, tag="welcome"):
     pod: str
     heartbeat_interval: float
+    features: list[str] = []  # only sent to an agent that announced features: the ones both sides use
+
+
+class Confirm(Frame, tag="confirm"):
+    """Results the gateway has committed (or found already final): the agent may forget them.
+
+    Sent only to agents that announced FEATURE_CONFIRM: an earlier agent would refuse an unknown frame type.
+    """
+
+    command_ids: list[str]
 
 
 class Command(Frame, tag="command"):
@@ -70,7 +95,7 @@ class Command(Frame, tag="command"):
     session_id: str | None = None
 
 
-GatewayFrame = Welcome | Command
+GatewayFrame = Welcome | Command | Confirm
 
 
 # --- dispatcher -> gateway, over the pod's Redis channel --------------------------------

@@ -3,12 +3,21 @@
 It reconnects forever (§4): on a failure it moves to the next of GATEWAY_URLS and waits with
 exponential backoff and full jitter (0.25 s up to 30 s); a close with 1012 (gateway restarting)
 moves on at once.
+
+Results stay with the executor until a gateway confirms them. On each socket the agent sends every
+unconfirmed result in order, at most RESULT_WINDOW of them unconfirmed at once (that bounds what the
+gateway holds for this socket), so a result in flight when a socket dies goes out again on the next.
+A gateway that does not confirm (an earlier release: its welcome names no features) gets today's
+behaviour: a result counts as reported once written to its socket. An earlier gateway also refuses a
+hello with fields it does not know (4400 "unknown field"): the agent then says hello again at once,
+the earlier way, on the same gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 
 import aiohttp
 import msgspec
@@ -16,12 +25,26 @@ import structlog
 
 from streamspace_common import closecodes
 from streamspace_common.resilience import Backoff, Outage
-from streamspace_common.schemas import Ack, AgentFrame, Command, GatewayFrame, Heartbeat, Hello, Welcome
+from streamspace_common.schemas import (
+    FEATURE_CONFIRM,
+    FEATURE_INVENTORY,
+    Ack,
+    AgentFrame,
+    Command,
+    Confirm,
+    GatewayFrame,
+    Heartbeat,
+    Hello,
+    Result,
+    Welcome,
+)
 
 from . import __version__, metrics
 from .executor import Executor
 
 CONNECT_PATH = "/api/v1/agents/connect"
+RESULT_WINDOW = 256  # results sent on one socket and not yet confirmed, at most
+MAX_HELLO_IDS = 10_000  # more running + unreported than this: the hello lists none (and asks no requeue)
 log = structlog.get_logger("agent.client")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
@@ -36,6 +59,52 @@ def socket_urls(gateway_urls: str) -> list[str]:
     if not urls:
         raise ValueError("GATEWAY_URLS names no gateway")
     return urls
+
+
+class HelloRefused(Exception):
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"hello refused with {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+    @property
+    def unknown_field(self) -> bool:
+        """An earlier gateway's answer to a field added since (its frames forbid unknown fields)."""
+        return self.code == closecodes.BAD_FRAME and "unknown field" in self.reason
+
+
+class Outbox:
+    """The results one socket sends: every unconfirmed one, in order, at most `window` unconfirmed at once."""
+
+    def __init__(self, executor: Executor, confirms: bool, window: int = RESULT_WINDOW) -> None:
+        self.executor = executor
+        self.confirms = confirms
+        self.window = window
+        self.queue: deque[str] = deque(executor.unconfirmed)
+        self.in_flight: set[str] = set()
+        self.wake = asyncio.Event()
+        if self.queue:
+            self.wake.set()
+
+    def add(self, command_id: str) -> None:
+        self.queue.append(command_id)
+        self.wake.set()
+
+    def confirmed(self, command_ids: list[str]) -> None:
+        self.in_flight.difference_update(command_ids)
+        self.wake.set()
+
+    def take(self) -> list[Result]:
+        """What may go out now; the window counts only for a gateway that confirms."""
+        batch: list[Result] = []
+        while self.queue and (not self.confirms or len(self.in_flight) < self.window):
+            result = self.executor.unconfirmed.get(self.queue.popleft())
+            if result is not None:  # else confirmed meanwhile
+                batch.append(result)
+                if self.confirms:
+                    self.in_flight.add(result.command_id)
+        self.wake.clear()
+        return batch
 
 
 class AgentClient:
@@ -62,8 +131,9 @@ class AgentClient:
     def connected(self) -> bool:
         return self.connected_to is not None
 
-    def hello(self) -> Hello:
-        return Hello(
+    def hello(self, legacy: bool = False) -> Hello:
+        """Our hello; `legacy`: without the fields added since the first release (for an earlier gateway)."""
+        hello = Hello(
             agent_id=self.agent_id,
             platform=self.executor.driver.platform,
             version=__version__,
@@ -71,6 +141,14 @@ class AgentClient:
             capabilities=self.executor.driver.actions,
             concurrency=self.concurrency,
         )
+        if legacy:
+            return hello
+        hello.features = [FEATURE_CONFIRM]
+        running, unreported = list(self.executor.running), self.executor.unreported()
+        if len(running) + len(unreported) <= MAX_HELLO_IDS:  # complete lists, or none at all
+            hello.features.append(FEATURE_INVENTORY)
+            hello.running, hello.unreported = running, unreported
+        return hello
 
     async def run(self) -> None:
         backoff = Backoff(base=0.25, cap=30.0)
@@ -82,7 +160,16 @@ class AgentClient:
                 index += 1
                 close_code: int | None = None
                 try:
-                    close_code = await self.connect_once(http, url, backoff, outage)
+                    try:
+                        close_code = await self.connect_once(http, url, backoff, outage)
+                    except HelloRefused as exc:
+                        if not exc.unknown_field:
+                            raise
+                        log.info("gateway_predates_hello_fields", url=url, reason=exc.reason)
+                        close_code = await self.connect_once(http, url, backoff, outage, legacy=True)
+                except HelloRefused as exc:
+                    outage.failed(exc)
+                    close_code = exc.code
                 except aiohttp.WSServerHandshakeError as exc:
                     outage.failed(exc)
                     if exc.status == 401:
@@ -93,15 +180,18 @@ class AgentClient:
                     continue
                 await asyncio.sleep(backoff.next_delay())
 
-    async def connect_once(self, http: aiohttp.ClientSession, url: str, backoff: Backoff, outage: Outage) -> int | None:
+    async def connect_once(
+        self, http: aiohttp.ClientSession, url: str, backoff: Backoff, outage: Outage, legacy: bool = False
+    ) -> int | None:
         async with http.ws_connect(
             url, heartbeat=self.ping_interval, timeout=aiohttp.ClientWSTimeout(ws_close=5)
         ) as ws:
-            await ws.send_str(_encoder.encode(self.hello()).decode())
+            await ws.send_str(_encoder.encode(self.hello(legacy)).decode())
             message = await ws.receive(timeout=10)
             if message.type != aiohttp.WSMsgType.TEXT:  # refused: the gateway closed instead of welcoming us
-                log.warning("hello_refused", url=url, close_code=ws.close_code, reason=message.extra)
-                return ws.close_code
+                reason = str(message.extra or "")
+                log.warning("hello_refused", url=url, close_code=ws.close_code, reason=reason)
+                raise HelloRefused(ws.close_code, reason)
             welcome = _decoder.decode(message.data)
             if not isinstance(welcome, Welcome):
                 raise msgspec.DecodeError("expected welcome")
@@ -110,19 +200,21 @@ class AgentClient:
             self.connected_to = welcome.pod
             metrics.CONNECTED.set(1)
             metrics.CONNECTS.inc()
-            log.info("connected", url=url, pod=welcome.pod)
+            confirms = FEATURE_CONFIRM in welcome.features
+            log.info("connected", url=url, pod=welcome.pod, features=welcome.features)
             try:
-                await self.serve(ws, welcome.heartbeat_interval)
+                await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms))
             finally:
                 self.connected_to = None
                 metrics.CONNECTED.set(0)
             log.info("disconnected", url=url, close_code=ws.close_code)
             return ws.close_code
 
-    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float) -> None:
+    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, outbox: Outbox) -> None:
+        self.executor.listeners.add(outbox.add)
         senders = [
             asyncio.create_task(self.send_heartbeats(ws, heartbeat_interval)),
-            asyncio.create_task(self.send_results(ws)),
+            asyncio.create_task(self.send_results(ws, outbox)),
         ]
         try:
             async for message in ws:
@@ -132,7 +224,11 @@ class AgentClient:
                 if isinstance(frame, Command):
                     await self.send(ws, Ack(command_id=frame.command_id))
                     self.executor.submit(frame)
+                elif isinstance(frame, Confirm):
+                    self.executor.confirmed(frame.command_ids)
+                    outbox.confirmed(frame.command_ids)
         finally:
+            self.executor.listeners.discard(outbox.add)
             for task in senders:
                 task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
@@ -146,13 +242,13 @@ class AgentClient:
             await asyncio.sleep(interval)
             await self.send(ws, Heartbeat())
 
-    async def send_results(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def send_results(self, ws: aiohttp.ClientWebSocketResponse, outbox: Outbox) -> None:
+        """Everything unconfirmed goes out, window permitting; a failed send loses nothing (the results
+        stay unconfirmed with the executor and go out again on the next socket)."""
         while True:
-            await self.executor.has_unsent.wait()
-            batch = self.executor.take_unsent()
-            for position, result in enumerate(batch):
-                try:
-                    await self.send(ws, result)
-                except (ConnectionError, RuntimeError, asyncio.CancelledError):
-                    self.executor.put_back(batch[position:])
-                    raise
+            await outbox.wake.wait()
+            batch = outbox.take()
+            for result in batch:
+                await self.send(ws, result)
+            if batch and not outbox.confirms:  # an earlier gateway: written to its socket counts as reported
+                self.executor.confirmed([result.command_id for result in batch])

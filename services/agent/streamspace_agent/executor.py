@@ -1,33 +1,53 @@
 """Runs commands off the socket's read loop, once each (§2 step 7).
 
 Delivery is at-least-once, so a command seen before is not run again: a finished one is answered
-with its earlier result, a running one simply finishes. Results wait in `unsent` until a socket
-has taken them, so a result produced while disconnected goes out after the next connect.
+with its earlier result, a running one simply finishes. Every result is written to the journal
+(durable, batched) before any socket may take it, and stays `unconfirmed` until a gateway confirms
+it committed the result, so neither a socket dying nor the agent restarting loses it; a restarted
+agent answers from the journal too. A retryable failure is reported like any result but is no
+answer for a redelivery: the retry runs the command again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 
 import structlog
 
+from streamspace_common.resilience import Outage, forever
 from streamspace_common.schemas import Command, Result
 
 from . import metrics
 from .drivers import CommandFailed, Driver
+from .journal import Journal
 
 REMEMBERED_RESULTS = 10_000
 log = structlog.get_logger("agent.executor")
+Listener = Callable[[str], None]
 
 
 class Executor:
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, journal: Journal) -> None:
         self.driver = driver
-        self.results: OrderedDict[str, Result] = OrderedDict()
+        self.journal = journal
+        self.results: OrderedDict[str, Result] = OrderedDict()  # answers for redeliveries
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.unsent: OrderedDict[str, Result] = OrderedDict()
-        self.has_unsent = asyncio.Event()
+        self.unconfirmed: OrderedDict[str, Result] = OrderedDict()  # durable, not confirmed by a gateway
+        self.to_journal: OrderedDict[str, Result] = OrderedDict()  # produced, not durable yet
+        self.to_confirm: list[str] = []
+        self.journal_work = asyncio.Event()
+        self.listeners: set[Listener] = set()  # told the id of each result that is ready to send
+
+    def restore(self) -> None:
+        """Load the journal: what was finished before a restart, and what is still unconfirmed."""
+        for entry in self.journal.open():
+            self._remember(entry.result)
+            if not entry.confirmed:
+                self.unconfirmed[entry.result.command_id] = entry.result
+        if self.unconfirmed:
+            log.info("unconfirmed_results_restored", results=len(self.unconfirmed))
 
     def submit(self, command: Command) -> None:
         command_id = command.command_id
@@ -36,6 +56,7 @@ class Executor:
             return
         if command_id in self.results:
             metrics.REDELIVERIES.inc()
+            log.info("answered_from_journal", command_id=command_id)
             self._queue(self.results[command_id])
             return
         self.running[command_id] = asyncio.create_task(self._run(command))
@@ -46,35 +67,79 @@ class Executor:
             value = await self.driver.execute(command)
             result = Result(command_id=command.command_id, status="completed", result=value)
         except CommandFailed as exc:
-            result = Result(command_id=command.command_id, status="failed", error=str(exc))
+            result = Result(command_id=command.command_id, status="failed", error=str(exc), retryable=exc.retryable)
         except Exception as exc:  # a driver bug must still answer, or the command waits for retries
             bound.exception("driver_error")
             result = Result(command_id=command.command_id, status="failed", error=f"agent error: {exc!r}")
         bound.info("command_done", status=result.status)
         metrics.COMMANDS.labels(command.action, result.status).inc()
-        self.results[command.command_id] = result
+        # No await from here on: the command is always either running or on its way to the journal.
+        del self.running[command.command_id]
+        self.to_journal[command.command_id] = result
+        self.journal_work.set()
+
+    def _remember(self, result: Result) -> None:
+        if result.retryable:  # not an answer: a redelivery is the retry, and runs again
+            self.results.pop(result.command_id, None)
+            return
+        self.results[result.command_id] = result
+        self.results.move_to_end(result.command_id)
         while len(self.results) > REMEMBERED_RESULTS:
             self.results.popitem(last=False)
-        del self.running[command.command_id]
-        self._queue(result)
 
     def _queue(self, result: Result) -> None:
-        self.unsent[result.command_id] = result
-        self.has_unsent.set()
+        """Ready to send (again): every socket sends it, even one that already has it in flight."""
+        self.unconfirmed[result.command_id] = result
+        for listener in list(self.listeners):
+            listener(result.command_id)
 
-    def take_unsent(self) -> list[Result]:
-        batch = list(self.unsent.values())
-        self.unsent.clear()
-        self.has_unsent.clear()
-        return batch
+    def unreported(self) -> list[str]:
+        """Finished commands whose result no gateway has confirmed yet."""
+        return [*self.to_journal, *(c for c in self.unconfirmed if c not in self.to_journal)]
 
-    def put_back(self, results: list[Result]) -> None:
-        for result in results:
-            self.unsent.setdefault(result.command_id, result)
-        if self.unsent:
-            self.has_unsent.set()
+    def confirmed(self, command_ids: list[str]) -> None:
+        """A gateway committed these results (or had no use for them): forget them but as answers."""
+        for command_id in command_ids:
+            if self.unconfirmed.pop(command_id, None) is not None:
+                self.to_confirm.append(command_id)
+        if self.to_confirm:
+            self.journal_work.set()
+
+    # --- the journal writer ------------------------------------------------------------------
+
+    async def run_journal(self) -> None:
+        await forever(self.journal_once, Outage("journal", log))
+
+    async def journal_once(self) -> None:
+        """Write what finished since the last round in one transaction, then release it to the sockets."""
+        await self.journal_work.wait()
+        self.journal_work.clear()
+        try:
+            await self.flush_journal()
+        except BaseException:
+            self.journal_work.set()  # nothing was taken: the next round writes it again
+            raise
+
+    async def flush_journal(self) -> None:
+        batch = list(self.to_journal.values())
+        if batch:
+            await self.journal.write(batch)
+            for result in batch:
+                if self.to_journal.get(result.command_id) is result:
+                    del self.to_journal[result.command_id]
+                self._remember(result)
+                self._queue(result)
+        if self.to_confirm:
+            confirmed = self.to_confirm
+            await self.journal.confirm(confirmed)
+            del self.to_confirm[: len(confirmed)]
 
     async def cancel_all(self) -> None:
+        """At shutdown: stop what runs (it runs again on redelivery), keep what finished, close the journal."""
         for task in list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
+        try:
+            await self.flush_journal()
+        finally:
+            await self.journal.close()

@@ -12,9 +12,11 @@ from streamspace_common.log import configure_logging
 from streamspace_common.settings import Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background
 
+from . import metrics
 from .client import AgentClient
 from .drivers import create_driver
 from .executor import Executor
+from .journal import Journal, state_dir
 
 DEFAULT_PORT = 8091
 log = structlog.get_logger("agent")
@@ -22,7 +24,9 @@ log = structlog.get_logger("agent")
 
 def create_app(settings: Settings) -> web.Application:
     driver = create_driver(settings)
-    executor = Executor(driver)
+    executor = Executor(driver, Journal(state_dir(settings.agent_state_dir, settings.agent_id)))
+    executor.restore()
+    metrics.UNCONFIRMED.set_function(lambda: len(executor.unconfirmed))
     client = AgentClient(
         settings.agent_id,
         settings.agent_token,
@@ -35,7 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     add_health_routes(app, lambda: client.connected)
 
     async def link(_: web.Application) -> AsyncIterator[None]:
-        async with background(client.run()):
+        async with background(client.run(), executor.run_journal()):
             yield
         await executor.cancel_all()
         await driver.close()
@@ -53,7 +57,7 @@ def main() -> None:
         sys.exit(2)
     try:
         app = create_app(settings)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         log.error("bad_settings", error=str(exc))
         sys.exit(2)
     port = port_or(settings, DEFAULT_PORT)

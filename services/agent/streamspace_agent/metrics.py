@@ -8,3 +8,6 @@ COMMANDS = Counter("streamspace_agent_commands_total", "Commands executed", ["ac
 REDELIVERIES = Counter(
     "streamspace_agent_redeliveries_total", "Commands received again; answered from the earlier result"
 )
+UNCONFIRMED = Gauge(
+    "streamspace_agent_results_unconfirmed", "Results kept (journalled) until a gateway confirms it committed them"
+)

@@ -2,11 +2,10 @@
 
 Every frame is one msgspec-typed JSON object. A frame that is not valid JSON, has an unknown
 type or wrong fields closes the socket with 4400 and a reason, and changes nothing stored.
+The read loop never waits on PostgreSQL: acks and results go to the replica's FrameWriter.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import msgspec
 import structlog
@@ -20,6 +19,7 @@ from . import metrics
 from .errors import ApiError
 from .hub import HUB_KEY, AgentConnection
 from .store import Store
+from .writer import MAX_WAITING_PER_SOCKET, FrameWriter
 
 log = structlog.get_logger("gateway.socket")
 HELLO_TIMEOUT = 10.0
@@ -73,10 +73,19 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     conn = AgentConnection(hello=hello, ws=ws)
     try:
         # Welcome first: once registered, commands may arrive, and the agent expects welcome before any.
-        await ws.send_str(_encoder.encode(Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval)).decode())
+        welcome = Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval, features=conn.features)
+        await ws.send_str(_encoder.encode(welcome).decode())
         await hub.register(conn)
-        bound.info("agent_connected", platform=hello.platform, version=hello.version, instance_id=hello.instance_id)
-        await read_frames(ws, conn, hub.store)
+        bound.info(
+            "agent_connected",
+            platform=hello.platform,
+            version=hello.version,
+            instance_id=hello.instance_id,
+            features=conn.features,
+            running=len(hello.running),
+            unreported=len(hello.unreported),
+        )
+        await read_frames(ws, conn, hub.writer)
     except FrameRejected as exc:
         await reject(ws, exc, bound)
     finally:
@@ -98,21 +107,22 @@ async def receive_hello(ws: web.WebSocketResponse, token_agent_id: str) -> Hello
     return frame
 
 
-async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, store: Store) -> None:
-    agent_id = conn.agent_id
+async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, writer: FrameWriter) -> None:
+    """Read and queue, never wait: aiohttp answers the agent's pings only while we are in receive()."""
     async for message in ws:
         if message.type in (WSMsgType.ERROR, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
         frame = decode_frame(message)
         conn.mark_seen()
         if isinstance(frame, Ack):
-            await store.until_done(partial(store.commands.acknowledge, agent_id, frame.command_id, store.pod))
+            writer.ack(conn, frame.command_id)
         elif isinstance(frame, Result):
-            await store.until_done(partial(store.commands.finish, agent_id, frame, store.pod))
-            metrics.AGENT_RESULTS.labels(frame.status).inc()
+            writer.result(conn, frame)
         elif isinstance(frame, Hello):
             raise FrameRejected(closecodes.BAD_FRAME, "hello was already received")
         # Heartbeat: marking the socket seen is all it does.
+        if conn.waiting > MAX_WAITING_PER_SOCKET:  # a bound for agents that keep no window (none of ours)
+            raise FrameRejected(closecodes.OVERLOADED, "too many acks and results waiting to be written")
 
 
 async def reject(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 
 import msgspec
@@ -22,13 +23,16 @@ from streamspace_common import closecodes
 from streamspace_common.db import TRANSIENT_ERRORS
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
-from streamspace_common.schemas import Delivery, Hello
+from streamspace_common.schemas import FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURES, Confirm, Delivery, Hello
 
 from . import metrics
 from .store import Store
+from .writer import FrameWriter
 
 log = structlog.get_logger("gateway.hub")
 STALE_AFTER_INTERVALS = 3
+DRAIN_TIMEOUT = 5.0  # seconds a stopping replica waits for queued acks and results to be written
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass(eq=False)
@@ -36,13 +40,37 @@ class AgentConnection:
     hello: Hello
     ws: web.WebSocketResponse
     last_seen: float = field(default_factory=time.monotonic)
+    registered_at: datetime | None = None  # agents.connected_at as its registration wrote it
+    waiting: int = 0  # acks and results read from this socket and not yet committed
+    _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def agent_id(self) -> str:
         return self.hello.agent_id
 
+    @property
+    def features(self) -> list[str]:
+        """The optional protocol features both sides use on this socket (none for an earlier agent)."""
+        return [feature for feature in FEATURES if feature in self.hello.features]
+
+    @property
+    def confirms(self) -> bool:
+        return FEATURE_CONFIRM in self.hello.features
+
     def mark_seen(self) -> None:
         self.last_seen = time.monotonic()
+
+    def send_confirm(self, frame: Confirm) -> None:
+        if self.ws.closed:
+            return  # the agent resends what it has not had confirmed on its next socket
+        task = asyncio.create_task(self._send(_encoder.encode(frame).decode()))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        metrics.CONFIRMS_SENT.inc()
+
+    async def _send(self, text: str) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_str(text)
 
 
 class AgentHub:
@@ -57,6 +85,7 @@ class AgentHub:
         self.closing = False
         self.redis_outage = Outage("redis", log)
         self.db_outage = Outage("postgres", log)
+        self.writer = FrameWriter(store.pool, pod)
         self._giving_back: set[asyncio.Task[None]] = set()
         self._delivery_decoder = msgspec.json.Decoder(Delivery)
         self._encoder = msgspec.json.Encoder()
@@ -74,7 +103,26 @@ class AgentHub:
                 await self.routing.register(conn.agent_id, self.pod, self.mapping_ttl)
             except RedisError as exc:
                 self.redis_outage.failed(exc)
-        await self.store.until_done(partial(self.store.agent_online, conn.hello))
+        conn.registered_at = await self.store.until_done(partial(self.store.agent_online, conn.hello))
+        if FEATURE_INVENTORY in conn.hello.features and conn.registered_at is not None:
+            task = asyncio.create_task(self.requeue_unseen(conn, conn.registered_at))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+
+    async def requeue_unseen(self, conn: AgentConnection, registered_at: datetime) -> None:
+        """The agent's hello lists all it runs and all it finished without a confirmation: its commands
+        sent before this socket registered that are in neither list were lost on the way; put them back."""
+        known = [*conn.hello.running, *conn.hello.unreported]
+        requeue = partial(self.store.commands.requeue_unseen, conn.agent_id, registered_at, known)
+        rows = await self.store.until_done(requeue)
+        if rows:
+            metrics.COMMANDS_REQUEUED_ON_HELLO.inc(len(rows))
+            log.info(
+                "requeued_on_hello",
+                agent_id=conn.agent_id,
+                commands=[row["command_id"] for row in rows],
+                failed=sum(row["status"] == "failed" for row in rows),
+            )
 
     async def unregister(self, conn: AgentConnection) -> None:
         if self.connections.get(conn.agent_id) is not conn:
@@ -83,8 +131,12 @@ class AgentHub:
         metrics.AGENTS_CONNECTED.set(len(self.connections))
         with contextlib.suppress(RedisError):
             await self.routing.remove_if_owner(conn.agent_id, self.pod)
-        with contextlib.suppress(*TRANSIENT_ERRORS):
-            await self.store.agent_offline(conn.agent_id)
+            newer = self.connections.get(conn.agent_id)
+            if newer is not None and self.subscribed:  # it registered while we removed: its mapping may be gone
+                await self.routing.register(conn.agent_id, self.pod, self.mapping_ttl)
+        if conn.registered_at is not None:  # guarded by connection: a newer socket's row is left online
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self.store.agent_offline(conn.agent_id, conn.registered_at)
 
     async def close_all(self, code: int, message: bytes) -> None:
         for conn in list(self.connections.values()):
@@ -196,6 +248,8 @@ class AgentHub:
                 await self.routing.remove_if_owner(agent_id, self.pod)
         with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.store.pod_agents_offline()
+        with contextlib.suppress(TimeoutError):  # what is left, the agents resend (they hold it unconfirmed)
+            await asyncio.wait_for(self.writer.drained(), DRAIN_TIMEOUT)
 
 
 HUB_KEY = web.AppKey("hub", AgentHub)

@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> web.Application:
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
         app[STORE_KEY], app[HUB_KEY] = store, hub
-        async with background(hub.run_subscription(), hub.run_upkeep()):
+        async with background(hub.run_subscription(), hub.run_upkeep(), hub.writer.run()):
             yield
         await redis.aclose()
         await pool.close()

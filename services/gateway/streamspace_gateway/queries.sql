@@ -7,12 +7,14 @@ SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
 UPDATE agents
 SET status = 'online', gateway_pod = $2, platform = $3, version = $4, capabilities = $5,
     concurrency = $6, instance_id = $7, connected_at = now(), last_heartbeat = now()
-WHERE agent_id = $1;
+WHERE agent_id = $1
+RETURNING connected_at;
 
 -- name: agent_offline
--- Guarded by pod: if the agent has already registered on another replica, leave it online there.
+-- Guarded by pod and by connection ($3: the connected_at its registration wrote): if the agent has
+-- registered again since, on another replica or on this one, leave the newer socket's row alone.
 UPDATE agents SET status = 'offline'
-WHERE agent_id = $1 AND gateway_pod = $2 AND status = 'online';
+WHERE agent_id = $1 AND gateway_pod = $2 AND connected_at = $3 AND status = 'online';
 
 -- name: pod_agents_offline
 -- At start-up and shutdown: this replica holds no sockets, whatever the table says.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TypeVar
 
 import asyncpg
@@ -28,18 +29,17 @@ class Store:
         self.commands = CommandLifecycle(pool)
 
     async def until_done(self, write: Callable[[], Awaitable[T]]) -> T:
-        """Retry a write that must not be lost (an agent's ack or result) through a PostgreSQL outage.
-
-        The caller is the socket's read loop, so the agent is simply not read meanwhile: backpressure.
-        """
+        """Retry a write that must not be lost (a registration, a requeue, a batch of acks and results)
+        through a PostgreSQL outage; only errors that say PostgreSQL is unavailable are retried."""
         return await retry(write, self.outage, TRANSIENT_ERRORS)
 
     async def agent_for_token(self, token_hash: str) -> str | None:
         value = await self.pool.fetchval(QUERIES["agent_for_token"], token_hash)
         return None if value is None else str(value)
 
-    async def agent_online(self, hello: Hello) -> None:
-        await self.pool.execute(
+    async def agent_online(self, hello: Hello) -> datetime | None:
+        """Marks the agent online on this replica; the registration's time, which identifies the socket."""
+        connected_at: datetime | None = await self.pool.fetchval(
             QUERIES["agent_online"],
             hello.agent_id,
             self.pod,
@@ -49,9 +49,11 @@ class Store:
             hello.concurrency,
             hello.instance_id,
         )
+        return connected_at
 
-    async def agent_offline(self, agent_id: str) -> None:
-        await self.pool.execute(QUERIES["agent_offline"], agent_id, self.pod)
+    async def agent_offline(self, agent_id: str, connected_at: datetime) -> None:
+        """Offline, unless the agent has registered again since the socket registered at `connected_at`."""
+        await self.pool.execute(QUERIES["agent_offline"], agent_id, self.pod, connected_at)
 
     async def pod_agents_offline(self) -> None:
         await self.pool.execute(QUERIES["pod_agents_offline"], self.pod)

@@ -17,7 +17,15 @@ from streamspace_common.settings import Settings
 
 
 class CommandFailed(Exception):
-    """The command ran (or could not run) and failed; the message is reported to the control plane."""
+    """The command ran (or could not run) and failed; the message is reported to the control plane.
+
+    `retryable`: the failure may pass (a platform API briefly unavailable): the control plane retries
+    the command with backoff while it has attempts left, instead of failing it at once.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class Driver(Protocol):

@@ -40,11 +40,16 @@ MANAGED_LABEL = "io.streamspace.managed"
 SESSION_LABEL = "io.streamspace.session_id"
 AGENT_LABEL = "io.streamspace.agent_id"
 TEMPLATE_LABEL = "io.streamspace.template"
-DIAGNOSTICS = ("PING", "ECHO", "SLEEP")
+DIAGNOSTICS = ("PING", "ECHO", "SLEEP", "FAIL")
 
 
 class SleepArgs(msgspec.Struct, forbid_unknown_fields=True):
     seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)]
+
+
+class FailArgs(msgspec.Struct, forbid_unknown_fields=True):
+    error: Annotated[str, msgspec.Meta(max_length=1000)] = "failed on purpose"
+    retryable: bool = False
 
 
 class SessionFailed(Exception):
@@ -52,11 +57,17 @@ class SessionFailed(Exception):
 
 
 async def run_diagnostic(agent_id: str, command: Command) -> dict[str, Any]:
-    """PING, ECHO and SLEEP: the same on every platform."""
+    """PING, ECHO, SLEEP and FAIL (on purpose, retryable or not): the same on every platform."""
     if command.action == "PING":
         return {"pong": True, "agent_id": agent_id, "time": time.time()}
     if command.action == "ECHO":
         return {"echo": command.payload}
+    if command.action == "FAIL":
+        try:
+            failure = msgspec.convert(command.payload, FailArgs)
+        except msgspec.ValidationError as exc:
+            raise CommandFailed(f"invalid FAIL payload: {exc}") from exc
+        raise CommandFailed(failure.error, retryable=failure.retryable)
     try:
         args = msgspec.convert(command.payload, SleepArgs)
     except msgspec.ValidationError as exc:
