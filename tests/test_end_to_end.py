@@ -258,9 +258,14 @@ async def test_stale_mapping_puts_the_command_back_without_spending_an_attempt(
     async def mapping_gone() -> bool:
         return await redis_client.get(pod_key) is None
 
+    async def put_back() -> bool:  # the dispatcher drops the mapping first, then requeues: wait for both
+        row = await db.fetchrow(
+            "SELECT status, attempts FROM agent_commands WHERE command_id = $1", created["command_id"]
+        )
+        return (row["status"], row["attempts"]) == ("pending", 0)
+
     await wait_for(mapping_gone, timeout=10)
-    row = await db.fetchrow("SELECT status, attempts FROM agent_commands WHERE command_id = $1", created["command_id"])
-    assert (row["status"], row["attempts"]) == ("pending", 0)
+    await wait_for(put_back, timeout=10)
     if stale_pod == "gateway-b":
         assert "agent_not_here" in shared_stack.services[1].log()
 
