@@ -198,6 +198,9 @@ class AgentHub:
             log.info("subscribed", channel=channel)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # redis-py may swallow a cancellation: honour it
+                    raise asyncio.CancelledError
                 if message is not None and message["type"] == "message":
                     await self.deliver(message["data"])
         finally:
