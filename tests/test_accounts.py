@@ -58,6 +58,11 @@ def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
 
 
+async def agent_offline(db: asyncpg.Pool, agent_id: str) -> bool:
+    status = await db.fetchval("SELECT status FROM agents WHERE agent_id = $1", agent_id)
+    return bool(status == "offline")
+
+
 async def snapshot(db: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
     """Every row of every table a REST call could change."""
     return {table: [dict(row) for row in await db.fetch(f"SELECT * FROM {table} ORDER BY 1")] for table in TABLES}
@@ -378,6 +383,9 @@ async def test_agent_tokens_through_the_api(gateway: Client, db: asyncpg.Pool, a
     async with gateway.ws_connect("/api/v1/agents/connect", headers=bearer(created["token"])) as ws:
         await ws.send_json(hello(agent_id))
         assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    # The gateway marks the agent offline after the socket closed, in its own time: wait for that, or
+    # the snapshot below could catch the row between its two states.
+    await wait_for(lambda: agent_offline(db, agent_id))
 
     async with gateway.get(f"/api/v1/agents/{agent_id}/tokens", headers=admin.headers) as response:
         listed = (await expect(response, 200))["tokens"]
