@@ -370,6 +370,19 @@ async def test_a_role_change_ends_the_users_login_tokens(gateway: Client, user: 
         await expect(response, 200)
 
 
+async def test_a_password_change_ends_the_login_tokens_issued_before_it(
+    gateway: Client, user: Account, admin: Account
+) -> None:
+    before = await login(gateway, user.username, user.password)
+    assert await me_status(gateway, before) == 200
+    path = f"/api/v1/users/{user.user_id}"
+    async with gateway.patch(path, json={"password": "another long password"}, headers=admin.headers) as r:
+        await expect(r, 200)
+    assert await me_status(gateway, before) == 401
+    after = await login(gateway, user.username, "another long password")
+    assert await me_status(gateway, after) == 200
+
+
 # --- agent tokens ---------------------------------------------------------------------------------
 
 

@@ -3,8 +3,9 @@
 Two kinds of bearer credential, told apart by their prefix:
 
 - a login token ``sst_<claims>.<signature>`` from POST /api/v1/auth/login: the claims (user id, role,
-  expiry) are signed with HMAC-SHA256, so any replica checks one without a lookup of the token; the
-  user is still read (one indexed row) so a disabled user or a changed role ends the token at once;
+  expiry, password fingerprint) are signed with HMAC-SHA256, so any replica checks one without a lookup
+  of the token; the user is still read (one indexed row) so a disabled user, a changed role or a changed
+  password ends the token at once;
 - an API key ``ssk_<random>``, stored as its SHA-256 like agent tokens, revocable.
 
 A route says who may call it with ``api.base.ApiRoutes`` (``access="user"`` or ``"admin"``); inside a
@@ -51,10 +52,12 @@ class Caller:
         return self.role == "admin"
 
 
-class Claims(msgspec.Struct, forbid_unknown_fields=True):
+class Claims(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     sub: str  # user id
     role: Role
     exp: int  # unix seconds
+    # password_fingerprint() of the hash the user had at login; "" in tokens of an earlier release
+    pwd: str = ""
 
 
 def unauthorized(message: str) -> ApiError:
@@ -79,8 +82,14 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign_token(secret: bytes, user_id: str, role: Role, expires: int) -> str:
-    claims = _b64(msgspec.json.encode(Claims(sub=user_id, role=role, exp=expires)))
+def password_fingerprint(secret: bytes, password_hash: str) -> str:
+    """Names the password a token was issued under without revealing anything of its hash."""
+    return hmac.new(secret, b"password:" + password_hash.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def sign_token(secret: bytes, user_id: str, role: Role, expires: int, password: str = "") -> str:
+    """`password`: the password_fingerprint() the token is bound to ("" binds it to none)."""
+    claims = _b64(msgspec.json.encode(Claims(sub=user_id, role=role, exp=expires, pwd=password)))
     signature = hmac.new(secret, claims.encode(), hashlib.sha256).digest()
     return f"{TOKEN_PREFIX}{claims}.{_b64(signature)}"
 
@@ -129,9 +138,10 @@ class Authenticator:
         self.secret = secret
         self.ttl = ttl
 
-    def issue(self, user_id: str, role: Role) -> tuple[str, datetime]:
+    def issue(self, user_id: str, role: Role, password_hash: str) -> tuple[str, datetime]:
         expires = int(time.time() + self.ttl)
-        return sign_token(self.secret, user_id, role, expires), datetime.fromtimestamp(expires, UTC)
+        fingerprint = password_fingerprint(self.secret, password_hash)
+        return sign_token(self.secret, user_id, role, expires, fingerprint), datetime.fromtimestamp(expires, UTC)
 
     async def resolve(self, authorization: str | None) -> Caller:
         scheme, _, credential = (authorization or "").partition(" ")
@@ -148,6 +158,8 @@ class Authenticator:
             row = await self.pool.fetchrow(QUERIES["user_for_token"], claims.sub)
             if row is None or row["role"] != claims.role:
                 raise unauthorized("this login token's user is disabled or changed role; log in again")
+            if claims.pwd and claims.pwd != password_fingerprint(self.secret, row["password_hash"]):
+                raise unauthorized("the password changed since this login token was issued; log in again")
             return Caller(row["user_id"], row["username"], row["role"], "login")
         raise unauthorized("unknown credential: expected a login token (sst_...) or an API key (ssk_...)")
 

@@ -16,8 +16,8 @@ LIMIT 1;
 SELECT secret FROM auth_secrets WHERE name = 'token_signing';
 
 -- name: user_for_token
--- The user a login token names, if still enabled.
-SELECT id::text AS user_id, username, role FROM users WHERE id = $1 AND disabled_at IS NULL;
+-- The user a login token names, if still enabled (with the password hash its fingerprint is checked against).
+SELECT id::text AS user_id, username, role, password_hash FROM users WHERE id = $1 AND disabled_at IS NULL;
 
 -- name: user_for_api_key
 -- The owner of a live API key; last_used_at moves at most once a minute (not a write per request).

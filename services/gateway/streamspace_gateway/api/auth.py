@@ -44,5 +44,5 @@ async def login(request: web.Request) -> web.Response:
     row = await authenticator.pool.fetchrow(QUERIES["user_for_login"], body.username)
     if not await verify_password(None if row is None else row["password_hash"], body.password):
         raise ApiError(401, "unauthorized", "wrong username or password, or the account is disabled")
-    token, expires_at = authenticator.issue(row["id"], row["role"])
+    token, expires_at = authenticator.issue(row["id"], row["role"], row["password_hash"])
     return encoded(LoginToken(token=token, expires_at=expires_at))
