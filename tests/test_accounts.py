@@ -22,6 +22,7 @@ from pytest_aiohttp import AiohttpClient
 from support import Account, RunEnv, new_account, wait_for, with_database
 from test_bad_input import assert_error, hello
 
+from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import load_settings
 from streamspace_gateway.api import openapi_document, operations
@@ -384,6 +385,17 @@ async def test_a_password_change_ends_the_login_tokens_issued_before_it(
 
 
 # --- agent tokens ---------------------------------------------------------------------------------
+
+
+async def test_registering_the_same_agent_token_8_times_at_once_is_idempotent(
+    test_env: RunEnv, db: asyncpg.Pool, agent_id: str
+) -> None:
+    token = f"given-{uuid.uuid4().hex}"
+    registered = await asyncio.gather(*(create_agent_token(test_env.database_url, agent_id, token) for _ in range(8)))
+    assert registered == [token] * 8
+    assert await db.fetchval("SELECT count(*) FROM agent_tokens WHERE agent_id = $1", agent_id) == 1
+    with pytest.raises(AdminError, match="another agent"):
+        await create_agent_token(test_env.database_url, f"{agent_id}-other", token)
 
 
 async def test_agent_tokens_through_the_api(gateway: Client, db: asyncpg.Pool, admin: Account, agent_id: str) -> None:
