@@ -26,6 +26,7 @@ from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import load_settings
 from streamspace_gateway.api import openapi_document, operations
+from streamspace_gateway.api.auth import LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW
 from streamspace_gateway.auth import sign_token, signing_secret
 from streamspace_gateway.main import create_app
 
@@ -369,6 +370,19 @@ async def test_a_role_change_ends_the_users_login_tokens(gateway: Client, user: 
     token = await login(gateway, user.username, user.password)
     async with gateway.get("/api/v1/users", headers=bearer(token)) as response:
         await expect(response, 200)
+
+
+async def test_ten_failed_logins_throttle_that_username_even_with_the_right_password(
+    gateway: Client, user: Account, admin: Account
+) -> None:
+    for _ in range(LOGIN_FAILURE_LIMIT):
+        async with gateway.post("/api/v1/auth/login", json={"username": user.username, "password": "guess"}) as r:
+            await expect(r, 401, "unauthorized")
+    async with gateway.post("/api/v1/auth/login", json={"username": user.username, "password": user.password}) as r:
+        assert_error(await expect(r, 429), "too_many_attempts", "username")
+        assert 0 < int(r.headers["Retry-After"]) <= LOGIN_FAILURE_WINDOW
+    assert await me_status(gateway, user.token) == 200  # tokens already issued are not affected
+    await login(gateway, admin.username, admin.password)  # other usernames are not affected
 
 
 async def test_a_password_change_ends_the_login_tokens_issued_before_it(

@@ -30,15 +30,21 @@ class ErrorResponse(msgspec.Struct):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(code=code, message=message, field=field)
+        self.headers = headers
 
 
-def error_response(status: int, body: ErrorBody) -> web.Response:
+def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, body=msgspec.json.encode(ErrorResponse(error=body)), content_type="application/json"
+        status=status,
+        body=msgspec.json.encode(ErrorResponse(error=body)),
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -126,7 +132,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.body)
+        return error_response(exc.status, exc.body, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

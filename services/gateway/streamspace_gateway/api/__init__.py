@@ -27,6 +27,7 @@ STATUS_TEXT = {
     409: "conflict with stored state",
     413: "body too large",
     415: "body is not application/json",
+    429: "too many attempts; wait the seconds of the Retry-After header",
     500: "internal error",
     503: "PostgreSQL unreachable; retry",
 }
@@ -42,6 +43,7 @@ def operations() -> list[Operation]:
 
 
 def add_api_routes(app: web.Application) -> None:
+    app[auth.THROTTLE_KEY] = auth.LoginThrottle()
     for operation in operations():
         app.router.add_route(operation.method, operation.router_path(), operation.handler)
 
