@@ -6,9 +6,21 @@ test runs and co-tenant deployments for keys and channels alike.
 
 from __future__ import annotations
 
+import hashlib
+
 # PostgreSQL NOTIFY channel that wakes the dispatchers; the payload is an agent id. The triggers of
 # migrations 0001/0002 spell it as a literal too (SQL cannot import this).
 DISPATCH_CHANNEL = "streamspace_dispatch"
+
+POD_CHANNEL_PREFIX = "streamspace_pod_"
+
+
+def pod_notify_channel(pod: str) -> str:
+    """PostgreSQL NOTIFY channel of one gateway replica: where dispatchers hand it commands while Redis
+    is down. Also the application_name of the connection LISTENing on it, so a dispatcher sees in
+    pg_stat_activity which replicas listen. A channel is an identifier of at most 63 bytes and a pod
+    name may be longer, hence the hash (channels are per database, so test runs never share one)."""
+    return POD_CHANNEL_PREFIX + hashlib.sha256(pod.encode()).hexdigest()[:32]
 
 
 class RedisKeys:

@@ -98,10 +98,17 @@ class Command(Frame, tag="command"):
 GatewayFrame = Welcome | Command | Confirm
 
 
-# --- dispatcher -> gateway, over the pod's Redis channel --------------------------------
+# --- dispatcher -> gateway, over the pod's Redis channel (or its NOTIFY channel) ----------
 
 
 class Delivery(msgspec.Struct, forbid_unknown_fields=True):
     agent_id: str
     command: Command
     attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
+
+
+class HandOver(msgspec.Struct, forbid_unknown_fields=True):
+    """A NOTIFY on a replica's own channel while Redis is down: the (command_id, attempt) pairs it is to
+    deliver; it reads the rows itself (a NOTIFY payload holds at most 8000 bytes)."""
+
+    commands: list[tuple[str, int]]

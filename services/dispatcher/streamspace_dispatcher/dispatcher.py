@@ -3,29 +3,35 @@
 Two loops share one wake-up flag: the listener sets it on every NOTIFY and after every reconnect
 of its LISTEN connection; the claimer clears it BEFORE each claim, so a NOTIFY landing while an
 empty claim is in flight causes another claim at once instead of waiting for the sweep.
+
+Routing goes through Redis while it answers and through PostgreSQL while it does not (bus.py); after
+a Redis failure the PostgreSQL path is used for REDIS_PROBE_INTERVAL before Redis is tried again, so
+an unreachable Redis costs one failed call per second, not one per claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import asyncpg
-import msgspec
 import structlog
 from redis.exceptions import RedisError
 
+from streamspace_common.bus import DeliveryBus, PostgresBus, RedisBus, delivery_of
 from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries, server_settings
 from streamspace_common.keys import DISPATCH_CHANNEL
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
-from streamspace_common.schemas import Command, Delivery
+from streamspace_common.schemas import Delivery
 
 from . import metrics
 
 RETRY_BACKOFF_CAP = 30.0  # seconds
+REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
 log = structlog.get_logger("dispatcher")
 
@@ -44,6 +50,10 @@ class Dispatcher:
         self.dsn = dsn
         self.pool = pool
         self.routing = routing
+        self.redis_bus = RedisBus(routing)
+        self.postgres_bus = PostgresBus(pool)
+        self.redis_outage = Outage("redis", log)
+        self.redis_retry_at = 0.0  # monotonic time before which Redis is not tried
         self.commands = CommandLifecycle(pool)
         self.name = name
         self.sweep_interval = sweep_interval
@@ -52,7 +62,6 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.listening = False
         self.listen_outage = Outage("postgres_listen", log)
-        self._encoder = msgspec.json.Encoder()
 
     # --- the LISTEN connection -------------------------------------------------------------
 
@@ -103,7 +112,7 @@ class Dispatcher:
 
     async def dispatch_once(self) -> int:
         agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]
-        pods = await self.routing.lookup(agent_ids)
+        bus, pods = await self.routes(agent_ids)
         if not pods:
             return 0  # offline agents keep their commands pending, at no attempt's cost
         rows = await self.commands.claim(list(pods), self.batch_size, self.ack_timeout, self.name)
@@ -111,10 +120,9 @@ class Dispatcher:
             return 0
         metrics.COMMANDS_CLAIMED.inc(len(rows))
         metrics.CLAIM_BATCH.observe(len(rows))
-        messages = [(pods[row["agent_id"]], self._encoder.encode(delivery_of(row))) for row in rows]
         try:
-            receivers = await self.routing.publish_many(messages)
-        except RedisError:
+            receivers = await self.publish(bus, [(pods[row["agent_id"]], delivery_of(row)) for row in rows])
+        except BaseException:
             await self.requeue(rows)  # whatever did go out is deduplicated by the agent
             raise
         unroutable = [row for row, count in zip(rows, receivers, strict=True) if count == 0]
@@ -126,6 +134,34 @@ class Dispatcher:
         metrics.COMMANDS_UNROUTABLE.inc(len(unroutable))
         await self.requeue(unroutable)
         return len(rows)
+
+    async def routes(self, agent_ids: list[str]) -> tuple[DeliveryBus, dict[str, str]]:
+        """The path to use now, and the agents it can reach."""
+        if time.monotonic() >= self.redis_retry_at:
+            try:
+                pods = await self.redis_bus.routes(agent_ids)
+                self.redis_outage.recovered()
+                return self.redis_bus, pods
+            except RedisError as exc:
+                self.redis_failed(exc)
+        return self.postgres_bus, await self.postgres_bus.routes(agent_ids)
+
+    async def publish(self, bus: DeliveryBus, deliveries: list[tuple[str, Delivery]]) -> list[int]:
+        if bus is self.redis_bus:
+            try:
+                receivers = await bus.publish(deliveries)
+                metrics.COMMANDS_ROUTED.labels(bus.name).inc(len(deliveries))
+                return receivers
+            except RedisError as exc:  # what did go out before the failure is deduplicated by the agent
+                self.redis_failed(exc)
+                bus = self.postgres_bus
+        receivers = await bus.publish(deliveries)
+        metrics.COMMANDS_ROUTED.labels(bus.name).inc(len(deliveries))
+        return receivers
+
+    def redis_failed(self, exc: BaseException) -> None:
+        self.redis_outage.failed(exc)
+        self.redis_retry_at = time.monotonic() + REDIS_PROBE_INTERVAL
 
     async def stale_mapping(self, agent_id: str, pod: str, command_ids: list[str]) -> None:
         """Nobody listens on that pod's channel: drop the mapping; the agent counts as offline."""
@@ -152,10 +188,3 @@ class Dispatcher:
                 attempts=row["attempts"],
             )
             metrics.ACK_TIMEOUTS.labels(row["status"]).inc()
-
-
-def delivery_of(row: asyncpg.Record) -> Delivery:
-    command = Command(
-        command_id=row["command_id"], action=row["action"], payload=row["payload"], session_id=row["session_id"]
-    )
-    return Delivery(agent_id=row["agent_id"], command=command, attempt=row["attempts"])

@@ -12,3 +12,6 @@ CLAIM_BATCH = Histogram(
 )
 ACK_TIMEOUTS = Counter("streamspace_dispatcher_ack_timeouts_total", "Commands whose ack deadline passed", ["outcome"])
 WAKEUPS = Counter("streamspace_dispatcher_wakeups_total", "Claim rounds", ["reason"])
+COMMANDS_ROUTED = Counter(
+    "streamspace_dispatcher_commands_routed_total", "Commands handed to a gateway replica, by path", ["path"]
+)

@@ -145,11 +145,16 @@ class AgentHub:
     # --- deliveries from the pod channel ---------------------------------------------------
 
     async def deliver(self, raw: bytes) -> None:
+        """A delivery from the pod's Redis channel."""
         try:
             delivery = self._delivery_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             log.error("bad_delivery", error=str(exc))
             return
+        await self.forward(delivery)
+
+    async def forward(self, delivery: Delivery) -> None:
+        """Send a delivery (from either path of the bus) to its agent's socket, or give it back at once."""
         conn = self.connections.get(delivery.agent_id)
         if conn is not None and not conn.ws.closed:
             try:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from streamspace_common.bus import PostgresListener
 from streamspace_common.db import create_pool, server_settings
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
@@ -22,6 +23,7 @@ from .hub import HUB_KEY, AgentHub
 from .store import STORE_KEY, Store
 
 DEFAULT_PORT = 8000
+LISTENER_KEY = web.AppKey("postgres_listener", PostgresListener)
 log = structlog.get_logger("gateway")
 
 
@@ -31,8 +33,12 @@ def create_app(settings: Settings) -> web.Application:
     add_api_routes(app)
 
     def is_ready() -> bool:
-        hub = app.get(HUB_KEY)
-        return hub is not None and hub.subscribed and not hub.closing
+        """Not while stopping; otherwise while commands can reach us by either path. Not tied to Redis
+        alone: a Redis outage must not take every replica out of a Kubernetes Service (§3)."""
+        hub, listener = app.get(HUB_KEY), app.get(LISTENER_KEY)
+        if hub is None or listener is None or hub.closing:
+            return False
+        return hub.subscribed or listener.listening
 
     add_health_routes(app, is_ready)
 
@@ -45,8 +51,9 @@ def create_app(settings: Settings) -> web.Application:
         hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
-        app[STORE_KEY], app[HUB_KEY] = store, hub
-        async with background(hub.run_subscription(), hub.run_upkeep(), hub.writer.run()):
+        listener = PostgresListener(settings.database_url, pool, settings.pod_name, hub.forward)
+        app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
+        async with background(hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run()):
             yield
         await redis.aclose()
         await pool.close()

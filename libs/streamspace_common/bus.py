@@ -1,0 +1,155 @@
+"""The delivery bus: how a dispatcher hands a claimed command to the gateway replica holding its agent
+(§2 step 3, §3 "Redis outage").
+
+Two paths behind one small interface (`routes`, `publish`), like python-socketio's pub/sub managers:
+
+- **Redis**, the fast path: the routing cache `agent:{id}:pod` and a PUBLISH on `pod:{pod}:commands`.
+  PUBLISH answers how many replicas received each message, so a stale mapping shows at once.
+- **PostgreSQL**, while Redis is unreachable: the agent's replica from `agents.gateway_pod` and a NOTIFY
+  on that replica's own channel (`keys.pod_notify_channel`), which every gateway LISTENs on
+  (`PostgresListener`). A NOTIFY payload holds at most 8000 bytes, so it hands over (command_id,
+  attempt) pairs and the gateway reads the rows. NOTIFY cannot count receivers, so routes go only to
+  replicas whose LISTEN connection is alive in pg_stat_activity; a replica that no longer holds the
+  agent gives the command back at once, as on the Redis path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import asyncpg
+import msgspec
+import structlog
+
+from .db import load_queries
+from .keys import POD_CHANNEL_PREFIX, pod_notify_channel
+from .resilience import Outage, forever
+from .routing import RoutingTable
+from .schemas import Command, Delivery, HandOver
+
+QUERIES = load_queries("streamspace_common", "bus.sql")
+NOTIFY_PAYLOAD_LIMIT = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
+log = structlog.get_logger("bus")
+_encoder = msgspec.json.Encoder()
+
+
+class DeliveryBus(Protocol):
+    name: str
+
+    async def routes(self, agent_ids: list[str]) -> dict[str, str]:
+        """agent -> the replica holding its socket, for the agents this path can reach now."""
+
+    async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
+        """Send each (pod, delivery); how many replicas received each (0: nobody listens on that pod)."""
+
+
+def delivery_of(row: asyncpg.Record) -> Delivery:
+    """The delivery of a claimed agent_commands row (claim and handed_over return the same columns)."""
+    command = Command(
+        command_id=row["command_id"], action=row["action"], payload=row["payload"], session_id=row["session_id"]
+    )
+    return Delivery(agent_id=row["agent_id"], command=command, attempt=row["attempts"])
+
+
+class RedisBus:
+    name = "redis"
+
+    def __init__(self, routing: RoutingTable) -> None:
+        self.routing = routing
+
+    async def routes(self, agent_ids: list[str]) -> dict[str, str]:
+        return await self.routing.lookup(agent_ids)
+
+    async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
+        return await self.routing.publish_many([(pod, _encoder.encode(delivery)) for pod, delivery in deliveries])
+
+
+class PostgresBus:
+    name = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def routes(self, agent_ids: list[str]) -> dict[str, str]:
+        rows = await self.pool.fetch(QUERIES["online_agent_pods"], agent_ids)
+        listening = {row[0] for row in await self.pool.fetch(QUERIES["listening_pods"], POD_CHANNEL_PREFIX)}
+        return {
+            row["agent_id"]: row["gateway_pod"] for row in rows if pod_notify_channel(row["gateway_pod"]) in listening
+        }
+
+    async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
+        by_pod: dict[str, list[tuple[str, int]]] = {}
+        for pod, delivery in deliveries:
+            by_pod.setdefault(pod, []).append((delivery.command.command_id, delivery.attempt))
+        channels: list[str] = []
+        payloads: list[str] = []
+        for pod, commands in by_pod.items():
+            for payload in hand_over_payloads(commands):
+                channels.append(pod_notify_channel(pod))
+                payloads.append(payload)
+        await self.pool.execute(QUERIES["hand_over"], channels, payloads)
+        return [1] * len(deliveries)  # routes() found each pod's listener alive
+
+
+def hand_over_payloads(commands: list[tuple[str, int]]) -> list[str]:
+    """HandOver payloads of at most NOTIFY_PAYLOAD_LIMIT bytes each (command ids are at most 255 bytes)."""
+    payloads: list[str] = []
+    chunk: list[tuple[str, int]] = []
+    size = 0
+    for command_id, attempt in commands:
+        entry = len(command_id.encode()) + 16  # quotes, brackets, comma and the attempt's digits
+        if chunk and size + entry > NOTIFY_PAYLOAD_LIMIT - 20:
+            payloads.append(_encoder.encode(HandOver(commands=chunk)).decode())
+            chunk, size = [], 0
+        chunk.append((command_id, attempt))
+        size += entry
+    if chunk:
+        payloads.append(_encoder.encode(HandOver(commands=chunk)).decode())
+    return payloads
+
+
+class PostgresListener:
+    """A gateway's end of the PostgreSQL path: LISTENs on its pod's channel and delivers what it is handed."""
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, pod: str, deliver: Callable[[Delivery], Awaitable[None]]) -> None:
+        self.dsn = dsn
+        self.pool = pool
+        self.channel = pod_notify_channel(pod)
+        self.deliver = deliver
+        self.listening = False
+        self.outage = Outage("postgres_listen", log)
+        self._decoder = msgspec.json.Decoder(HandOver)
+
+    async def run(self) -> None:
+        await forever(self._listen, self.outage, cap=1.0)
+
+    async def _listen(self) -> None:
+        """Hold the LISTEN connection until it is lost (then return, and `forever` opens another)."""
+        # application_name = channel: dispatchers find the live listeners in pg_stat_activity.
+        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": self.channel})
+        handed: asyncio.Queue[str | None] = asyncio.Queue()
+        try:
+            conn.add_termination_listener(lambda _: handed.put_nowait(None))
+            await conn.add_listener(self.channel, lambda *args: handed.put_nowait(args[3]))
+            self.listening = True
+            self.outage.recovered()
+            while (payload := await handed.get()) is not None:
+                await self._deliver_handed(payload)
+        finally:
+            self.listening = False
+            conn.terminate()
+
+    async def _deliver_handed(self, payload: str) -> None:
+        try:
+            commands = self._decoder.decode(payload).commands
+        except msgspec.DecodeError as exc:
+            log.error("bad_hand_over", error=str(exc))
+            return
+        command_ids = [command_id for command_id, _ in commands]
+        attempts = [attempt for _, attempt in commands]
+        # A failure here (PostgreSQL gone) ends the connection; the rows stay sent and their ack deadline retries them.
+        rows = await self.pool.fetch(QUERIES["handed_over"], command_ids, attempts)
+        for row in rows:
+            await self.deliver(delivery_of(row))
