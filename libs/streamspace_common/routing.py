@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from .keys import RedisKeys
+from .settings import SettingsError
 
 # Delete the mapping only if it still names this pod, so an old replica never erases the new one's.
 _REMOVE_IF_OWNER = """
@@ -34,16 +38,51 @@ return 0
 """
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "health_check_interval": 5,
+    "decode_responses": False,
+}
+
+
 def create_redis(url: str) -> Redis:
-    """A client that fails fast: every loop that uses it owns its own retry and backoff."""
-    return Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=5,
-        decode_responses=False,
+    """A client that fails fast: every loop that uses it owns its own retry and backoff.
+
+    `redis://` and `rediss://` URLs as redis-py reads them; `redis+sentinel://[:password@]host:port[,host:port...]/
+    service[/db]` finds the master of `service` through those Sentinels (the password is the master's) and
+    follows a failover.
+    """
+    if urlsplit(url).scheme != SENTINEL_SCHEME:
+        return Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CLIENT_OPTIONS)
+    sentinels, service, options = parse_sentinel_url(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}
     )
+    master: Redis = sentinel.master_for(service, retry=Retry(NoBackoff(), 0), **_CLIENT_OPTIONS, **options)
+    return master
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """(sentinel addresses, service name, master options) of a redis+sentinel:// URL; SettingsError if malformed."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"REDIS_URL: sentinel address {address!r} is not host:port")
+        sentinels.append((host, int(port)))
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise SettingsError("REDIS_URL: a sentinel URL ends in /<service name>[/<db number>]")
+    options: dict[str, Any] = {"db": int(path[1]) if len(path) == 2 else 0}
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    return sentinels, path[0], options
 
 
 def _text(value: bytes | str) -> str:
