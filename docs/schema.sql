@@ -82,6 +82,17 @@ END $$;
 
 
 --
+-- Name: streamspace_retry_delay(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_retry_delay(attempts integer) RETURNS interval
+    LANGUAGE sql
+    AS $$
+    SELECT make_interval(secs => least(power(2, greatest(attempts, 1) - 1), 30) * (0.5 + random() / 2))
+$$;
+
+
+--
 -- Name: streamspace_touch_updated_at(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -123,7 +134,10 @@ CREATE TABLE public.agent_commands (
     acknowledged_at timestamp with time zone,
     completed_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[])))
+    timeout_seconds integer,
+    retry_scheduled_at timestamp with time zone,
+    CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[]))),
+    CONSTRAINT agent_commands_timeout_seconds_check CHECK ((timeout_seconds > 0))
 );
 
 
@@ -320,6 +334,13 @@ CREATE INDEX agent_commands_pending ON public.agent_commands USING btree (agent_
 --
 
 CREATE INDEX agent_commands_session ON public.agent_commands USING btree (session_id, created_at) WHERE (session_id IS NOT NULL);
+
+
+--
+-- Name: agent_commands_unscheduled_retries; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_unscheduled_retries ON public.agent_commands USING btree (next_attempt_at) WHERE (((status)::text = 'pending'::text) AND (next_attempt_at IS NOT NULL) AND (retry_scheduled_at IS NULL));
 
 
 --

@@ -31,7 +31,6 @@ TRANSITIONS: dict[CommandStatus, frozenset[CommandStatus]] = {
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
-RETRY_BACKOFF_CAP = 30.0  # seconds: the longest wait before a retry (expired ack or retryable failure)
 log = structlog.get_logger("commands")
 _json = msgspec.json.Encoder()
 
@@ -68,9 +67,7 @@ class CommandLifecycle:
         _log_unmoved("acknowledge", len(acks) - len(moved))
         return moved
 
-    async def finish_many(
-        self, results: list[tuple[str, Result]], pod: str, backoff_cap: float = RETRY_BACKOFF_CAP
-    ) -> dict[str, CommandStatus]:
+    async def finish_many(self, results: list[tuple[str, Result]], pod: str) -> dict[str, CommandStatus]:
         """sent | acknowledged -> completed | failed (or pending: a retryable failure with attempts left)
         for (agent_id, result) pairs; the ids it moved, with the status each got."""
         if not results:
@@ -81,7 +78,7 @@ class CommandLifecycle:
             values = (result.command_id, agent_id, result.status, encoded, result.error, result.retryable)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        rows = await self.db.fetch(QUERIES["finish_many"], *columns, pod, backoff_cap)
+        rows = await self.db.fetch(QUERIES["finish_many"], *columns, pod)
         moved: dict[str, CommandStatus] = {row["command_id"]: row["status"] for row in rows}
         _log_unmoved("finish", len(results) - len(moved))
         return moved
@@ -92,9 +89,10 @@ class CommandLifecycle:
         rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["requeue_unseen"], agent_id, registered_at, known)
         return rows
 
-    async def expire_unacknowledged(self, backoff_cap: float) -> list[asyncpg.Record]:
-        """sent past its ack deadline -> pending (with backoff) or failed (attempts spent)."""
-        rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["expire_unacknowledged"], backoff_cap)
+    async def expire_deadlines(self, command_timeout: float) -> list[asyncpg.Record]:
+        """sent past its ack deadline, or acknowledged past its completion deadline (timeout_seconds, else
+        `command_timeout`) -> pending (after the backoff) or failed (attempts spent). `was`: the old status."""
+        rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["expire_deadlines"], command_timeout)
         return rows
 
 

@@ -41,7 +41,7 @@ candidates AS (
 )
 UPDATE agent_commands c
 SET status = 'sent', sent_at = now(), attempts = c.attempts + 1, next_attempt_at = NULL,
-    ack_deadline = now() + make_interval(secs => $3), dispatched_by = $4
+    retry_scheduled_at = NULL, ack_deadline = now() + make_interval(secs => $3), dispatched_by = $4
 FROM candidates
 WHERE c.id = candidates.id
 RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts;
@@ -68,8 +68,8 @@ RETURNING c.command_id;
 -- name: finish_many
 -- sent | acknowledged -> completed | failed for a batch of results: $1 command ids, $2 agent ids,
 -- $3 statuses, $4 results (JSON text or NULL), $5 errors, $6 retryable flags, $7 the replica.
--- A retryable failure with attempts left goes back to pending after the same backoff as an expired
--- ack (1 s, 2 s, 4 s ... capped at $8 s, jitter 50-100 %); the attempt it used stays spent.
+-- A retryable failure with attempts left goes back to pending after the one backoff policy
+-- (streamspace_retry_delay, migration 0005); the attempt it used stays spent.
 UPDATE agent_commands c
 SET status = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
                   THEN 'pending' ELSE r.status END,
@@ -78,7 +78,7 @@ SET status = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.ma
     completed_at = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
                         THEN NULL ELSE now() END,
     next_attempt_at = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
-                           THEN now() + make_interval(secs => least(power(2, c.attempts - 1), $8) * (0.5 + random() / 2))
+                           THEN now() + streamspace_retry_delay(c.attempts)
                       END,
     ack_deadline = NULL,
     acknowledged_at = coalesce(c.acknowledged_at, now()),
@@ -107,19 +107,32 @@ WHERE agent_id = $1 AND status IN ('sent', 'acknowledged') AND sent_at < $2
   AND command_id <> ALL($3::text[])
 RETURNING command_id, status, attempts;
 
--- name: expire_unacknowledged
--- Sent but not acknowledged by its deadline: back to pending after an exponential backoff with
--- jitter (1 s, 2 s, 4 s ... capped at $1 s), or failed once max_attempts is spent. The sweep honours
--- next_attempt_at; guarded by status and deadline, so replicas may run it at the same time.
-UPDATE agent_commands
-SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
-    error_message = CASE WHEN attempts >= max_attempts
-                         THEN format('no acknowledgement from agent %s after %s attempt(s)', agent_id, attempts)
-                         ELSE error_message END,
-    completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
-    next_attempt_at = CASE WHEN attempts < max_attempts
-                           THEN now() + make_interval(secs => least(power(2, attempts - 1), $1) * (0.5 + random() / 2))
-                      END,
+-- name: expire_deadlines
+-- Sent but not acknowledged by its ack deadline, or acknowledged but not finished within its
+-- timeout_seconds (NULL: $1, the dispatchers' COMMAND_TIMEOUT): back to pending after the one backoff
+-- policy (streamspace_retry_delay), or failed with a reason naming the agent and the time once
+-- max_attempts is spent. SKIP LOCKED and the guards let replicas run it at the same time.
+WITH expired AS (
+    SELECT id, status AS was FROM agent_commands
+    WHERE status IN ('sent', 'acknowledged')
+      AND ((status = 'sent' AND ack_deadline < now())
+           OR (status = 'acknowledged'
+               AND acknowledged_at + make_interval(secs => coalesce(timeout_seconds, $1)) < now()))
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_commands c
+SET status = CASE WHEN c.attempts >= c.max_attempts THEN 'failed' ELSE 'pending' END,
+    error_message = CASE
+        WHEN c.attempts < c.max_attempts THEN c.error_message
+        WHEN expired.was = 'sent'
+            THEN format('no acknowledgement from agent %s after %s attempt(s)', c.agent_id, c.attempts)
+        ELSE format('agent %s acknowledged at %s and did not finish within %s s, after %s attempt(s)',
+                    c.agent_id, to_char(c.acknowledged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                    coalesce(c.timeout_seconds, $1), c.attempts)
+    END,
+    completed_at = CASE WHEN c.attempts >= c.max_attempts THEN now() END,
+    next_attempt_at = CASE WHEN c.attempts < c.max_attempts THEN now() + streamspace_retry_delay(c.attempts) END,
     ack_deadline = NULL
-WHERE status = 'sent' AND ack_deadline < now()
-RETURNING command_id, agent_id, status, attempts;
+FROM expired
+WHERE c.id = expired.id
+RETURNING c.command_id, c.agent_id, c.status, c.attempts, expired.was;

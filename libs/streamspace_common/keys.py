@@ -1,4 +1,4 @@
-"""Every Redis key and channel name, and every PostgreSQL NOTIFY channel, named in one place (§3).
+"""Every Redis key and channel name, every PostgreSQL NOTIFY channel and every RabbitMQ name, in one place (§3).
 
 Channels are global to a Redis server (not per database), so the optional prefix isolates
 test runs and co-tenant deployments for keys and channels alike.
@@ -21,6 +21,17 @@ def pod_notify_channel(pod: str) -> str:
     pg_stat_activity which replicas listen. A channel is an identifier of at most 63 bytes and a pod
     name may be longer, hence the hash (channels are per database, so test runs never share one)."""
     return POD_CHANNEL_PREFIX + hashlib.sha256(pod.encode()).hexdigest()[:32]
+
+
+# RabbitMQ (retries only, §2 step 6; isolation is by vhost). A wait queue per delay step dead-letters
+# into the ready queue through the retry exchange (dispatcher/retries.py has the topology).
+RETRY_EXCHANGE = "streamspace.retry"
+RETRY_READY_QUEUE = "streamspace.retry.ready"
+
+
+def retry_wait_queue(milliseconds: int) -> str:
+    """The wait queue whose messages dead-letter into the ready queue after `milliseconds`."""
+    return f"streamspace.retry.wait.{milliseconds}ms"
 
 
 class RedisKeys:

@@ -23,6 +23,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # dispatcher
     sweep_interval: float = 5.0
     ack_timeout: float = 10.0
+    # seconds from an ack to the result before the command is retried (or failed); per command: timeout_seconds
+    command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    deadline_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # how often ack and completion deadlines are checked
     claim_batch_size: int = 500
     # agent
     agent_id: str = ""

@@ -29,8 +29,8 @@ from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery
 
 from . import metrics
+from .retries import RetryScheduler
 
-RETRY_BACKOFF_CAP = 30.0  # seconds
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
 log = structlog.get_logger("dispatcher")
@@ -46,6 +46,8 @@ class Dispatcher:
         sweep_interval: float,
         ack_timeout: float,
         batch_size: int,
+        command_timeout: float = 300.0,
+        deadline_interval: float = 1.0,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
@@ -59,6 +61,9 @@ class Dispatcher:
         self.sweep_interval = sweep_interval
         self.ack_timeout = ack_timeout
         self.batch_size = batch_size
+        self.command_timeout = command_timeout
+        self.deadline_interval = deadline_interval
+        self.retries: RetryScheduler | None = None  # set by the app: retries through RabbitMQ
         self.wake = asyncio.Event()
         self.listening = False
         self.listen_outage = Outage("postgres_listen", log)
@@ -88,6 +93,11 @@ class Dispatcher:
 
     def _on_notify(self, *_: Any) -> None:
         self.wake.set()
+        self.wake_retries()  # the row may have gone back to wait (a retryable failure)
+
+    def wake_retries(self) -> None:
+        if self.retries is not None:
+            self.retries.wake.set()
 
     # --- claiming and routing --------------------------------------------------------------
 
@@ -101,6 +111,7 @@ class Dispatcher:
             metrics.WAKEUPS.labels("notify").inc()
         except TimeoutError:
             metrics.WAKEUPS.labels("sweep").inc()
+            self.wake_retries()  # safety net: waits a lost NOTIFY left unscheduled
         self.wake.clear()  # before the claim, never after
         try:
             claimed = await self.dispatch_once()
@@ -171,20 +182,25 @@ class Dispatcher:
     async def requeue(self, rows: list[asyncpg.Record]) -> None:
         await self.commands.requeue_sent([row["command_id"] for row in rows], [row["attempts"] for row in rows])
 
-    # --- ack deadlines -----------------------------------------------------------------------
+    # --- ack and completion deadlines -------------------------------------------------------
 
     async def run_expiry(self) -> None:
-        """Every sweep interval: commands whose ack deadline passed are retried later or failed."""
+        """Every deadline interval: commands past their ack or completion deadline wait for a retry or fail."""
         await forever(self.expire_round, Outage("expiry", log))
 
     async def expire_round(self) -> None:
-        await asyncio.sleep(self.sweep_interval)
-        for row in await self.commands.expire_unacknowledged(RETRY_BACKOFF_CAP):
+        await asyncio.sleep(self.deadline_interval)
+        rows = await self.commands.expire_deadlines(self.command_timeout)
+        for row in rows:
+            deadline = "ack" if row["was"] == "sent" else "completion"
             log.info(
-                "ack_deadline_passed",
+                "deadline_passed",
+                deadline=deadline,
                 command_id=row["command_id"],
                 agent_id=row["agent_id"],
                 status=row["status"],
                 attempts=row["attempts"],
             )
-            metrics.ACK_TIMEOUTS.labels(row["status"]).inc()
+            metrics.DEADLINES_PASSED.labels(deadline, row["status"]).inc()
+        if any(row["status"] == "pending" for row in rows):
+            self.wake_retries()

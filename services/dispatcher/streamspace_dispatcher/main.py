@@ -15,6 +15,7 @@ from streamspace_common.settings import Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background
 
 from .dispatcher import Dispatcher
+from .retries import RetryScheduler
 
 DEFAULT_PORT = 8090
 DISPATCHER_KEY = web.AppKey("dispatcher", Dispatcher)
@@ -41,9 +42,14 @@ def create_app(settings: Settings) -> web.Application:
             sweep_interval=settings.sweep_interval,
             ack_timeout=settings.ack_timeout,
             batch_size=settings.claim_batch_size,
+            command_timeout=settings.command_timeout,
+            deadline_interval=settings.deadline_interval,
         )
+        retries = RetryScheduler(settings.rabbitmq_url, pool, dispatcher.wake.set)
+        dispatcher.retries = retries
         app[DISPATCHER_KEY] = dispatcher
-        async with background(dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry()):
+        loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
+        async with background(*loops, retries.run_connection(), retries.run_scheduler()):
             yield
         await redis.aclose()
         await pool.close()

@@ -10,7 +10,19 @@ COMMANDS_UNROUTABLE = Counter(
 CLAIM_BATCH = Histogram(
     "streamspace_dispatcher_claim_batch_size", "Commands per claim", buckets=(1, 2, 5, 10, 50, 100, 500, 1000)
 )
-ACK_TIMEOUTS = Counter("streamspace_dispatcher_ack_timeouts_total", "Commands whose ack deadline passed", ["outcome"])
+DEADLINES_PASSED = Counter(
+    "streamspace_dispatcher_deadlines_passed_total",
+    "Commands whose ack deadline (deadline=ack) or completion deadline (deadline=completion) passed",
+    ["deadline", "outcome"],
+)
+RETRIES_SCHEDULED = Counter(
+    "streamspace_dispatcher_retries_scheduled_total", "Waiting commands put on a RabbitMQ wait queue"
+)
+RETRY_LATENESS = Histogram(
+    "streamspace_dispatcher_retry_lateness_seconds",
+    "How long after its due time a retry came out of RabbitMQ",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
 WAKEUPS = Counter("streamspace_dispatcher_wakeups_total", "Claim rounds", ["reason"])
 COMMANDS_ROUTED = Counter(
     "streamspace_dispatcher_commands_routed_total", "Commands handed to a gateway replica, by path", ["path"]

@@ -27,6 +27,8 @@ class CreateCommand(msgspec.Struct, forbid_unknown_fields=True):
     session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
     command_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    # seconds from the agent's ack to its result before a retry; None: the dispatchers' COMMAND_TIMEOUT
+    timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] | None = None
 
 
 class CommandView(msgspec.Struct):
@@ -41,6 +43,8 @@ class CommandView(msgspec.Struct):
     result: dict[str, Any] | None
     attempts: int
     max_attempts: int
+    timeout_seconds: int | None
+    next_attempt_at: datetime | None
     dispatched_by: str | None
     delivered_via_pod: str | None
     created_at: datetime
@@ -73,6 +77,7 @@ async def create_command(request: web.Request, _: Caller) -> web.Response:
             body.payload,
             body.session_id,
             body.max_attempts,
+            body.timeout_seconds,
         )
     except asyncpg.UniqueViolationError as exc:
         raise ApiError(409, "duplicate_command", f"command {body.command_id!r} already exists", "command_id") from exc
