@@ -43,3 +43,29 @@ SELECT status, count(*) AS n FROM agent_commands WHERE command_id = ANY($1::text
 
 -- name: peer_workers
 SELECT count(*) FROM procrastinate_workers;
+
+-- name: server_settings
+-- PostgreSQL settings that bound commit-heavy work, recorded with every run.
+SELECT name, setting FROM pg_settings
+WHERE name IN ('server_version', 'synchronous_commit', 'fsync', 'wal_sync_method', 'commit_delay',
+               'shared_buffers', 'max_connections', 'wal_level', 'max_wal_size');
+
+-- name: install_floor_tables
+-- Scratch tables for the floor: what 20 SQL clients can INSERT one row per commit on this server,
+-- without and with a per-row NOTIFY (a NOTIFYing transaction holds a global lock through its commit,
+-- WAL flush included, so such commits queue one behind another).
+CREATE TABLE bench_floor_plain (id bigserial PRIMARY KEY, value text NOT NULL);
+CREATE TABLE bench_floor_notified (id bigserial PRIMARY KEY, value text NOT NULL);
+CREATE FUNCTION bench_floor_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_floor', NEW.value);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_floor_notify AFTER INSERT ON bench_floor_notified
+    FOR EACH ROW EXECUTE FUNCTION bench_floor_notify();
+
+-- name: floor_insert_plain
+INSERT INTO bench_floor_plain (value) VALUES ($1);
+
+-- name: floor_insert_notified
+INSERT INTO bench_floor_notified (value) VALUES ($1);

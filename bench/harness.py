@@ -69,6 +69,7 @@ class Completions:
         self.waiters: dict[str, asyncio.Future[float]] = {}
         self.expected: set[str] = set()
         self.seen = 0
+        self.first = 0.0
         self.last = 0.0
         self.all_seen = asyncio.Event()
 
@@ -80,6 +81,7 @@ class Completions:
         if payload in self.expected:
             self.expected.discard(payload)
             self.seen += 1
+            self.first = self.first or now
             self.last = now
             if not self.expected:
                 self.all_seen.set()
@@ -93,6 +95,7 @@ class Completions:
     def expect(self, command_ids: Iterable[str]) -> None:
         self.expected = set(command_ids)
         self.seen = 0
+        self.first = 0.0
         self.last = 0.0
         self.all_seen.clear()
 
@@ -176,6 +179,78 @@ def backends_of(databases: list[str]) -> list[int]:
 
 def rss_mib(pid: int) -> float:
     return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+
+class Profiles:
+    """py-spy on each given process for a window: raw collapsed stacks per process, summarised.
+
+    Off unless a directory is given (`bench/run.py --py-spy DIR`); py-spy samples at 100 Hz from
+    outside the process (a few % of a core of its own).
+    """
+
+    def __init__(self, out_dir: Path | None, tag: str, pids: dict[str, int]) -> None:
+        self.out_dir = out_dir
+        self.tag = tag
+        self.pids = pids
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+    def start(self) -> None:
+        if self.out_dir is None:
+            return
+        py_spy = Path(sys.executable).parent / "py-spy"
+        for name, pid in self.pids.items():
+            out = self.out_dir / f"{self.tag}-{name}.txt"
+            argv = [str(py_spy), "record", "--format", "raw", "--nonblocking", "-o", str(out), "--pid", str(pid)]
+            self.running[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+
+    def stop(self) -> dict[str, Any]:
+        summaries: dict[str, Any] = {}
+        for name, (process, out) in self.running.items():
+            process.send_signal(2)  # SIGINT: py-spy writes what it has
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            if out.exists():
+                summaries[name] = {"file": str(out), **summarise_stacks(out.read_text())}
+        return summaries
+
+
+def summarise_stacks(collapsed: str, top: int = 12) -> dict[str, Any]:
+    """Top functions by samples on the stack (inclusive) and at the top of it (self), in % of samples."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short_frame(frame) for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [(frame, round(100 * n / total, 1)) for frame, n in best]
+
+    return {"samples": total, "self": ranked(own), "inclusive": ranked(inclusive)} if total else {"samples": 0}
+
+
+def _short_frame(frame: str) -> str:
+    """`fn (/long/path/site-packages/pkg/mod.py:12)` -> `fn (pkg/mod.py)`: lines merged, paths shortened."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3.11/", "services/", "libs/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
 
 
 # --- processes -------------------------------------------------------------------------------

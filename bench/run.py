@@ -24,9 +24,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,12 +37,14 @@ import asyncpg
 import msgspec
 import psutil
 import redis.asyncio as aioredis
+import structlog
 from harness import (
     BENCH_DIR,
     PEER_DIR,
     Completions,
     CpuSplit,
     PidSource,
+    Profiles,
     backends_of,
     ensure_peer_venv,
     listen,
@@ -71,6 +74,7 @@ SERVICE_SETTINGS = {
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
 }
+SOCKETS_PER_SIM_PROCESS = 10_000  # the open-file limit is per process (20,000 here)
 PEER_REDIS_DB = 3  # ours uses db 1 (with a per-run key prefix); the peer gets a db and a channel of its own
 
 
@@ -107,6 +111,7 @@ class Ours:
 @dataclass
 class Peer:
     dsn: str
+    env: dict[str, str]
     node_a: Service
     node_b: Service
     worker: Service
@@ -172,7 +177,7 @@ async def start_peer(stack: Stack, python: Path, run_id: str) -> Peer:
                 return "peer-agent" in (await response.json())["agents"]
 
         await wait_until(agent_on_b, timeout=60)
-    return Peer(dsn, node_a, node_b, worker, agent)
+    return Peer(dsn, env, node_a, node_b, worker, agent)
 
 
 # --- 1. cross-replica latency -----------------------------------------------------------------
@@ -219,31 +224,47 @@ async def latency(sides: list[Side], count: int, warmup: int) -> dict[str, list[
 # --- 2. throughput --------------------------------------------------------------------------
 
 
+async def create_commands(side: Side, ids: list[str], agent_ids: list[str], creators: int) -> float:
+    rows = [(command_id, agent_ids[j % len(agent_ids)]) for j, command_id in enumerate(ids)]
+    return await run_concurrently(side.dsn, side.create_sql, rows, creators)
+
+
+async def run_concurrently(dsn: str, sql: str, rows: Sequence[tuple[str, ...]], clients: int) -> float:
+    """One statement per row from `clients` concurrent SQL clients, each autocommit and one at a time
+    per client; the seconds that took."""
+    pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
+
+    async def client(first: int) -> None:
+        async with pool.acquire() as conn:
+            for row in rows[first::clients]:
+                await conn.execute(sql, *row)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        return time.perf_counter() - started
+    finally:
+        await pool.close()
+
+
+async def all_finished(side: Side, count: int) -> None:
+    with contextlib.suppress(TimeoutError):  # reported as incomplete
+        await asyncio.wait_for(side.completions.all_seen.wait(), max(120.0, count / 20))
+
+
 async def throughput(
-    side: Side, agent_ids: list[str], count: int, creators: int, cpu_groups: dict[str, PidSource]
+    side: Side, agent_ids: list[str], count: int, creators: int, groups: dict[str, PidSource], profiles: Profiles
 ) -> dict[str, Any]:
     """`count` commands created by `creators` concurrent SQL clients; first create to last completion."""
     ids = [str(uuid.uuid4()) for _ in range(count)]
     side.completions.expect(ids)
-    pool = await asyncpg.create_pool(side.dsn, min_size=creators, max_size=creators)
-    cpu = CpuSplit(cpu_groups)
-
-    async def creator(first: int) -> None:
-        async with pool.acquire() as conn:
-            for j in range(first, count, creators):
-                await conn.execute(side.create_sql, ids[j], agent_ids[j % len(agent_ids)])
-
-    try:
-        cpu.start()
-        started = time.perf_counter()
-        await asyncio.gather(*(creator(k) for k in range(creators)))
-        created = time.perf_counter()
-        timeout = max(120.0, count / 20)
-        with contextlib.suppress(TimeoutError):  # reported as incomplete below
-            await asyncio.wait_for(side.completions.all_seen.wait(), timeout)
-        split = cpu.stop()
-    finally:
-        await pool.close()
+    cpu = CpuSplit(groups)
+    cpu.start()
+    profiles.start()
+    started = time.perf_counter()
+    creating = await create_commands(side, ids, agent_ids, creators)
+    await all_finished(side, count)
+    split = cpu.stop()
     seconds = (side.completions.last or time.perf_counter()) - started
     figures: dict[str, Any] = {
         "commands": count,
@@ -251,16 +272,54 @@ async def throughput(
         "complete": side.completions.seen == count,
         "seconds": round(seconds, 3),
         "per_second": round(side.completions.seen / seconds, 1),
-        "created_per_second": round(count / (created - started), 1),
+        "created_per_second": round(count / creating, 1),
+        "cpu_percent_of_a_core": split,
+        "profiles": profiles.stop(),
+    }
+    return figures | await statuses(side, ids)
+
+
+async def drain(
+    side: Side,
+    count: int,
+    creators: int,
+    start_consumer: Callable[[], Awaitable[None]],
+    groups: Callable[[], dict[str, PidSource]],
+) -> dict[str, Any]:
+    """The backlog case: `count` commands created while nothing consumes them (ours: the agent is not
+    connected; the peer: no worker), then the consumer starts; the rate is first to last completion,
+    so neither creating nor starting the consumer is in it."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    side.completions.expect(ids)
+    creating = await create_commands(side, ids, [side.agent_id], creators)
+    cpu = CpuSplit(groups())
+    cpu.start()
+    await start_consumer()
+    cpu.groups.update(groups())  # the consumer started inside the window: it counts from zero
+    await all_finished(side, count)
+    split = cpu.stop()
+    seconds = side.completions.last - side.completions.first
+    figures = {
+        "commands": count,
+        "finished": side.completions.seen,
+        "complete": side.completions.seen == count,
+        "seconds": round(seconds, 3),
+        "per_second": round((side.completions.seen - 1) / seconds, 1) if seconds > 0 else 0.0,
+        "created_per_second": round(count / creating, 1),
         "cpu_percent_of_a_core": split,
     }
-    if side.name == "ours":
-        conn = await asyncpg.connect(side.dsn)
-        try:
-            figures["statuses"] = {row["status"]: row["n"] for row in await conn.fetch(Q["count_statuses"], ids)}
-        finally:
-            await conn.close()
-    return figures
+    return figures | await statuses(side, ids)
+
+
+async def statuses(side: Side, ids: list[str]) -> dict[str, Any]:
+    """Ours only: how the commands ended (every one completed, or the figure is not worth much)."""
+    if side.name != "ours":
+        return {}
+    conn = await asyncpg.connect(side.dsn)
+    try:
+        return {"statuses": {row["status"]: row["n"] for row in await conn.fetch(Q["count_statuses"], ids)}}
+    finally:
+        await conn.close()
 
 
 def running_pid(service: Service) -> Callable[[], list[int]]:
@@ -286,6 +345,20 @@ def cpu_groups(stack: Stack, side: str, dsns: list[str]) -> dict[str, PidSource]
     groups["redis-server"] = lambda: pids_named("redis-server")
     groups["bench harness (20 creators, LISTEN)"] = lambda: [psutil.Process().pid]
     return groups
+
+
+# --- 0. the server's floor ---------------------------------------------------------------------
+
+
+async def floor(dsn: str, count: int, creators: int) -> dict[str, float]:
+    """Rows/s that `creators` clients INSERT one per commit into scratch tables, plain and with a
+    per-row NOTIFY trigger (every create of ours and of the peer NOTIFYs): what bounds creating."""
+    rates = {}
+    rows = [(str(i),) for i in range(count)]
+    for name in ("plain", "notified"):
+        seconds = await run_concurrently(dsn, Q[f"floor_insert_{name}"], rows, creators)
+        rates[f"INSERT{' + NOTIFY' * (name == 'notified')}, 1 row per commit"] = round(count / seconds, 1)
+    return rates
 
 
 # --- 4. REST and the Redis hop -----------------------------------------------------------
@@ -360,12 +433,23 @@ async def socket_scale(
     gateway = stack.gateway(f"gateway-scale-{agents}", **SERVICE_SETTINGS)
     await stack.ready(gateway)
     rss_before = rss_mib(gateway.process.pid)
-    agents_file = work / f"scale-{agents}.json"
     ids = [f"scale-{i:05d}" for i in range(agents)]
-    agents_file.write_text(json.dumps([[agent_id, tokens[agent_id], gateway.url] for agent_id in ids]))
-    sim, seconds = await start_sim_agents(stack, f"scale-sim-{agents}", agents_file, "idle", 120 + agents / 20)
+    files = []
+    for chunk in range(0, agents, SOCKETS_PER_SIM_PROCESS):  # each process stays under its own file limit
+        agents_file = work / f"scale-{agents}-{chunk}.json"
+        part = ids[chunk : chunk + SOCKETS_PER_SIM_PROCESS]
+        agents_file.write_text(json.dumps([[agent_id, tokens[agent_id], gateway.url] for agent_id in part]))
+        files.append(agents_file)
+    timeout = 120 + agents / 20
+    started = await asyncio.gather(
+        *(start_sim_agents(stack, f"scale-sim-{agents}-{i}", f, "idle", timeout) for i, f in enumerate(files))
+    )
+    sims = [sim for sim, _ in started]
+    seconds = max(connect for _, connect in started)
     await asyncio.sleep(min(5.0, idle_seconds))  # the connect burst's tail (registrations) settles
-    cpu = CpuSplit({"gateway": lambda: [gateway.process.pid], "simulated agents": lambda: [sim.process.pid]})
+    cpu = CpuSplit(
+        {"gateway": lambda: [gateway.process.pid], "simulated agents": lambda: [sim.process.pid for sim in sims]}
+    )
     cpu.start()
     await asyncio.sleep(idle_seconds)
     split = cpu.stop()
@@ -378,7 +462,7 @@ async def socket_scale(
         "idle_seconds": idle_seconds,
         "sim_cpu_percent_of_a_core": split["simulated agents"],
     }
-    for service in (sim, gateway):
+    for service in (*sims, gateway):
         service.kill()
         stack.services.remove(service)
     return figures
@@ -387,8 +471,94 @@ async def socket_scale(
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def run(sizes: Sizes, with_peer: bool, log_dir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": machine_info(), "sizes": asdict(sizes)}
+@dataclass
+class Run:
+    sizes: Sizes
+    stack: Stack
+    tokens: dict[str, str]
+    ours: Ours
+    sides: list[Side]
+    peer: Peer | None
+    peer_python: Path | None
+    py_spy: Path | None
+
+    def profiles(self, tag: str, services: list[Service]) -> Profiles:
+        return Profiles(self.py_spy, tag, {service.name: service.process.pid for service in services})
+
+    def groups(self, side: Side) -> dict[str, PidSource]:
+        return cpu_groups(self.stack, side.name, [side.dsn])
+
+
+async def throughput_one_agent(run: Run) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    sizes, ours = run.sizes, run.ours
+    for side in run.sides:
+        services = [ours.gateway_a, *ours.dispatchers, ours.agent] if side.name == "ours" else []
+        profiles = run.profiles("one-agent", services)
+        figures[f"{side.name}, 1 agent"] = await throughput(
+            side, [side.agent_id], sizes.throughput, sizes.creators, run.groups(side), profiles
+        )
+    return figures
+
+
+async def drain_one_agent(run: Run) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for side in run.sides:
+        if side.name == "ours":
+            backlog, consumer = replace(side, agent_id="bench-drain"), ours_agent_starter(run)
+        else:
+            backlog, consumer = side, peer_worker_restarter(run)
+        figures[f"{side.name}, 1 agent"] = await drain(
+            backlog, run.sizes.throughput, run.sizes.creators, consumer, partial(run.groups, side)
+        )
+    return figures
+
+
+def ours_agent_starter(run: Run) -> Callable[[], Awaitable[None]]:
+    """The backlog is for `bench-drain`, an agent not connected yet; this connects it (to gateway-a)."""
+
+    async def connect_agent() -> None:
+        run.stack.agent("bench-drain", run.tokens["bench-drain"], [run.ours.gateway_a], **SERVICE_SETTINGS)
+
+    return connect_agent
+
+
+def peer_worker_restarter(run: Run) -> Callable[[], Awaitable[None]]:
+    """Stops the peer's worker now (the backlog builds with none); the returned call starts a new one."""
+    peer, python = run.peer, run.peer_python
+    assert peer is not None and python is not None
+    peer.worker.kill()
+
+    async def start_worker() -> None:
+        argv = [str(python), str(PEER_DIR / "peer.py"), "worker", "--node-url", peer.node_a.url]
+        peer.worker = start_process(run.stack, "peer-worker-2", argv, peer.env)
+
+    return start_worker
+
+
+async def throughput_sim_agents(run: Run, sim_ids: list[str], log_dir: Path) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    stack, ours, sizes = run.stack, run.ours, run.sizes
+    agents_file = log_dir / "sim-agents.json"
+    gateways = [ours.gateway_a, ours.gateway_b]
+    agents_file.write_text(json.dumps([[a, run.tokens[a], gateways[i % 2].url] for i, a in enumerate(sim_ids)]))
+    sim, connect_seconds = await start_sim_agents(stack, "sim-agents", agents_file, "respond", 300)
+    await asyncio.sleep(1.0)
+    for dispatchers in (1, 2):
+        if dispatchers == 2:
+            second = stack.dispatcher("dispatcher-2", **SERVICE_SETTINGS)
+            await stack.ready(second)
+            ours.dispatchers.append(second)
+        key = f"ours, {sizes.sim_agents} agents, 2 gateways, {dispatchers} dispatcher{'s' * (dispatchers > 1)}"
+        profiles = run.profiles(f"sim-{dispatchers}", [*gateways, *ours.dispatchers, sim])
+        side = run.sides[0]
+        figures[key] = await throughput(side, sim_ids, sizes.sim_commands, sizes.creators, run.groups(side), profiles)
+        figures[key]["connect_seconds"] = round(connect_seconds, 2)
+    return figures
+
+
+async def run_all(sizes: Sizes, with_peer: bool, log_dir: Path, py_spy: Path | None) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": await machine_info(), "sizes": asdict(sizes)}
     peer_python, peer_status = ensure_peer_venv() if with_peer else (None, "not asked for (--no-peer)")
     results["peer_status"] = peer_status
     env = new_test_env()
@@ -396,10 +566,11 @@ async def run(sizes: Sizes, with_peer: bool, log_dir: Path) -> dict[str, Any]:
     await migrate(env.database_url)
     setup = await asyncpg.connect(env.database_url)
     await setup.execute(Q["install_completion_notify"])
+    await setup.execute(Q["install_floor_tables"])
     await setup.close()
     sim_ids = [f"sim-{i:04d}" for i in range(sizes.sim_agents)]
     scale_ids = [f"scale-{i:05d}" for i in range(max(sizes.scale, default=0))]
-    tokens = await create_tokens(env.database_url, ["bench-agent", "bench-hop", *sim_ids, *scale_ids])
+    tokens = await create_tokens(env.database_url, ["bench-agent", "bench-hop", "bench-drain", *sim_ids, *scale_ids])
     stack = Stack(env, log_dir)
     listeners: list[asyncpg.Connection] = []
     peer: Peer | None = None
@@ -411,6 +582,9 @@ async def run(sizes: Sizes, with_peer: bool, log_dir: Path) -> dict[str, Any]:
             peer = await start_peer(stack, peer_python, env.run_id)
             sides.append(Side("peer", peer.dsn, Q["create_peer_command"], "peer-agent", Completions()))
             listeners.append(await listen(peer.dsn, "peer_completed", sides[1].completions))
+        run = Run(sizes, stack, tokens, ours, sides, peer, peer_python, py_spy)
+        say(f"0. the server's floor: {sizes.throughput} single-row INSERTs from {sizes.creators} clients")
+        results["floor_rows_per_second"] = await floor(env.database_url, sizes.throughput, sizes.creators)
         say(f"1. cross-replica latency, {sizes.latency} sequential commands each ({', '.join(s.name for s in sides)})")
         samples = await latency(sides, sizes.latency, sizes.warmup)
         say("4. REST round trip and the Redis hop")
@@ -418,33 +592,16 @@ async def run(sizes: Sizes, with_peer: bool, log_dir: Path) -> dict[str, Any]:
         samples["Redis hop"] = await redis_hop(stack, ours, sizes.hop, sizes.warmup)
         results["latency_ms"] = {name: summary(values) for name, values in samples.items()}
         results["samples_ms"] = samples
-        tput: dict[str, Any] = {}
         say(f"2. throughput, 1 agent, {sizes.throughput} commands from {sizes.creators} SQL clients")
-        for side in sides:
-            tput[f"{side.name}, 1 agent"] = await throughput(
-                side, [side.agent_id], sizes.throughput, sizes.creators, cpu_groups(stack, side.name, [side.dsn])
-            )
+        results["throughput"] = await throughput_one_agent(run)
+        say(f"2. backlog drain, 1 agent, {sizes.throughput} commands queued first")
+        results["drain"] = await drain_one_agent(run)
         if peer is not None:  # idle from here on: not in the way of ours
-            for service in (peer.node_a, peer.node_b, peer.worker, peer.agent):
+            for service in [s for s in stack.services if s.name.startswith("peer-")]:
                 service.kill()
                 stack.services.remove(service)
         say(f"2. throughput, {sizes.sim_agents} simulated agents on 2 gateways, 1 and 2 dispatchers")
-        agents_file = log_dir / "sim-agents.json"
-        gateways = [ours.gateway_a, ours.gateway_b]
-        agents_file.write_text(json.dumps([[a, tokens[a], gateways[i % 2].url] for i, a in enumerate(sim_ids)]))
-        _, connect_seconds = await start_sim_agents(stack, "sim-agents", agents_file, "respond", 300)
-        await asyncio.sleep(1.0)
-        for dispatchers in (1, 2):
-            if dispatchers == 2:
-                second = stack.dispatcher("dispatcher-2", **SERVICE_SETTINGS)
-                await stack.ready(second)
-                ours.dispatchers.append(second)
-            key = f"ours, {sizes.sim_agents} agents, 2 gateways, {dispatchers} dispatcher{'s' * (dispatchers > 1)}"
-            tput[key] = await throughput(
-                sides[0], sim_ids, sizes.sim_commands, sizes.creators, cpu_groups(stack, "ours", [env.database_url])
-            )
-            tput[key]["connect_seconds"] = round(connect_seconds, 2)
-        results["throughput"] = tput
+        results["throughput"] |= await throughput_sim_agents(run, sim_ids, log_dir)
         stack.stop_all()
         stack.services.clear()
         say(f"3. socket scale: {', '.join(map(str, sizes.scale))} idle agents on one gateway")
@@ -472,20 +629,44 @@ async def drop_databases(dsns: list[str]) -> None:
         await conn.close()
 
 
-def machine_info() -> dict[str, Any]:
+def git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR)
+    return done.stdout.strip()
+
+
+async def server_facts(dsn: str, redis_url: str) -> dict[str, Any]:
+    """The PostgreSQL settings that matter for commit-bound work, and the servers' versions."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        settings = {row["name"]: row["setting"] for row in await conn.fetch(Q["server_settings"])}
+    finally:
+        await conn.close()
+    redis = aioredis.from_url(redis_url)
+    try:
+        redis_version = (await redis.info("server"))["redis_version"]
+    finally:
+        await redis.aclose()
+    return {"postgresql": settings, "redis_version": redis_version}
+
+
+def cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR)
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
+
+
+async def machine_info() -> dict[str, Any]:
+    base = new_test_env()
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "cpu": cpu_model,
+        "cpu": cpu_model(),
         "cores": psutil.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "commit": commit.stdout.strip(),
+        "commit": git_commit(),
         "load_average_before": list(psutil.getloadavg()),
+        **await server_facts(with_database(base.database_url, "postgres"), base.redis_url),
     }
 
 
@@ -527,19 +708,24 @@ def table(results: dict[str, Any]) -> str:
             "",
         ),
     ]
-    for key, figures in results["throughput"].items():
-        if key.startswith("peer"):
-            continue
-        peer_figures = results["throughput"].get("peer, 1 agent") if key.startswith("ours, 1 agent") else None
-        rows.append(
-            (
-                f"commands/s, {key.removeprefix('ours, ')} ({figures['commands']})",
-                f"{peer_figures['per_second']:.0f}{incomplete(peer_figures)}" if peer_figures else "—",
-                f"{figures['per_second']:.0f}{incomplete(figures)}",
-                ratio(figures["per_second"], peer_figures["per_second"] if peer_figures else None),
-                "≥ 3,000",
+    for group, label in (("throughput", "commands/s"), ("drain", "backlog drain/s")):
+        for key, figures in results[group].items():
+            if key.startswith("peer"):
+                continue
+            peer_figures = results[group].get("peer, 1 agent") if key == "ours, 1 agent" else None
+            rows.append(
+                (
+                    f"{label}, {key.removeprefix('ours, ')} ({figures['commands']})",
+                    rate(peer_figures),
+                    rate(figures),
+                    ratio(figures["per_second"], peer_figures["per_second"] if peer_figures else None),
+                    "≥ 3,000",
+                )
             )
-        )
+    floor_rates = list(results.get("floor_rows_per_second", {}).values())
+    if floor_rates:
+        text = " / ".join(f"{rate:.0f}" for rate in floor_rates)
+        rows.append(("  floor: rows/s, 20 clients, 1 per commit: INSERT / + NOTIFY", text, text, "", ""))
     for scale in results["socket_scale"]:
         rows.append(
             (
@@ -559,8 +745,12 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def incomplete(figures: dict[str, Any]) -> str:
-    return "" if figures["complete"] else f" (only {figures['finished']} finished)"
+def rate(figures: dict[str, Any] | None) -> str:
+    """Commands/s, with the rate the 20 clients created at (when close, creating was the bound)."""
+    if not figures:
+        return "—"
+    text = f"{figures['per_second']:.0f} (created {figures['created_per_second']:.0f}/s)"
+    return text if figures["complete"] else f"{text}, only {figures['finished']} finished"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -605,12 +795,19 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="measure ours only")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where the JSON and PNG go")
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
+    parser.add_argument("--scale", help="idle socket counts, comma-separated (default: the profile's)")
+    parser.add_argument("--py-spy", type=Path, help="profile our processes in the throughput runs into this directory")
     args = parser.parse_args()
     sizes = PROFILES[args.profile]
+    if args.scale:
+        sizes = replace(sizes, scale=tuple(int(n) for n in args.scale.split(",")))
+    if args.py_spy:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: the table
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         log_dir = args.logs or Path(scratch)
         log_dir.mkdir(parents=True, exist_ok=True)
-        results = asyncio.run(run(sizes, not args.no_peer, log_dir))
+        results = asyncio.run(run_all(sizes, not args.no_peer, log_dir, args.py_spy))
     results["profile"] = args.profile
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-{args.profile}"

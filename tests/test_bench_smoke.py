@@ -51,6 +51,12 @@ def test_bench_smoke_run_produces_every_figure(tmp_path: Path) -> None:
         assert split["machine total (2 cores = 200)"] > 0
         assert any(name.startswith("gateway") and percent > 0 for name, percent in split.items())
 
+    drain = results["drain"]["ours, 1 agent"]
+    assert drain["complete"] and drain["statuses"] == {"completed": drain["commands"]}
+    assert drain["per_second"] > 0 and drain["created_per_second"] > 0
+    assert len(results["floor_rows_per_second"]) == 2
+    assert all(rate > 0 for rate in results["floor_rows_per_second"].values())
+
     [scale] = results["socket_scale"]
     assert scale["agents"] == results["sizes"]["scale"][0]
     assert scale["connect_seconds"] > 0 and scale["rss_mib"] > 10
@@ -61,3 +67,4 @@ def test_bench_smoke_run_produces_every_figure(tmp_path: Path) -> None:
     assert results["latency_ms"]["peer"]["n"] == results["sizes"]["latency"]
     assert throughput["peer, 1 agent"]["complete"]
     assert throughput["peer, 1 agent"]["per_second"] > 0
+    assert results["drain"]["peer, 1 agent"]["complete"]
