@@ -557,9 +557,15 @@ async def throughput_sim_agents(run: Run, sim_ids: list[str], log_dir: Path) -> 
     return figures
 
 
-async def run_all(sizes: Sizes, with_peer: bool, log_dir: Path, py_spy: Path | None) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": await machine_info(), "sizes": asdict(sizes)}
-    peer_python, peer_status = ensure_peer_venv() if with_peer else (None, "not asked for (--no-peer)")
+SECTIONS = ("latency", "throughput", "scale")
+
+
+async def run_all(
+    sizes: Sizes, with_peer: bool, log_dir: Path, py_spy: Path | None, sections: tuple[str, ...] = SECTIONS
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": await machine_info(), "sizes": asdict(sizes), "sections": sections}
+    flows = "latency" in sections or "throughput" in sections
+    peer_python, peer_status = ensure_peer_venv() if with_peer and flows else (None, "not asked for")
     results["peer_status"] = peer_status
     env = new_test_env()
     await create_database_if_missing(env.database_url)
@@ -568,46 +574,33 @@ async def run_all(sizes: Sizes, with_peer: bool, log_dir: Path, py_spy: Path | N
     await setup.execute(Q["install_completion_notify"])
     await setup.execute(Q["install_floor_tables"])
     await setup.close()
-    sim_ids = [f"sim-{i:04d}" for i in range(sizes.sim_agents)]
-    scale_ids = [f"scale-{i:05d}" for i in range(max(sizes.scale, default=0))]
+    sim_ids = [f"sim-{i:04d}" for i in range(sizes.sim_agents)] if "throughput" in sections else []
+    scale_ids = [f"scale-{i:05d}" for i in range(max(sizes.scale, default=0))] if "scale" in sections else []
     tokens = await create_tokens(env.database_url, ["bench-agent", "bench-hop", "bench-drain", *sim_ids, *scale_ids])
     stack = Stack(env, log_dir)
     listeners: list[asyncpg.Connection] = []
     peer: Peer | None = None
     try:
-        ours = await start_ours(stack, tokens)
-        sides = [Side("ours", env.database_url, Q["create_command"], "bench-agent", Completions())]
-        listeners.append(await listen(env.database_url, "bench_finished", sides[0].completions))
-        if peer_python is not None:
-            peer = await start_peer(stack, peer_python, env.run_id)
-            sides.append(Side("peer", peer.dsn, Q["create_peer_command"], "peer-agent", Completions()))
-            listeners.append(await listen(peer.dsn, "peer_completed", sides[1].completions))
-        run = Run(sizes, stack, tokens, ours, sides, peer, peer_python, py_spy)
-        say(f"0. the server's floor: {sizes.throughput} single-row INSERTs from {sizes.creators} clients")
-        results["floor_rows_per_second"] = await floor(env.database_url, sizes.throughput, sizes.creators)
-        say(f"1. cross-replica latency, {sizes.latency} sequential commands each ({', '.join(s.name for s in sides)})")
-        samples = await latency(sides, sizes.latency, sizes.warmup)
-        say("4. REST round trip and the Redis hop")
-        samples["REST POST round trip"] = await rest_round_trip(stack, ours, sizes.rest, sizes.warmup)
-        samples["Redis hop"] = await redis_hop(stack, ours, sizes.hop, sizes.warmup)
-        results["latency_ms"] = {name: summary(values) for name, values in samples.items()}
-        results["samples_ms"] = samples
-        say(f"2. throughput, 1 agent, {sizes.throughput} commands from {sizes.creators} SQL clients")
-        results["throughput"] = await throughput_one_agent(run)
-        say(f"2. backlog drain, 1 agent, {sizes.throughput} commands queued first")
-        results["drain"] = await drain_one_agent(run)
-        if peer is not None:  # idle from here on: not in the way of ours
-            for service in [s for s in stack.services if s.name.startswith("peer-")]:
-                service.kill()
-                stack.services.remove(service)
-        say(f"2. throughput, {sizes.sim_agents} simulated agents on 2 gateways, 1 and 2 dispatchers")
-        results["throughput"] |= await throughput_sim_agents(run, sim_ids, log_dir)
-        stack.stop_all()
-        stack.services.clear()
-        say(f"3. socket scale: {', '.join(map(str, sizes.scale))} idle agents on one gateway")
-        results["socket_scale"] = [
-            await socket_scale(stack, tokens, agents, sizes.idle_seconds, log_dir) for agents in sizes.scale
-        ]
+        if flows:
+            ours = await start_ours(stack, tokens)
+            sides = [Side("ours", env.database_url, Q["create_command"], "bench-agent", Completions())]
+            listeners.append(await listen(env.database_url, "bench_finished", sides[0].completions))
+            if peer_python is not None:
+                peer = await start_peer(stack, peer_python, env.run_id)
+                sides.append(Side("peer", peer.dsn, Q["create_peer_command"], "peer-agent", Completions()))
+                listeners.append(await listen(peer.dsn, "peer_completed", sides[1].completions))
+            run = Run(sizes, stack, tokens, ours, sides, peer, peer_python, py_spy)
+            if "latency" in sections:
+                await measure_latencies(run, results)
+            if "throughput" in sections:
+                await measure_throughput(run, results, sim_ids, log_dir)
+            stack.stop_all()
+            stack.services.clear()
+        if "scale" in sections:
+            say(f"3. socket scale: {', '.join(map(str, sizes.scale))} idle agents on one gateway")
+            results["socket_scale"] = [
+                await socket_scale(stack, tokens, agents, sizes.idle_seconds, log_dir) for agents in sizes.scale
+            ]
     except BaseException:
         print(stack.dump_logs()[-20000:], file=sys.stderr)
         raise
@@ -618,6 +611,32 @@ async def run_all(sizes: Sizes, with_peer: bool, log_dir: Path, py_spy: Path | N
         await drop_databases([env.database_url, *([peer.dsn] if peer else [])])
     results["machine"]["load_average_after"] = list(psutil.getloadavg())
     return results
+
+
+async def measure_latencies(run: Run, results: dict[str, Any]) -> None:
+    sizes, stack, ours = run.sizes, run.stack, run.ours
+    say(f"1. cross-replica latency, {sizes.latency} sequential commands each ({', '.join(s.name for s in run.sides)})")
+    samples = await latency(run.sides, sizes.latency, sizes.warmup)
+    say("4. REST round trip and the Redis hop")
+    samples["REST POST round trip"] = await rest_round_trip(stack, ours, sizes.rest, sizes.warmup)
+    samples["Redis hop"] = await redis_hop(stack, ours, sizes.hop, sizes.warmup)
+    results["latency_ms"] = {name: summary(values) for name, values in samples.items()}
+    results["samples_ms"] = samples
+
+
+async def measure_throughput(run: Run, results: dict[str, Any], sim_ids: list[str], log_dir: Path) -> None:
+    sizes = run.sizes
+    say(f"0. the server's floor: {sizes.throughput} single-row INSERTs from {sizes.creators} clients")
+    results["floor_rows_per_second"] = await floor(run.sides[0].dsn, sizes.throughput, sizes.creators)
+    say(f"2. throughput, 1 agent, {sizes.throughput} commands from {sizes.creators} SQL clients")
+    results["throughput"] = await throughput_one_agent(run)
+    say(f"2. backlog drain, 1 agent, {sizes.throughput} commands queued first")
+    results["drain"] = await drain_one_agent(run)
+    for service in [s for s in run.stack.services if s.name.startswith("peer-")]:  # idle now: out of the way
+        service.kill()
+        run.stack.services.remove(service)
+    say(f"2. throughput, {sizes.sim_agents} simulated agents on 2 gateways, 1 and 2 dispatchers")
+    results["throughput"] |= await throughput_sim_agents(run, sim_ids, log_dir)
 
 
 async def drop_databases(dsns: list[str]) -> None:
@@ -687,29 +706,42 @@ def ratio(ours: float | None, peer: float | None) -> str:
     return f"{ours / peer:.2f}" if ours and peer else "—"
 
 
+Row = tuple[str, str, str, str, str]
+
+
 def table(results: dict[str, Any]) -> str:
-    lat = results["latency_ms"]
+    rows: list[Row] = [("figure", "peer", "ours", "ours/peer", "goal")]
+    rows += latency_rows(results.get("latency_ms", {}))
+    rows += throughput_rows(results)
+    rows += scale_rows(results.get("socket_scale", []))
+    latencies = results.get("latency_ms", {})
+    if latencies:
+        rows.append(
+            ("REST POST .../commands round trip", "—", ms(latencies["REST POST round trip"]), "", "p50 < 1.5 ms")
+        )
+        rows.append(("Redis hop (PUBLISH -> frame at the agent)", "—", ms(latencies["Redis hop"]), "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def latency_rows(lat: dict[str, Any]) -> list[Row]:
+    if not lat:
+        return []
     ours, peer = lat.get("ours"), lat.get("peer")
-    rows = [
-        ("figure", "peer", "ours", "ours/peer", "goal"),
-        (
-            "cross-replica latency p50 / p90 / p99",
-            ms(peer),
-            ms(ours),
-            " / ".join(ratio((ours or {}).get(k), (peer or {}).get(k)) for k in ("p50", "p90", "p99")),
-            "< 2.5 / — / < 6 ms",
-        ),
-        (
-            "  ours by stage, p50: claim / ack / result",
-            "",
-            " / ".join(f"{lat[f'ours {s}']['p50']:.2f}" for s in ("claim", "ack", "result") if lat.get(f"ours {s}"))
-            + " ms",
-            "",
-            "",
-        ),
+    ratios = " / ".join(ratio((ours or {}).get(k), (peer or {}).get(k)) for k in ("p50", "p90", "p99"))
+    stages = " / ".join(f"{lat[f'ours {s}']['p50']:.2f}" for s in ("claim", "ack", "result") if lat.get(f"ours {s}"))
+    return [
+        ("cross-replica latency p50 / p90 / p99", ms(peer), ms(ours), ratios, "< 2.5 / — / < 6 ms"),
+        ("  ours by stage, p50: claim / ack / result", "", f"{stages} ms", "", ""),
     ]
+
+
+def throughput_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for group, label in (("throughput", "commands/s"), ("drain", "backlog drain/s")):
-        for key, figures in results[group].items():
+        for key, figures in results.get(group, {}).items():
             if key.startswith("peer"):
                 continue
             peer_figures = results[group].get("peer, 1 agent") if key == "ours, 1 agent" else None
@@ -726,23 +758,21 @@ def table(results: dict[str, Any]) -> str:
     if floor_rates:
         text = " / ".join(f"{rate:.0f}" for rate in floor_rates)
         rows.append(("  floor: rows/s, 20 clients, 1 per commit: INSERT / + NOTIFY", text, text, "", ""))
-    for scale in results["socket_scale"]:
-        rows.append(
-            (
-                f"{scale['agents']} idle agents, 1 gateway: connect / RSS / idle CPU",
-                "—",
-                f"{scale['connect_seconds']:.1f} s / {scale['rss_mib']:.0f} MiB / "
-                f"{scale['idle_cpu_percent_of_a_core']:.1f} %",
-                "",
-                "10k: < 512 MiB, < 5 %",
-            )
+    return rows
+
+
+def scale_rows(scales: list[dict[str, Any]]) -> list[Row]:
+    return [
+        (
+            f"{scale['agents']} idle agents, 1 gateway: connect / RSS / idle CPU",
+            "—",
+            f"{scale['connect_seconds']:.1f} s / {scale['rss_mib']:.0f} MiB / "
+            f"{scale['idle_cpu_percent_of_a_core']:.1f} %",
+            "",
+            "10k: < 512 MiB, < 5 %",
         )
-    rows.append(("REST POST .../commands round trip", "—", ms(lat.get("REST POST round trip")), "", "p50 < 1.5 ms"))
-    rows.append(("Redis hop (PUBLISH -> frame at the agent)", "—", ms(lat.get("Redis hop")), "", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+        for scale in scales
+    ]
 
 
 def rate(figures: dict[str, Any] | None) -> str:
@@ -796,30 +826,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where the JSON and PNG go")
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
     parser.add_argument("--scale", help="idle socket counts, comma-separated (default: the profile's)")
+    parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--py-spy", type=Path, help="profile our processes in the throughput runs into this directory")
     args = parser.parse_args()
     sizes = PROFILES[args.profile]
     if args.scale:
         sizes = replace(sizes, scale=tuple(int(n) for n in args.scale.split(",")))
+    sections = tuple(args.only.split(",")) if args.only else SECTIONS
+    if unknown := set(sections) - set(SECTIONS):
+        parser.error(f"--only: unknown sections {sorted(unknown)}")
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: the table
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         log_dir = args.logs or Path(scratch)
         log_dir.mkdir(parents=True, exist_ok=True)
-        results = asyncio.run(run_all(sizes, not args.no_peer, log_dir, args.py_spy))
+        results = asyncio.run(run_all(sizes, not args.no_peer, log_dir, args.py_spy, sections))
     results["profile"] = args.profile
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-{args.profile}"
     text = table(results)
     results["table"] = text
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    plot(results, stem.with_suffix(".png"))
+    if "samples_ms" in results:
+        plot(results, stem.with_suffix(".png"))
     machine = results["machine"]
     print(f"{machine['date']}, {machine['cpu']}, {machine['cores']} cores, profile {args.profile}")
     print(f"peer: {results['peer_status']}")
     print(text)
-    print(f"wrote {stem}.json and {stem}.png")
+    print(f"wrote {stem}.json" + (f" and {stem}.png" if "samples_ms" in results else ""))
 
 
 if __name__ == "__main__":
