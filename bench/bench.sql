@@ -69,3 +69,9 @@ INSERT INTO bench_floor_plain (value) VALUES ($1);
 
 -- name: floor_insert_notified
 INSERT INTO bench_floor_notified (value) VALUES ($1);
+
+-- name: active_backends
+-- The statements the backends of database $1 run right now (not idle, not this sampler).
+SELECT query, wait_event_type || ':' || wait_event AS wait
+FROM pg_stat_activity
+WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid();

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -251,6 +252,51 @@ def _short_frame(frame: str) -> str:
             path = path.split(marker, 1)[1]
             break
     return f"{name} ({path})" if path else name
+
+
+class PgActivity:
+    """What the backends of one database are doing, sampled every `interval` s from pg_stat_activity:
+    each active backend's statement (its start) and wait event, as % of the samples: PostgreSQL's share
+    of a profile, without pg_stat_statements. The sampler sits in the `postgres` database, so its own
+    backend is not counted with the bench's."""
+
+    def __init__(self, dsn: str, query: str, interval: float = 0.01) -> None:
+        self.dsn = dsn
+        self.query = query
+        self.interval = interval
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.dsn, database="postgres")
+        self._task = asyncio.create_task(self._sample(conn))
+
+    async def _sample(self, conn: asyncpg.Connection) -> None:
+        database = self.dsn.rsplit("/", 1)[1]
+        try:
+            while True:
+                rows = await conn.fetch(self.query, database)
+                self.samples += 1
+                for row in rows:
+                    statement = " ".join(row["query"].split())[:90]
+                    key = f"{statement} [{row['wait'] or 'on CPU'}]"
+                    self.counts[key] = self.counts.get(key, 0) + 1
+                await asyncio.sleep(self.interval)
+        finally:
+            await conn.close()
+
+    async def stop(self, top: int = 10) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        busy = sorted(self.counts.items(), key=lambda item: -item[1])[:top]
+        return {
+            "samples": self.samples,
+            "mean_active_backends": round(sum(self.counts.values()) / max(1, self.samples), 2),
+            "top_percent_of_samples": [(key, round(100 * n / max(1, self.samples), 1)) for key, n in busy],
+        }
 
 
 # --- processes -------------------------------------------------------------------------------

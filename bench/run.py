@@ -43,6 +43,7 @@ from harness import (
     PEER_DIR,
     Completions,
     CpuSplit,
+    PgActivity,
     PidSource,
     Profiles,
     backends_of,
@@ -259,12 +260,15 @@ async def throughput(
     ids = [str(uuid.uuid4()) for _ in range(count)]
     side.completions.expect(ids)
     cpu = CpuSplit(groups)
+    activity = PgActivity(side.dsn, Q["active_backends"])
+    await activity.start()
     cpu.start()
     profiles.start()
     started = time.perf_counter()
     creating = await create_commands(side, ids, agent_ids, creators)
     await all_finished(side, count)
     split = cpu.stop()
+    postgres = await activity.stop()
     seconds = (side.completions.last or time.perf_counter()) - started
     figures: dict[str, Any] = {
         "commands": count,
@@ -275,6 +279,7 @@ async def throughput(
         "created_per_second": round(count / creating, 1),
         "cpu_percent_of_a_core": split,
         "profiles": profiles.stop(),
+        "postgres_activity": postgres,
     }
     return figures | await statuses(side, ids)
 
@@ -293,11 +298,14 @@ async def drain(
     side.completions.expect(ids)
     creating = await create_commands(side, ids, [side.agent_id], creators)
     cpu = CpuSplit(groups())
+    activity = PgActivity(side.dsn, Q["active_backends"])
+    await activity.start()
     cpu.start()
     await start_consumer()
     cpu.groups.update(groups())  # the consumer started inside the window: it counts from zero
     await all_finished(side, count)
     split = cpu.stop()
+    postgres = await activity.stop()
     seconds = side.completions.last - side.completions.first
     figures = {
         "commands": count,
@@ -307,6 +315,7 @@ async def drain(
         "per_second": round((side.completions.seen - 1) / seconds, 1) if seconds > 0 else 0.0,
         "created_per_second": round(count / creating, 1),
         "cpu_percent_of_a_core": split,
+        "postgres_activity": postgres,
     }
     return figures | await statuses(side, ids)
 
@@ -428,7 +437,7 @@ async def redis_hop(stack: Stack, ours: Ours, count: int, warmup: int) -> list[f
 
 
 async def socket_scale(
-    stack: Stack, tokens: dict[str, str], agents: int, idle_seconds: float, work: Path
+    stack: Stack, tokens: dict[str, str], agents: int, idle_seconds: float, work: Path, py_spy: Path | None
 ) -> dict[str, Any]:
     gateway = stack.gateway(f"gateway-scale-{agents}", **SERVICE_SETTINGS)
     await stack.ready(gateway)
@@ -450,10 +459,13 @@ async def socket_scale(
     cpu = CpuSplit(
         {"gateway": lambda: [gateway.process.pid], "simulated agents": lambda: [sim.process.pid for sim in sims]}
     )
+    profiles = Profiles(py_spy, f"idle-{agents}", {"gateway": gateway.process.pid})
     cpu.start()
+    profiles.start()
     await asyncio.sleep(idle_seconds)
     split = cpu.stop()
     figures = {
+        "profiles": profiles.stop(),
         "agents": agents,
         "connect_seconds": round(seconds, 2),
         "rss_mib": rss_mib(gateway.process.pid),
@@ -599,7 +611,7 @@ async def run_all(
         if "scale" in sections:
             say(f"3. socket scale: {', '.join(map(str, sizes.scale))} idle agents on one gateway")
             results["socket_scale"] = [
-                await socket_scale(stack, tokens, agents, sizes.idle_seconds, log_dir) for agents in sizes.scale
+                await socket_scale(stack, tokens, agents, sizes.idle_seconds, log_dir, py_spy) for agents in sizes.scale
             ]
     except BaseException:
         print(stack.dump_logs()[-20000:], file=sys.stderr)
@@ -820,7 +832,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_const", const="quick", dest="profile", help="a smoke run (~2 min)")
+    parser.add_argument(
+        "--quick", action="store_const", const="quick", dest="profile", default="full", help="a smoke run (~1 min)"
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--no-peer", action="store_true", help="measure ours only")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where the JSON and PNG go")
