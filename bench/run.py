@@ -815,12 +815,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
     for axis, (title, names) in zip(axes, panels, strict=True):
+        right = 0.0
         for name in names:
             values = sorted(samples.get(name) or [])
             if values:
                 fractions = [(i + 1) / len(values) for i in range(len(values))]
-                axis.plot(values, fractions, label=f"{name} (n={len(values)})")
+                p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+                axis.plot(values, fractions, label=f"{name} (n={len(values)}, max {values[-1]:.1f} ms)")
+                right = max(right, 3 * p99)
         axis.set_xscale("log")
+        if right:
+            axis.set_xlim(right=right)  # a lone outlier (the peer's 5 s poll) would squash the curves
         axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         axis.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -828,11 +833,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axis.set_ylabel("fraction of commands")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8, loc="lower right")
     figure.suptitle(f"StreamSpace §7 benchmark, {results['machine']['date']}, {results['machine']['cores']} cores")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def redraw(path: Path) -> None:
+    results = json.loads(path.read_text())
+    print(table(results))
+    if "samples_ms" in results:
+        plot(results, path.with_suffix(".png"))
+        print(f"wrote {path.with_suffix('.png')}")
 
 
 def main() -> None:
@@ -847,7 +860,11 @@ def main() -> None:
     parser.add_argument("--scale", help="idle socket counts, comma-separated (default: the profile's)")
     parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--py-spy", type=Path, help="profile our processes in the throughput runs into this directory")
+    parser.add_argument("--from-json", type=Path, help="print the table of an earlier results file, redraw its plot")
     args = parser.parse_args()
+    if args.from_json:
+        redraw(args.from_json)
+        return
     sizes = PROFILES[args.profile]
     if args.scale:
         sizes = replace(sizes, scale=tuple(int(n) for n in args.scale.split(",")))
