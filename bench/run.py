@@ -178,6 +178,11 @@ async def start_peer(stack: Stack, python: Path, run_id: str) -> Peer:
                 return "peer-agent" in (await response.json())["agents"]
 
         await wait_until(agent_on_b, timeout=60)
+
+    async def upgraded() -> bool:  # measured on the WebSocket, as the default client ends up on
+        return "transport websocket" in agent.log()
+
+    await wait_until(upgraded, timeout=30)
     return Peer(dsn, env, node_a, node_b, worker, agent)
 
 

@@ -8,7 +8,7 @@ the command's completion (one UPDATE; a trigger NOTIFYs `peer_completed`).
 
 Everything is left at the libraries' defaults but the worker's concurrency (10), as a team would:
 procrastinate's own pool and LISTEN/NOTIFY, psycopg_pool's default pool size for the nodes, the
-socketio client's default transports (long-polling, then upgrade to WebSocket). It runs only in
+socketio client's default transports (it prints the one it ends up on: WebSocket). It runs only in
 bench/.peer-venv (bench/peer/requirements.txt), never in the project's venv.
 
     peer.py schema                                   # procrastinate's schema + peer_commands
@@ -117,6 +117,12 @@ async def run_agent(agent_id: str, node_url: str) -> None:
         await sio.emit("ack", {"command_id": data["command_id"]})
 
     await sio.connect(node_url, auth={"agent_id": agent_id})
+    print(f"connected, transport {sio.transport()}", flush=True)  # the bench records it
+    for _ in range(50):  # the default: long-polling first, upgraded to WebSocket in the background
+        if sio.transport() == "websocket":
+            break
+        await asyncio.sleep(0.1)
+    print(f"transport {sio.transport()}", flush=True)
     await sio.wait()
 
 
