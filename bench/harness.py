@@ -1,0 +1,370 @@
+"""Pieces of the benchmark harness: named queries, completion timing, CPU accounting, processes, figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import Service, Stack, free_port, wait_for
+
+BENCH_DIR = Path(__file__).resolve().parent
+PEER_DIR = BENCH_DIR / "peer"
+PEER_VENV = BENCH_DIR / ".peer-venv"
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def load_bench_queries(path: Path = BENCH_DIR / "bench.sql") -> dict[str, str]:
+    """The `-- name:` blocks of a .sql file (the same format as streamspace_common.db.load_queries)."""
+    parts = _NAME_LINE.split(path.read_text())
+    return {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max/mean of a list of milliseconds (empty: nothing)."""
+    if not values:
+        return {}
+    return {
+        "n": len(values),
+        "p50": statistics.median(values),
+        "p90": percentile(values, 0.90),
+        "p99": percentile(values, 0.99),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+    }
+
+
+# --- completion NOTIFYs ------------------------------------------------------------------------
+
+
+class Completions:
+    """Times NOTIFYs on one LISTENing connection: per command (latency) and per batch (throughput).
+
+    The time is taken in the callback, which asyncpg runs as soon as the notification is read.
+    """
+
+    def __init__(self) -> None:
+        self.waiters: dict[str, asyncio.Future[float]] = {}
+        self.expected: set[str] = set()
+        self.seen = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.all_seen = asyncio.Event()
+
+    def on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        now = time.perf_counter()
+        waiter = self.waiters.pop(payload, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(now)
+        if payload in self.expected:
+            self.expected.discard(payload)
+            self.seen += 1
+            self.first = self.first or now
+            self.last = now
+            if not self.expected:
+                self.all_seen.set()
+
+    def wait_one(self, command_id: str) -> asyncio.Future[float]:
+        """Register before creating the command, so a fast completion cannot be missed."""
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters[command_id] = waiter
+        return waiter
+
+    def expect(self, command_ids: Iterable[str]) -> None:
+        self.expected = set(command_ids)
+        self.seen = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.all_seen.clear()
+
+
+async def listen(dsn: str, channel: str, completions: Completions) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn)
+    await conn.add_listener(channel, completions.on_notify)
+    return conn
+
+
+# --- CPU accounting ----------------------------------------------------------------------------
+
+
+PidSource = Callable[[], Iterable[int]]
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+    except psutil.Error:
+        return None
+
+
+def _machine_busy() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+@dataclass
+class CpuSplit:
+    """CPU each group of processes used over a window, as % of one core; the rest of the machine too.
+
+    A group's pids are asked for at the start and at the end (PostgreSQL backends come and go); a
+    process born inside the window counts from zero.
+    """
+
+    groups: dict[str, PidSource]
+    _start: dict[str, dict[int, float]] = field(default_factory=dict)
+    _start_busy: float = 0.0
+    _started: float = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self._start_busy = _machine_busy()
+        self._start = {name: self._read(source) for name, source in self.groups.items()}
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._started
+        busy = _machine_busy() - self._start_busy
+        split: dict[str, float] = {}
+        for name, source in self.groups.items():
+            before, after = self._start.get(name, {}), self._read(source)
+            used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+            split[name] = round(100 * used / wall, 1)
+        split["rest of the machine (other work, kernel)"] = round(100 * busy / wall - sum(split.values()), 1)
+        split["machine total (2 cores = 200)"] = round(100 * busy / wall, 1)
+        return split
+
+    @staticmethod
+    def _read(source: PidSource) -> dict[int, float]:
+        readings = {pid: _cpu_seconds(pid) for pid in source()}
+        return {pid: seconds for pid, seconds in readings.items() if seconds is not None}
+
+
+def pids_named(name: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == name]
+
+
+def backends_of(databases: list[str]) -> list[int]:
+    """PostgreSQL backends serving these databases: their process title reads
+    `postgres: [CLUSTER: ]USER DATABASE HOST(PORT) STATE`."""
+    wanted = set(databases)
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        words = " ".join(process.info["cmdline"] or []).split()
+        if process.info["name"] == "postgres" and wanted.intersection(words[1:5]):
+            found.append(process.pid)
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+
+class Profiles:
+    """py-spy on each given process for a window: raw collapsed stacks per process, summarised.
+
+    Off unless a directory is given (`bench/run.py --py-spy DIR`); py-spy samples at 100 Hz from
+    outside the process (a few % of a core of its own).
+    """
+
+    def __init__(self, out_dir: Path | None, tag: str, pids: dict[str, int]) -> None:
+        self.out_dir = out_dir
+        self.tag = tag
+        self.pids = pids
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+    def start(self) -> None:
+        if self.out_dir is None:
+            return
+        py_spy = Path(sys.executable).parent / "py-spy"
+        for name, pid in self.pids.items():
+            out = self.out_dir / f"{self.tag}-{name}.txt"
+            argv = [str(py_spy), "record", "--format", "raw", "--nonblocking", "-o", str(out), "--pid", str(pid)]
+            self.running[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+
+    def stop(self) -> dict[str, Any]:
+        summaries: dict[str, Any] = {}
+        for name, (process, out) in self.running.items():
+            process.send_signal(2)  # SIGINT: py-spy writes what it has
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            if out.exists():
+                summaries[name] = {"file": str(out), **summarise_stacks(out.read_text())}
+        return summaries
+
+
+def summarise_stacks(collapsed: str, top: int = 12) -> dict[str, Any]:
+    """Top functions by samples on the stack (inclusive) and at the top of it (self), in % of samples."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short_frame(frame) for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [(frame, round(100 * n / total, 1)) for frame, n in best]
+
+    return {"samples": total, "self": ranked(own), "inclusive": ranked(inclusive)} if total else {"samples": 0}
+
+
+def _short_frame(frame: str) -> str:
+    """`fn (/long/path/site-packages/pkg/mod.py:12)` -> `fn (pkg/mod.py)`: lines merged, paths shortened."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3.11/", "services/", "libs/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
+
+
+class PgActivity:
+    """What the backends of one database are doing, sampled every `interval` s from pg_stat_activity:
+    each active backend's statement (its start) and wait event, as % of the samples: PostgreSQL's share
+    of a profile, without pg_stat_statements. The sampler sits in the `postgres` database, so its own
+    backend is not counted with the bench's."""
+
+    def __init__(self, dsn: str, query: str, interval: float = 0.01) -> None:
+        self.dsn = dsn
+        self.query = query
+        self.interval = interval
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.dsn, database="postgres")
+        self._task = asyncio.create_task(self._sample(conn))
+
+    async def _sample(self, conn: asyncpg.Connection) -> None:
+        database = self.dsn.rsplit("/", 1)[1]
+        try:
+            while True:
+                rows = await conn.fetch(self.query, database)
+                self.samples += 1
+                for row in rows:
+                    statement = " ".join(row["query"].split())[:90]
+                    key = f"{statement} [{row['wait'] or 'on CPU'}]"
+                    self.counts[key] = self.counts.get(key, 0) + 1
+                await asyncio.sleep(self.interval)
+        finally:
+            await conn.close()
+
+    async def stop(self, top: int = 10) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        busy = sorted(self.counts.items(), key=lambda item: -item[1])[:top]
+        return {
+            "samples": self.samples,
+            "mean_active_backends": round(sum(self.counts.values()) / max(1, self.samples), 2),
+            "top_percent_of_samples": [(key, round(100 * n / max(1, self.samples), 1)) for key, n in busy],
+        }
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def start_process(stack: Stack, name: str, argv: list[str], env: dict[str, str], port: int = 0) -> Service:
+    """A process the stack stops with the others (its log in the stack's log directory)."""
+    log_path = stack.log_dir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT)
+    service = Service(name, process, port or free_port(), log_path)
+    stack.services.append(service)
+    return service
+
+
+def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str) -> Service:
+    log_path = stack.log_dir / f"{name}.log"
+    argv = [sys.executable, str(BENCH_DIR / "simagents.py"), str(agents_file), "--mode", mode]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file)
+    service = Service(name, process, 0, log_path)
+    stack.services.append(service)
+    return service
+
+
+async def start_sim_agents(
+    stack: Stack, name: str, agents_file: Path, mode: str, timeout: float
+) -> tuple[Service, float]:
+    """Start bench/simagents.py; return it once every agent has its welcome, with the seconds that took."""
+    service = spawn_sim_agents(stack, name, agents_file, mode)
+    process = service.process
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout)
+    except TimeoutError:
+        service.kill()
+        raise AssertionError(f"{name}: agents not all connected within {timeout} s:\n{service.log()[-3000:]}") from None
+    if not line:
+        raise AssertionError(f"{name} exited:\n{service.log()[-3000:]}")
+    return service, float(json.loads(line)["seconds"])
+
+
+async def wait_until(probe: Callable[[], Any], timeout: float) -> Any:
+    return await wait_for(probe, timeout=timeout, interval=0.1)
+
+
+# --- the peer's venv -----------------------------------------------------------------------------
+
+
+def ensure_peer_venv() -> tuple[Path | None, str]:
+    """bench/.peer-venv built from bench/peer/requirements.txt (again when the file changes).
+
+    Returns its python, or None and why not (pip could not reach the package registry, say).
+    """
+    requirements = PEER_DIR / "requirements.txt"
+    stamp = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    python = PEER_VENV / "bin" / "python"
+    stamp_file = PEER_VENV / ".installed"
+    if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        return python, "ready"
+    base = getattr(sys, "_base_executable", None) or "python3"
+    steps = [
+        [base, "-m", "venv", "--clear", str(PEER_VENV)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            return None, f"building bench/.peer-venv failed ({' '.join(step[:3])}...): {done.stderr.strip()[-500:]}"
+    stamp_file.write_text(stamp)
+    return python, "built"

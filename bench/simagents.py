@@ -1,0 +1,122 @@
+"""Many simulated agents in one process, speaking the real frames (hello/welcome/command/ack/result).
+
+Each agent is its own WebSocket, authenticated with its own agent token, and behaves on the wire like
+streamspace-agent: hello announcing `confirm` and `inventory`, WebSocket pings and a heartbeat frame
+every heartbeat interval, and (in `respond` mode) an ack then a `completed` result for every command,
+at once. It runs nothing and keeps no journal: it is load, not an agent. `idle` mode only keeps the
+sockets open.
+
+    python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
+
+AGENTS_JSON holds `[[agent_id, token, gateway_url], ...]`. Once every agent has its welcome the
+process prints one JSON line `{"connected": N, "seconds": S}` to stdout, then runs until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import aiohttp
+import msgspec
+
+from streamspace_common.schemas import FEATURES, Ack, Command, GatewayFrame, Heartbeat, Hello, Result, Welcome
+
+CONNECT_PATH = "/api/v1/agents/connect"
+PING_RESULT: dict[str, object] = {"pong": True}
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(GatewayFrame)
+HEARTBEAT = _encoder.encode(Heartbeat()).decode()
+
+
+class SimAgent:
+    def __init__(self, agent_id: str, token: str, gateway_url: str, respond: bool, ping_interval: float) -> None:
+        self.agent_id = agent_id
+        self.token = token
+        self.url = gateway_url.rstrip("/").replace("http://", "ws://", 1) + CONNECT_PATH
+        self.respond = respond
+        self.ping_interval = ping_interval
+        self.welcomed = asyncio.Event()
+
+    async def run(self, http: aiohttp.ClientSession, ready: asyncio.Semaphore) -> None:
+        """Connect (again after any failure, as an agent would) and serve the socket."""
+        while True:
+            try:
+                async with ready:
+                    # Pings at the agent's own HEARTBEAT_INTERVAL, as streamspace-agent does.
+                    ws = await http.ws_connect(
+                        self.url, headers={"Authorization": f"Bearer {self.token}"}, heartbeat=self.ping_interval
+                    )
+                    hello = Hello(
+                        agent_id=self.agent_id,
+                        platform="sim",
+                        version="bench",
+                        instance_id=uuid.uuid4().hex,
+                        capabilities=["PING"],
+                        features=list(FEATURES),
+                    )
+                    await ws.send_str(_encoder.encode(hello).decode())
+                    message = await ws.receive(timeout=60)
+                    welcome = _decoder.decode(message.data)
+                    if not isinstance(welcome, Welcome):
+                        raise RuntimeError(f"expected welcome, got {message!r}")
+                self.welcomed.set()
+                await self.serve(ws, welcome.heartbeat_interval)
+            except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError, msgspec.DecodeError) as exc:
+                print(f"{self.agent_id}: {exc!r}", file=sys.stderr)
+            await asyncio.sleep(1.0)
+
+    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float) -> None:
+        beats = asyncio.create_task(self.heartbeats(ws, heartbeat_interval))
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frame = _decoder.decode(message.data)
+                if isinstance(frame, Command) and self.respond:
+                    await ws.send_str(_encoder.encode(Ack(command_id=frame.command_id)).decode())
+                    result = Result(command_id=frame.command_id, status="completed", result=PING_RESULT)
+                    await ws.send_str(_encoder.encode(result).decode())
+                # Confirm frames: nothing to forget, the simulated agent keeps no journal.
+        finally:
+            beats.cancel()
+            await ws.close()
+
+    @staticmethod
+    async def heartbeats(ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+        while not ws.closed:
+            await asyncio.sleep(interval)
+            await ws.send_str(HEARTBEAT)
+
+
+async def main_async(specs: list[list[str]], respond: bool, connect_concurrency: int, ping_interval: float) -> None:
+    agents = [SimAgent(agent_id, token, url, respond, ping_interval) for agent_id, token, url in specs]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        ready = asyncio.Semaphore(connect_concurrency)
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(agent.run(http, ready)) for agent in agents]
+        await asyncio.gather(*(agent.welcomed.wait() for agent in agents))
+        seconds = time.perf_counter() - started
+        print(json.dumps({"connected": len(agents), "seconds": seconds}), flush=True)
+        await asyncio.gather(*tasks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("agents_file")
+    parser.add_argument("--mode", choices=("respond", "idle"), required=True)
+    parser.add_argument("--connect-concurrency", type=int, default=200)
+    parser.add_argument("--ping-interval", type=float, default=10.0, help="the agents' HEARTBEAT_INTERVAL")
+    args = parser.parse_args()
+    with open(args.agents_file) as f:
+        specs = json.load(f)
+    asyncio.run(main_async(specs, args.mode == "respond", args.connect_concurrency, args.ping_interval))
+
+
+if __name__ == "__main__":
+    main()
