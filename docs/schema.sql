@@ -82,6 +82,28 @@ END $$;
 
 
 --
+-- Name: streamspace_record_attempt(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_record_attempt() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.attempts < OLD.attempts THEN
+        RETURN NULL;  -- a claim handed back before it reached the agent: refunded, not an attempt
+    END IF;
+    INSERT INTO agent_command_attempts (command_id, attempt, left_status, outcome, reason, dispatched_by,
+                                        delivered_via_pod, sent_at, acknowledged_at)
+    VALUES (OLD.command_id, OLD.attempts, OLD.status, NEW.status, NEW.error_message, OLD.dispatched_by,
+            NEW.delivered_via_pod, OLD.sent_at, OLD.acknowledged_at)
+    ON CONFLICT (command_id, attempt) DO UPDATE
+        SET left_status = EXCLUDED.left_status, outcome = EXCLUDED.outcome, reason = EXCLUDED.reason,
+            ended_at = EXCLUDED.ended_at;
+    RETURN NULL;
+END $$;
+
+
+--
 -- Name: streamspace_retry_delay(integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -108,6 +130,24 @@ END $$;
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
+
+--
+-- Name: agent_command_attempts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_command_attempts (
+    command_id character varying(255) NOT NULL,
+    attempt integer NOT NULL,
+    left_status character varying(32) NOT NULL,
+    outcome character varying(32) NOT NULL,
+    reason text,
+    dispatched_by character varying(255),
+    delivered_via_pod character varying(255),
+    sent_at timestamp with time zone,
+    acknowledged_at timestamp with time zone,
+    ended_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 
 --
 -- Name: agent_commands; Type: TABLE; Schema: public; Owner: -
@@ -228,6 +268,14 @@ CREATE TABLE public.users (
 
 
 --
+-- Name: agent_command_attempts agent_command_attempts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_command_attempts
+    ADD CONSTRAINT agent_command_attempts_pkey PRIMARY KEY (command_id, attempt);
+
+
+--
 -- Name: agent_commands agent_commands_command_id_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -316,6 +364,13 @@ ALTER TABLE ONLY public.users
 
 
 --
+-- Name: agent_commands_created; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_created ON public.agent_commands USING btree (created_at DESC, id DESC);
+
+
+--
 -- Name: agent_commands_in_flight; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -365,6 +420,13 @@ CREATE TRIGGER agent_commands_notify AFTER INSERT OR UPDATE OF status ON public.
 
 
 --
+-- Name: agent_commands agent_commands_record_attempt; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_record_attempt AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW WHEN ((((old.status)::text = ANY ((ARRAY['sent'::character varying, 'acknowledged'::character varying])::text[])) AND ((new.status)::text = ANY ((ARRAY['pending'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[])))) EXECUTE FUNCTION public.streamspace_record_attempt();
+
+
+--
 -- Name: agent_commands agent_commands_touch; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -383,6 +445,14 @@ CREATE TRIGGER agents_notify AFTER INSERT OR UPDATE OF status, gateway_pod ON pu
 --
 
 CREATE TRIGGER agents_touch BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: agent_command_attempts agent_command_attempts_command_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_command_attempts
+    ADD CONSTRAINT agent_command_attempts_command_id_fkey FOREIGN KEY (command_id) REFERENCES public.agent_commands(command_id) ON DELETE CASCADE;
 
 
 --

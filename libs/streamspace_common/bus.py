@@ -16,6 +16,7 @@ Two paths behind one small interface (`routes`, `publish`), like python-socketio
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -63,7 +64,9 @@ class RedisBus:
         return await self.routing.lookup(agent_ids)
 
     async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
-        return await self.routing.publish_many([(pod, _encoder.encode(delivery)) for pod, delivery in deliveries])
+        now = time.time()
+        messages = [(pod, _encoder.encode(msgspec.structs.replace(d, published_at=now))) for pod, d in deliveries]
+        return await self.routing.publish_many(messages)
 
 
 class PostgresBus:

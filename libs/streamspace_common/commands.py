@@ -95,6 +95,10 @@ class CommandLifecycle:
         rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["expire_deadlines"], command_timeout)
         return rows
 
+    async def cancel(self, command_id: str, reason: str) -> bool:
+        """pending | sent | acknowledged -> cancelled; False if the command is not open (or not there)."""
+        return await self.db.fetchrow(QUERIES["cancel"], command_id, reason) is not None
+
 
 def _log_unmoved(move: str, count: int, **context: str) -> None:
     """A guarded move that matched nothing: a late, duplicate or foreign message (harmless, but visible)."""

@@ -99,7 +99,8 @@ SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END
     error_message = CASE WHEN attempts >= max_attempts
                          THEN format('agent %s lost the command (reconnected without it) after %s attempt(s)',
                                      agent_id, attempts)
-                         ELSE error_message END,
+                         ELSE format('agent %s lost the command (reconnected without it) (attempt %s)',
+                                     agent_id, attempts) END,
     completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
     next_attempt_at = NULL,
     ack_deadline = NULL
@@ -123,12 +124,15 @@ WITH expired AS (
 UPDATE agent_commands c
 SET status = CASE WHEN c.attempts >= c.max_attempts THEN 'failed' ELSE 'pending' END,
     error_message = CASE
-        WHEN c.attempts < c.max_attempts THEN c.error_message
+        WHEN expired.was = 'sent' AND c.attempts < c.max_attempts
+            THEN format('no acknowledgement from agent %s by its deadline (attempt %s)', c.agent_id, c.attempts)
         WHEN expired.was = 'sent'
             THEN format('no acknowledgement from agent %s after %s attempt(s)', c.agent_id, c.attempts)
-        ELSE format('agent %s acknowledged at %s and did not finish within %s s, after %s attempt(s)',
+        ELSE format('agent %s acknowledged at %s and did not finish within %s s, %s',
                     c.agent_id, to_char(c.acknowledged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                    coalesce(c.timeout_seconds, $1), c.attempts)
+                    coalesce(c.timeout_seconds, $1),
+                    CASE WHEN c.attempts < c.max_attempts THEN format('(attempt %s)', c.attempts)
+                         ELSE format('after %s attempt(s)', c.attempts) END)
     END,
     completed_at = CASE WHEN c.attempts >= c.max_attempts THEN now() END,
     next_attempt_at = CASE WHEN c.attempts < c.max_attempts THEN now() + streamspace_retry_delay(c.attempts) END,
@@ -136,3 +140,11 @@ SET status = CASE WHEN c.attempts >= c.max_attempts THEN 'failed' ELSE 'pending'
 FROM expired
 WHERE c.id = expired.id
 RETURNING c.command_id, c.agent_id, c.status, c.attempts, expired.was;
+
+-- name: cancel
+-- pending | sent | acknowledged -> cancelled, by an operator ($2: the reason). It is never delivered
+-- again, and a late ack or result matches nothing (their moves are guarded by sent/acknowledged).
+UPDATE agent_commands
+SET status = 'cancelled', completed_at = now(), next_attempt_at = NULL, ack_deadline = NULL, error_message = $2
+WHERE command_id = $1 AND status IN ('pending', 'sent', 'acknowledged')
+RETURNING command_id, status;

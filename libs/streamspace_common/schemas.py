@@ -101,10 +101,14 @@ GatewayFrame = Welcome | Command | Confirm
 # --- dispatcher -> gateway, over the pod's Redis channel (or its NOTIFY channel) ----------
 
 
-class Delivery(msgspec.Struct, forbid_unknown_fields=True):
+class Delivery(msgspec.Struct):
+    """Unknown fields are ignored (unlike frames), so a dispatcher may add one before every gateway knows it.
+    A gateway of the release before `published_at` refuses it: upgrade gateways before dispatchers once."""
+
     agent_id: str
     command: Command
     attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
+    published_at: float | None = None  # the dispatcher's wall clock at PUBLISH (publish-to-forward latency)
 
 
 class HandOver(msgspec.Struct, forbid_unknown_fields=True):

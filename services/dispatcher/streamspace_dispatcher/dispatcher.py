@@ -21,7 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from streamspace_common.bus import DeliveryBus, PostgresBus, RedisBus, delivery_of
-from streamspace_common.commands import CommandLifecycle
+from streamspace_common.commands import OPEN_STATUSES, CommandLifecycle
 from streamspace_common.db import load_queries, server_settings
 from streamspace_common.keys import DISPATCH_CHANNEL
 from streamspace_common.resilience import Outage, forever
@@ -64,6 +64,7 @@ class Dispatcher:
         self.command_timeout = command_timeout
         self.deadline_interval = deadline_interval
         self.retries: RetryScheduler | None = None  # set by the app: retries through RabbitMQ
+        self.counted_at = 0.0  # monotonic time of the last commands-by-status count
         self.wake = asyncio.Event()
         self.listening = False
         self.listen_outage = Outage("postgres_listen", log)
@@ -146,6 +147,17 @@ class Dispatcher:
         await self.requeue(unroutable)
         return len(rows)
 
+    async def count_open_commands(self) -> None:
+        """The commands-by-status gauge, at most once per sweep interval."""
+        if time.monotonic() < self.counted_at + self.sweep_interval:
+            return
+        self.counted_at = time.monotonic()
+        counts = {status: 0 for status in OPEN_STATUSES}
+        rows = await self.pool.fetch(QUERIES["open_commands_by_status"])
+        counts.update({row["status"]: row["count"] for row in rows})
+        for status, count in counts.items():
+            metrics.COMMANDS_OPEN.labels(status).set(count)
+
     async def routes(self, agent_ids: list[str]) -> tuple[DeliveryBus, dict[str, str]]:
         """The path to use now, and the agents it can reach."""
         if time.monotonic() >= self.redis_retry_at:
@@ -204,3 +216,4 @@ class Dispatcher:
             metrics.DEADLINES_PASSED.labels(deadline, row["status"]).inc()
         if any(row["status"] == "pending" for row in rows):
             self.wake_retries()
+        await self.count_open_commands()

@@ -1,6 +1,6 @@
 """Prometheus metrics of the dispatcher."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 COMMANDS_CLAIMED = Counter("streamspace_dispatcher_commands_claimed_total", "Commands claimed and marked sent")
 COMMANDS_UNROUTABLE = Counter(
@@ -26,4 +26,9 @@ RETRY_LATENESS = Histogram(
 WAKEUPS = Counter("streamspace_dispatcher_wakeups_total", "Claim rounds", ["reason"])
 COMMANDS_ROUTED = Counter(
     "streamspace_dispatcher_commands_routed_total", "Commands handed to a gateway replica, by path", ["path"]
+)
+COMMANDS_OPEN = Gauge(
+    "streamspace_dispatcher_commands_open",
+    "Commands pending, sent or acknowledged now (every sweep interval)",
+    ["status"],
 )

@@ -96,6 +96,7 @@ class AgentHub:
         previous = self.connections.get(conn.agent_id)
         self.connections[conn.agent_id] = conn
         metrics.AGENTS_CONNECTED.set(len(self.connections))
+        metrics.AGENT_CONNECTIONS.inc()
         if previous is not None:
             await previous.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
         if self.subscribed:  # otherwise the subscription loop writes it once Redis is back
@@ -160,6 +161,8 @@ class AgentHub:
             try:
                 await conn.ws.send_str(self._encoder.encode(delivery.command).decode())
                 metrics.COMMANDS_FORWARDED.inc()
+                if delivery.published_at is not None:
+                    metrics.PUBLISH_TO_FORWARD.observe(max(time.time() - delivery.published_at, 0.0))
                 return
             except (ConnectionError, RuntimeError) as exc:
                 log.info(
@@ -230,6 +233,7 @@ class AgentHub:
         for conn in list(self.connections.values()):
             if conn.last_seen < deadline:
                 log.info("agent_stale", agent_id=conn.agent_id)
+                metrics.STALE_CLOSES.inc()
                 await conn.ws.close(code=closecodes.STALE, message=b"no heartbeat for 3 intervals")
             else:
                 live.append(conn.agent_id)

@@ -3,6 +3,17 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 AGENTS_CONNECTED = Gauge("streamspace_gateway_agents_connected", "Agent sockets open on this replica")
+AGENT_CONNECTIONS = Counter(
+    "streamspace_gateway_agent_connections_total", "Agent sockets registered on this replica (connects and reconnects)"
+)
+STALE_CLOSES = Counter(
+    "streamspace_gateway_stale_closes_total", "Agent sockets closed after 3 heartbeat intervals without a frame"
+)
+PUBLISH_TO_FORWARD = Histogram(
+    "streamspace_gateway_publish_to_forward_seconds",
+    "From the dispatcher's PUBLISH to the command written to the agent's socket (Redis path; wall clocks)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+)
 COMMANDS_FORWARDED = Counter("streamspace_gateway_commands_forwarded_total", "Commands sent to a local agent socket")
 COMMANDS_REQUEUED = Counter(
     "streamspace_gateway_commands_requeued_total", "Commands put back to pending: the agent was not on this replica"

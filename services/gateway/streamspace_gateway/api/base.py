@@ -16,7 +16,7 @@ from aiohttp import web
 from streamspace_common.schemas import ID_PATTERN
 
 from ..auth import Caller, caller_of, require_admin
-from ..errors import ApiError
+from ..errors import ApiError, field_of
 from ..store import STORE_KEY
 
 T = TypeVar("T")
@@ -185,3 +185,11 @@ def query_bool(request: web.Request, name: str) -> bool:
     if value not in ("true", "false"):
         raise ApiError(400, "invalid_field", f"{name} must be true or false", name)
     return value == "true"
+
+
+def read_query(request: web.Request, query_type: type[T]) -> T:
+    """Query parameters as a msgspec Struct (strings converted); a bad one is a 400 naming it."""
+    try:
+        return msgspec.convert(dict(request.query), query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_field", f"invalid query: {exc}", field_of(exc)) from exc

@@ -1,21 +1,36 @@
-"""Commands (§6): create one for an agent, read one back. Administrators only: the low-level API
-under the sessions a user will drive."""
+"""Commands (§6): create one for an agent, read one back with its attempts, list them, cancel one.
+Administrators only: the low-level API under the sessions a user will drive."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import asyncpg
 import msgspec
 from aiohttp import web
 
+from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.schemas import ID_PATTERN, Action, CommandStatus
 
 from ..auth import Caller
 from ..errors import ApiError, read_body
-from .base import NO_NUL, ApiRoutes, JsonObject, encoded, identifier, path_identifier, pool_of, view
+from .base import (
+    NO_NUL,
+    ApiRoutes,
+    JsonObject,
+    Param,
+    encoded,
+    identifier,
+    path_identifier,
+    pool_of,
+    read_query,
+    view,
+)
 
 QUERIES = load_queries("streamspace_gateway.api", "commands.sql")
 routes = ApiRoutes()
@@ -52,6 +67,45 @@ class CommandView(msgspec.Struct):
     acknowledged_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+
+
+class AttemptView(msgspec.Struct):
+    """An attempt that ended in a retry (outcome pending), a failure or a cancel."""
+
+    attempt: int
+    left_status: str  # sent: never acknowledged; acknowledged: acknowledged, then no (good) result
+    outcome: str
+    reason: str | None
+    dispatched_by: str | None
+    delivered_via_pod: str | None
+    sent_at: datetime | None
+    acknowledged_at: datetime | None
+    ended_at: datetime
+
+
+class CommandDetail(CommandView):
+    attempt_history: list[AttemptView] = []
+
+
+class CommandPage(msgspec.Struct):
+    commands: list[CommandView]
+    next_cursor: str | None  # pass as `cursor` for the next page; None: this was the last
+
+
+class CancelCommand(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, pattern=NO_NUL)] = "cancelled by an operator"
+
+
+class CommandFilter(msgspec.Struct, forbid_unknown_fields=True):
+    """GET /api/v1/commands query parameters."""
+
+    status: str | None = None  # comma-separated statuses
+    agent_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    cursor: str | None = None
 
 
 @routes.route(
@@ -92,13 +146,105 @@ async def create_command(request: web.Request, _: Caller) -> web.Response:
     "admin",
     summary="A command and its progress",
     status=200,
-    reply=CommandView,
+    reply=CommandDetail,
     params=(identifier("command_id"),),
     errors=(404,),
 )
 async def get_command(request: web.Request, _: Caller) -> web.Response:
     command_id = path_identifier(request, "command_id", "command_not_found")
-    row = await pool_of(request).fetchrow(QUERIES["get_command"], command_id)
+    pool = pool_of(request)
+    row = await pool.fetchrow(QUERIES["get_command"], command_id)
     if row is None:
-        raise ApiError(404, "command_not_found", f"no command {command_id!r}", "command_id")
+        raise not_found(command_id)
+    attempts = [view(attempt, AttemptView) for attempt in await pool.fetch(QUERIES["attempt_history"], command_id)]
+    return encoded(msgspec.structs.replace(view(row, CommandDetail), attempt_history=attempts))
+
+
+def not_found(command_id: str) -> ApiError:
+    return ApiError(404, "command_not_found", f"no command {command_id!r}", "command_id")
+
+
+@routes.route(
+    "POST",
+    "/api/v1/commands/{command_id}/cancel",
+    "admin",
+    summary="Cancel a command that is pending or in flight",
+    description="It is never delivered again; if an agent is already running it, its result is discarded.",
+    status=200,
+    reply=CommandView,
+    body=CancelCommand,
+    params=(identifier("command_id"),),
+    errors=(404, 409),
+)
+async def cancel_command(request: web.Request, _: Caller) -> web.Response:
+    command_id = path_identifier(request, "command_id", "command_not_found")
+    body = await read_body(request, CancelCommand)
+    pool = pool_of(request)
+    if not await CommandLifecycle(pool).cancel(command_id, body.reason):
+        status = await pool.fetchval(QUERIES["command_status"], command_id)
+        if status is None:
+            raise not_found(command_id)
+        raise ApiError(409, "command_finished", f"command {command_id!r} is already {status}", "command_id")
+    row = await pool.fetchrow(QUERIES["get_command"], command_id)
     return encoded(view(row, CommandView))
+
+
+@routes.route(
+    "GET",
+    "/api/v1/commands",
+    "admin",
+    summary="Commands, newest first, filtered and a page at a time",
+    status=200,
+    reply=CommandPage,
+    params=(
+        Param("status", "query", {"type": "string"}, "one or more statuses, comma-separated"),
+        Param("agent_id", "query", {"type": "string", "pattern": ID_PATTERN}),
+        Param("session_id", "query", {"type": "string"}),
+        Param("created_after", "query", {"type": "string", "format": "date-time"}, "inclusive"),
+        Param("created_before", "query", {"type": "string", "format": "date-time"}, "exclusive"),
+        Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
+        Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"),
+    ),
+)
+async def list_commands(request: web.Request, _: Caller) -> web.Response:
+    query = read_query(request, CommandFilter)
+    statuses = parse_statuses(query.status)
+    after_created, after_id = (None, None) if query.cursor is None else read_cursor(query.cursor)
+    rows = await pool_of(request).fetch(
+        QUERIES["list_commands"],
+        statuses,
+        query.agent_id,
+        query.session_id,
+        query.created_after,
+        query.created_before,
+        after_created,
+        after_id,
+        query.limit,
+    )
+    commands = [view(row, CommandView) for row in rows]
+    last = rows[-1] if len(rows) == query.limit else None
+    next_cursor = None if last is None else write_cursor(last["created_at"], last["id"])
+    return encoded(CommandPage(commands=commands, next_cursor=next_cursor))
+
+
+def parse_statuses(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    statuses = [status.strip() for status in text.split(",")]
+    known = get_args(CommandStatus)
+    unknown = [status for status in statuses if status not in known]
+    if unknown:
+        raise ApiError(400, "invalid_field", f"unknown status {unknown[0]!r}; one of {', '.join(known)}", "status")
+    return statuses
+
+
+def write_cursor(created_at: datetime, row_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+
+
+def read_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created_at), str(uuid.UUID(row_id))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "invalid_field", "cursor is not one this API gave out", "cursor") from exc

@@ -14,3 +14,26 @@ SELECT id::text, command_id, agent_id, session_id, action, payload, status, erro
        attempts, max_attempts, timeout_seconds, next_attempt_at, dispatched_by, delivered_via_pod, created_at, sent_at,
        acknowledged_at, completed_at, updated_at
 FROM agent_commands WHERE command_id = $1;
+
+-- name: command_status
+SELECT status FROM agent_commands WHERE command_id = $1;
+
+-- name: attempt_history
+-- The attempts that ended in a retry, a failure or a cancel (migration 0006), oldest first.
+SELECT attempt, left_status, outcome, reason, dispatched_by, delivered_via_pod, sent_at, acknowledged_at, ended_at
+FROM agent_command_attempts WHERE command_id = $1 ORDER BY attempt;
+
+-- name: list_commands
+-- Newest first; every filter optional (NULL). $6/$7: the cursor, the (created_at, id) of the last row seen.
+SELECT id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
+       attempts, max_attempts, timeout_seconds, next_attempt_at, dispatched_by, delivered_via_pod, created_at,
+       sent_at, acknowledged_at, completed_at, updated_at
+FROM agent_commands
+WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
+  AND ($2::text IS NULL OR agent_id = $2)
+  AND ($3::text IS NULL OR session_id = $3)
+  AND ($4::timestamptz IS NULL OR created_at >= $4)
+  AND ($5::timestamptz IS NULL OR created_at < $5)
+  AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $8;
