@@ -33,6 +33,8 @@ from .base import (
 )
 
 QUERIES = load_queries("streamspace_gateway.api", "commands.sql")
+_STATUS = "(" + "|".join(get_args(CommandStatus)) + ")"
+STATUS_LIST = f"^{_STATUS}(,{_STATUS})*$(?!\\n)"
 routes = ApiRoutes()
 
 
@@ -197,13 +199,13 @@ async def cancel_command(request: web.Request, _: Caller) -> web.Response:
     status=200,
     reply=CommandPage,
     params=(
-        Param("status", "query", {"type": "string"}, "one or more statuses, comma-separated"),
+        Param("status", "query", {"type": "string", "pattern": STATUS_LIST}, "one or more, comma-separated"),
         Param("agent_id", "query", {"type": "string", "pattern": ID_PATTERN}),
-        Param("session_id", "query", {"type": "string"}),
+        Param("session_id", "query", {"type": "string", "minLength": 1, "maxLength": 255, "pattern": NO_NUL}),
         Param("created_after", "query", {"type": "string", "format": "date-time"}, "inclusive"),
         Param("created_before", "query", {"type": "string", "format": "date-time"}, "exclusive"),
         Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-        Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"),
+        Param("cursor", "query", {"type": "string", "minLength": 1}, "next_cursor of the previous page"),
     ),
 )
 async def list_commands(request: web.Request, _: Caller) -> web.Response:
@@ -230,7 +232,7 @@ async def list_commands(request: web.Request, _: Caller) -> web.Response:
 def parse_statuses(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    statuses = [status.strip() for status in text.split(",")]
+    statuses = text.split(",")
     known = get_args(CommandStatus)
     unknown = [status for status in statuses if status not in known]
     if unknown:
