@@ -3,15 +3,15 @@ Administrators only: the low-level API under the sessions a user will drive."""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 import uuid
-from datetime import datetime
-from typing import Annotated, Any, get_args
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar, get_args
 
 import asyncpg
 import msgspec
 from aiohttp import web
+from msgspec import UNSET, UnsetType
 
 from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries
@@ -34,6 +34,9 @@ from .base import (
 
 QUERIES = load_queries("streamspace_gateway.api", "commands.sql")
 _STATUS = "(" + "|".join(get_args(CommandStatus)) + ")"
+T = TypeVar("T")
+CURSOR_PATTERN = "[0-9]{1,17}-[0-9a-f]{32}"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATUS_LIST = f"^{_STATUS}(,{_STATUS})*$(?!\\n)"
 routes = ApiRoutes()
 
@@ -99,15 +102,16 @@ class CancelCommand(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CommandFilter(msgspec.Struct, forbid_unknown_fields=True):
-    """GET /api/v1/commands query parameters."""
+    """GET /api/v1/commands query parameters. Absent is UNSET, not None: from a query string, lax
+    conversion would read the text "null" as None."""
 
-    status: str | None = None  # comma-separated statuses
-    agent_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    status: str | UnsetType = UNSET  # comma-separated statuses
+    agent_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | UnsetType = UNSET
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | UnsetType = UNSET
+    created_after: str | UnsetType = UNSET  # RFC 3339; read strictly by rfc3339() (lax reads "0.5" as a time)
+    created_before: str | UnsetType = UNSET
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
-    cursor: str | None = None
+    cursor: str | UnsetType = UNSET
 
 
 @routes.route(
@@ -205,20 +209,20 @@ async def cancel_command(request: web.Request, _: Caller) -> web.Response:
         Param("created_after", "query", {"type": "string", "format": "date-time"}, "inclusive"),
         Param("created_before", "query", {"type": "string", "format": "date-time"}, "exclusive"),
         Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-        Param("cursor", "query", {"type": "string", "minLength": 1}, "next_cursor of the previous page"),
+        Param("cursor", "query", {"type": "string", "pattern": f"^{CURSOR_PATTERN}$"}, "next_cursor of the last page"),
     ),
 )
 async def list_commands(request: web.Request, _: Caller) -> web.Response:
     query = read_query(request, CommandFilter)
-    statuses = parse_statuses(query.status)
-    after_created, after_id = (None, None) if query.cursor is None else read_cursor(query.cursor)
+    statuses = None if query.status is UNSET else parse_statuses(query.status)
+    after_created, after_id = (None, None) if query.cursor is UNSET else read_cursor(query.cursor)
     rows = await pool_of(request).fetch(
         QUERIES["list_commands"],
         statuses,
-        query.agent_id,
-        query.session_id,
-        query.created_after,
-        query.created_before,
+        unset_as_none(query.agent_id),
+        unset_as_none(query.session_id),
+        rfc3339(query.created_after, "created_after"),
+        rfc3339(query.created_before, "created_before"),
         after_created,
         after_id,
         query.limit,
@@ -229,9 +233,7 @@ async def list_commands(request: web.Request, _: Caller) -> web.Response:
     return encoded(CommandPage(commands=commands, next_cursor=next_cursor))
 
 
-def parse_statuses(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
+def parse_statuses(text: str) -> list[str]:
     statuses = text.split(",")
     known = get_args(CommandStatus)
     unknown = [status for status in statuses if status not in known]
@@ -240,13 +242,28 @@ def parse_statuses(text: str | None) -> list[str] | None:
     return statuses
 
 
+def unset_as_none(value: T | UnsetType) -> T | None:
+    return None if value is UNSET else value
+
+
+def rfc3339(value: str | UnsetType, name: str) -> datetime | None:
+    if value is UNSET:
+        return None
+    try:
+        return msgspec.convert(value, datetime)
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            400, "invalid_field", f"{name} must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z", name
+        ) from exc
+
+
 def write_cursor(created_at: datetime, row_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+    """The last row's (created_at in microseconds since 1970, id): any string of CURSOR_PATTERN reads back."""
+    return f"{(created_at - EPOCH) // timedelta(microseconds=1)}-{uuid.UUID(row_id).hex}"
 
 
 def read_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created_at, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created_at), str(uuid.UUID(row_id))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, "invalid_field", "cursor is not one this API gave out", "cursor") from exc
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise ApiError(400, "invalid_field", "cursor is not one this API gave out", "cursor")
+    micros, _, row_id = cursor.partition("-")
+    return EPOCH + timedelta(microseconds=int(micros)), str(uuid.UUID(row_id))
