@@ -176,8 +176,35 @@ CREATE TABLE public.agent_commands (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     timeout_seconds integer,
     retry_scheduled_at timestamp with time zone,
+    epoch bigint,
     CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[]))),
     CONSTRAINT agent_commands_timeout_seconds_check CHECK ((timeout_seconds > 0))
+);
+
+
+--
+-- Name: agent_instances; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_instances (
+    agent_id character varying(255) NOT NULL,
+    instance_id character varying(255) NOT NULL,
+    gateway_pod character varying(255) NOT NULL,
+    connected_at timestamp with time zone DEFAULT now() NOT NULL,
+    seen_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: agent_leases; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_leases (
+    agent_id character varying(255) NOT NULL,
+    instance_id character varying(255) NOT NULL,
+    gateway_pod character varying(255) NOT NULL,
+    epoch bigint NOT NULL,
+    expires_at timestamp with time zone NOT NULL
 );
 
 
@@ -289,6 +316,22 @@ ALTER TABLE ONLY public.agent_commands
 
 ALTER TABLE ONLY public.agent_commands
     ADD CONSTRAINT agent_commands_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: agent_instances agent_instances_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_instances
+    ADD CONSTRAINT agent_instances_pkey PRIMARY KEY (agent_id, instance_id);
+
+
+--
+-- Name: agent_leases agent_leases_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_leases
+    ADD CONSTRAINT agent_leases_pkey PRIMARY KEY (agent_id);
 
 
 --
@@ -461,6 +504,22 @@ ALTER TABLE ONLY public.agent_command_attempts
 
 ALTER TABLE ONLY public.agent_commands
     ADD CONSTRAINT agent_commands_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES public.agents(agent_id);
+
+
+--
+-- Name: agent_instances agent_instances_agent_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_instances
+    ADD CONSTRAINT agent_instances_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES public.agents(agent_id) ON DELETE CASCADE;
+
+
+--
+-- Name: agent_leases agent_leases_agent_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_leases
+    ADD CONSTRAINT agent_leases_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES public.agents(agent_id) ON DELETE CASCADE;
 
 
 --

@@ -25,7 +25,7 @@ import msgspec
 import structlog
 
 from .db import load_queries
-from .keys import POD_CHANNEL_PREFIX, pod_notify_channel
+from .keys import LEASE_CHANNEL, POD_CHANNEL_PREFIX, pod_notify_channel
 from .resilience import Outage, forever
 from .routing import RoutingTable
 from .schemas import Command, Delivery, HandOver
@@ -51,7 +51,7 @@ def delivery_of(row: asyncpg.Record) -> Delivery:
     command = Command(
         command_id=row["command_id"], action=row["action"], payload=row["payload"], session_id=row["session_id"]
     )
-    return Delivery(agent_id=row["agent_id"], command=command, attempt=row["attempts"])
+    return Delivery(agent_id=row["agent_id"], command=command, attempt=row["attempts"], epoch=row["epoch"])
 
 
 class RedisBus:
@@ -114,13 +114,22 @@ def hand_over_payloads(commands: list[tuple[str, int]]) -> list[str]:
 
 
 class PostgresListener:
-    """A gateway's end of the PostgreSQL path: LISTENs on its pod's channel and delivers what it is handed."""
+    """A gateway's end of the PostgreSQL path: LISTENs on its pod's channel and delivers what it is handed.
+    The same connection also hears of released HA leases (keys.LEASE_CHANNEL) for `on_lease_released`."""
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool, pod: str, deliver: Callable[[Delivery], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool,
+        pod: str,
+        deliver: Callable[[Delivery], Awaitable[None]],
+        on_lease_released: Callable[[str], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.pool = pool
         self.channel = pod_notify_channel(pod)
         self.deliver = deliver
+        self.on_lease_released = on_lease_released
         self.listening = False
         self.outage = Outage("postgres_listen", log)
         self._decoder = msgspec.json.Decoder(HandOver)
@@ -136,6 +145,9 @@ class PostgresListener:
         try:
             conn.add_termination_listener(lambda _: handed.put_nowait(None))
             await conn.add_listener(self.channel, lambda *args: handed.put_nowait(args[3]))
+            if self.on_lease_released is not None:
+                released = self.on_lease_released
+                await conn.add_listener(LEASE_CHANNEL, lambda *args: released(args[3]))
             self.listening = True
             self.outage.recovered()
             while (payload := await handed.get()) is not None:

@@ -16,7 +16,7 @@ SELECT pg_notify(channel, payload) FROM unnest($1::text[], $2::text[]) AS t(chan
 -- name: handed_over
 -- The commands a dispatcher handed this replica, still sent at the attempt it claimed (a row since
 -- acknowledged, requeued or claimed again is left alone).
-SELECT c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts
+SELECT c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts, c.epoch
 FROM agent_commands c JOIN unnest($1::text[], $2::int[]) AS h(command_id, attempt)
   ON c.command_id = h.command_id AND c.attempts = h.attempt
 WHERE c.status = 'sent';

@@ -56,26 +56,26 @@ class CommandLifecycle:
         _log_unmoved("requeue_sent", len(command_ids) - len(moved))
         return len(moved)
 
-    async def acknowledge_many(self, acks: list[tuple[str, str]], pod: str) -> list[str]:
-        """sent -> acknowledged for (command_id, agent_id) pairs; the ids it moved."""
+    async def acknowledge_many(self, acks: list[tuple[str, str, int | None]], pod: str) -> list[str]:
+        """sent -> acknowledged for (command_id, agent_id, socket epoch) triples; the ids it moved. A
+        socket epoch that is no longer the agent's lease epoch (a demoted HA replica) moves nothing."""
         if not acks:
             return []
-        command_ids, agent_ids = (list(column) for column in zip(*acks, strict=True))
-        moved = [
-            row["command_id"] for row in await self.db.fetch(QUERIES["acknowledge_many"], command_ids, agent_ids, pod)
-        ]
+        command_ids, agent_ids, epochs = (list(column) for column in zip(*acks, strict=True))
+        rows = await self.db.fetch(QUERIES["acknowledge_many"], command_ids, agent_ids, epochs, pod)
+        moved = [row["command_id"] for row in rows]
         _log_unmoved("acknowledge", len(acks) - len(moved))
         return moved
 
-    async def finish_many(self, results: list[tuple[str, Result]], pod: str) -> dict[str, CommandStatus]:
+    async def finish_many(self, results: list[tuple[str, int | None, Result]], pod: str) -> dict[str, CommandStatus]:
         """sent | acknowledged -> completed | failed (or pending: a retryable failure with attempts left)
-        for (agent_id, result) pairs; the ids it moved, with the status each got."""
+        for (agent_id, socket epoch, result) triples; the ids it moved, with the status each got."""
         if not results:
             return {}
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
-        for agent_id, result in results:
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for agent_id, epoch, result in results:
             encoded = None if result.result is None else _json.encode(result.result).decode()
-            values = (result.command_id, agent_id, result.status, encoded, result.error, result.retryable)
+            values = (result.command_id, agent_id, result.status, encoded, result.error, result.retryable, epoch)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         rows = await self.db.fetch(QUERIES["finish_many"], *columns, pod)
@@ -93,6 +93,12 @@ class CommandLifecycle:
         """sent past its ack deadline, or acknowledged past its completion deadline (timeout_seconds, else
         `command_timeout`) -> pending (after the backoff) or failed (attempts spent). `was`: the old status."""
         rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["expire_deadlines"], command_timeout)
+        return rows
+
+    async def requeue_other_epochs(self, agent_id: str, epoch: int) -> list[asyncpg.Record]:
+        """sent | acknowledged -> pending (or failed, attempts spent) for the agent's commands claimed under
+        another lease epoch than `epoch`, the one its new active replica holds."""
+        rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["requeue_other_epochs"], agent_id, epoch)
         return rows
 
     async def cancel(self, command_id: str, reason: str) -> bool:

@@ -41,10 +41,11 @@ candidates AS (
 )
 UPDATE agent_commands c
 SET status = 'sent', sent_at = now(), attempts = c.attempts + 1, next_attempt_at = NULL,
-    retry_scheduled_at = NULL, ack_deadline = now() + make_interval(secs => $3), dispatched_by = $4
+    retry_scheduled_at = NULL, ack_deadline = now() + make_interval(secs => $3), dispatched_by = $4,
+    epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id)
 FROM candidates
 WHERE c.id = candidates.id
-RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts;
+RETURNING c.command_id, c.agent_id, c.session_id, c.action, c.payload, c.attempts, c.epoch;
 
 -- name: requeue_sent
 -- Commands marked sent that cannot reach their agent go back to pending with the attempt refunded.
@@ -58,16 +59,20 @@ RETURNING c.command_id;
 
 -- name: acknowledge_many
 -- sent -> acknowledged for a batch of acks read from agent sockets: $1 command ids, $2 the agent each
--- ack came from (a foreign or late ack matches nothing), $3 the replica that delivered them.
+-- ack came from (a foreign or late ack matches nothing), $3 the lease epoch of the socket it came from
+-- (NULL: an agent without HA; else it must still be the lease's epoch: a demoted replica is refused),
+-- $4 the replica that delivered them.
 UPDATE agent_commands c
-SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $3
-FROM unnest($1::text[], $2::text[]) AS ack(command_id, agent_id)
+SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $4
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS ack(command_id, agent_id, epoch)
 WHERE c.command_id = ack.command_id AND c.agent_id = ack.agent_id AND c.status = 'sent'
+  AND (ack.epoch IS NULL OR ack.epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id))
 RETURNING c.command_id;
 
 -- name: finish_many
 -- sent | acknowledged -> completed | failed for a batch of results: $1 command ids, $2 agent ids,
--- $3 statuses, $4 results (JSON text or NULL), $5 errors, $6 retryable flags, $7 the replica.
+-- $3 statuses, $4 results (JSON text or NULL), $5 errors, $6 retryable flags, $7 socket epochs (as for
+-- acknowledge_many), $8 the replica.
 -- A retryable failure with attempts left goes back to pending after the one backoff policy
 -- (streamspace_retry_delay, migration 0005); the attempt it used stays spent.
 UPDATE agent_commands c
@@ -82,10 +87,11 @@ SET status = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.ma
                       END,
     ack_deadline = NULL,
     acknowledged_at = coalesce(c.acknowledged_at, now()),
-    delivered_via_pod = coalesce(c.delivered_via_pod, $7)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
-     AS r(command_id, agent_id, status, result, error, retryable)
+    delivered_via_pod = coalesce(c.delivered_via_pod, $8)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[])
+     AS r(command_id, agent_id, status, result, error, retryable, epoch)
 WHERE c.command_id = r.command_id AND c.agent_id = r.agent_id AND c.status IN ('sent', 'acknowledged')
+  AND (r.epoch IS NULL OR r.epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id))
 RETURNING c.command_id, c.status;
 
 -- name: requeue_unseen
@@ -147,4 +153,19 @@ RETURNING c.command_id, c.agent_id, c.status, c.attempts, expired.was;
 UPDATE agent_commands
 SET status = 'cancelled', completed_at = now(), next_attempt_at = NULL, ack_deadline = NULL, error_message = $2
 WHERE command_id = $1 AND status IN ('pending', 'sent', 'acknowledged')
+RETURNING command_id, status;
+
+-- name: requeue_other_epochs
+-- An HA agent's new active replica took the lease at epoch $2: its commands sent or acknowledged under
+-- another epoch (delivered to a replica that is gone or demoted) go back to pending at once, to be
+-- delivered to it; the attempt is not refunded (they may have run), and a spent one fails.
+UPDATE agent_commands
+SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+    error_message = format('agent %s changed its active replica (epoch %s to %s) %s', agent_id, epoch, $2,
+                           CASE WHEN attempts >= max_attempts THEN format('after %s attempt(s)', attempts)
+                                ELSE format('(attempt %s)', attempts) END),
+    completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
+    next_attempt_at = NULL,
+    ack_deadline = NULL
+WHERE agent_id = $1 AND status IN ('sent', 'acknowledged') AND epoch IS DISTINCT FROM $2
 RETURNING command_id, status;

@@ -12,6 +12,10 @@ import hashlib
 # migrations 0001/0002 spell it as a literal too (SQL cannot import this).
 DISPATCH_CHANNEL = "streamspace_dispatch"
 
+# PostgreSQL NOTIFY channel on which a gateway says an HA agent's lease was released (payload: agent id);
+# the gateways holding standby replicas of that agent try to take it at once.
+LEASE_CHANNEL = "streamspace_lease_released"
+
 POD_CHANNEL_PREFIX = "streamspace_pod_"
 
 

@@ -36,7 +36,8 @@ class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_d
 # An agent of an earlier release announces none and gets exactly the earlier protocol.
 FEATURE_CONFIRM = "confirm"  # the gateway sends `confirm` frames; the agent keeps results until confirmed
 FEATURE_INVENTORY = "inventory"  # hello's running/unreported lists are complete: requeue what is in neither
-FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY)
+FEATURE_HA = "ha"  # replicas of this agent id may be connected at once; `role` frames say which one is active
+FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA)
 
 
 class Hello(Frame, tag="hello"):
@@ -93,9 +94,18 @@ class Command(Frame, tag="command"):
     action: str
     payload: dict[str, Any] = {}
     session_id: str | None = None
+    epoch: int | None = None  # the lease epoch it was claimed under; only sent to agents that announced FEATURE_HA
 
 
-GatewayFrame = Welcome | Command | Confirm
+class Role(Frame, tag="role"):
+    """An HA agent's replica is active (it receives commands) or standby (it starts nothing new).
+    Sent only to agents that announced FEATURE_HA, after welcome and on every change."""
+
+    role: Literal["active", "standby"]
+    epoch: int  # the lease's epoch now (0: nobody has held it yet)
+
+
+GatewayFrame = Welcome | Command | Confirm | Role
 
 
 # --- dispatcher -> gateway, over the pod's Redis channel (or its NOTIFY channel) ----------
@@ -108,6 +118,7 @@ class Delivery(msgspec.Struct):
     agent_id: str
     command: Command
     attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
+    epoch: int | None = None  # the agent's lease epoch at the claim (None: an agent without HA)
     published_at: float | None = None  # the dispatcher's wall clock at PUBLISH (publish-to-forward latency)
 
 

@@ -7,6 +7,11 @@ moves on at once.
 Results stay with the executor until a gateway confirms them. On each socket the agent sends every
 unconfirmed result in order, at most RESULT_WINDOW of them unconfirmed at once (that bounds what the
 gateway holds for this socket), so a result in flight when a socket dies goes out again on the next.
+Replicas of one agent id may run at once (HA): the agent announces the `ha` feature and the gateway
+says with `role` frames whether this replica is active (it receives commands) or standby (it starts
+nothing new; what it already runs finishes, but a result it reports under a lost epoch is refused and
+the command goes to the active replica). A gateway without HA treats it as the only replica.
+
 A gateway that does not confirm (an earlier release: its welcome names no features) gets today's
 behaviour: a result counts as reported once written to its socket. An earlier gateway also refuses a
 hello with fields it does not know (4400 "unknown field"): the agent then says hello again at once,
@@ -27,6 +32,7 @@ from streamspace_common import closecodes
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
+    FEATURE_HA,
     FEATURE_INVENTORY,
     Ack,
     AgentFrame,
@@ -36,6 +42,7 @@ from streamspace_common.schemas import (
     Heartbeat,
     Hello,
     Result,
+    Role,
     Welcome,
 )
 
@@ -125,6 +132,7 @@ class AgentClient:
         self.executor = executor
         self.instance_id = uuid.uuid4().hex
         self.connected_to: str | None = None
+        self.role: str = "active"  # HA: what the gateway said last; "active" for a gateway without HA
         self._send_lock = asyncio.Lock()
 
     @property
@@ -143,7 +151,7 @@ class AgentClient:
         )
         if legacy:
             return hello
-        hello.features = [FEATURE_CONFIRM]
+        hello.features = [FEATURE_CONFIRM, FEATURE_HA]
         running, unreported = list(self.executor.running), self.executor.unreported()
         if len(running) + len(unreported) <= MAX_HELLO_IDS:  # complete lists, or none at all
             hello.features.append(FEATURE_INVENTORY)
@@ -201,7 +209,8 @@ class AgentClient:
             metrics.CONNECTED.set(1)
             metrics.CONNECTS.inc()
             confirms = FEATURE_CONFIRM in welcome.features
-            log.info("connected", url=url, pod=welcome.pod, features=welcome.features)
+            self.role = "standby" if FEATURE_HA in welcome.features else "active"  # until a role frame says
+            log.info("connected", url=url, pod=welcome.pod, features=welcome.features, instance_id=self.instance_id)
             try:
                 await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms))
             finally:
@@ -222,8 +231,16 @@ class AgentClient:
                     break
                 frame = _decoder.decode(message.data)
                 if isinstance(frame, Command):
+                    if self.role != "active":
+                        log.warning("command_while_standby", command_id=frame.command_id)
+                        continue  # not acknowledged: it is redelivered to the active replica
                     await self.send(ws, Ack(command_id=frame.command_id))
                     self.executor.submit(frame)
+                elif isinstance(frame, Role):
+                    if frame.role != self.role:
+                        log.info("role", role=frame.role, epoch=frame.epoch, instance_id=self.instance_id)
+                    self.role = frame.role
+                    metrics.ACTIVE.set(frame.role == "active")
                 elif isinstance(frame, Confirm):
                     self.executor.confirmed(frame.command_ids)
                     outbox.confirmed(frame.command_ids)

@@ -11,3 +11,4 @@ REDELIVERIES = Counter(
 UNCONFIRMED = Gauge(
     "streamspace_agent_results_unconfirmed", "Results kept (journalled) until a gateway confirms it committed them"
 )
+ACTIVE = Gauge("streamspace_agent_active", "1 while this replica is the agent's active one (HA; 1 without HA)")

@@ -3,6 +3,14 @@
 It writes `agent:{id}:pod` when an agent registers, refreshes the mappings of live sockets every
 heartbeat interval (so a crashed replica's mappings expire by themselves), subscribes to this pod's
 command channel and forwards each delivery to the local socket.
+
+HA agents (hello feature "ha"): several replicas (instances) of one agent id may be connected, here or
+on other gateways. The instance holding the agent's lease in PostgreSQL is active: it alone is in
+`connections`, owns the routing entries and receives commands; the others wait in `standbys` with their
+sockets open. Nobody kicks anybody: a lease changes hands only when it is released (its socket closed
+or went stale) or lapsed (its gateway stopped renewing it), and its epoch rises each time. Acks and
+results carry their socket's epoch into the writer's statements, so a demoted replica's are refused.
+An agent without the feature keeps the earlier rule: its newest socket replaces the older one.
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import msgspec
 import structlog
@@ -23,7 +33,17 @@ from streamspace_common import closecodes
 from streamspace_common.db import TRANSIENT_ERRORS
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
-from streamspace_common.schemas import FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURES, Confirm, Delivery, Hello
+from streamspace_common.schemas import (
+    FEATURE_CONFIRM,
+    FEATURE_HA,
+    FEATURE_INVENTORY,
+    FEATURES,
+    Confirm,
+    Delivery,
+    Frame,
+    Hello,
+    Role,
+)
 
 from . import metrics
 from .store import Store
@@ -42,6 +62,7 @@ class AgentConnection:
     last_seen: float = field(default_factory=time.monotonic)
     registered_at: datetime | None = None  # agents.connected_at as its registration wrote it
     waiting: int = 0  # acks and results read from this socket and not yet committed
+    epoch: int | None = None  # HA: the lease epoch of its last active term (0: never active); None: no HA
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -57,16 +78,31 @@ class AgentConnection:
     def confirms(self) -> bool:
         return FEATURE_CONFIRM in self.hello.features
 
+    @property
+    def ha(self) -> bool:
+        return FEATURE_HA in self.hello.features
+
+    @property
+    def instance_id(self) -> str:
+        return self.hello.instance_id
+
     def mark_seen(self) -> None:
         self.last_seen = time.monotonic()
 
     def send_confirm(self, frame: Confirm) -> None:
+        self.send_later(frame)  # if closed, the agent resends what it has not had confirmed on its next socket
+        metrics.CONFIRMS_SENT.inc()
+
+    def send_later(self, frame: Frame) -> None:
+        """Send without waiting (a slow agent must not stall the caller); nothing if the socket closed."""
         if self.ws.closed:
-            return  # the agent resends what it has not had confirmed on its next socket
+            return
         task = asyncio.create_task(self._send(_encoder.encode(frame).decode()))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
-        metrics.CONFIRMS_SENT.inc()
+
+    async def send(self, frame: Frame) -> None:
+        await self._send(_encoder.encode(frame).decode())
 
     async def _send(self, text: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -80,25 +116,34 @@ class AgentHub:
         self.store = store
         self.heartbeat_interval = heartbeat_interval
         self.mapping_ttl = max(1, round(STALE_AFTER_INTERVALS * heartbeat_interval))
-        self.connections: dict[str, AgentConnection] = {}
+        self.connections: dict[str, AgentConnection] = {}  # the active socket of each agent held here
+        self.standbys: dict[str, dict[str, AgentConnection]] = {}  # HA agent -> instance -> standby socket
         self.subscribed = False
         self.closing = False
         self.redis_outage = Outage("redis", log)
         self.db_outage = Outage("postgres", log)
         self.writer = FrameWriter(store.pool, pod)
-        self._giving_back: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._promoting: set[str] = set()  # agents whose standbys here are trying to take the lease
         self._delivery_decoder = msgspec.json.Decoder(Delivery)
         self._encoder = msgspec.json.Encoder()
 
     # --- sockets ---------------------------------------------------------------------------
 
     async def register(self, conn: AgentConnection) -> None:
+        if conn.ha:
+            await self.register_instance(conn)
+            return
         previous = self.connections.get(conn.agent_id)
+        if previous is not None:
+            await previous.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
+        await self.activate(conn)
+
+    async def activate(self, conn: AgentConnection) -> None:
+        """Make `conn` the agent's socket on this replica: routing entries, agents row, hello requeue."""
         self.connections[conn.agent_id] = conn
         metrics.AGENTS_CONNECTED.set(len(self.connections))
         metrics.AGENT_CONNECTIONS.inc()
-        if previous is not None:
-            await previous.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
         if self.subscribed:  # otherwise the subscription loop writes it once Redis is back
             try:
                 await self.routing.register(conn.agent_id, self.pod, self.mapping_ttl)
@@ -106,9 +151,87 @@ class AgentHub:
                 self.redis_outage.failed(exc)
         conn.registered_at = await self.store.until_done(partial(self.store.agent_online, conn.hello))
         if FEATURE_INVENTORY in conn.hello.features and conn.registered_at is not None:
-            task = asyncio.create_task(self.requeue_unseen(conn, conn.registered_at))
-            self._giving_back.add(task)
-            task.add_done_callback(self._giving_back.discard)
+            self.in_background(self.requeue_unseen(conn, conn.registered_at))
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- HA instances ------------------------------------------------------------------------
+
+    async def register_instance(self, conn: AgentConnection) -> None:
+        """An HA replica: the same instance reconnecting replaces its own old socket; then it takes the
+        lease if it is free, or stands by."""
+        same = self.connections.get(conn.agent_id)
+        if same is not None and same.instance_id != conn.instance_id:
+            same = None
+        same = same or self.standbys.get(conn.agent_id, {}).get(conn.instance_id)
+        if same is not None:
+            self.forget(same)
+            await same.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
+        conn.epoch = 0
+        await self.store.until_done(partial(self.store.instance_connected, conn.agent_id, conn.instance_id))
+        if not await self.take_lease(conn):
+            self.standbys.setdefault(conn.agent_id, {})[conn.instance_id] = conn
+            epoch = await self.store.until_done(partial(self.store.lease_epoch, conn.agent_id))
+            conn.send_later(Role(role="standby", epoch=epoch))
+
+    async def take_lease(self, conn: AgentConnection) -> bool:
+        """Become the active replica if the lease is free (or already ours); redeliver the old epoch's work."""
+        acquire = partial(self.store.acquire_lease, conn.agent_id, conn.instance_id, self.mapping_ttl)
+        epoch = await self.store.until_done(acquire)
+        if epoch is None or conn.ws.closed:
+            return False
+        promoted = conn.epoch != epoch and epoch > 1
+        conn.epoch = epoch
+        self.standbys.get(conn.agent_id, {}).pop(conn.instance_id, None)
+        previous = self.connections.get(conn.agent_id)
+        if previous is not None and previous is not conn:
+            self.demote(previous, epoch)
+        await conn.send(Role(role="active", epoch=epoch))  # before any command can reach it
+        await self.activate(conn)
+        requeue = partial(self.store.commands.requeue_other_epochs, conn.agent_id, epoch)
+        moved = await self.store.until_done(requeue)
+        if promoted:
+            metrics.HA_PROMOTIONS.inc()
+        log.info(
+            "agent_active", agent_id=conn.agent_id, instance_id=conn.instance_id, epoch=epoch, redelivered=len(moved)
+        )
+        return True
+
+    def demote(self, conn: AgentConnection, epoch: int) -> None:
+        """It lost the lease: it stays connected as a standby and starts nothing new."""
+        if self.connections.get(conn.agent_id) is conn:
+            del self.connections[conn.agent_id]
+            metrics.AGENTS_CONNECTED.set(len(self.connections))
+        self.standbys.setdefault(conn.agent_id, {})[conn.instance_id] = conn
+        conn.send_later(Role(role="standby", epoch=epoch))
+        log.info("agent_demoted", agent_id=conn.agent_id, instance_id=conn.instance_id, epoch=epoch)
+
+    def forget(self, conn: AgentConnection) -> None:
+        standbys = self.standbys.get(conn.agent_id, {})
+        if standbys.get(conn.instance_id) is conn:
+            del standbys[conn.instance_id]
+            if not standbys:
+                del self.standbys[conn.agent_id]
+        if self.connections.get(conn.agent_id) is conn:
+            del self.connections[conn.agent_id]
+            metrics.AGENTS_CONNECTED.set(len(self.connections))
+
+    def on_lease_released(self, agent_id: str) -> None:
+        """A NOTIFY (or upkeep): this agent's lease may be free; a standby here may take it now."""
+        if agent_id in self.standbys and agent_id not in self._promoting:
+            self.in_background(self.promote_a_standby(agent_id))
+
+    async def promote_a_standby(self, agent_id: str) -> None:
+        self._promoting.add(agent_id)
+        try:
+            for conn in sorted(self.standbys.get(agent_id, {}).values(), key=lambda c: c.last_seen, reverse=True):
+                if not conn.ws.closed and await self.take_lease(conn):
+                    return
+        finally:
+            self._promoting.discard(agent_id)
 
     async def requeue_unseen(self, conn: AgentConnection, registered_at: datetime) -> None:
         """The agent's hello lists all it runs and all it finished without a confirmation: its commands
@@ -126,10 +249,15 @@ class AgentHub:
             )
 
     async def unregister(self, conn: AgentConnection) -> None:
+        if conn.ha:
+            await self.unregister_instance(conn)
+            return
         if self.connections.get(conn.agent_id) is not conn:
             return  # replaced by a newer socket, which owns the mapping now
-        del self.connections[conn.agent_id]
-        metrics.AGENTS_CONNECTED.set(len(self.connections))
+        await self.deactivate(conn)
+
+    async def deactivate(self, conn: AgentConnection) -> None:
+        self.forget(conn)
         with contextlib.suppress(RedisError):
             await self.routing.remove_if_owner(conn.agent_id, self.pod)
             newer = self.connections.get(conn.agent_id)
@@ -139,8 +267,19 @@ class AgentHub:
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self.store.agent_offline(conn.agent_id, conn.registered_at)
 
+    async def unregister_instance(self, conn: AgentConnection) -> None:
+        active = self.connections.get(conn.agent_id) is conn
+        if active:
+            await self.deactivate(conn)
+        else:
+            self.forget(conn)
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await self.store.instance_gone(conn.agent_id, conn.instance_id)
+            if active and conn.epoch:  # tell the gateways with standbys (this one too) to take over now
+                await self.store.release_lease(conn.agent_id, conn.instance_id, conn.epoch)
+
     async def close_all(self, code: int, message: bytes) -> None:
-        for conn in list(self.connections.values()):
+        for conn in self.all_sockets():
             await conn.ws.close(code=code, message=message)
 
     # --- deliveries from the pod channel ---------------------------------------------------
@@ -158,8 +297,9 @@ class AgentHub:
         """Send a delivery (from either path of the bus) to its agent's socket, or give it back at once."""
         conn = self.connections.get(delivery.agent_id)
         if conn is not None and not conn.ws.closed:
+            command = msgspec.structs.replace(delivery.command, epoch=delivery.epoch) if conn.ha else delivery.command
             try:
-                await conn.ws.send_str(self._encoder.encode(delivery.command).decode())
+                await conn.ws.send_str(self._encoder.encode(command).decode())
                 metrics.COMMANDS_FORWARDED.inc()
                 if delivery.published_at is not None:
                     metrics.PUBLISH_TO_FORWARD.observe(max(time.time() - delivery.published_at, 0.0))
@@ -172,9 +312,7 @@ class AgentHub:
                     error=str(exc),
                 )
         # Off the channel-reading loop, so a PostgreSQL outage never stalls deliveries to other agents.
-        task = asyncio.create_task(self.give_back(delivery))
-        self._giving_back.add(task)
-        task.add_done_callback(self._giving_back.discard)
+        self.in_background(self.give_back(delivery))
 
     async def give_back(self, delivery: Delivery) -> None:
         """The agent is not (or no longer) here: drop our stale mapping, requeue the command at once."""
@@ -227,16 +365,22 @@ class AgentHub:
 
         await forever(one_round, Outage("upkeep", log))
 
+    def all_sockets(self) -> list[AgentConnection]:
+        standbys = [conn for by_instance in self.standbys.values() for conn in by_instance.values()]
+        return [*self.connections.values(), *standbys]
+
     async def upkeep_once(self) -> None:
         deadline = time.monotonic() - STALE_AFTER_INTERVALS * self.heartbeat_interval
-        live: list[str] = []
-        for conn in list(self.connections.values()):
+        for conn in self.all_sockets():
             if conn.last_seen < deadline:
-                log.info("agent_stale", agent_id=conn.agent_id)
+                log.info("agent_stale", agent_id=conn.agent_id, instance_id=conn.instance_id)
                 metrics.STALE_CLOSES.inc()
                 await conn.ws.close(code=closecodes.STALE, message=b"no heartbeat for 3 intervals")
-            else:
-                live.append(conn.agent_id)
+        try:
+            await self.keep_leases()
+        except TRANSIENT_ERRORS as exc:
+            self.db_outage.failed(exc)
+        live = [agent_id for agent_id, conn in self.connections.items() if not conn.ws.closed]
         if not live:
             return
         if self.subscribed:
@@ -249,6 +393,21 @@ class AgentHub:
             self.db_outage.recovered()
         except TRANSIENT_ERRORS as exc:
             self.db_outage.failed(exc)
+
+    async def keep_leases(self) -> None:
+        """Renew the leases of our active HA sockets (one that another instance took meanwhile is lost:
+        demote), and let our standbys take any lease that lapsed (its gateway died)."""
+        active = [c for c in self.connections.values() if c.ha and c.epoch and not c.ws.closed]
+        held = await self.store.renew_leases(
+            [(c.agent_id, c.instance_id, c.epoch or 0) for c in active], self.mapping_ttl
+        )
+        for conn in active:
+            if conn.agent_id not in held:
+                self.demote(conn, await self.store.lease_epoch(conn.agent_id))
+        for agent_id in list(self.standbys):
+            if agent_id not in self.connections:
+                self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
+        await self.store.touch_instances([(c.agent_id, c.instance_id) for c in self.all_sockets() if c.ha])
 
     async def shutdown(self) -> None:
         """Graceful stop (§3): agents reconnect elsewhere at once; our mappings and rows go."""

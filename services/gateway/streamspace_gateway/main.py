@@ -51,7 +51,9 @@ def create_app(settings: Settings) -> web.Application:
         hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
-        listener = PostgresListener(settings.database_url, pool, settings.pod_name, hub.forward)
+        listener = PostgresListener(
+            settings.database_url, pool, settings.pod_name, hub.forward, on_lease_released=hub.on_lease_released
+        )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
         async with background(hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run()):
             yield

@@ -33,3 +33,6 @@ COMMANDS_REQUEUED_ON_HELLO = Counter(
     "streamspace_gateway_commands_requeued_on_hello_total",
     "Commands an agent's hello showed it never saw (lost with an earlier socket), put back at once",
 )
+HA_PROMOTIONS = Counter(
+    "streamspace_gateway_ha_promotions_total", "HA agent replicas made active here after another held the lease"
+)

@@ -27,3 +27,54 @@ WHERE agent_id = ANY($1::text[]) AND gateway_pod = $2;
 -- name: wake_dispatchers
 -- The same NOTIFY an agent coming online sends (migrations: streamspace_notify_agent).
 SELECT pg_notify($2, agent_id) FROM unnest($1::text[]) AS agent_id;
+
+-- name: acquire_lease
+-- An HA agent's lease for instance $2 on this replica ($3), if nobody holds it, it lapsed, or that
+-- instance holds it already (a reconnect keeps its epoch); the epoch rises on every change of holder.
+-- No row: another instance holds it. $4: seconds until it lapses unless renewed.
+INSERT INTO agent_leases AS l (agent_id, instance_id, gateway_pod, epoch, expires_at)
+VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4))
+ON CONFLICT (agent_id) DO UPDATE
+SET instance_id = EXCLUDED.instance_id, gateway_pod = EXCLUDED.gateway_pod, expires_at = EXCLUDED.expires_at,
+    epoch = CASE WHEN l.instance_id = EXCLUDED.instance_id THEN l.epoch ELSE l.epoch + 1 END
+WHERE l.expires_at < now() OR l.instance_id = EXCLUDED.instance_id
+RETURNING epoch;
+
+-- name: lease_epoch
+SELECT epoch FROM agent_leases WHERE agent_id = $1;
+
+-- name: renew_leases
+-- The leases this replica's active sockets hold, extended; a lease another instance took is not.
+UPDATE agent_leases l SET expires_at = now() + make_interval(secs => $5)
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS held(agent_id, instance_id, epoch)
+WHERE l.agent_id = held.agent_id AND l.instance_id = held.instance_id AND l.epoch = held.epoch
+  AND l.gateway_pod = $4
+RETURNING l.agent_id;
+
+-- name: release_lease
+-- The active socket closed: its lease lapses at once (never deleted, so the epoch keeps rising) and
+-- the gateways holding standbys of the agent are told.
+WITH released AS (
+    UPDATE agent_leases SET expires_at = '-infinity'
+    WHERE agent_id = $1 AND instance_id = $2 AND epoch = $3
+    RETURNING agent_id
+)
+SELECT pg_notify($4, agent_id) FROM released;
+
+-- name: instance_connected
+INSERT INTO agent_instances (agent_id, instance_id, gateway_pod) VALUES ($1, $2, $3)
+ON CONFLICT (agent_id, instance_id) DO UPDATE
+SET gateway_pod = EXCLUDED.gateway_pod, connected_at = now(), seen_at = now();
+
+-- name: instance_gone
+DELETE FROM agent_instances WHERE agent_id = $1 AND instance_id = $2 AND gateway_pod = $3;
+
+-- name: touch_instances
+UPDATE agent_instances SET seen_at = now()
+FROM unnest($1::text[], $2::text[]) AS live(agent_id, instance_id)
+WHERE agent_instances.agent_id = live.agent_id AND agent_instances.instance_id = live.instance_id
+  AND gateway_pod = $3;
+
+-- name: pod_instances_gone
+-- At start-up and shutdown: this replica holds no sockets.
+DELETE FROM agent_instances WHERE gateway_pod = $1;

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import TRANSIENT_ERRORS, load_queries
-from streamspace_common.keys import DISPATCH_CHANNEL
+from streamspace_common.keys import DISPATCH_CHANNEL, LEASE_CHANNEL
 from streamspace_common.resilience import Outage, retry
 from streamspace_common.schemas import Hello
 
@@ -57,6 +57,40 @@ class Store:
 
     async def pod_agents_offline(self) -> None:
         await self.pool.execute(QUERIES["pod_agents_offline"], self.pod)
+        await self.pool.execute(QUERIES["pod_instances_gone"], self.pod)
+
+    # --- HA: leases and instances ---------------------------------------------------------------
+
+    async def acquire_lease(self, agent_id: str, instance_id: str, ttl: float) -> int | None:
+        """The lease's epoch if this instance holds it now; None if another one does."""
+        epoch: int | None = await self.pool.fetchval(QUERIES["acquire_lease"], agent_id, instance_id, self.pod, ttl)
+        return epoch
+
+    async def lease_epoch(self, agent_id: str) -> int:
+        epoch: int | None = await self.pool.fetchval(QUERIES["lease_epoch"], agent_id)
+        return epoch or 0
+
+    async def renew_leases(self, held: list[tuple[str, str, int]], ttl: float) -> set[str]:
+        """Extend the leases of these (agent_id, instance_id, epoch); the agent ids still held."""
+        if not held:
+            return set()
+        agent_ids, instance_ids, epochs = (list(column) for column in zip(*held, strict=True))
+        rows = await self.pool.fetch(QUERIES["renew_leases"], agent_ids, instance_ids, epochs, self.pod, ttl)
+        return {row["agent_id"] for row in rows}
+
+    async def release_lease(self, agent_id: str, instance_id: str, epoch: int) -> None:
+        await self.pool.execute(QUERIES["release_lease"], agent_id, instance_id, epoch, LEASE_CHANNEL)
+
+    async def instance_connected(self, agent_id: str, instance_id: str) -> None:
+        await self.pool.execute(QUERIES["instance_connected"], agent_id, instance_id, self.pod)
+
+    async def instance_gone(self, agent_id: str, instance_id: str) -> None:
+        await self.pool.execute(QUERIES["instance_gone"], agent_id, instance_id, self.pod)
+
+    async def touch_instances(self, live: list[tuple[str, str]]) -> None:
+        if live:
+            agent_ids, instance_ids = (list(column) for column in zip(*live, strict=True))
+            await self.pool.execute(QUERIES["touch_instances"], agent_ids, instance_ids, self.pod)
 
     async def touch_heartbeats(self, agent_ids: list[str]) -> None:
         await self.pool.execute(QUERIES["touch_heartbeats"], agent_ids, self.pod)

@@ -49,6 +49,7 @@ class Peer(Protocol):
     """What the writer needs of a socket: who it is, and a way to send it a confirmation."""
 
     waiting: int  # its frames queued here and not yet committed
+    epoch: int | None  # HA: the lease epoch of its last active term (0: never active); None: no HA
 
     @property
     def agent_id(self) -> str: ...
@@ -64,6 +65,7 @@ class Peer(Protocol):
 @dataclass(eq=False)
 class Queued:
     peer: Peer
+    epoch: int | None  # the socket's epoch when the frame was read: a later demotion cannot launder it
     ack: str | None = None
     result: Result | None = None
 
@@ -79,10 +81,10 @@ class FrameWriter:
         self._encoder = msgspec.json.Encoder()
 
     def ack(self, peer: Peer, command_id: str) -> None:
-        self._put(Queued(peer, ack=command_id))
+        self._put(Queued(peer, peer.epoch, ack=command_id))
 
     def result(self, peer: Peer, result: Result) -> None:
-        self._put(Queued(peer, result=result))
+        self._put(Queued(peer, peer.epoch, result=result))
 
     def _put(self, item: Queued) -> None:
         self.queue.append(item)
@@ -118,13 +120,14 @@ class FrameWriter:
         self.flushed.clear()
         self.confirm(batch)
 
-    async def write(self, acks: list[tuple[str, str]], results: list[tuple[Peer, Result]]) -> None:
+    async def write(self, acks: list[tuple[str, str, int | None]], results: list[tuple[Queued, Result]]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             lifecycle = CommandLifecycle(conn)
             await lifecycle.acknowledge_many(acks, self.pod)
             try:
                 async with conn.transaction():  # a savepoint: a bad result must not undo the acks
-                    moved = await lifecycle.finish_many([(p.agent_id, r) for p, r in results], self.pod)
+                    rows = [(q.peer.agent_id, q.epoch, r) for q, r in results]
+                    moved = await lifecycle.finish_many(rows, self.pod)
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, TRANSIENT_ERRORS):
                     raise
@@ -133,7 +136,7 @@ class FrameWriter:
             metrics.AGENT_RESULTS.labels(status).inc()
 
     async def write_one_by_one(
-        self, conn: asyncpg.Connection, results: list[tuple[Peer, Result]], error: Exception
+        self, conn: asyncpg.Connection, results: list[tuple[Queued, Result]], error: Exception
     ) -> dict[str, CommandStatus]:
         """A batch PostgreSQL refused (say, a result holding "\\u0000", which jsonb cannot store): write
         each result alone, and store one that is refused again as failed with the reason, so the command
@@ -141,20 +144,21 @@ class FrameWriter:
         log.warning("result_batch_refused", error=repr(error), results=len(results))
         lifecycle = CommandLifecycle(conn)
         moved: dict[str, CommandStatus] = {}
-        for peer, result in results:
+        for queued, result in results:
+            agent_id = queued.peer.agent_id
             try:
                 async with conn.transaction():
-                    moved.update(await lifecycle.finish_many([(peer.agent_id, result)], self.pod))
+                    moved.update(await lifecycle.finish_many([(agent_id, queued.epoch, result)], self.pod))
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, TRANSIENT_ERRORS):
                     raise
-                log.error("result_refused", command_id=result.command_id, agent_id=peer.agent_id, error=repr(exc))
+                log.error("result_refused", command_id=result.command_id, agent_id=agent_id, error=repr(exc))
                 replacement = Result(
                     command_id=result.command_id,
                     status="failed",
                     error=f"the gateway could not store the agent's result: {exc}"[:2000],
                 )
-                moved.update(await lifecycle.finish_many([(peer.agent_id, replacement)], self.pod))
+                moved.update(await lifecycle.finish_many([(agent_id, queued.epoch, replacement)], self.pod))
         return moved
 
     def confirm(self, batch: list[Queued]) -> None:
@@ -168,15 +172,15 @@ class FrameWriter:
             peer.send_confirm(Confirm(command_ids=command_ids))
 
 
-def _split(batch: list[Queued]) -> tuple[list[tuple[str, str]], list[tuple[Peer, Result]]]:
-    """Acks as (command_id, agent_id), results as (peer, result). An ack whose result is in the same
-    batch is dropped (the result sets acknowledged_at itself); a result repeated keeps its first copy."""
-    results: dict[tuple[str, str], tuple[Peer, Result]] = {}
+def _split(batch: list[Queued]) -> tuple[list[tuple[str, str, int | None]], list[tuple[Queued, Result]]]:
+    """Acks as (command_id, agent_id, epoch), results as (queued, result). An ack whose result is in the
+    same batch is dropped (the result sets acknowledged_at itself); a result repeated keeps its first copy."""
+    results: dict[tuple[str, str], tuple[Queued, Result]] = {}
     for item in batch:
         if item.result is not None:
-            results.setdefault((item.peer.agent_id, item.result.command_id), (item.peer, item.result))
+            results.setdefault((item.peer.agent_id, item.result.command_id), (item, item.result))
     acks = [
-        (item.ack, item.peer.agent_id)
+        (item.ack, item.peer.agent_id, item.epoch)
         for item in batch
         if item.ack is not None and (item.peer.agent_id, item.ack) not in results
     ]

@@ -13,6 +13,7 @@ from streamspace_common.tokens import hash_token, new_token
 
 from ..auth import Caller
 from ..errors import ApiError
+from ..hub import HUB_KEY
 from .base import (
     ApiRoutes,
     encoded,
@@ -41,6 +42,20 @@ class AgentView(msgspec.Struct):
     instance_id: str | None
     last_heartbeat: datetime | None
     connected_at: datetime | None
+
+
+class InstanceView(msgspec.Struct):
+    """A connected replica of an HA agent."""
+
+    instance_id: str
+    gateway_pod: str
+    role: Literal["active", "standby"]
+    connected_at: datetime
+
+
+class AgentDetail(AgentView):
+    epoch: int | None = None  # HA: the lease's epoch now (None: no replica ever held it)
+    instances: list[InstanceView] = []  # HA: every connected replica (seen within 3 heartbeat intervals)
 
 
 class AgentList(msgspec.Struct):
@@ -75,18 +90,22 @@ async def list_agents(request: web.Request, _: Caller) -> web.Response:
     "GET",
     "/api/v1/agents/{agent_id}",
     "admin",
-    summary="One agent",
+    summary="One agent, with every connected replica of an HA agent",
     status=200,
-    reply=AgentView,
+    reply=AgentDetail,
     params=(identifier("agent_id"),),
     errors=(404,),
 )
 async def get_agent(request: web.Request, _: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
-    row = await pool_of(request).fetchrow(QUERIES["get_agent"], agent_id)
+    pool = pool_of(request)
+    row = await pool.fetchrow(QUERIES["get_agent"], agent_id)
     if row is None:
         raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
-    return encoded(view(row, AgentView))
+    epoch = await pool.fetchval(QUERIES["lease_epoch"], agent_id)
+    seen_within = request.app[HUB_KEY].mapping_ttl
+    instances = [view(i, InstanceView) for i in await pool.fetch(QUERIES["agent_instances"], agent_id, seen_within)]
+    return encoded(msgspec.structs.replace(view(row, AgentDetail), epoch=epoch, instances=instances))
 
 
 @routes.route(

@@ -26,3 +26,14 @@ SELECT id::text, agent_id, created_at, revoked_at FROM agent_tokens WHERE agent_
 UPDATE agent_tokens SET revoked_at = coalesce(revoked_at, now())
 WHERE id = $1 AND agent_id = $2
 RETURNING id;
+
+-- name: lease_epoch
+SELECT epoch FROM agent_leases WHERE agent_id = $1;
+
+-- name: agent_instances
+-- Connected replicas of an HA agent seen within $2 seconds; active: the one holding an unlapsed lease.
+SELECT i.instance_id, i.gateway_pod, i.connected_at,
+       CASE WHEN l.instance_id = i.instance_id AND l.expires_at > now() THEN 'active' ELSE 'standby' END AS role
+FROM agent_instances i LEFT JOIN agent_leases l USING (agent_id)
+WHERE i.agent_id = $1 AND i.seen_at > now() - make_interval(secs => $2)
+ORDER BY i.connected_at;
