@@ -30,7 +30,7 @@ async def sent_command(db: asyncpg.Pool, agent_id: str, attempts: int = 1) -> as
     )
     row: asyncpg.Record = await db.fetchrow(
         "UPDATE agent_commands SET status = 'sent', sent_at = now(), attempts = $2 WHERE command_id = $1 "
-        "RETURNING command_id, agent_id, session_id, action, payload, attempts",
+        "RETURNING command_id, agent_id, session_id, action, payload, attempts, epoch",
         command_id,
         attempts,
     )

@@ -7,6 +7,7 @@ for a replica."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from support import Service, Stack, get_json, wait_for
 from test_end_to_end import post_command, wait_status
 from test_pipeline import count_event
 
+from streamspace_common import closecodes
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
     FEATURE_HA,
@@ -159,3 +161,21 @@ async def test_a_result_from_a_demoted_replica_is_refused_and_the_new_active_one
             await b.send_str(msgspec.json.encode(fresh).decode())
             done = await wait_status(http, gateway_a.url, created["command_id"], "completed")
             assert done["result"] == {"from": "b"}
+
+
+async def test_revoking_an_agent_token_closes_the_sockets_that_use_it(
+    shared_stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
+) -> None:
+    gateway = shared_stack.services[0]
+    async with replica(http, gateway, agent_id, agent_token, "replica-r") as ws:
+        assert isinstance(await next_frame(ws, Role), Role)
+        async with http.get(f"{gateway.url}/api/v1/agents/{agent_id}/tokens") as response:
+            (token,) = (await response.json())["tokens"]
+        async with http.delete(f"{gateway.url}/api/v1/agents/{agent_id}/tokens/{token['id']}") as response:
+            assert response.status == 204
+        deadline = time.monotonic() + 20
+        while not ws.closed and time.monotonic() < deadline:  # heartbeats: only the revocation may close it
+            await ws.send_str('{"type": "heartbeat"}')
+            with contextlib.suppress(TimeoutError):
+                await ws.receive(timeout=0.5)
+        assert ws.close_code == closecodes.TOKEN_REVOKED

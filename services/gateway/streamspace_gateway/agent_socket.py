@@ -47,22 +47,25 @@ def decode_frame(message: WSMessage) -> AgentFrame:
         raise FrameRejected(closecodes.BAD_FRAME, f"frame is not valid JSON: {exc}") from exc
 
 
-async def authenticate(request: web.Request, store: Store) -> str:
+async def authenticate(request: web.Request, store: Store) -> tuple[str, str]:
+    """The agent id the bearer token belongs to, and the token's hash (the socket keeps it: a revoked
+    token closes its sockets)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <agent token>", "Authorization")
-    agent_id = await store.agent_for_token(hash_token(token.strip()))
+    token_hash = hash_token(token.strip())
+    agent_id = await store.agent_for_token(token_hash)
     if agent_id is None:
         raise ApiError(401, "unauthorized", "unknown or revoked agent token", "Authorization")
-    return agent_id
+    return agent_id, token_hash
 
 
 async def agent_connect(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     if hub.closing:
         raise ApiError(503, "shutting_down", "this gateway replica is shutting down")
-    token_agent_id = await authenticate(request, hub.store)
+    token_agent_id, token_hash = await authenticate(request, hub.store)
     ws = web.WebSocketResponse(heartbeat=hub.heartbeat_interval, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     bound = log.bind(agent_id=token_agent_id, pod=hub.pod)
@@ -70,7 +73,7 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         hello = await receive_hello(ws, token_agent_id)
     except FrameRejected as exc:
         return await reject(ws, exc, bound)
-    conn = AgentConnection(hello=hello, ws=ws)
+    conn = AgentConnection(hello=hello, ws=ws, token_hash=token_hash)
     try:
         # Welcome first: once registered, commands may arrive, and the agent expects welcome before any.
         welcome = Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval, features=conn.features)

@@ -59,6 +59,7 @@ _encoder = msgspec.json.Encoder()
 class AgentConnection:
     hello: Hello
     ws: web.WebSocketResponse
+    token_hash: str = ""  # of the agent token it authenticated with
     last_seen: float = field(default_factory=time.monotonic)
     registered_at: datetime | None = None  # agents.connected_at as its registration wrote it
     waiting: int = 0  # acks and results read from this socket and not yet committed
@@ -378,6 +379,7 @@ class AgentHub:
                 await conn.ws.close(code=closecodes.STALE, message=b"no heartbeat for 3 intervals")
         try:
             await self.keep_leases()
+            await self.close_revoked()
         except TRANSIENT_ERRORS as exc:
             self.db_outage.failed(exc)
         live = [agent_id for agent_id, conn in self.connections.items() if not conn.ws.closed]
@@ -393,6 +395,15 @@ class AgentHub:
             self.db_outage.recovered()
         except TRANSIENT_ERRORS as exc:
             self.db_outage.failed(exc)
+
+    async def close_revoked(self) -> None:
+        """Sockets whose agent token was revoked since they connected are closed (within a heartbeat interval)."""
+        sockets = self.all_sockets()
+        live = await self.store.live_tokens({conn.token_hash for conn in sockets})
+        for conn in sockets:
+            if conn.token_hash not in live:
+                log.warning("agent_token_revoked", agent_id=conn.agent_id, instance_id=conn.instance_id)
+                await conn.ws.close(code=closecodes.TOKEN_REVOKED, message=b"agent token revoked")
 
     async def keep_leases(self) -> None:
         """Renew the leases of our active HA sockets (one that another instance took meanwhile is lost:

@@ -3,6 +3,9 @@
 -- name: agent_for_token
 SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
 
+-- name: live_tokens
+SELECT token_hash FROM agent_tokens WHERE token_hash = ANY($1::text[]) AND revoked_at IS NULL;
+
 -- name: agent_online
 UPDATE agents
 SET status = 'online', gateway_pod = $2, platform = $3, version = $4, capabilities = $5,

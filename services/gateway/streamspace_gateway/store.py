@@ -37,6 +37,12 @@ class Store:
         value = await self.pool.fetchval(QUERIES["agent_for_token"], token_hash)
         return None if value is None else str(value)
 
+    async def live_tokens(self, token_hashes: set[str]) -> set[str]:
+        """Those of these agent token hashes that are not revoked."""
+        if not token_hashes:
+            return set()
+        return {row[0] for row in await self.pool.fetch(QUERIES["live_tokens"], list(token_hashes))}
+
     async def agent_online(self, hello: Hello) -> datetime | None:
         """Marks the agent online on this replica; the registration's time, which identifies the socket."""
         connected_at: datetime | None = await self.pool.fetchval(
