@@ -49,6 +49,8 @@ from .servers import Servers
 COMMANDS = int(os.environ.get("CHAOS_COMMANDS", "300"))
 LOAD_COMMANDS = int(os.environ.get("CHAOS_LOAD_COMMANDS", "5000"))
 LOAD_CLIENTS = 20
+LOAD_SETTINGS = {"HEARTBEAT_INTERVAL": "10", "ACK_TIMEOUT": "10"}  # the defaults (test_load.py says why)
+LOAD_TITLE = "load: 20 SQL clients, one agent, no fault"
 OPEN = ("pending", "sent", "acknowledged")
 STREAM_AGENTS = ("agent-1", "agent-2", "agent-ha")
 SLEEP_EVERY = 4  # every 4th command is a SLEEP, so there is work in flight when a fault hits
@@ -121,6 +123,16 @@ def table(rows: list[Counts]) -> str:
 
 
 @dataclass
+class ChaosEnv(RunEnv):
+    """The per-run isolation of support.py, on the throwaway servers, with settings for every service."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def service_env(self) -> dict[str, str]:
+        return {**super().service_env(), **self.settings}
+
+
+@dataclass
 class ChaosRun:
     """One scenario's stack on the shared throwaway servers, its own database, prefix and vhost."""
 
@@ -130,6 +142,7 @@ class ChaosRun:
     commands: int = COMMANDS
     stream_seconds: float = 6.0
     stream_agents: tuple[str, ...] = STREAM_AGENTS
+    settings: dict[str, str] = field(default_factory=dict)  # for every service (support.py's test timings else)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     ids: list[str] = field(default_factory=list)
     agents: dict[str, Service] = field(default_factory=dict)
@@ -142,7 +155,8 @@ class ChaosRun:
 
     def __post_init__(self) -> None:
         vhost = f"chaos-{self.run_id}"
-        self.env = RunEnv(
+        self.env = ChaosEnv(
+            settings=self.settings,
             run_id=self.run_id,
             database_url=with_database(self.servers.postgres.url, f"chaos_{self.run_id}"),
             redis_url=self.servers.redis.url,
