@@ -237,6 +237,27 @@ async def test_redelivered_finished_command_gets_the_same_earlier_result(executo
     assert driver.runs == {ping.command_id: 1}
 
 
+async def test_a_command_redelivered_after_it_finished_but_before_its_journal_write_runs_once(
+    executors: ExecutorFactory,
+) -> None:
+    """The handler is done, its result not yet durable (the journal writer has not run): a redelivery
+    in that window is neither running nor answered, and used to run the command a second time."""
+    driver = CountingDriver()
+    executor = executors(driver)
+    ping = command("PING")
+
+    async def finished() -> bool:
+        return not executor.running
+
+    executor.submit(ping)
+    await wait_for(finished, timeout=10, interval=0.001)  # done, waiting for the journal writer
+    executor.submit(ping)  # redelivered in the window
+    await wait_for(finished, timeout=10, interval=0.001)
+    [result] = await next_results(executor)
+    assert result.command_id == ping.command_id and result.status == "completed"
+    assert driver.runs == {ping.command_id: 1}
+
+
 async def test_execution_log_has_one_flushed_line_per_finished_handler(
     executors: ExecutorFactory, tmp_path: Path
 ) -> None:

@@ -62,7 +62,7 @@ class Executor:
 
     def submit(self, command: Command) -> None:
         command_id = command.command_id
-        if command_id in self.running:
+        if command_id in self.running or command_id in self.to_journal:  # its result goes out once durable
             metrics.REDELIVERIES.inc()
             return
         if command_id in self.results:
