@@ -237,6 +237,44 @@ async def test_redelivered_finished_command_gets_the_same_earlier_result(executo
     assert driver.runs == {ping.command_id: 1}
 
 
+async def test_a_command_redelivered_after_it_finished_but_before_its_journal_write_runs_once(
+    executors: ExecutorFactory,
+) -> None:
+    """The handler is done, its result not yet durable (the journal writer has not run): a redelivery
+    in that window is neither running nor answered, and used to run the command a second time."""
+    driver = CountingDriver()
+    executor = executors(driver)
+    ping = command("PING")
+
+    async def finished() -> bool:
+        return not executor.running
+
+    executor.submit(ping)
+    await wait_for(finished, timeout=10, interval=0.001)  # done, waiting for the journal writer
+    executor.submit(ping)  # redelivered in the window
+    await wait_for(finished, timeout=10, interval=0.001)
+    [result] = await next_results(executor)
+    assert result.command_id == ping.command_id and result.status == "completed"
+    assert driver.runs == {ping.command_id: 1}
+
+
+async def test_execution_log_has_one_flushed_line_per_finished_handler(
+    executors: ExecutorFactory, tmp_path: Path
+) -> None:
+    executor = executors(CountingDriver())
+    path = tmp_path / "executions.log"
+    executor.log_executions(str(path), "instance-1")
+    ping, fail = command("PING"), command("FAIL", {"error": "no"})
+    executor.submit(ping)
+    executor.submit(fail)
+    while len(executor.results) < 2:
+        await next_results(executor)
+    executor.submit(ping)  # answered from memory: not an execution
+    await next_results(executor)
+    lines = sorted(line.split("\t")[:3] for line in path.read_text().splitlines())  # read by another handle
+    assert lines == sorted([[ping.command_id, "instance-1", "completed"], [fail.command_id, "instance-1", "failed"]])
+
+
 async def test_different_commands_each_run(executors: ExecutorFactory) -> None:
     driver = CountingDriver()
     executor = executors(driver)

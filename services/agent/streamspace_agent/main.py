@@ -35,6 +35,8 @@ def create_app(settings: Settings) -> web.Application:
         settings.heartbeat_interval,
         settings.agent_concurrency,
     )
+    if settings.agent_execution_log:
+        executor.log_executions(settings.agent_execution_log, client.instance_id)
     app = web.Application()
     add_health_routes(app, lambda: client.connected)
 
