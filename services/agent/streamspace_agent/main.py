@@ -34,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
         executor,
         settings.heartbeat_interval,
         settings.agent_concurrency,
+        max_sessions=settings.agent_max_sessions,
     )
     app = web.Application()
     add_health_routes(app, lambda: client.connected)
