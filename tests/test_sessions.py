@@ -389,6 +389,7 @@ async def test_reconciliation_fails_the_vanished_and_removes_the_unknown(
         unknown_pid = record(session_dir, unknown)["pid"]
 
         async def removed() -> bool:
+            intruder.children[unknown].poll()  # it is this test's child: reap it once the agent killed it
             return proc_stat(unknown_pid) is None and not (session_dir / unknown).exists()
 
         await wait_for(removed, timeout=30)
