@@ -14,13 +14,11 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
+from sessions_support import ECHO, Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
 from support import RunEnv, Service, Stack, new_account, wait_for
 
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
@@ -29,69 +27,7 @@ from streamspace_common.admin import create_agent_token
 from streamspace_common.settings import Settings
 from streamspace_gateway.auth import sign_token, signing_secret
 
-ECHO = ["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"]
-Json = dict[str, Any]
-
-
-class Api:
-    """A user's view of the API: every call with their credential."""
-
-    def __init__(self, base: str, credential: str) -> None:
-        self.base = base
-        self.headers = {"Authorization": f"Bearer {credential}"}
-
-    async def call(self, method: str, path: str, body: Any = None, expect: int | None = None) -> tuple[int, Any]:
-        async with (
-            aiohttp.ClientSession(headers=self.headers) as http,
-            http.request(method, f"{self.base}{path}", json=body) as response,
-        ):
-            text = await response.text()
-            data = json.loads(text) if text else None
-            if expect is not None:
-                assert response.status == expect, f"{method} {path}: {response.status} {text}"
-            return response.status, data
-
-    async def session(self, session_id: str) -> Json:
-        _, body = await self.call("GET", f"/api/v1/sessions/{session_id}", expect=200)
-        return dict(body)
-
-    async def create(self, template: str, expect: int = 202, **extra: Any) -> Json:
-        _, body = await self.call("POST", "/api/v1/sessions", {"template": template, **extra}, expect=expect)
-        return dict(body)
-
-    async def until_state(self, session_id: str, *states: str, timeout: float = 30.0) -> Json:
-        async def probe() -> Json | None:
-            session = await self.session(session_id)
-            return session if session["state"] in states else None
-
-        return await wait_for(probe, timeout=timeout, interval=0.1)
-
-
-@pytest.fixture(scope="module")
-async def sessions_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    running = Stack(test_env, tmp_path_factory.mktemp("sessions"))
-    services = [
-        running.gateway("gateway-sess"),
-        running.dispatcher("dispatcher-sess", IDLE_CHECK_INTERVAL="0.5", RECONCILE_INTERVAL="2"),
-    ]
-    await running.ready(*services)
-    yield running
-    running.stop_all()
-    print(running.dump_logs())
-
-
-@pytest.fixture(scope="module")
-async def admin_api(sessions_stack: Stack, test_env: RunEnv) -> Api:
-    admin = await new_account(test_env.database_url, f"sess-admin-{uuid.uuid4().hex[:6]}", admin=True)
-    api = Api(sessions_stack.services[0].url, admin.token)
-    for name, extra in (("echo", {}), ("echo-idle", {"idle_timeout_seconds": 2})):
-        status, body = await api.call(
-            "POST",
-            "/api/v1/templates",
-            {"name": name, "description": "echo", "command": ECHO, "ports": [8080], "platforms": ["local"], **extra},
-        )
-        assert status in (201, 409), body
-    return api
+__all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
 
 
 async def start_agent(
@@ -111,25 +47,6 @@ async def start_agent(
     )
     await stack.ready(agent)
     return agent_id, session_dir, agent
-
-
-async def wait_agent_online(db: asyncpg.Pool, agent_id: str) -> None:
-    async def online() -> bool:
-        return await db.fetchval("SELECT status = 'online' FROM agents WHERE agent_id = $1", agent_id) is True
-
-    await wait_for(online)
-
-
-async def new_user(admin_api: Api, name: str) -> Api:
-    """A user made and logged in through the API."""
-    username = f"{name}-{uuid.uuid4().hex[:6]}"
-    password = f"pw-{uuid.uuid4().hex}"
-    await admin_api.call("POST", "/api/v1/users", {"username": username, "password": password}, expect=201)
-    status, body = await Api(admin_api.base, "").call(
-        "POST", "/api/v1/auth/login", {"username": username, "password": password}
-    )
-    assert status == 200, body
-    return Api(admin_api.base, body["token"])
 
 
 async def echo(endpoint: Json, text: str = "") -> Json:
@@ -264,7 +181,7 @@ async def test_fifteen_users_at_once(
         )
 
         async def all_gone() -> bool:
-            left = await db.fetchval("SELECT count(*) FROM sessions WHERE agent_id = ANY($1)", agent_ids)
+            left: int = await db.fetchval("SELECT count(*) FROM sessions WHERE agent_id = ANY($1)", agent_ids)
             return left == 0
 
         await wait_for(all_gone, timeout=90)
@@ -466,7 +383,7 @@ async def test_placement_refusals(sessions_stack: Stack, admin_api: Api, test_en
     user = await new_user(admin_api, "placement")
     status, body = await user.call("POST", "/api/v1/sessions", {"template": "no-such-template"})
     assert status == 404 and body["error"]["field"] == "template"
-    status, body = await user.call("POST", "/api/v1/sessions", {"template": "echo", "platform": "docker"})
+    status, body = await user.call("POST", "/api/v1/sessions", {"template": "echo-idle", "platform": "docker"})
     assert status == 409 and body["error"]["code"] == "platform_not_allowed"
     status, body = await user.call("POST", "/api/v1/sessions", {"template": "echo", "agent_id": "no-such-agent"})
     assert status == 409 and body["error"]["code"] == "no_agent_available"
