@@ -29,8 +29,11 @@ Platform = Literal["local", "docker", "kubernetes"]
 TemplateName = Annotated[
     str, msgspec.Meta(pattern=NAME_PATTERN, description="lower-case letters, digits, '.', '_', '-'")
 ]
-Text = Annotated[str, msgspec.Meta(max_length=2000, pattern=NO_NUL)]
-Argument = Annotated[str, msgspec.Meta(max_length=4096, pattern=NO_NUL)]
+# Limits keep every body the schema allows (and one item more) under MAX_REQUEST_BYTES (64 KiB): a body
+# the document calls valid, or invalid by one item too many, is answered 2xx/400, never 413.
+Text = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)]
+Argument = Annotated[str, msgspec.Meta(max_length=256, pattern=NO_NUL)]
+EnvValue = Annotated[str, msgspec.Meta(max_length=256, pattern=NO_NUL)]
 routes = ApiRoutes()
 
 
@@ -39,13 +42,11 @@ class TemplateSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     description: Text = ""
     image: Annotated[str, msgspec.Meta(max_length=500, pattern=NO_NUL)] = ""
-    command: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=4096, pattern=NO_NUL)]], msgspec.Meta(max_length=64)
-    ] = []
+    command: Annotated[list[Argument], msgspec.Meta(max_length=24, description="local: argv")] = []
     ports: Annotated[list[Port], msgspec.Meta(max_length=16)] = []
     cpu: Annotated[float, msgspec.Meta(gt=0, le=64, description="CPU cores")] = 0.5
     memory: Annotated[int, msgspec.Meta(ge=16, le=1024 * 1024, description="MiB")] = 256
-    env: dict[EnvName, Annotated[str, msgspec.Meta(max_length=4096, pattern=NO_NUL)]] = {}
+    env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=16)] = {}
     platforms: Annotated[list[Platform], msgspec.Meta(max_length=3, description="empty: any")] = []
     idle_timeout_seconds: Annotated[int, msgspec.Meta(ge=0, le=30 * 24 * 3600, description="0: never")] = 0
 
