@@ -140,6 +140,15 @@ async def test_fifteen_users_at_once(
     try:
         for agent_id in agent_ids:
             await wait_agent_online(db, agent_id)
+
+        async def only_ours_placeable() -> bool:  # rows left online by other modules' killed gateways age out
+            rows = await db.fetch(
+                "SELECT agent_id FROM agents WHERE status = 'online' AND platform = 'local' "
+                "AND last_heartbeat > now() - interval '6 seconds'"
+            )
+            return {row["agent_id"] for row in rows} == set(agent_ids)
+
+        await wait_for(only_ours_placeable, timeout=30)
         users = await asyncio.gather(*(new_user(admin_api, f"crowd{i}") for i in range(15)))
 
         async def life(user: Api) -> set[str]:
@@ -310,10 +319,14 @@ async def test_reconciliation_fails_the_vanished_and_removes_the_unknown(
             return proc_stat(unknown_pid) is None and not (session_dir / unknown).exists()
 
         await wait_for(removed, timeout=30)
-        delete = await db.fetchrow(
-            "SELECT action, status FROM agent_commands WHERE session_id = $1 AND agent_id = $2", unknown, agent_id
-        )
-        assert (delete["action"], delete["status"]) == ("DELETE_SESSION", "completed")
+
+        async def delete_done() -> bool:  # the control plane sent it: a DELETE_SESSION, completed
+            row = await db.fetchrow(
+                "SELECT action, status FROM agent_commands WHERE session_id = $1 AND agent_id = $2", unknown, agent_id
+            )
+            return row is not None and (row["action"], row["status"]) == ("DELETE_SESSION", "completed")
+
+        await wait_for(delete_done, timeout=15)
         # The failed session is still the user's to delete.
         await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
     finally:

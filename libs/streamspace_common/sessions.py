@@ -75,6 +75,7 @@ class Placement:
     payload: dict[str, Any]  # the CREATE_SESSION payload without session_id
     platform: str | None = None  # asked for by the caller
     agent_id: str | None = None  # asked for by the caller
+    heartbeat_within: float = 30.0  # seconds: an agent without a heartbeat since is not placed on
 
 
 class SessionLifecycle:
@@ -83,7 +84,7 @@ class SessionLifecycle:
 
     async def create(self, session_id: str, user_id: str, quota: int, placement: Placement) -> asyncpg.Record:
         """Pick an agent and insert the session and its CREATE_SESSION command in one transaction."""
-        filters = (placement.platforms, placement.platform, placement.agent_id)
+        filters = (placement.platforms, placement.platform, placement.agent_id, placement.heartbeat_within)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES["lock_placement"])
             if await conn.fetchval(QUERIES["user_session_count"], user_id) >= quota:
@@ -123,6 +124,6 @@ class SessionLifecycle:
             log.info("session_idle", session_id=row["id"], agent_id=row["agent_id"], idle=row["idle_timeout_seconds"])
         return rows
 
-    async def request_inventories(self, timeout_seconds: int) -> list[str]:
-        rows = await self.pool.fetch(QUERIES["request_inventories"], timeout_seconds)
+    async def request_inventories(self, timeout_seconds: int, heartbeat_within: float) -> list[str]:
+        rows = await self.pool.fetch(QUERIES["request_inventories"], timeout_seconds, heartbeat_within)
         return [row["agent_id"] for row in rows]

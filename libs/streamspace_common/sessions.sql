@@ -15,14 +15,15 @@ WHERE user_id = $1 AND deleted_at IS NULL AND state NOT IN ('stopped', 'failed')
 -- name: pick_agent
 -- The least loaded online agent that runs sessions on an allowed platform ($1: JSON array, empty = any),
 -- of platform $2 and id $3 when given, with a free slot (max_sessions 0: no limit). Load counts every
--- session whose workload may exist (deleted ones until the agent confirms they are gone).
+-- session whose workload may exist (deleted ones until the agent confirms they are gone). Online means
+-- a heartbeat within $4 seconds too: a row left 'online' by a gateway that died is not an agent.
 SELECT a.agent_id, a.platform, load.sessions
 FROM agents a
 CROSS JOIN LATERAL (
     SELECT count(*) AS sessions FROM sessions s
     WHERE s.agent_id = a.agent_id AND s.state NOT IN ('stopped', 'failed')
 ) AS load
-WHERE a.status = 'online'
+WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $4)
   AND a.capabilities ? 'CREATE_SESSION'
   AND (jsonb_array_length($1::jsonb) = 0 OR $1::jsonb ? a.platform)
   AND ($2::text IS NULL OR a.platform = $2)
@@ -34,7 +35,7 @@ LIMIT 1;
 -- name: fitting_agents
 -- Why no agent was picked: how many online agents would fit if capacity were ignored.
 SELECT count(*) FROM agents a
-WHERE a.status = 'online'
+WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $4)
   AND a.capabilities ? 'CREATE_SESSION'
   AND (jsonb_array_length($1::jsonb) = 0 OR $1::jsonb ? a.platform)
   AND ($2::text IS NULL OR a.platform = $2)
@@ -106,11 +107,13 @@ SELECT id::text, agent_id, user_id::text, last_activity_at, idle_timeout_seconds
 
 -- name: request_inventories
 -- Reconciliation round: an INVENTORY_SESSIONS command for every online agent that runs sessions and
--- has none open (the same as the trigger on (re)connect, for every agent). Returns the agents asked.
+-- has none open (the same as the trigger on (re)connect, for every agent) and a heartbeat within $2
+-- seconds (a row left 'online' by a gateway that died is skipped). Returns the agents asked.
 INSERT INTO agent_commands (agent_id, action, max_attempts, timeout_seconds)
 SELECT a.agent_id, 'INVENTORY_SESSIONS', 3, $1
 FROM agents a
-WHERE a.status = 'online' AND a.capabilities ? 'INVENTORY_SESSIONS'
+WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $2)
+  AND a.capabilities ? 'INVENTORY_SESSIONS'
   AND NOT EXISTS (SELECT 1 FROM agent_commands c
                   WHERE c.agent_id = a.agent_id AND c.action = 'INVENTORY_SESSIONS'
                     AND c.status IN ('pending', 'sent', 'acknowledged'))

@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> web.Application:
         loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
         sessions = (
             IdleHibernator(pool, settings.idle_check_interval).run(),
-            Reconciler(pool, settings.reconcile_interval).run(),
+            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval).run(),
         )
         async with background(*loops, *sessions, retries.run_connection(), retries.run_scheduler()):
             yield

@@ -26,16 +26,17 @@ log = structlog.get_logger("dispatcher.reconcile")
 
 
 class Reconciler:
-    def __init__(self, pool: asyncpg.Pool, interval: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, interval: float, heartbeat_interval: float) -> None:
         self.sessions = SessionLifecycle(pool)
         self.interval = interval
+        self.heartbeat_within = 3 * heartbeat_interval  # an agent is stale after 3 missed heartbeats
 
     async def run(self) -> None:
         await forever(self.round, Outage("postgres_reconcile", log))
 
     async def round(self) -> None:
         await asyncio.sleep(self.interval)
-        agents = await self.sessions.request_inventories(INVENTORY_TIMEOUT)
+        agents = await self.sessions.request_inventories(INVENTORY_TIMEOUT, self.heartbeat_within)
         metrics.INVENTORIES_REQUESTED.inc(len(agents))
         if agents:
             log.debug("inventories_requested", agents=len(agents))

@@ -39,6 +39,8 @@ from .templates import Platform, TemplateName
 
 QUERIES = load_queries("streamspace_gateway.api", "sessions.sql")
 QUOTA_KEY = web.AppKey("session_quota", int)
+# seconds without a heartbeat after which an agent is not placed on (3 heartbeat intervals)
+HEARTBEAT_WITHIN_KEY = web.AppKey("placement_heartbeat_within", float)
 _STATE = "(" + "|".join(STATES) + ")"
 STATE_LIST = f"^{_STATE}(,{_STATE})*$(?!\\n)"
 SESSION_ID = (uuid_param("session_id"),)
@@ -175,6 +177,7 @@ async def create_session(request: web.Request, caller: Caller) -> web.Response:
         payload=create_payload(template),
         platform=body.platform,
         agent_id=body.agent_id,
+        heartbeat_within=request.app[HEARTBEAT_WITHIN_KEY],
     )
     try:
         row = await SessionLifecycle(pool).create(str(uuid.uuid4()), caller.user_id, request.app[QUOTA_KEY], placement)
