@@ -18,13 +18,18 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import structlog.testing
 from sessions_support import ECHO, Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
-from support import RunEnv, Service, Stack, new_account, wait_for
+from support import RunEnv, Service, Stack, new_account, wait_for, with_database
 
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
 from streamspace_common.actions import CreateSession
 from streamspace_common.admin import create_agent_token
+from streamspace_common.db import create_pool
+from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import Settings
+from streamspace_dispatcher.idle import IdleHibernator
+from streamspace_dispatcher.reconcile import Reconciler
 from streamspace_gateway.auth import sign_token, signing_secret
 
 __all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
@@ -411,3 +416,68 @@ async def test_placement_refusals(sessions_stack: Stack, admin_api: Api, test_en
     assert status == 400 and body["error"]["field"] == "bogus"
     _, page = await user.call("GET", "/api/v1/sessions", expect=200)
     assert page == {"sessions": [], "next_cursor": None}
+
+
+async def test_the_idle_and_reconcile_loops_survive_postgresql_going_away(test_env: RunEnv) -> None:
+    """The two session loops on a database of their own: its connections are cut and refused for a
+    while, then allowed again. Each loop logs the outage once and the return once, and works after."""
+    database = f"streamspace_loops_{test_env.run_id}"
+    url = with_database(test_env.database_url, database)
+    await create_database_if_missing(url)
+    await migrate(url)
+    admin = await asyncpg.connect(test_env.database_url, database="postgres")
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        user_id = await pool.fetchval("INSERT INTO users (username, password_hash) VALUES ('u', 'x') RETURNING id")
+        await pool.execute(
+            "INSERT INTO agents (agent_id, status, platform, capabilities, last_heartbeat) "
+            "VALUES ('a', 'online', 'local', '[\"CREATE_SESSION\", \"INVENTORY_SESSIONS\"]', now())"
+        )
+        with structlog.testing.capture_logs() as logs:
+            loops = [
+                asyncio.create_task(IdleHibernator(pool, 0.2).run()),
+                asyncio.create_task(Reconciler(pool, 0.2, 3600).run()),
+            ]
+            try:
+                await asyncio.sleep(0.5)
+                await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+                )
+                await asyncio.sleep(3)
+                await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+                session_id = await pool.fetchval(
+                    "INSERT INTO sessions (user_id, template, agent_id, platform, state, idle_timeout_seconds, "
+                    "last_activity_at) VALUES ($1, 'echo', 'a', 'local', 'running', 1, now() - interval '1 minute') "
+                    "RETURNING id::text",
+                    user_id,
+                )
+
+                async def both_worked() -> bool:
+                    back = [entry for entry in logs if entry["event"] == "dependency_back"]
+                    hibernating = await pool.fetchval(
+                        "SELECT count(*) FROM agent_commands WHERE action = 'HIBERNATE_SESSION' AND session_id = $1",
+                        session_id,
+                    )
+                    return len(back) == 2 and hibernating == 1
+
+                await wait_for(both_worked, timeout=30)
+            finally:
+                for loop in loops:
+                    loop.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+        by_loop: dict[str, list[str]] = {}
+        for entry in logs:
+            if entry["event"] in ("dependency_down", "dependency_back"):
+                by_loop.setdefault(entry["dependency"], []).append(entry["event"])
+        assert by_loop == {
+            "postgres_idle": ["dependency_down", "dependency_back"],
+            "postgres_reconcile": ["dependency_down", "dependency_back"],
+        }, by_loop
+        assert await pool.fetchval("SELECT desired_state FROM sessions WHERE id = $1::uuid", session_id) == "hibernated"
+        assert await pool.fetchval("SELECT count(*) FROM agent_commands WHERE action = 'INVENTORY_SESSIONS'") == 1
+    finally:
+        await pool.close()
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
