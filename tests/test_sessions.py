@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -481,3 +483,23 @@ async def test_the_idle_and_reconcile_loops_survive_postgresql_going_away(test_e
         await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_install_samples_installs_once_and_keeps_edits(
+    sessions_stack: Stack, admin_api: Api, test_env: RunEnv
+) -> None:
+    """streamspace-admin templates install-samples: echo and desktop, listed for every user; run again,
+    it keeps what is there (an operator's edit survives)."""
+    command = [str(Path(sys.executable).parent / "streamspace-admin"), "templates", "install-samples"]
+    environment = {**os.environ, "DATABASE_URL": test_env.database_url}
+    first = await asyncio.to_thread(subprocess.run, command, env=environment, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "desktop: installed" in first.stdout
+    await admin_api.call("PUT", "/api/v1/templates/desktop", {"image": "mine/desktop:1", "ports": [5901]}, expect=200)
+    second = await asyncio.to_thread(subprocess.run, command, env=environment, capture_output=True, text=True)
+    assert second.returncode == 0 and "desktop: kept" in second.stdout and "echo: kept" in second.stdout
+    user = await new_user(admin_api, "samples")
+    _, listed = await user.call("GET", "/api/v1/templates", expect=200)
+    by_name = {template["name"]: template for template in listed["templates"]}
+    assert by_name["desktop"]["image"] == "mine/desktop:1"
+    assert by_name["echo"]["command"][:3] == ["{python}", "-m", "streamspace_agent.echo_app"]
