@@ -418,3 +418,19 @@ def test_redis_restart_loses_nothing(compose_stack: Stack) -> None:
     assert {i["instance_id"]: i["connected_at"] for i in after["instances"]} == sockets
     ids = [stack.command(other) for _ in range(5)]
     stack.completed(other, ids)
+
+
+def test_every_service_stops_on_sigterm(compose_stack: Stack) -> None:
+    """`docker compose stop` sends SIGTERM (the images' STOPSIGNAL); each service shuts down by
+    itself, well within the grace period, and exits 0, rather than being killed when it runs out."""
+    compose = compose_stack.compose
+    grace = 25
+    started = time.monotonic()
+    compose.run("stop", "--timeout", str(grace), *LONG_RUNNING, timeout=120)
+    took = time.monotonic() - started
+    compose.timings["stop (SIGTERM) of every service"] = took
+    exited = {c["Name"]: c for c in compose.containers() if c["Service"] in LONG_RUNNING}
+    assert len(exited) == len(LONG_RUNNING) + 1  # two dispatchers
+    for name, c in exited.items():
+        assert c["State"] == "exited" and c.get("ExitCode") == 0, (name, c.get("State"), c.get("ExitCode"))
+    assert took < grace - 5, f"stopping took {took:.1f} s: something waited for the kill"
