@@ -346,7 +346,7 @@ def test_session_create_and_delete(compose_stack: Stack) -> None:
 
     def deleted() -> bool:
         page = stack.call("gateway-a", "GET", f"/api/v1/commands?session_id={session_id}", expect=200)
-        actions = {c["action"]: c["status"] for c in page["items"]}
+        actions = {c["action"]: c["status"] for c in page["commands"]}
         return actions.get("DELETE_SESSION") == "completed"
 
     wait_until(deleted, 60, "DELETE_SESSION completed")
