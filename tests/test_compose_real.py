@@ -383,7 +383,7 @@ def test_killed_gateway_agents_reconnect_to_the_other(compose_stack: Stack) -> N
             assert c["State"] == "running" and c["Name"] in restarts
     print(f"killed {victim}; agent active on {survivor} after {reconnected:.1f} s, epoch {agent['epoch']}")
 
-    stack.compose.run("up", "-d", "--no-build", "--no-recreate", victim, timeout=180)
+    stack.compose.run("start", victim, timeout=180)
     wait_until(lambda: stack.compose.healthy(LONG_RUNNING), 120, f"{victim} healthy again", interval=1)
     # An ephemeral host port is picked anew when a container starts again.
     stack.urls[victim] = f"http://127.0.0.1:{stack.compose.port(victim, 8000)}"
