@@ -3,7 +3,7 @@ the whole stack is driven from outside, as an operator would, through the publis
 
 The stack is the file as shipped (two gateways, two dispatchers, an HA pair of agent replicas, named
 volumes, health-gated start order) plus a small override written by the test: ephemeral host ports
-(so runs never collide with each other or with `scripts/dev`), a 2 s heartbeat (so the HA and stale
+(so runs never collide with each other or with `scripts/dev`), a 3 s heartbeat (so the HA and stale
 timings show within a test) and, where the machine intercepts TLS, builds on the host network.
 No registry is reachable here: scripts/base-images builds local stand-ins for python:3.11-slim,
 postgres:15, redis:7 and rabbitmq:3.12-management from Debian's packages under the official names,
@@ -38,7 +38,7 @@ AGENT_ID = "local-agent"  # compose.yaml's bootstrap registers this id; both age
 GATEWAYS = ("gateway-a", "gateway-b")
 BUILT = ("migrate", "bootstrap", "gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
 LONG_RUNNING = ("gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
-HEARTBEAT = 2  # seconds; a stale socket or a lapsed lease shows after 3 of them
+HEARTBEAT = 3  # seconds (10 by default); a socket is stale, a lease lapses, after 3 of them
 TAG = "compose-test"  # fixed, so image layers are reused between runs
 
 T = TypeVar("T")
