@@ -477,6 +477,8 @@ def test_compose_two_gateways(compose: dict[str, Any]) -> None:
     assert all(pod_names) and len(set(pod_names)) == 2, pod_names
     assert published(gateways["gateway-a"]) == {8000: 8000}
     assert published(gateways["gateway-b"]) == {8001: 8000}
+    for svc in [*gateways.values(), compose["dispatcher"], compose["migrate"]]:
+        assert svc["read_only"] is True and svc["tmpfs"] == ["/tmp"]  # as the charts run them
     for svc in gateways.values():
         assert env_of(svc).get("PORT", "8000") == "8000"
         assert svc["image"] == compose["gateway-a"]["image"]
