@@ -16,6 +16,7 @@ engine can start.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -39,7 +40,9 @@ GATEWAYS = ("gateway-a", "gateway-b")
 BUILT = ("migrate", "bootstrap", "gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
 LONG_RUNNING = ("gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
 HEARTBEAT = 3  # seconds (10 by default); a socket is stale, a lease lapses, after 3 of them
-TAG = "compose-test"  # fixed, so image layers are reused between runs
+# One tag per checkout: runs of one checkout reuse their images (and every run the layer cache), and
+# two checkouts testing at once never swap each other's images.
+TAG = f"compose-test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]}"
 
 T = TypeVar("T")
 Json = dict[str, Any]
