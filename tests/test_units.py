@@ -237,6 +237,44 @@ async def test_redelivered_finished_command_gets_the_same_earlier_result(executo
     assert driver.runs == {ping.command_id: 1}
 
 
+async def test_a_command_redelivered_after_it_finished_but_before_its_journal_write_runs_once(
+    executors: ExecutorFactory,
+) -> None:
+    """The handler is done, its result not yet durable (the journal writer has not run): a redelivery
+    in that window is neither running nor answered, and used to run the command a second time."""
+    driver = CountingDriver()
+    executor = executors(driver)
+    ping = command("PING")
+
+    async def finished() -> bool:
+        return not executor.running
+
+    executor.submit(ping)
+    await wait_for(finished, timeout=10, interval=0.001)  # done, waiting for the journal writer
+    executor.submit(ping)  # redelivered in the window
+    await wait_for(finished, timeout=10, interval=0.001)
+    [result] = await next_results(executor)
+    assert result.command_id == ping.command_id and result.status == "completed"
+    assert driver.runs == {ping.command_id: 1}
+
+
+async def test_execution_log_has_one_flushed_line_per_finished_handler(
+    executors: ExecutorFactory, tmp_path: Path
+) -> None:
+    executor = executors(CountingDriver())
+    path = tmp_path / "executions.log"
+    executor.log_executions(str(path), "instance-1")
+    ping, fail = command("PING"), command("FAIL", {"error": "no"})
+    executor.submit(ping)
+    executor.submit(fail)
+    while len(executor.results) < 2:
+        await next_results(executor)
+    executor.submit(ping)  # answered from memory: not an execution
+    await next_results(executor)
+    lines = sorted(line.split("\t")[:3] for line in path.read_text().splitlines())  # read by another handle
+    assert lines == sorted([[ping.command_id, "instance-1", "completed"], [fail.command_id, "instance-1", "failed"]])
+
+
 async def test_different_commands_each_run(executors: ExecutorFactory) -> None:
     driver = CountingDriver()
     executor = executors(driver)
@@ -537,7 +575,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
     assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
     assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
     assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
-    lifecycle = {"claim", "requeue_sent", "acknowledge_many", "finish_many", "requeue_unseen"}
+    lifecycle = {"claim", "requeue_sent", "record_frames", "requeue_unseen"}
     assert used["streamspace_common", "commands.sql"] >= lifecycle
     assert used["streamspace_dispatcher", "queries.sql"] >= {"agents_with_due_commands"}
     for (package, filename), names in used.items():

@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kubernetes_storage_class: str = ""  # "": the cluster's default StorageClass
     kubernetes_cluster_domain: str = "cluster.local"
     agent_state_dir: str = ""  # the dedupe journal's directory; empty: ~/.local/state/streamspace-agent/<id>
+    agent_execution_log: str = ""  # append one line per finished handler (command, instance, outcome); "": off
     # gateway
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)

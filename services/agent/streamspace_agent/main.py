@@ -36,6 +36,8 @@ def create_app(settings: Settings) -> web.Application:
         settings.agent_concurrency,
         max_sessions=settings.agent_max_sessions,
     )
+    if settings.agent_execution_log:
+        executor.log_executions(settings.agent_execution_log, client.instance_id)
     app = web.Application()
     add_health_routes(app, lambda: client.connected)
 

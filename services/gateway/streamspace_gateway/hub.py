@@ -276,7 +276,11 @@ class AgentHub:
             self.forget(conn)
         with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.store.instance_gone(conn.agent_id, conn.instance_id)
-            if active and conn.epoch:  # tell the gateways with standbys (this one too) to take over now
+            # Tell the gateways with standbys (this one too) to take over now; but not when this replica
+            # is stopping: its 1012 sends the active replica to another gateway at once, where it keeps
+            # its lease and its work in flight (a standby promoted meanwhile would run that work again).
+            # Should it not come back, the lease lapses within 3 heartbeat intervals and a standby takes it.
+            if active and conn.epoch and not self.closing:
                 await self.store.release_lease(conn.agent_id, conn.instance_id, conn.epoch)
 
     async def close_all(self, code: int, message: bytes) -> None:

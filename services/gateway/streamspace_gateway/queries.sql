@@ -56,10 +56,12 @@ RETURNING l.agent_id;
 
 -- name: release_lease
 -- The active socket closed: its lease lapses at once (never deleted, so the epoch keeps rising) and
--- the gateways holding standbys of the agent are told.
+-- the gateways holding standbys of the agent are told. Guarded by this replica ($5) too: the same
+-- instance may already hold the lease again through another gateway (it reconnected at once after a
+-- 1012), and an old socket's late release must not take that newer socket's lease away.
 WITH released AS (
     UPDATE agent_leases SET expires_at = '-infinity'
-    WHERE agent_id = $1 AND instance_id = $2 AND epoch = $3
+    WHERE agent_id = $1 AND instance_id = $2 AND epoch = $3 AND gateway_pod = $5
     RETURNING agent_id
 )
 SELECT pg_notify($4, agent_id) FROM released;

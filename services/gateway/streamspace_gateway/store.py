@@ -85,7 +85,7 @@ class Store:
         return {row["agent_id"] for row in rows}
 
     async def release_lease(self, agent_id: str, instance_id: str, epoch: int) -> None:
-        await self.pool.execute(QUERIES["release_lease"], agent_id, instance_id, epoch, LEASE_CHANNEL)
+        await self.pool.execute(QUERIES["release_lease"], agent_id, instance_id, epoch, LEASE_CHANNEL, self.pod)
 
     async def instance_connected(self, agent_id: str, instance_id: str) -> None:
         await self.pool.execute(QUERIES["instance_connected"], agent_id, instance_id, self.pod)
