@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 import structlog.testing
 from sessions_support import ECHO, Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
 from support import RunEnv, Service, Stack, new_account, wait_for, with_database
 
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
 from streamspace_common.actions import CreateSession
-from streamspace_common.admin import create_agent_token
+from streamspace_common.admin import SAMPLE_TEMPLATES, create_agent_token
 from streamspace_common.db import create_pool
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import Settings
@@ -503,3 +505,30 @@ async def test_install_samples_installs_once_and_keeps_edits(
     by_name = {template["name"]: template for template in listed["templates"]}
     assert by_name["desktop"]["image"] == "mine/desktop:1"
     assert by_name["echo"]["command"][:3] == ["{python}", "-m", "streamspace_agent.echo_app"]
+
+
+@pytest.mark.skipif(shutil.which("Xvnc") is None, reason="no VNC server (apt-get install tigervnc-standalone-server)")
+async def test_the_desktop_sample_serves_vnc_on_local(
+    sessions_stack: Stack, stack: Stack, admin_api: Api, db: asyncpg.Pool, test_env: RunEnv, tmp_path: Path
+) -> None:
+    """The desktop sample's own command, run by the local driver: its endpoint speaks RFB (VNC)."""
+    (sample,) = [template for template in SAMPLE_TEMPLATES if template.name == "desktop"]
+    name = f"desktop-{uuid.uuid4().hex[:6]}"
+    body = {"name": name, "command": sample.command, "ports": sample.ports, "platforms": ["local"]}
+    await admin_api.call("POST", "/api/v1/templates", body, expect=201)
+    agent_id, session_dir, agent = await start_agent(stack, sessions_stack.services[0], test_env, tmp_path)
+    try:
+        await wait_agent_online(db, agent_id)
+        user = await new_user(admin_api, "desktop")
+        session = await user.create(name, agent_id=agent_id)
+        running = await user.until_state(session["id"], "running", "failed")
+        assert running["state"] == "running", running
+        reader, writer = await asyncio.open_connection(running["endpoint"]["host"], running["endpoint"]["port"])
+        try:
+            assert await asyncio.wait_for(reader.readexactly(12), 5) == b"RFB 003.008\n"
+        finally:
+            writer.close()
+        await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
+    finally:
+        agent.kill()
+        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
