@@ -176,6 +176,7 @@ async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
     second = stack.agent(agent_id, agent_token, [gateway_again], name="agent-second", AGENT_STATE_DIR=state)
     row = await wait_row(db, command_id, "completed")
     assert row["attempts"] == 2 and row["result"] == {"slept": 0.5}
+
     # The restarted agent sends its unconfirmed result as soon as it connects: if the dispatcher has
     # claimed the row by then, that result completes it before the redelivery reaches the agent, which
     # then answers from its journal a moment after the row says completed.

@@ -105,5 +105,10 @@ async def test_commands_flow_through_postgresql_while_redis_is_down_and_agents_n
     assert count(agent, "connected") - count(agent, "disconnected") == 1  # the socket stayed open throughout
     assert count(agent, "disconnected") == 0
     for service in (holder, other, dispatcher):
+
+        async def back(service: Service = service) -> bool:  # each finds Redis again in its own time
+            return count(service, "dependency_back") >= 1
+
+        await wait_for(back, timeout=30)
         assert count(service, "dependency_down") == 1, service.log()
         assert count(service, "dependency_back") == 1, service.log()
