@@ -13,7 +13,7 @@ What is counted (`Counts`):
   committed), else "completed twice" (a real double execution: must be 0). Every re-run after crash
   must be among what the killed process had in flight (rows `sent`/`acknowledged` for its agent just
   before and just after the kill).
-- agent disconnects: `disconnected` events in the agents' logs.
+- agent disconnects: sockets the agents lost (reconnects, or `disconnected` events if more).
 - routable again: per agent id, seconds from the fault until the first acknowledgement after it
   (PostgreSQL's acknowledged_at); the median and the maximum over the agent ids.
 - time to drain: from the last command inserted to the last one finished.
@@ -375,7 +375,7 @@ class ChaosRun:
             elif len(living) < len(runs):
                 rerun += 1
                 outside += command_id not in self.in_flight
-        disconnects = sum(count_event(service, "disconnected") for service in self.agents.values())
+        disconnects = sum(agent_disconnects(service) for service in self.agents.values())
         routable: list[float] = []
         if self.fault_at:
             for agent_id in self.stream_agents:
@@ -416,6 +416,12 @@ class ChaosRun:
         if not failed_allowed:
             assert counts.failed == 0, counts
         assert counts.completed + counts.failed == counts.commands, counts
+
+
+def agent_disconnects(agent: Service) -> int:
+    """Sockets an agent process lost: a socket that failed with an error is logged as `dependency_down`,
+    not `disconnected`, so every connect after the first counts too."""
+    return max(count_event(agent, "connected") - 1, count_event(agent, "disconnected"))
 
 
 def ts(value: datetime) -> float:
