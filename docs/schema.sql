@@ -16,6 +16,26 @@ SET client_min_messages = warning;
 SET row_security = off;
 
 --
+-- Name: streamspace_agent_max_sessions(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_agent_max_sessions() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+BEGIN
+    NEW.max_sessions := 0;
+    IF jsonb_typeof(NEW.capabilities) = 'array' THEN
+        NEW.max_sessions := coalesce((
+            SELECT substring(c FROM '^max_sessions=([0-9]{1,9})$')::integer
+            FROM jsonb_array_elements_text(NEW.capabilities) AS c
+            WHERE c ~ '^max_sessions=[0-9]{1,9}$'
+            LIMIT 1), 0);
+    END IF;
+    RETURN NEW;
+END $_$;
+
+
+--
 -- Name: streamspace_command_transition_allowed(text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -44,6 +64,69 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
+END $$;
+
+
+--
+-- Name: streamspace_inventory_on_connect(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_inventory_on_connect() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.status = 'online' AND NEW.capabilities ? 'INVENTORY_SESSIONS'
+       AND (OLD.status <> 'online' OR OLD.connected_at IS DISTINCT FROM NEW.connected_at)
+       AND EXISTS (SELECT 1 FROM sessions WHERE agent_id = NEW.agent_id)
+       AND NOT EXISTS (SELECT 1 FROM agent_commands c
+                       WHERE c.agent_id = NEW.agent_id AND c.action = 'INVENTORY_SESSIONS'
+                         AND c.status IN ('pending', 'sent', 'acknowledged')) THEN
+        INSERT INTO agent_commands (agent_id, action, max_attempts, timeout_seconds)
+        VALUES (NEW.agent_id, 'INVENTORY_SESSIONS', 3, 120);
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+--
+-- Name: streamspace_inventory_reported(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_inventory_reported() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF jsonb_typeof(NEW.result -> 'sessions') <> 'array' OR jsonb_typeof(NEW.result -> 'workloads') <> 'array' THEN
+        RETURN NULL;
+    END IF;
+    UPDATE sessions s
+    SET state = 'failed', endpoint_host = NULL, endpoint_port = NULL, state_changed_at = now(),
+        reason = CASE WHEN seen.state IS NULL
+                      THEN format('agent %s no longer has this session (inventory of %s)', s.agent_id,
+                                  to_char(NEW.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                      ELSE format('agent %s found this session %s, not %s (inventory of %s)', s.agent_id,
+                                  seen.state, s.state,
+                                  to_char(NEW.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')) END
+    FROM sessions b
+    LEFT JOIN jsonb_to_recordset(NEW.result -> 'sessions') AS seen(session_id text, state text)
+           ON seen.session_id = b.id::text
+    WHERE s.id = b.id
+      AND b.agent_id = NEW.agent_id AND b.deleted_at IS NULL
+      AND b.state IN ('running', 'hibernated')
+      AND b.state_changed_at < NEW.sent_at
+      AND NOT EXISTS (SELECT 1 FROM agent_commands c
+                      WHERE c.session_id = b.id::text AND c.status IN ('pending', 'sent', 'acknowledged'))
+      AND (seen.state IS NULL
+           OR (b.state = 'running' AND seen.state <> 'running')
+           OR (b.state = 'hibernated' AND seen.state NOT IN ('hibernated', 'stopped')));
+    INSERT INTO agent_commands (agent_id, action, payload, session_id, max_attempts)
+    SELECT NEW.agent_id, 'DELETE_SESSION', jsonb_build_object('session_id', w.id), w.id, 3
+    FROM (SELECT DISTINCT value AS id FROM jsonb_array_elements_text(NEW.result -> 'workloads')) AS w
+    WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id::text = w.id AND s.deleted_at IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM agent_commands c
+                      WHERE c.session_id = w.id AND c.action = 'DELETE_SESSION'
+                        AND c.status IN ('pending', 'sent', 'acknowledged'));
+    RETURN NULL;
 END $$;
 
 
@@ -112,6 +195,65 @@ CREATE FUNCTION public.streamspace_retry_delay(attempts integer) RETURNS interva
     AS $$
     SELECT make_interval(secs => least(power(2, greatest(attempts, 1) - 1), 30) * (0.5 + random() / 2))
 $$;
+
+
+--
+-- Name: streamspace_session_command_moved(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_session_command_moved() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    sid uuid;
+    reported text;
+BEGIN
+    IF NEW.session_id IS NULL
+       OR NEW.session_id !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RETURN NULL;
+    END IF;
+    sid := NEW.session_id::uuid;
+    IF NEW.status = 'acknowledged' THEN
+        UPDATE sessions SET state = 'starting', state_changed_at = now()
+        WHERE id = sid AND state = 'pending' AND NEW.action = 'CREATE_SESSION';
+        RETURN NULL;
+    END IF;
+    IF NEW.status NOT IN ('completed', 'failed', 'cancelled') THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM agent_commands c
+               WHERE c.session_id = NEW.session_id AND c.id <> NEW.id
+                 AND c.status IN ('pending', 'sent', 'acknowledged')
+                 AND (c.created_at, c.id) > (NEW.created_at, NEW.id)) THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status = 'completed' THEN
+        reported := NEW.result ->> 'state';
+        IF reported = 'deleted' THEN
+            DELETE FROM sessions WHERE id = sid AND deleted_at IS NOT NULL;
+            IF FOUND THEN
+                RETURN NULL;
+            END IF;
+        END IF;
+        UPDATE sessions
+        SET state = CASE WHEN reported IN ('running', 'hibernated', 'stopped') THEN reported ELSE 'failed' END,
+            reason = CASE WHEN reported IN ('running', 'hibernated', 'stopped') THEN NULL
+                          ELSE coalesce(NEW.result ->> 'reason',
+                                        format('%s reported state %s', NEW.action, coalesce(reported, 'none'))) END,
+            endpoint_host = CASE WHEN reported = 'running' THEN NEW.result -> 'endpoint' ->> 'host' END,
+            endpoint_port = CASE WHEN reported = 'running' THEN (NEW.result -> 'endpoint' ->> 'port')::integer END,
+            last_activity_at = CASE WHEN reported = 'running' AND state <> 'running' THEN now()
+                                    ELSE last_activity_at END,
+            state_changed_at = now()
+        WHERE id = sid;
+    ELSE
+        UPDATE sessions
+        SET state = 'failed', endpoint_host = NULL, endpoint_port = NULL, state_changed_at = now(),
+            reason = format('%s %s: %s', NEW.action, NEW.status, coalesce(NEW.error_message, 'no reason given'))
+        WHERE id = sid;
+    END IF;
+    RETURN NULL;
+END $_$;
 
 
 --
@@ -238,6 +380,7 @@ CREATE TABLE public.agents (
     connected_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    max_sessions integer DEFAULT 0 NOT NULL,
     CONSTRAINT agents_status_check CHECK (((status)::text = ANY ((ARRAY['online'::character varying, 'offline'::character varying])::text[])))
 );
 
@@ -276,6 +419,53 @@ CREATE TABLE public.auth_secrets (
 CREATE TABLE public.schema_migrations (
     version text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: sessions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.sessions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    template character varying(64) NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    platform character varying(64) NOT NULL,
+    state character varying(16) DEFAULT 'pending'::character varying NOT NULL,
+    desired_state character varying(16) DEFAULT 'running'::character varying NOT NULL,
+    reason text,
+    endpoint_host character varying(255),
+    endpoint_port integer,
+    idle_timeout_seconds integer DEFAULT 0 NOT NULL,
+    last_activity_at timestamp with time zone DEFAULT now() NOT NULL,
+    state_changed_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone,
+    CONSTRAINT sessions_desired_state_check CHECK (((desired_state)::text = ANY ((ARRAY['running'::character varying, 'hibernated'::character varying, 'stopped'::character varying, 'deleted'::character varying])::text[]))),
+    CONSTRAINT sessions_state_check CHECK (((state)::text = ANY ((ARRAY['pending'::character varying, 'starting'::character varying, 'running'::character varying, 'hibernated'::character varying, 'stopping'::character varying, 'stopped'::character varying, 'failed'::character varying])::text[])))
+);
+
+
+--
+-- Name: templates; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.templates (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name character varying(64) NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    image character varying(500) DEFAULT ''::character varying NOT NULL,
+    command jsonb DEFAULT '[]'::jsonb NOT NULL,
+    ports jsonb DEFAULT '[]'::jsonb NOT NULL,
+    cpu real DEFAULT 0.5 NOT NULL,
+    memory integer DEFAULT 256 NOT NULL,
+    env jsonb DEFAULT '{}'::jsonb NOT NULL,
+    platforms jsonb DEFAULT '[]'::jsonb NOT NULL,
+    idle_timeout_seconds integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 
@@ -391,6 +581,30 @@ ALTER TABLE ONLY public.schema_migrations
 
 
 --
+-- Name: sessions sessions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: templates templates_name_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.templates
+    ADD CONSTRAINT templates_name_key UNIQUE (name);
+
+
+--
+-- Name: templates templates_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.templates
+    ADD CONSTRAINT templates_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -418,6 +632,13 @@ CREATE INDEX agent_commands_created ON public.agent_commands USING btree (create
 --
 
 CREATE INDEX agent_commands_in_flight ON public.agent_commands USING btree (status, ack_deadline) WHERE ((status)::text = ANY ((ARRAY['sent'::character varying, 'acknowledged'::character varying])::text[]));
+
+
+--
+-- Name: agent_commands_open_by_action; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_open_by_action ON public.agent_commands USING btree (agent_id, action) WHERE ((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying])::text[]));
 
 
 --
@@ -449,10 +670,45 @@ CREATE INDEX api_keys_user ON public.api_keys USING btree (user_id, created_at);
 
 
 --
+-- Name: sessions_agent; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX sessions_agent ON public.sessions USING btree (agent_id) WHERE (deleted_at IS NULL);
+
+
+--
+-- Name: sessions_idle; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX sessions_idle ON public.sessions USING btree (last_activity_at) WHERE (((state)::text = 'running'::text) AND (idle_timeout_seconds > 0));
+
+
+--
+-- Name: sessions_listed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX sessions_listed ON public.sessions USING btree (created_at DESC, id DESC) WHERE (deleted_at IS NULL);
+
+
+--
+-- Name: sessions_user; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX sessions_user ON public.sessions USING btree (user_id, created_at DESC, id DESC) WHERE (deleted_at IS NULL);
+
+
+--
 -- Name: agent_commands agent_commands_guard_transition; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER agent_commands_guard_transition BEFORE UPDATE OF status ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_guard_command_transition();
+
+
+--
+-- Name: agent_commands agent_commands_inventory_reported; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_inventory_reported AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW WHEN ((((new.action)::text = 'INVENTORY_SESSIONS'::text) AND ((new.status)::text = 'completed'::text) AND ((old.status)::text IS DISTINCT FROM (new.status)::text))) EXECUTE FUNCTION public.streamspace_inventory_reported();
 
 
 --
@@ -470,10 +726,31 @@ CREATE TRIGGER agent_commands_record_attempt AFTER UPDATE OF status ON public.ag
 
 
 --
+-- Name: agent_commands agent_commands_session_moved; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_session_moved AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW WHEN (((new.session_id IS NOT NULL) AND ((new.status)::text IS DISTINCT FROM (old.status)::text) AND ((new.status)::text = ANY ((ARRAY['acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[])) AND ((new.action)::text = ANY ((ARRAY['CREATE_SESSION'::character varying, 'STOP_SESSION'::character varying, 'HIBERNATE_SESSION'::character varying, 'WAKE_SESSION'::character varying, 'DELETE_SESSION'::character varying])::text[])))) EXECUTE FUNCTION public.streamspace_session_command_moved();
+
+
+--
 -- Name: agent_commands agent_commands_touch; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER agent_commands_touch BEFORE UPDATE ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: agents agents_inventory_on_connect; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agents_inventory_on_connect AFTER UPDATE OF status, connected_at ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_inventory_on_connect();
+
+
+--
+-- Name: agents agents_max_sessions; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agents_max_sessions BEFORE INSERT OR UPDATE OF capabilities ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_agent_max_sessions();
 
 
 --
@@ -488,6 +765,20 @@ CREATE TRIGGER agents_notify AFTER INSERT OR UPDATE OF status, gateway_pod ON pu
 --
 
 CREATE TRIGGER agents_touch BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: sessions sessions_touch; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER sessions_touch BEFORE UPDATE ON public.sessions FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: templates templates_touch; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER templates_touch BEFORE UPDATE ON public.templates FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
 
 
 --
@@ -536,6 +827,22 @@ ALTER TABLE ONLY public.agent_tokens
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+
+--
+-- Name: sessions sessions_agent_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES public.agents(agent_id);
+
+
+--
+-- Name: sessions sessions_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
 
 
 --

@@ -71,6 +71,9 @@ class RunEnv:
             "RABBITMQ_URL": self.rabbitmq_url,
             "HEARTBEAT_INTERVAL": HEARTBEAT_INTERVAL,
             "SWEEP_INTERVAL": "1",
+            # the periodic inventory round adds an INVENTORY_SESSIONS command to every agent; tests that
+            # count their agent's commands must not see one, so only the tests of sessions ask for it
+            "RECONCILE_INTERVAL": "3600",
             "ACK_TIMEOUT": "2",
             "LOG_FORMAT": "console",
             "LOG_LEVEL": "info",

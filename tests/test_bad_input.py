@@ -424,6 +424,13 @@ LATER_FRAMES: list[tuple[str, Callable[[str, str], str | bytes], str]] = [
     ("unknown_type", lambda _, cid: json.dumps({"type": "launch", "command_id": cid}), "type"),
     ("ack_unknown_field", lambda _, cid: json.dumps({"type": "ack", "command_id": cid, "colour": "red"}), "colour"),
     ("ack_id_int", lambda _, __: json.dumps({"type": "ack", "command_id": 7}), "command_id"),
+    # PostgreSQL text cannot hold NUL: refused here, it never reaches (and stalls) the batched writer.
+    ("ack_id_nul", lambda _, cid: json.dumps({"type": "ack", "command_id": cid + "\u0000"}), "command_id"),
+    (
+        "result_id_nul",
+        lambda _, cid: json.dumps({"type": "result", "command_id": "\u0000" + cid, "status": "completed"}),
+        "command_id",
+    ),
     ("result_bad_status", lambda _, cid: json.dumps({"type": "result", "command_id": cid, "status": "done"}), "status"),
     (
         "result_is_list",

@@ -53,8 +53,10 @@ async def test_one_agents_backlog_never_starves_another_agent(
     agent_id: str,
     agent_token: str,
 ) -> None:
-    """A busy agent (concurrency 1, never acknowledging) has a backlog older and larger than a claim
-    batch; a command for another agent still goes out at once."""
+    """A busy agent (concurrency 1, acknowledging its one command and never finishing it) has a backlog
+    older and larger than a claim batch; a command for another agent still goes out at once. (It
+    acknowledges so that the test does not race the ack deadline on a slow machine: a command left
+    `sent` goes back to pending after ACK_TIMEOUT, and the next one goes out.)"""
     gateway = slow_sweep_stack.services[0]
     busy = f"{agent_id}-busy"
     busy_token = await create_agent_token(test_env.database_url, busy)
@@ -71,6 +73,7 @@ async def test_one_agents_backlog_never_starves_another_agent(
         try:
             first = await ws.receive_json(timeout=10)  # the busy agent gets exactly one command...
             assert first["action"] == "PING"
+            await ws.send_json({"type": "ack", "command_id": first["command_id"]})
 
             await stack.ready(stack.agent(agent_id, agent_token, [gateway]))
             created = await post_command(http, gateway.url, agent_id, action="PING")
@@ -82,7 +85,7 @@ async def test_one_agents_backlog_never_starves_another_agent(
                 "GROUP BY status ORDER BY status",
                 busy,
             )
-            assert [tuple(row) for row in counts] == [("pending", BACKLOG - 1, 0), ("sent", 1, 1)]
+            assert [tuple(row) for row in counts] == [("acknowledged", 1, 1), ("pending", BACKLOG - 1, 0)]
         finally:
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ import sys
 import tomllib
 import zipfile
 from dataclasses import dataclass
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -69,31 +70,49 @@ def service_script(service: str) -> str:
 
 
 @functools.cache
-def known_env_vars() -> frozenset[str]:
-    """Upper-cased fields of streamspace_common.settings.Settings, plus upper-case string
-    constants in libs/ and services/ (variables read directly, e.g. MIGRATIONS_DIR)."""
-    names: set[str] = set()
-    settings = ast.parse((ROOT / "libs" / "streamspace_common" / "settings.py").read_text())
-    for node in ast.walk(settings):
-        if isinstance(node, ast.ClassDef) and node.name == "Settings":
-            for stmt in node.body:
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                    names.add(stmt.target.id.upper())
-    assert names, "no Settings fields found in libs/streamspace_common/settings.py"
-    for path in [*(ROOT / "libs").rglob("*.py"), *(ROOT / "services").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Constant)
-                and isinstance(node.value, str)
-                and re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", node.value)
-            ):
-                names.add(node.value)
-    return frozenset(names)
+def env_read_by() -> dict[str, frozenset[str]]:
+    """Unit (gateway, dispatcher, agent, migrate/admin) -> the environment variables its code reads:
+    the Settings fields it uses, upper-cased, and variables read from os.environ directly. The same
+    analysis writes the "read by" column of docs/configuration.md (scripts/settings-table)."""
+    loader = SourceFileLoader("settings_table", str(ROOT / "scripts" / "settings-table"))
+    spec = importlib.util.spec_from_loader("settings_table", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["settings_table"] = module  # its dataclass looks its module up
+    loader.exec_module(module)
+    units: dict[str, set[str]] = module.env_read_by()
+    assert all(units.values()), units
+    return {unit: frozenset(names) for unit, names in units.items()}
 
 
-def assert_env_known(names: set[str], where: str) -> None:
-    unknown = {n for n in names if not n.startswith(TOOLING_ENV_PREFIXES)} - known_env_vars()
-    assert not unknown, f"{where} sets variables no StreamSpace code reads: {sorted(unknown)}"
+def assert_env_read(names: set[str], units: tuple[str, ...], where: str) -> None:
+    """Every variable set for a process is one that process's code reads."""
+    readable = frozenset().union(*(env_read_by()[u] for u in units))
+    unknown = {n for n in names if not n.startswith(TOOLING_ENV_PREFIXES)} - readable
+    assert not unknown, f"{where} sets variables that {'/'.join(units)} never reads: {sorted(unknown)}"
+
+
+def test_env_check_is_live() -> None:
+    """Control: the per-service reading is specific (the agent reads no database, the gateway no token)."""
+    reads = env_read_by()
+    assert "DATABASE_URL" in reads["gateway"] and "DATABASE_URL" not in reads["agent"]
+    assert "AGENT_TOKEN" in reads["agent"] and "AGENT_TOKEN" not in reads["gateway"]
+    assert "RABBITMQ_URL" in reads["dispatcher"] and "RABBITMQ_URL" not in reads["gateway"]
+    assert "MIGRATIONS_DIR" in reads["migrate/admin"]
+    with pytest.raises(AssertionError, match="REDIS_URL"):
+        assert_env_read({"REDIS_URL"}, ("agent",), "control")
+
+
+def test_configuration_table_is_current() -> None:
+    """docs/configuration.md holds the table scripts/settings-table makes from the Settings type."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "settings-table"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    table = (ROOT / "docs" / "configuration.md").read_text()
+    for field in ast.walk(ast.parse((ROOT / "libs" / "streamspace_common" / "settings.py").read_text())):
+        if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name):
+            assert f"| `{field.target.id.upper()}` |" in table
 
 
 def test_services_depend_on_common_library_by_name() -> None:
@@ -232,65 +251,108 @@ def is_dockerignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
+def stages(instructions: list[Instruction]) -> tuple[list[Instruction], list[list[Instruction]]]:
+    """(instructions before the first FROM, then each stage from its FROM on)."""
+    preamble: list[Instruction] = []
+    found: list[list[Instruction]] = []
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            found.append([ins])
+        elif found:
+            found[-1].append(ins)
+        else:
+            preamble.append(ins)
+    return preamble, found
+
+
+def pip_installs(stage: list[Instruction]) -> list[tuple[int, list[str]]]:
+    return [
+        (index, cmd)
+        for index, ins in enumerate(stage)
+        if ins.keyword == "RUN"
+        for cmd in shell_commands(ins.args)
+        if "pip" in cmd[0] and "install" in cmd
+    ]
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_dockerfile_installs_libs_and_service_in_one_pip_command(service: str) -> None:
+def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> None:
     path = ROOT / "services" / service / "Dockerfile"
-    instructions = parse_dockerfile(path)
-    assert instructions[0] == Instruction("FROM", "python:3.11-slim")
+    preamble, (build, runtime) = stages(parse_dockerfile(path))
+    # The base image is a build argument whose default is the official image.
+    assert preamble == [Instruction("ARG", "PYTHON_IMAGE=python:3.11-slim")]
+    assert build[0] == Instruction("FROM", "${PYTHON_IMAGE} AS build")
+    assert runtime[0] == Instruction("FROM", "${PYTHON_IMAGE}")
 
-    pip_installs: list[tuple[int, list[str]]] = []
-    for index, ins in enumerate(instructions):
-        if ins.keyword == "RUN":
-            for cmd in shell_commands(ins.args):
-                if "pip" in cmd[0] and "install" in cmd:
-                    pip_installs.append((index, cmd))
-    assert len(pip_installs) == 1, f"{path}: expected exactly one pip install, got {pip_installs}"
-    pip_index, pip_cmd = pip_installs[0]
-    targets = [arg for arg in pip_cmd[pip_cmd.index("install") + 1 :] if not arg.startswith("-")]
-    assert sorted(targets) == sorted(["/app/libs", f"/app/services/{service}"])
-
-    # The sources pip installs from are copied in before that RUN.
-    copies = {tuple(ins.args.split()[-2:]): i for i, ins in enumerate(instructions) if ins.keyword == "COPY"}
+    # Build stage: third-party dependencies first (their layer survives code changes), from the
+    # pyproject files alone; then libs/ and this service in one pip command, without dependencies.
+    installs = pip_installs(build)
+    assert len(installs) == 2, installs
+    (deps_at, deps_cmd), (units_at, units_cmd) = installs
+    assert deps_cmd[-2:] == ["-r", "/src/requirements.txt"]
+    assert "--no-deps" in units_cmd
+    targets = [arg for arg in units_cmd[units_cmd.index("install") + 1 :] if not arg.startswith("-")]
+    assert sorted(targets) == sorted(["/src/libs", f"/src/services/{service}"])
+    copies = {tuple(ins.args.split()[-2:]): i for i, ins in enumerate(build) if ins.keyword == "COPY"}
     for src, dest in [
-        ("libs", "/app/libs"),
-        (f"services/{service}", f"/app/services/{service}"),
-        ("migrations", "/app/migrations"),
+        ("libs/pyproject.toml", "/src/libs/pyproject.toml"),
+        (f"services/{service}/pyproject.toml", f"/src/services/{service}/pyproject.toml"),
     ]:
-        assert (src, dest) in copies, f"{path}: missing COPY {src} {dest}"
-        assert copies[(src, dest)] < pip_index or src == "migrations"
+        assert copies[(src, dest)] < deps_at
+    for src, dest in [("libs", "/src/libs"), (f"services/{service}", f"/src/services/{service}")]:
+        assert deps_at < copies[(src, dest)] < units_at, f"{path}: COPY {src} must come between the two installs"
+    for src in ("libs", f"services/{service}", "migrations"):
         assert (ROOT / src).is_dir(), f"COPY source {src} does not exist in the build context"
         assert not is_dockerignored(src, dockerignore_patterns()), f".dockerignore drops {src}"
         for inner in ("pyproject.toml", "streamspace_common/settings.py"):
             if (ROOT / src / inner).exists():
                 assert not is_dockerignored(f"{src}/{inner}", dockerignore_patterns())
+    # Only this service is copied in, no other.
+    copied = [ins.args.split()[-2] for stage in (build, runtime) for ins in stage if ins.keyword == "COPY"]
+    for other in set(SERVICES) - {service}:
+        assert not [c for c in copied if other in c], f"{path} copies {other}"
+
+    # Runtime stage: the virtualenv from the build stage and the migrations; no sources, no pip install.
+    runtime_copies = [ins.args for ins in runtime if ins.keyword == "COPY"]
+    assert runtime_copies == ["--from=build /opt/streamspace /opt/streamspace", "migrations /app/migrations"]
+    assert not pip_installs(runtime)
+    assert dockerfile_env(runtime).get("PATH", "").startswith("/opt/streamspace/bin:")
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_runtime_settings(service: str) -> None:
     path = ROOT / "services" / service / "Dockerfile"
-    instructions = parse_dockerfile(path)
+    _, (_, runtime) = stages(parse_dockerfile(path))
 
-    env = dockerfile_env(instructions)
+    env = dockerfile_env(runtime)
     assert env.get("HOST") == "0.0.0.0"
     assert env.get("LOG_FORMAT") == "json"
     assert env.get("MIGRATIONS_DIR") == "/app/migrations"
-    assert_env_known(set(env), str(path))
+    # The image runs the service and the operator commands (streamspace-migrate, streamspace-admin).
+    assert_env_read(set(env) - {"PATH"}, (service, "migrate/admin"), str(path))
 
-    users = [ins.args for ins in instructions if ins.keyword == "USER"]
+    users = [ins.args for ins in runtime if ins.keyword == "USER"]
     assert users, f"{path}: runs as root"
     assert users[-1].split(":")[0] not in {"root", "0"}
-    last_run = max(i for i, ins in enumerate(instructions) if ins.keyword == "RUN")
-    last_user = max(i for i, ins in enumerate(instructions) if ins.keyword == "USER")
+    last_run = max(i for i, ins in enumerate(runtime) if ins.keyword == "RUN")
+    last_user = max(i for i, ins in enumerate(runtime) if ins.keyword == "USER")
     assert last_user > last_run
 
-    exposes = [ins.args.split() for ins in instructions if ins.keyword == "EXPOSE"]
+    exposes = [ins.args.split() for ins in runtime if ins.keyword == "EXPOSE"]
     assert [str(PORTS[service])] in exposes
 
-    cmds = [ins.args for ins in instructions if ins.keyword == "CMD"]
+    cmds = [ins.args for ins in runtime if ins.keyword == "CMD"]
     assert len(cmds) == 1
-    cmd = json.loads(cmds[0])  # exec form, so SIGTERM reaches the process directly
+    cmd = json.loads(cmds[0])  # exec form: the service is PID 1 and gets SIGTERM itself
     assert cmd == [service_script(service)]
-    assert not [ins for ins in instructions if ins.keyword == "ENTRYPOINT"]
+    assert not [ins for ins in runtime if ins.keyword == "ENTRYPOINT"]
+    assert [ins.args for ins in runtime if ins.keyword == "STOPSIGNAL"] in ([], ["SIGTERM"])
+
+    [check] = [ins.args for ins in runtime if ins.keyword == "HEALTHCHECK"]
+    options, _, probe = check.partition("CMD ")
+    assert "--interval=" in options
+    assert "/healthz" in probe and "PORT" in probe and str(PORTS[service]) in probe
+    assert json.loads(probe)[0] == "python"  # slim images have no curl
 
 
 def test_dockerignore_matcher_is_live() -> None:
@@ -377,7 +439,8 @@ def test_compose_python_services_run_their_console_scripts(compose: dict[str, An
         "gateway-a": "streamspace-gateway",
         "gateway-b": "streamspace-gateway",
         "dispatcher": "streamspace-dispatcher",
-        "agent": "streamspace-agent",
+        "agent-1": "streamspace-agent",
+        "agent-2": "streamspace-agent",
     }
     pythons = python_services(compose)
     assert set(pythons) == set(expected)
@@ -386,11 +449,20 @@ def test_compose_python_services_run_their_console_scripts(compose: dict[str, An
         assert command and command[0] == expected[name], f"{name}: command {command}"
         built_from = image_service(svc)
         assert command[0] in image_scripts(built_from), f"{name}: {command[0]} not in its image"
-        assert_env_known(set(env_of(svc)), f"compose service {name}")
+        assert_env_read(set(env_of(svc)), (COMPOSE_UNIT[command[0]],), f"compose service {name}")
     for name in ("gateway-a", "gateway-b", "migrate", "bootstrap"):
         assert image_service(pythons[name]) == "gateway"
     assert image_service(pythons["dispatcher"]) == "dispatcher"
-    assert image_service(pythons["agent"]) == "agent"
+    assert image_service(pythons["agent-1"]) == image_service(pythons["agent-2"]) == "agent"
+
+
+COMPOSE_UNIT = {
+    "streamspace-gateway": "gateway",
+    "streamspace-dispatcher": "dispatcher",
+    "streamspace-agent": "agent",
+    "streamspace-migrate": "migrate/admin",
+    "streamspace-admin": "migrate/admin",
+}
 
 
 def published(svc: dict[str, Any]) -> dict[int, int]:
@@ -405,13 +477,19 @@ def test_compose_two_gateways(compose: dict[str, Any]) -> None:
     assert all(pod_names) and len(set(pod_names)) == 2, pod_names
     assert published(gateways["gateway-a"]) == {8000: 8000}
     assert published(gateways["gateway-b"]) == {8001: 8000}
+    for svc in [*gateways.values(), compose["dispatcher"], compose["migrate"]]:
+        assert svc["read_only"] is True and svc["tmpfs"] == ["/tmp"]  # as the charts run them
     for svc in gateways.values():
         assert env_of(svc).get("PORT", "8000") == "8000"
         assert svc["image"] == compose["gateway-a"]["image"]
 
 
-def test_compose_agent_reaches_both_gateways(compose: dict[str, Any]) -> None:
-    agent_env = env_of(compose["agent"])
+AGENTS = ("agent-1", "agent-2")
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_compose_agent_reaches_both_gateways(compose: dict[str, Any], agent: str) -> None:
+    agent_env = env_of(compose[agent])
     assert agent_env["AGENT_PLATFORM"] == "local"
     urls = agent_env["GATEWAY_URLS"].split(",")
     targets: set[str] = set()
@@ -426,8 +504,35 @@ def test_compose_agent_reaches_both_gateways(compose: dict[str, Any]) -> None:
     assert targets == {"gateway-a", "gateway-b"}
 
 
+def test_compose_ha_agent_pair_dispatcher_pair_and_named_volumes(compose_bin: Path, compose: dict[str, Any]) -> None:
+    """Two replicas of one agent id (HA: one active, one standby), each with its own journal volume;
+    two dispatchers; the database and the broker on named volumes."""
+    one, two = (env_of(compose[a]) for a in AGENTS)
+    assert one["AGENT_ID"] == two["AGENT_ID"] and one["AGENT_TOKEN"] == two["AGENT_TOKEN"]
+    # Each starts on a different gateway, so the pair spans both replicas.
+    assert one["GATEWAY_URLS"].split(",")[0] != two["GATEWAY_URLS"].split(",")[0]
+    journals = []
+    for agent in AGENTS:
+        [mount] = [v for v in compose[agent]["volumes"] if v["target"] == "/var/lib/streamspace-agent"]
+        assert mount["type"] == "volume"
+        journals.append(mount["source"])
+    assert len(set(journals)) == 2
+
+    assert compose["dispatcher"]["deploy"]["replicas"] == 2
+    assert "POD_NAME" not in env_of(compose["dispatcher"])  # the container's host name: unique per replica
+    assert not compose["dispatcher"].get("ports")  # two replicas cannot share a host port
+
+    result = run_compose(compose_bin, ROOT / "compose.yaml", "config", "--format", "json")
+    volumes = set(json.loads(result.stdout)["volumes"])
+    assert {"pgdata", "rabbitmq-data", *journals} <= volumes
+    mounts = {(v["source"], v["target"]) for name in ("postgres", "rabbitmq") for v in compose[name]["volumes"]}
+    assert mounts == {("pgdata", "/var/lib/postgresql/data"), ("rabbitmq-data", "/var/lib/rabbitmq")}
+    # Redis is a cache (design §1): no persistence, so a restart really starts empty.
+    assert compose["redis"]["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
+
+
 def test_compose_bootstrap_registers_the_agents_token(compose: dict[str, Any]) -> None:
-    agent_env = env_of(compose["agent"])
+    agent_env = env_of(compose["agent-1"])
     assert agent_env["AGENT_ID"] and agent_env["AGENT_TOKEN"]
     assert compose["bootstrap"]["command"] == [
         "streamspace-admin",
@@ -445,7 +550,9 @@ def test_compose_start_order(compose: dict[str, Any]) -> None:
 
     assert condition("migrate", "postgres") == "service_healthy"
     assert condition("bootstrap", "migrate") == "service_completed_successfully"
-    assert condition("agent", "bootstrap") == "service_completed_successfully"
+    for agent in AGENTS:
+        assert condition(agent, "bootstrap") == "service_completed_successfully"
+        assert condition(agent, "gateway-a") == condition(agent, "gateway-b") == "service_healthy"
     for name in ("gateway-a", "gateway-b", "dispatcher"):
         assert condition(name, "migrate") == "service_completed_successfully"
     for name in ("migrate", "bootstrap"):
@@ -478,8 +585,9 @@ def test_compose_connection_urls_name_the_infra_services(compose: dict[str, Any]
                 assert url.path == "/" + pg_env["POSTGRES_DB"]
             if var == "REDIS_URL":
                 assert url.path == "/1"
-        if name != "agent":
-            assert {"DATABASE_URL", "REDIS_URL"} <= set(env_of(svc)), name
+        needed = {"DATABASE_URL"} if name in {"migrate", "bootstrap"} else {"DATABASE_URL", "REDIS_URL"}
+        if name not in AGENTS:
+            assert needed <= set(env_of(svc)), name
 
 
 # --------------------------------------------------------------------------- Helm
@@ -493,10 +601,16 @@ def helm() -> ModuleType:
     return module
 
 
-def render(helm: ModuleType, chart: str, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Render a chart offline and parse every manifest (with Helm's own YAML parser)."""
-    with helm.Chart.load(CHARTS / chart) as loaded:
-        rendered: dict[str, str] = loaded.render(values, name=chart, namespace=NAMESPACE, is_install=True)
+def render(
+    helm: ModuleType, chart: str | Path, values: dict[str, Any] | None = None, release: str | None = None
+) -> list[dict[str, Any]]:
+    """Render a chart offline and parse every manifest (with Helm's own YAML parser). Values are
+    checked against the chart's values.schema.json on the way."""
+    chart_dir = chart if isinstance(chart, Path) else CHARTS / chart
+    with helm.Chart.load(chart_dir) as loaded:
+        rendered: dict[str, str] = loaded.render(
+            values, name=release or chart_dir.name, namespace=NAMESPACE, is_install=True
+        )
     docs: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
@@ -545,13 +659,38 @@ def secret_keys(docs: list[dict[str, Any]], name: str) -> set[str]:
     return set(secrets[0].get("stringData") or {}) | set(secrets[0].get("data") or {})
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_chart_lints_strict(helm: ModuleType, service: str) -> None:
-    report = helm.lint(CHARTS / f"streamspace-{service}", strict=True)
-    assert report["total_charts_linted"] == 1
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d.get("kind") == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, got {len(found)}"
+    return found[0]
+
+
+def assert_lints(helm: ModuleType, path: Path) -> None:
+    report = helm.lint(path, strict=True, with_subcharts=True)
+    assert report["total_charts_linted"] >= 1
     assert not report["errors"], report
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def umbrella(helm: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """helm/streamspace with its dependencies built (`helm dependency build`), in a copy of helm/."""
+    copy = tmp_path_factory.mktemp("helm") / "helm"
+    shutil.copytree(CHARTS, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    helm.dependency_build(copy / "streamspace")
+    built = sorted(p.name for p in (copy / "streamspace" / "charts").iterdir())
+    assert built == [f"streamspace-{s}-0.1.0.tgz" for s in sorted(SERVICES)]
+    return copy / "streamspace"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_chart_lints_strict(helm: ModuleType, service: str) -> None:
+    assert_lints(helm, CHARTS / f"streamspace-{service}")
+
+
+def test_umbrella_chart_lints_strict(helm: ModuleType, umbrella: Path) -> None:
+    assert_lints(helm, umbrella)
 
 
 def test_chart_lint_catches_a_broken_template(helm: ModuleType, tmp_path: Path) -> None:
@@ -563,6 +702,14 @@ def test_chart_lint_catches_a_broken_template(helm: ModuleType, tmp_path: Path) 
     assert report["errors"] or [m for m in report["messages"] if m["severity"] >= 2]
 
 
+@pytest.mark.parametrize("chart", [*(f"streamspace-{s}" for s in SERVICES), "streamspace"])
+def test_every_chart_has_a_values_schema_that_refuses_typos(helm: ModuleType, chart: str) -> None:
+    schema = json.loads((CHARTS / chart / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    with pytest.raises(helm.HelmValuesError, match="replicaCont"):
+        render(helm, chart, {"replicaCont": 3})
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_chart_deployment(helm: ModuleType, service: str) -> None:
     chart = f"streamspace-{service}"
@@ -570,6 +717,8 @@ def test_chart_deployment(helm: ModuleType, service: str) -> None:
     deployment = only(docs, "Deployment")
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    # HA by default: two replicas of everything (the agent's share one AGENT_ID: one active, one standby).
+    assert deployment["spec"]["replicas"] >= 2
 
     container = main_container(deployment, service)
     assert container["command"] == [service_script(service)]
@@ -586,12 +735,23 @@ def test_chart_deployment(helm: ModuleType, service: str) -> None:
     assert resolve_port(container, liveness["port"]) == PORTS[service]
 
     env = env_list(container)
-    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    if service in {"gateway", "dispatcher"}:  # the agent does not read POD_NAME
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["PORT"]["value"] == str(PORTS[service])
-    assert_env_known(set(env), f"chart {chart}")
+    assert_env_read(set(env), (service,), f"chart {chart}")
 
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+    # A disruption (node drain) takes at most one replica at a time.
+    pdb = only(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # Replicas are spread over nodes unless the operator says otherwise.
+    spread = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -601,35 +761,61 @@ def test_chart_values_are_honoured(helm: ModuleType, service: str) -> None:
         "image": {"repository": "registry.example/ss", "tag": "1.2.3"},
         "resources": {"limits": {"memory": "2Gi"}},
         "extraEnv": [{"name": "LOG_LEVEL", "value": "debug"}],
+        "podDisruptionBudget": {"enabled": False},
     }
-    deployment = only(render(helm, f"streamspace-{service}", values), "Deployment")
+    docs = render(helm, f"streamspace-{service}", values)
+    deployment = only(docs, "Deployment")
     container = main_container(deployment, service)
     assert deployment["spec"]["replicas"] == 3
     assert container["image"] == "registry.example/ss:1.2.3"
     assert container["resources"]["limits"]["memory"] == "2Gi"
     assert {"name": "LOG_LEVEL", "value": "debug"} in container["env"]
+    assert "PodDisruptionBudget" not in kinds(docs)
+
+
+READS_URL = {"gateway": {"DATABASE_URL", "REDIS_URL"}, "dispatcher": {"DATABASE_URL", "REDIS_URL", "RABBITMQ_URL"}}
 
 
 @pytest.mark.parametrize("service", ["gateway", "dispatcher"])
 def test_chart_connection_secret(helm: ModuleType, service: str) -> None:
     chart = f"streamspace-{service}"
-    urls = {"DATABASE_URL", "REDIS_URL", "RABBITMQ_URL"}
+    urls = READS_URL[service]
 
     docs = render(helm, chart)  # default: the chart makes the Secret from plain values
     env = env_list(main_container(only(docs, "Deployment"), service))
-    refs = {n: e["valueFrom"]["secretKeyRef"] for n, e in env.items() if n in urls}
+    refs = {n: e["valueFrom"]["secretKeyRef"] for n, e in env.items() if n.endswith("_URL")}
     assert set(refs) == urls
     for name, ref in refs.items():
         assert ref["key"] == name
         assert name in secret_keys(docs, ref["name"])
 
-    docs = render(helm, chart, {"connection": {"existingSecret": "my-urls"}})
-    assert "Secret" not in kinds(docs)
+    # An existing Secret, with the operator's own key names.
+    keys = {"databaseUrl": "pg", "redisUrl": "redis", "rabbitmqUrl": "amqp"}
+    docs = render(helm, chart, {"connection": {"existingSecret": "my-urls", "keys": keys}})
+    assert not [d for d in docs if d["kind"] == "Secret" and "helm.sh/hook" not in d["metadata"].get("annotations", {})]
     env = env_list(main_container(only(docs, "Deployment"), service))
     assert {env[n]["valueFrom"]["secretKeyRef"]["name"] for n in urls} == {"my-urls"}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "pg"
+    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis"
+
+    # The umbrella's global Secret applies when the chart has none of its own.
+    docs = render(helm, chart, {"global": {"connection": {"existingSecret": "shared-urls"}}})
+    env = env_list(main_container(only(docs, "Deployment"), service))
+    assert {env[n]["valueFrom"]["secretKeyRef"]["name"] for n in urls} == {"shared-urls"}
 
 
-def test_gateway_chart_service_shutdown_and_migrations(helm: ModuleType) -> None:
+@pytest.mark.parametrize("service", ["gateway", "dispatcher"])
+def test_chart_accepts_sentinel_and_refuses_other_schemes(helm: ModuleType, service: str) -> None:
+    sentinel = "redis+sentinel://:pw@sentinel-0:26379,sentinel-1:26379/mymaster/1"
+    docs = render(helm, f"streamspace-{service}", {"connection": {"redisUrl": sentinel}})
+    env = env_list(main_container(only(docs, "Deployment"), service))
+    ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert named(docs, "Secret", ref["name"])["stringData"][ref["key"]] == sentinel
+    with pytest.raises(helm.HelmValuesError, match="redisUrl"):
+        render(helm, f"streamspace-{service}", {"connection": {"redisUrl": "http://redis:6379"}})
+
+
+def test_gateway_chart_service_shutdown_and_migrate_hook(helm: ModuleType) -> None:
     docs = render(helm, "streamspace-gateway")
     deployment = only(docs, "Deployment")
     pod_spec = deployment["spec"]["template"]["spec"]
@@ -640,23 +826,104 @@ def test_gateway_chart_service_shutdown_and_migrations(helm: ModuleType) -> None
     [port] = service["spec"]["ports"]
     assert port["port"] == 8000 and resolve_port(container, port["targetPort"]) == 8000
 
-    assert pod_spec["terminationGracePeriodSeconds"] == 30
+    # The graceful close (1012 to every agent, leases released) plus aiohttp's 10 s for requests.
+    shutdown_timeout = re.search(
+        r"shutdown_timeout=(\d+)", (ROOT / "services/gateway/streamspace_gateway/main.py").read_text()
+    )
+    assert shutdown_timeout
+    assert pod_spec["terminationGracePeriodSeconds"] >= int(shutdown_timeout.group(1)) + 10
     assert "preStop" not in (container.get("lifecycle") or {})
+    assert "initContainers" not in pod_spec
+    # A rollout never takes a replica away before its successor is ready.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
 
-    [migrate] = pod_spec["initContainers"]
-    assert migrate["command"] == ["streamspace-migrate"]
-    assert "streamspace-migrate" in image_scripts("gateway")
+    # streamspace-migrate runs as a pre-install/pre-upgrade hook Job, reading DATABASE_URL from a hook
+    # Secret that exists before it (the chart-made connection Secret does not exist yet at that point).
+    job = only(docs, "Job")
+    hooks = job["metadata"]["annotations"]
+    assert set(hooks["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    [migrate] = job["spec"]["template"]["spec"]["containers"]
+    assert migrate["command"] == ["streamspace-migrate"] and "streamspace-migrate" in image_scripts("gateway")
     assert migrate["image"] == container["image"]
-    assert "DATABASE_URL" in env_list(migrate)
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert_env_read(set(env_list(migrate)), ("migrate/admin",), "migrate Job")
+    ref = env_list(migrate)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    hook_secret = named(docs, "Secret", ref["name"])
+    assert set(hook_secret["metadata"]["annotations"]["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(hooks.get("helm.sh/hook-weight", 0))
+    assert hook_secret["stringData"] == {"DATABASE_URL": "postgresql://streamspace@postgresql:5432/streamspace"}
 
-    docs = render(helm, "streamspace-gateway", {"migrations": {"enabled": False}})
-    assert "initContainers" not in only(docs, "Deployment")["spec"]["template"]["spec"]
+    # With an existing Secret, the Job reads it directly and no hook Secret is made.
+    docs = render(
+        helm, "streamspace-gateway", {"connection": {"existingSecret": "urls"}, "migrations": {"createDatabase": True}}
+    )
+    [migrate] = only(docs, "Job")["spec"]["template"]["spec"]["containers"]
+    assert env_list(migrate)["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "urls", "key": "DATABASE_URL"}
+    assert migrate["args"] == ["--create-database"]
+    assert "Secret" not in kinds(docs)
+
+    assert "Job" not in kinds(render(helm, "streamspace-gateway", {"migrations": {"enabled": False}}))
+
+
+def test_gateway_chart_optional_hpa_ingress_and_service_monitor(helm: ModuleType) -> None:
+    docs = render(helm, "streamspace-gateway")
+    assert not {"HorizontalPodAutoscaler", "Ingress", "ServiceMonitor"} & set(kinds(docs))
+
+    values = {
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9},
+        "ingress": {"enabled": True, "className": "nginx", "host": "ss.example.org"},
+        "serviceMonitor": {"enabled": True, "interval": "15s"},
+        "authSecret": {"existingSecret": "ss-auth"},
+    }
+    docs = render(helm, "streamspace-gateway", values)
+    deployment = only(docs, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    hpa = only(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 9)
+
+    ingress = only(docs, "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    # An agent's socket is idle between heartbeats: the proxy must allow far more than 3 intervals.
+    heartbeat = 10
+    for key in ("nginx.ingress.kubernetes.io/proxy-read-timeout", "nginx.ingress.kubernetes.io/proxy-send-timeout"):
+        assert int(annotations[key]) >= 30 * heartbeat
+    [rule] = ingress["spec"]["rules"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert rule["host"] == "ss.example.org" and backend["name"] == only(docs, "Service")["metadata"]["name"]
+    assert backend["port"]["name"] == only(docs, "Service")["spec"]["ports"][0]["name"]
+
+    monitor = only(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= only(docs, "Service")["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+
+    env = env_list(main_container(deployment, "gateway"))
+    assert env["AUTH_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "ss-auth", "key": "AUTH_SECRET"}
+
+
+def kubernetes_driver_calls() -> set[tuple[str, str, str]]:
+    """(api group, resource, verb) of every namespaced call of the kubernetes driver, from its source."""
+    source = (ROOT / "services/agent/streamspace_agent/drivers/kubernetes.py").read_text()
+    groups = {
+        "deployment": ("apps", "deployments"),
+        "service": ("", "services"),
+        "persistent_volume_claim": ("", "persistentvolumeclaims"),
+    }
+    calls = set()
+    for verb, kind in re.findall(r"\.(create|read|list|patch|replace|delete)_namespaced_([a-z_]+)\(", source):
+        assert kind in groups, f"the driver calls {verb}_namespaced_{kind}: add it to this map and to the Role"
+        group, resource = groups[kind]
+        calls.add((group, resource, verb))
+    assert calls, "no calls found in the kubernetes driver"
+    return calls
 
 
 def test_agent_chart_token_and_settings(helm: ModuleType) -> None:
     docs = render(helm, "streamspace-agent")
     assert "Secret" not in kinds(docs) and "Role" not in kinds(docs)
     deployment = only(docs, "Deployment")
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["automountServiceAccountToken"] is False  # no API access on the local platform
     env = env_list(main_container(deployment, "agent"))
     assert env["AGENT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "streamspace-agent-token",
@@ -666,6 +933,9 @@ def test_agent_chart_token_and_settings(helm: ModuleType) -> None:
     assert env["AGENT_PLATFORM"]["value"] == "local"
     for url in env["GATEWAY_URLS"]["value"].split(","):
         assert urlsplit(url).scheme in {"http", "https"} and urlsplit(url).port == 8000
+    # The result journal survives container restarts in the pod.
+    [state] = [m for m in main_container(deployment, "agent")["volumeMounts"] if m["name"] == "state"]
+    assert state["mountPath"] == env["AGENT_STATE_DIR"]["value"]
 
     values = {
         "agent": {"id": "edge-7", "platform": "kubernetes", "gatewayUrls": "http://a:8000,http://b:8000"},
@@ -682,12 +952,28 @@ def test_agent_chart_token_and_settings(helm: ModuleType) -> None:
     assert env["AGENT_ID"]["value"] == "edge-7"
     assert env["GATEWAY_URLS"]["value"] == "http://a:8000,http://b:8000"
 
-    # kubernetes platform: the pod's ServiceAccount is bound to a Role in the namespace.
+    # kubernetes platform: the pod's ServiceAccount is bound to a Role in the namespace that allows
+    # exactly the calls the driver makes, nothing more.
+    account = only(docs, "ServiceAccount")
+    assert pod_spec["serviceAccountName"] == account["metadata"]["name"]
     binding = only(docs, "RoleBinding")
-    assert binding["roleRef"]["name"] == only(docs, "Role")["metadata"]["name"]
+    role = only(docs, "Role")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": pod_spec["serviceAccountName"], "namespace": NAMESPACE}
     ]
+    allowed = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert allowed == kubernetes_driver_calls()
     assert pod_spec["automountServiceAccountToken"] is True
 
 
@@ -696,9 +982,38 @@ def test_agent_chart_requires_a_token_source(helm: ModuleType) -> None:
         render(helm, "streamspace-agent", {"agentToken": {"existingSecret": ""}})
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_chart_metadata(helm: ModuleType, service: str) -> None:
-    with helm.Chart.load(CHARTS / f"streamspace-{service}") as loaded:
+def test_umbrella_chart_installs_the_three_together(helm: ModuleType, umbrella: Path) -> None:
+    values = {"global": {"connection": {"existingSecret": "streamspace-urls"}}}
+    docs = render(helm, umbrella, values, release="prod")
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {f"prod-streamspace-{s}" for s in SERVICES}
+    for name, deployment in deployments.items():
+        assert deployment["spec"]["replicas"] >= 2, name
+    assert len([d for d in docs if d["kind"] == "PodDisruptionBudget"]) == 3
+    # One connection Secret of the operator's for both, no chart-made ones.
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    for service in ("gateway", "dispatcher"):
+        env = env_list(main_container(deployments[f"prod-streamspace-{service}"], service))
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "streamspace-urls"
+    # The agents reach the gateway Service of this release.
+    gateway_service = named(docs, "Service", "prod-streamspace-gateway")
+    env = env_list(main_container(deployments["prod-streamspace-agent"], "agent"))
+    assert (
+        env["GATEWAY_URLS"]["value"]
+        == f"http://{gateway_service['metadata']['name']}:{gateway_service['spec']['ports'][0]['port']}"
+    )
+    assert only(docs, "Job")["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+    docs = render(helm, umbrella, {"streamspace-agent": {"enabled": False}}, release="prod")
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"} == {
+        "prod-streamspace-gateway",
+        "prod-streamspace-dispatcher",
+    }
+
+
+@pytest.mark.parametrize("chart", [*(f"streamspace-{s}" for s in SERVICES), "streamspace"])
+def test_chart_metadata(helm: ModuleType, chart: str) -> None:
+    with helm.Chart.load(CHARTS / chart) as loaded:
         meta = loaded.metadata
     assert meta["apiVersion"] == "v2"
-    assert meta["name"] == f"streamspace-{service}"
+    assert meta["name"] == chart

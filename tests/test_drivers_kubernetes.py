@@ -231,6 +231,24 @@ async def test_orphans_with_our_labels_are_removed(driver: KubernetesDriver, api
     assert await driver.remove_orphans([known]) == []
 
 
+async def test_inventory_sessions_reports_sessions_and_every_labelled_leftover(
+    driver: KubernetesDriver, api: FakeKubernetes
+) -> None:
+    """INVENTORY_SESSIONS (what the control plane reconciles with): the sessions found, and the ids of
+    every workload part with our labels, a Service left without its Deployment included."""
+    known, leftover = new_session_id(), new_session_id()
+    await create(driver, known)
+    api.put(
+        "services",
+        NAMESPACE,
+        {"metadata": {"name": f"ss-{leftover}", "labels": {**LABELS, "io.streamspace.session_id": leftover}}},
+    )
+    report = await run(driver, "INVENTORY_SESSIONS")
+    assert [item["session_id"] for item in report["sessions"]] == [known]
+    assert report["sessions"][0]["state"] == "running"
+    assert sorted(report["workloads"]) == sorted([known, leftover])
+
+
 async def test_the_chart_grants_exactly_the_calls_the_driver_makes(
     driver: KubernetesDriver, api: FakeKubernetes
 ) -> None:

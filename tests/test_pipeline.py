@@ -246,6 +246,34 @@ async def test_confirm_frames_go_only_to_agents_that_announced_them(
         assert frame["type"] == "command" and frame["command_id"] == new
 
 
+async def test_a_result_postgresql_cannot_store_fails_its_command_and_spares_the_others(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """A result holding "\\u0000" is valid JSON that jsonb refuses, so the flush's one statement fails:
+    the writer then stores the acks, and each result alone, the refused one as `failed` with the reason.
+    The other frames of the flush are kept, and the writer goes on (a later command completes)."""
+    gateway = stack.gateway("gateway-nul")
+    await stack.ready(gateway, stack.dispatcher("dispatcher-nul"))
+    acked, poisoned, fine = [await insert_in_flight(db, agent_id) for _ in range(3)]
+    async with http.ws_connect(socket_url(gateway), headers={"Authorization": f"Bearer {agent_token}"}) as ws:
+        await ws.send_json(raw_hello(agent_id))
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+        await ws.send_json({"type": "ack", "command_id": acked})
+        nul = {"type": "result", "command_id": poisoned, "status": "completed", "result": {"t": "a\u0000"}}
+        await ws.send_json(nul)
+        await ws.send_json({"type": "result", "command_id": fine, "status": "completed", "result": {"n": 1}})
+        refused = await wait_row(db, poisoned, "failed")
+        assert "could not store" in refused["error_message"]
+        assert (await wait_row(db, fine, "completed"))["result"] == {"n": 1}
+        await wait_row(db, acked, "acknowledged")
+
+        later = await insert_command(db, agent_id, "PING")
+        frame = await ws.receive_json(timeout=10)
+        assert frame["command_id"] == later
+        await ws.send_json({"type": "result", "command_id": later, "status": "completed"})
+        await wait_row(db, later, "completed")
+
+
 async def statuses(db: asyncpg.Pool, *command_ids: str) -> list[tuple[str, int]]:
     rows = await db.fetch(
         "SELECT command_id, status, attempts FROM agent_commands WHERE command_id = ANY($1)", command_ids

@@ -575,7 +575,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
     assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
     assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
     assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
-    lifecycle = {"claim", "requeue_sent", "acknowledge_many", "finish_many", "requeue_unseen"}
+    lifecycle = {"claim", "requeue_sent", "record_frames", "requeue_unseen"}
     assert used["streamspace_common", "commands.sql"] >= lifecycle
     assert used["streamspace_dispatcher", "queries.sql"] >= {"agents_with_due_commands"}
     for (package, filename), names in used.items():

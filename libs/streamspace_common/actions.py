@@ -17,6 +17,9 @@ STOP_SESSION = "STOP_SESSION"
 HIBERNATE_SESSION = "HIBERNATE_SESSION"
 WAKE_SESSION = "WAKE_SESSION"
 DELETE_SESSION = "DELETE_SESSION"
+# No payload: the agent answers an InventoryReport (what its platform holds); the control plane
+# reconciles with it (migration 0008) and removes workloads no session owns with DELETE_SESSION.
+INVENTORY_SESSIONS = "INVENTORY_SESSIONS"
 
 # A session id is used as-is in platform names: a Docker container name, a Kubernetes object name and
 # label value (a DNS label of at most 63 characters, "ss-" prepended). A UUID fits.
@@ -113,6 +116,14 @@ class SessionInventoryItem(msgspec.Struct, frozen=True, omit_defaults=True):
     session_id: str
     state: SessionState
     endpoint: Endpoint | None = None
+
+
+class InventoryReport(msgspec.Struct, frozen=True):
+    """INVENTORY_SESSIONS' result: the sessions found, and the ids of every workload (or leftover part of
+    one) carrying the agent's labels, running or not."""
+
+    sessions: list[SessionInventoryItem]
+    workloads: list[str]
 
 
 def decode_payload(action: str, payload: dict[str, Any], session_id: str | None = None) -> SessionPayload:

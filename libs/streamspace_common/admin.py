@@ -2,11 +2,14 @@
 
     streamspace-admin agent-token create AGENT_ID [--token VALUE]
     streamspace-admin user create USERNAME [--admin] [--password VALUE]
+    streamspace-admin templates install-samples
 
 `agent-token create` registers the agent if it is new and a token for it, and prints the token alone
 on the last line of stdout. With --token an operator-chosen value is registered (idempotent), for
 compose and Helm. `user create` creates an account (the first administrator: --admin) and prints its
 password alone on the last line of stdout: the one given, or a strong generated one.
+`templates install-samples` installs the sample templates (SAMPLE_TEMPLATES) that are missing and
+prints one line per template: installed, or kept (one of that name exists already).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import re
 import sys
 
 import asyncpg
+import msgspec
 
-from .db import load_queries
+from .db import init_connection, load_queries
 from .passwords import MIN_LENGTH, hash_password, new_password
 from .schemas import ID_PATTERN, USERNAME_PATTERN
 from .settings import load_settings
@@ -29,6 +33,71 @@ QUERIES = load_queries("streamspace_common")
 
 class AdminError(Exception):
     pass
+
+
+class SampleTemplate(msgspec.Struct, kw_only=True):
+    name: str
+    description: str
+    image: str
+    command: list[str]
+    ports: list[int]
+    cpu: float = 0.5
+    memory: int = 256
+    env: dict[str, str] = {}
+    platforms: list[str] = []
+    idle_timeout_seconds: int = 1800
+
+
+SAMPLE_TEMPLATES = (
+    SampleTemplate(
+        name="echo",
+        description="An HTTP echo app: answers every request with what it received. Runs on every platform "
+        "(local: the agent's own echo_app; docker, kubernetes: streamspace/echo:dev from scripts/build-sample-images).",
+        image="streamspace/echo:dev",
+        command=["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"],
+        ports=[8080],
+        cpu=0.25,
+        memory=64,
+    ),
+    SampleTemplate(
+        name="desktop",
+        description="A desktop over VNC (TigerVNC's Xvnc, RFB on the session's port). Needs a VNC server: "
+        "local: Xvnc installed on the agent's host (apt-get install tigervnc-standalone-server); docker, "
+        "kubernetes: an image streamspace/desktop:dev serving VNC on 5901 (not built here).",
+        image="streamspace/desktop:dev",
+        command=[
+            "Xvnc",
+            ":{port}",
+            "-rfbport",
+            "{port}",
+            "-localhost",
+            "-SecurityTypes",
+            "None",
+            "-geometry",
+            "1280x800",
+            "-depth",
+            "24",
+        ],
+        ports=[5901],
+        cpu=1.0,
+        memory=1024,
+        idle_timeout_seconds=900,
+    ),
+)
+
+
+async def install_samples(dsn: str) -> list[tuple[str, bool]]:
+    """(name, installed) for each sample template; a template of that name already there is kept."""
+    conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
+    try:
+        done = []
+        for sample in SAMPLE_TEMPLATES:
+            values = msgspec.structs.astuple(sample)
+            done.append((sample.name, await conn.fetchval(QUERIES["install_template"], *values) is not None))
+    finally:
+        await conn.close()
+    return done
 
 
 async def create_agent_token(dsn: str, agent_id: str, token: str | None = None) -> str:
@@ -79,10 +148,17 @@ def main() -> None:
     create_user_parser.add_argument("username")
     create_user_parser.add_argument("--admin", action="store_true", help="an administrator")
     create_user_parser.add_argument("--password", help="this password instead of a generated one")
+    template_parser = commands.add_parser("templates", help="session templates")
+    template_commands = template_parser.add_subparsers(dest="verb", required=True)
+    template_commands.add_parser("install-samples", help="install the sample templates that are missing")
     args = parser.parse_args()
 
     settings = load_settings()
     try:
+        if args.group == "templates":
+            for name, installed in asyncio.run(install_samples(settings.database_url)):
+                print(f"{name}: {'installed' if installed else 'kept (a template of that name exists)'}")
+            return
         if args.group == "user":
             secret = asyncio.run(create_user(settings.database_url, args.username, args.admin, args.password))
             role = "administrator" if args.admin else "user"

@@ -56,32 +56,31 @@ class CommandLifecycle:
         _log_unmoved("requeue_sent", len(command_ids) - len(moved))
         return len(moved)
 
-    async def acknowledge_many(self, acks: list[tuple[str, str, int | None]], pod: str) -> list[str]:
-        """sent -> acknowledged for (command_id, agent_id, socket epoch) triples; the ids it moved. A
-        socket epoch that is no longer the agent's lease epoch (a demoted HA replica) moves nothing."""
-        if not acks:
-            return []
-        command_ids, agent_ids, epochs = (list(column) for column in zip(*acks, strict=True))
-        rows = await self.db.fetch(QUERIES["acknowledge_many"], command_ids, agent_ids, epochs, pod)
-        moved = [row["command_id"] for row in rows]
-        _log_unmoved("acknowledge", len(acks) - len(moved))
-        return moved
-
-    async def finish_many(self, results: list[tuple[str, int | None, Result]], pod: str) -> dict[str, CommandStatus]:
-        """sent | acknowledged -> completed | failed (or pending: a retryable failure with attempts left)
-        for (agent_id, socket epoch, result) triples; the ids it moved, with the status each got."""
-        if not results:
-            return {}
+    async def record_frames(
+        self, acks: list[tuple[str, str, int | None]], results: list[tuple[str, int | None, Result]], pod: str
+    ) -> tuple[list[str], dict[str, CommandStatus]]:
+        """In one statement: sent -> acknowledged for (command_id, agent_id, socket epoch) acks, and
+        sent | acknowledged -> completed | failed (or pending: a retryable failure with attempts left) for
+        (agent_id, socket epoch, result) results. A socket epoch that is no longer the agent's lease epoch
+        (a demoted HA replica) moves nothing. Returns the acks it applied and the results it applied, with
+        the status each got. One frame per command: the caller drops an ack whose result it also has."""
+        if not acks and not results:
+            return [], {}
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for command_id, agent_id, epoch in acks:
+            for column, value in zip(columns, (command_id, agent_id, epoch, None, None, None, None), strict=True):
+                column.append(value)
         for agent_id, epoch, result in results:
             encoded = None if result.result is None else _json.encode(result.result).decode()
-            values = (result.command_id, agent_id, result.status, encoded, result.error, result.retryable, epoch)
+            values = (result.command_id, agent_id, epoch, result.status, encoded, result.error, result.retryable)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        rows = await self.db.fetch(QUERIES["finish_many"], *columns, pod)
-        moved: dict[str, CommandStatus] = {row["command_id"]: row["status"] for row in rows}
-        _log_unmoved("finish", len(results) - len(moved))
-        return moved
+        rows = await self.db.fetch(QUERIES["record_frames"], *columns, pod)
+        acked = [row["command_id"] for row in rows if row["is_ack"]]
+        finished: dict[str, CommandStatus] = {row["command_id"]: row["status"] for row in rows if not row["is_ack"]}
+        _log_unmoved("acknowledge", len(acks) - len(acked))
+        _log_unmoved("finish", len(results) - len(finished))
+        return acked, finished
 
     async def requeue_unseen(self, agent_id: str, registered_at: datetime, known: list[str]) -> list[asyncpg.Record]:
         """sent | acknowledged -> pending (or failed, attempts spent) for the agent's commands claimed

@@ -57,42 +57,39 @@ FROM unnest($1::text[], $2::int[]) AS sent(command_id, attempts)
 WHERE c.command_id = sent.command_id AND c.attempts = sent.attempts AND c.status = 'sent'
 RETURNING c.command_id;
 
--- name: acknowledge_many
--- sent -> acknowledged for a batch of acks read from agent sockets: $1 command ids, $2 the agent each
--- ack came from (a foreign or late ack matches nothing), $3 the lease epoch of the socket it came from
--- (NULL: an agent without HA; else it must still be the lease's epoch: a demoted replica is refused),
--- $4 the replica that delivered them.
+-- name: record_frames
+-- The acks and results read from agent sockets since the last flush, in one statement (§2 step 5):
+-- $1 command ids, $2 the agent each frame came from (a foreign or late frame matches nothing), $3 the
+-- lease epoch of the socket it came from (NULL: an agent without HA; else it must still be the lease's
+-- epoch: a demoted replica is refused), $4 statuses (NULL: an ack; else the result's status), $5
+-- results (JSON text or NULL), $6 errors, $7 retryable flags, $8 the replica that delivered them.
+-- An ack moves sent -> acknowledged; a result moves sent | acknowledged -> completed | failed, or back
+-- to pending after the one backoff policy (streamspace_retry_delay, migration 0005) when it is a
+-- retryable failure with attempts left (the attempt it used stays spent). The caller sends at most one
+-- frame per command: UPDATE ... FROM applies only one of several matches.
+WITH frame AS (
+    SELECT f.*, f.status = 'failed' AND f.retryable AS may_retry
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bool[])
+         AS f(command_id, agent_id, epoch, status, result, error, retryable)
+)
 UPDATE agent_commands c
-SET status = 'acknowledged', acknowledged_at = now(), delivered_via_pod = $4
-FROM unnest($1::text[], $2::text[], $3::bigint[]) AS ack(command_id, agent_id, epoch)
-WHERE c.command_id = ack.command_id AND c.agent_id = ack.agent_id AND c.status = 'sent'
-  AND (ack.epoch IS NULL OR ack.epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id))
-RETURNING c.command_id;
-
--- name: finish_many
--- sent | acknowledged -> completed | failed for a batch of results: $1 command ids, $2 agent ids,
--- $3 statuses, $4 results (JSON text or NULL), $5 errors, $6 retryable flags, $7 socket epochs (as for
--- acknowledge_many), $8 the replica.
--- A retryable failure with attempts left goes back to pending after the one backoff policy
--- (streamspace_retry_delay, migration 0005); the attempt it used stays spent.
-UPDATE agent_commands c
-SET status = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
-                  THEN 'pending' ELSE r.status END,
-    result = r.result::jsonb,
-    error_message = r.error,
-    completed_at = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
+SET status = CASE WHEN f.status IS NULL THEN 'acknowledged'
+                  WHEN f.may_retry AND c.attempts < c.max_attempts THEN 'pending'
+                  ELSE f.status END,
+    result = CASE WHEN f.status IS NULL THEN c.result ELSE f.result::jsonb END,
+    error_message = CASE WHEN f.status IS NULL THEN c.error_message ELSE f.error END,
+    completed_at = CASE WHEN f.status IS NULL OR (f.may_retry AND c.attempts < c.max_attempts)
                         THEN NULL ELSE now() END,
-    next_attempt_at = CASE WHEN r.status = 'failed' AND r.retryable AND c.attempts < c.max_attempts
-                           THEN now() + streamspace_retry_delay(c.attempts)
-                      END,
+    next_attempt_at = CASE WHEN f.may_retry AND c.attempts < c.max_attempts
+                           THEN now() + streamspace_retry_delay(c.attempts) END,
     ack_deadline = NULL,
-    acknowledged_at = coalesce(c.acknowledged_at, now()),
-    delivered_via_pod = coalesce(c.delivered_via_pod, $8)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[])
-     AS r(command_id, agent_id, status, result, error, retryable, epoch)
-WHERE c.command_id = r.command_id AND c.agent_id = r.agent_id AND c.status IN ('sent', 'acknowledged')
-  AND (r.epoch IS NULL OR r.epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id))
-RETURNING c.command_id, c.status;
+    acknowledged_at = CASE WHEN f.status IS NULL THEN now() ELSE coalesce(c.acknowledged_at, now()) END,
+    delivered_via_pod = CASE WHEN f.status IS NULL THEN $8 ELSE coalesce(c.delivered_via_pod, $8) END
+FROM frame f
+WHERE c.command_id = f.command_id AND c.agent_id = f.agent_id
+  AND (c.status = 'sent' OR (c.status = 'acknowledged' AND f.status IS NOT NULL))
+  AND (f.epoch IS NULL OR f.epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id))
+RETURNING c.command_id, c.status, f.status IS NULL AS is_ack;
 
 -- name: requeue_unseen
 -- On an agent's hello (agents that announce the inventory feature only): its commands marked sent or

@@ -20,3 +20,11 @@ LIMIT 1;
 INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3)
 ON CONFLICT (username) DO NOTHING
 RETURNING id;
+
+-- name: install_template
+-- streamspace-admin templates install-samples: a sample template, unless one of that name exists
+-- (an operator's edits are kept). Returns the name when it was installed.
+INSERT INTO templates (name, description, image, command, ports, cpu, memory, env, platforms, idle_timeout_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (name) DO NOTHING
+RETURNING name;

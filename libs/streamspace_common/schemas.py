@@ -20,7 +20,9 @@ Identifier = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 # Hello strings are stored in agents columns of these sizes: a longer one is refused at the edge (4400).
 Short = Annotated[str, msgspec.Meta(max_length=64)]
 Long = Annotated[str, msgspec.Meta(max_length=255)]
-CommandId = Annotated[str, msgspec.Meta(max_length=255)]
+# No NUL: PostgreSQL text cannot hold one, and a frame naming such an id must be refused at the edge
+# (4400), not reach the batched writer whose statement it would make PostgreSQL refuse.
+CommandId = Annotated[str, msgspec.Meta(max_length=255, pattern="^[^\x00]*$")]
 CommandStatus = Literal["pending", "sent", "acknowledged", "completed", "failed", "cancelled"]
 FinalStatus = Literal["completed", "failed"]
 
@@ -57,11 +59,11 @@ class Heartbeat(Frame, tag="heartbeat"):
 
 
 class Ack(Frame, tag="ack"):
-    command_id: str
+    command_id: CommandId
 
 
 class Result(Frame, tag="result"):
-    command_id: str
+    command_id: CommandId
     status: FinalStatus
     result: dict[str, Any] | None = None
     error: str | None = None

@@ -27,12 +27,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     deadline_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # how often ack and completion deadlines are checked
     claim_batch_size: int = 500
+    idle_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # how often idle sessions are looked for
+    reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # how often every agent's inventory is asked for
     # agent
     agent_id: str = ""
     agent_token: str = ""
     gateway_urls: str = "http://127.0.0.1:8000,http://127.0.0.1:8001"
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
+    agent_max_sessions: Annotated[int, msgspec.Meta(ge=0)] = 0  # sessions it takes, advertised; 0: no limit
     # agent, AGENT_PLATFORM=local (docs/drivers.md)
     local_session_dir: str = ""  # state files and data of sessions; "": <tmp>/streamspace-sessions/<agent_id>
     local_stop_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # SIGTERM, then SIGKILL after this many seconds
@@ -52,6 +55,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_execution_log: str = ""  # append one line per finished handler (command, instance, outcome); "": off
     # gateway
     max_request_bytes: int = 64 * 1024
+    session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
     # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and
     # stored in PostgreSQL (table auth_secrets), so every replica accepts every other's tokens.
     auth_secret: str = ""

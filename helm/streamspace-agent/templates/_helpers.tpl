@@ -5,7 +5,9 @@
 
 {{/* Resource name: the release name, with the chart name appended unless already in it. */}}
 {{- define "streamspace-agent.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
@@ -21,6 +23,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "streamspace-agent.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: streamspace
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
@@ -39,10 +42,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* Environment of the agent container. */}}
 {{- define "streamspace-agent.env" -}}
-- name: POD_NAME
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.name
 - name: PORT
   value: {{ .Values.port | quote }}
 - name: AGENT_ID
@@ -54,10 +53,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       key: {{ .Values.agentToken.key }}
 - name: AGENT_PLATFORM
   value: {{ .Values.agent.platform | quote }}
+- name: AGENT_STATE_DIR
+  value: /var/lib/streamspace-agent
 - name: AGENT_CONCURRENCY
   value: {{ .Values.agent.concurrency | quote }}
 - name: GATEWAY_URLS
-  value: {{ required "agent.gatewayUrls is required" .Values.agent.gatewayUrls | quote }}
+  value: {{ tpl (required "agent.gatewayUrls is required" .Values.agent.gatewayUrls) . | quote }}
 - name: HEARTBEAT_INTERVAL
   value: {{ .Values.config.heartbeatInterval | quote }}
 - name: LOG_FORMAT

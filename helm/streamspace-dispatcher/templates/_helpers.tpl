@@ -3,9 +3,11 @@
 {{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Resource name: the release name, with the chart name appended unless already in it. */}}
+{{/* Resource name: fullnameOverride, else the release name with the chart name appended unless already in it. */}}
 {{- define "streamspace-dispatcher.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
@@ -21,6 +23,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "streamspace-dispatcher.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: streamspace
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
@@ -28,8 +31,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* The Secret with the connection URLs: this chart's existingSecret, else the umbrella's global one, else chart-made. */}}
 {{- define "streamspace-dispatcher.connectionSecret" -}}
-{{- .Values.connection.existingSecret | default (printf "%s-connection" (include "streamspace-dispatcher.fullname" .)) -}}
+{{- $global := dig "connection" "existingSecret" "" (.Values.global | default dict) -}}
+{{- .Values.connection.existingSecret | default $global | default (printf "%s-connection" (include "streamspace-dispatcher.fullname" .)) -}}
+{{- end -}}
+
+{{- define "streamspace-dispatcher.chartMadeSecret" -}}
+{{- $global := dig "connection" "existingSecret" "" (.Values.global | default dict) -}}
+{{- if not (or .Values.connection.existingSecret $global) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "streamspace-dispatcher.databaseUrlEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "streamspace-dispatcher.connectionSecret" . }}
+      key: {{ .Values.connection.keys.databaseUrl }}
 {{- end -}}
 
 {{/* Environment of the dispatcher container. */}}
@@ -40,23 +58,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       fieldPath: metadata.name
 - name: PORT
   value: {{ .Values.port | quote }}
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "streamspace-dispatcher.connectionSecret" . }}
-      key: DATABASE_URL
+{{ include "streamspace-dispatcher.databaseUrlEnv" . }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "streamspace-dispatcher.connectionSecret" . }}
-      key: REDIS_URL
+      key: {{ .Values.connection.keys.redisUrl }}
 - name: RABBITMQ_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "streamspace-dispatcher.connectionSecret" . }}
-      key: RABBITMQ_URL
-- name: HEARTBEAT_INTERVAL
-  value: {{ .Values.config.heartbeatInterval | quote }}
+      key: {{ .Values.connection.keys.rabbitmqUrl }}
 - name: LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
 - name: LOG_LEVEL

@@ -3,9 +3,11 @@
 {{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Resource name: the release name, with the chart name appended unless already in it. */}}
+{{/* Resource name: fullnameOverride, else the release name with the chart name appended unless already in it. */}}
 {{- define "streamspace-gateway.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
@@ -21,6 +23,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "streamspace-gateway.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: streamspace
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
@@ -28,11 +31,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* The Secret with the connection URLs: this chart's existingSecret, else the umbrella's global one, else chart-made. */}}
 {{- define "streamspace-gateway.connectionSecret" -}}
-{{- .Values.connection.existingSecret | default (printf "%s-connection" (include "streamspace-gateway.fullname" .)) -}}
+{{- $global := dig "connection" "existingSecret" "" (.Values.global | default dict) -}}
+{{- .Values.connection.existingSecret | default $global | default (printf "%s-connection" (include "streamspace-gateway.fullname" .)) -}}
 {{- end -}}
 
-{{/* Environment shared by the gateway and its migration init container. */}}
+{{- define "streamspace-gateway.chartMadeSecret" -}}
+{{- $global := dig "connection" "existingSecret" "" (.Values.global | default dict) -}}
+{{- if not (or .Values.connection.existingSecret $global) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "streamspace-gateway.databaseUrlEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "streamspace-gateway.connectionSecret" . }}
+      key: {{ .Values.connection.keys.databaseUrl }}
+{{- end -}}
+
+{{/* Environment of the gateway container. */}}
 {{- define "streamspace-gateway.env" -}}
 - name: POD_NAME
   valueFrom:
@@ -40,21 +58,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       fieldPath: metadata.name
 - name: PORT
   value: {{ .Values.port | quote }}
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "streamspace-gateway.connectionSecret" . }}
-      key: DATABASE_URL
+{{ include "streamspace-gateway.databaseUrlEnv" . }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "streamspace-gateway.connectionSecret" . }}
-      key: REDIS_URL
-- name: RABBITMQ_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "streamspace-gateway.connectionSecret" . }}
-      key: RABBITMQ_URL
+      key: {{ .Values.connection.keys.redisUrl }}
 - name: HEARTBEAT_INTERVAL
   value: {{ .Values.config.heartbeatInterval | quote }}
 - name: LOG_FORMAT
@@ -64,6 +73,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- with .Values.config.redisKeyPrefix }}
 - name: REDIS_KEY_PREFIX
   value: {{ . | quote }}
+{{- end }}
+{{- if .Values.authSecret.existingSecret }}
+- name: AUTH_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.authSecret.existingSecret }}
+      key: {{ .Values.authSecret.key }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}

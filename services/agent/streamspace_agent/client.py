@@ -123,9 +123,11 @@ class AgentClient:
         executor: Executor,
         ping_interval: float,
         concurrency: int = 0,
+        max_sessions: int = 0,
     ) -> None:
         self.agent_id = agent_id
         self.concurrency = concurrency
+        self.max_sessions = max_sessions
         self.ping_interval = ping_interval
         self.token = token
         self.urls = socket_urls(gateway_urls)
@@ -134,6 +136,13 @@ class AgentClient:
         self.connected_to: str | None = None
         self.role: str = "active"  # HA: what the gateway said last; "active" for a gateway without HA
         self._send_lock = asyncio.Lock()
+
+    @property
+    def capabilities(self) -> list[str]:
+        """The actions the driver runs, plus "max_sessions=N" when a session capacity is set (an older
+        gateway stores it as one more capability string: no new hello field)."""
+        extra = [f"max_sessions={self.max_sessions}"] if self.max_sessions > 0 else []
+        return [*self.executor.driver.actions, *extra]
 
     @property
     def connected(self) -> bool:
@@ -146,7 +155,7 @@ class AgentClient:
             platform=self.executor.driver.platform,
             version=__version__,
             instance_id=self.instance_id,
-            capabilities=self.executor.driver.actions,
+            capabilities=self.capabilities,
             concurrency=self.concurrency,
         )
         if legacy:

@@ -34,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
         executor,
         settings.heartbeat_interval,
         settings.agent_concurrency,
+        max_sessions=settings.agent_max_sessions,
     )
     if settings.agent_execution_log:
         executor.log_executions(settings.agent_execution_log, client.instance_id)

@@ -15,6 +15,8 @@ from streamspace_common.settings import Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background
 
 from .dispatcher import Dispatcher
+from .idle import IdleHibernator
+from .reconcile import Reconciler
 from .retries import RetryScheduler
 
 DEFAULT_PORT = 8090
@@ -49,7 +51,11 @@ def create_app(settings: Settings) -> web.Application:
         dispatcher.retries = retries
         app[DISPATCHER_KEY] = dispatcher
         loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
-        async with background(*loops, retries.run_connection(), retries.run_scheduler()):
+        sessions = (
+            IdleHibernator(pool, settings.idle_check_interval).run(),
+            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval).run(),
+        )
+        async with background(*loops, *sessions, retries.run_connection(), retries.run_scheduler()):
             yield
         await redis.aclose()
         await pool.close()

@@ -32,3 +32,9 @@ COMMANDS_OPEN = Gauge(
     "Commands pending, sent or acknowledged now (every sweep interval)",
     ["status"],
 )
+SESSIONS_IDLE_HIBERNATED = Counter(
+    "streamspace_dispatcher_sessions_idle_hibernated_total", "Running sessions asked to hibernate for idleness"
+)
+INVENTORIES_REQUESTED = Counter(
+    "streamspace_dispatcher_inventories_requested_total", "INVENTORY_SESSIONS commands of the periodic reconciliation"
+)

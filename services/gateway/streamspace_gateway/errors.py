@@ -80,31 +80,49 @@ def nul_path(value: Any, path: str = "") -> str | None:
 
 
 @functools.cache
-def _int_fields(body_type: type) -> frozenset[str]:
-    """The top-level fields of a body struct that take an integer."""
+def _int_fields(body_type: type) -> tuple[frozenset[str], frozenset[str]]:
+    """The top-level fields of a body struct that take an integer, and those that take a list of them."""
     info = msgspec.inspect.type_info(body_type)
     if not isinstance(info, msgspec.inspect.StructType):
-        return frozenset()
+        return frozenset(), frozenset()
+
+    def unwrapped(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
+        # a Meta with a description or extra schema wraps the type
+        return unwrapped(kind.type) if isinstance(kind, msgspec.inspect.Metadata) else kind
 
     def takes_int(kind: msgspec.inspect.Type) -> bool:
+        kind = unwrapped(kind)
         if isinstance(kind, msgspec.inspect.UnionType):
-            return any(isinstance(member, msgspec.inspect.IntType) for member in kind.types)
+            return any(isinstance(unwrapped(member), msgspec.inspect.IntType) for member in kind.types)
         return isinstance(kind, msgspec.inspect.IntType)
 
-    return frozenset(field.encode_name for field in info.fields if takes_int(field.type))
+    def takes_int_list(kind: msgspec.inspect.Type) -> bool:
+        kind = unwrapped(kind)
+        return isinstance(kind, msgspec.inspect.ListType) and takes_int(kind.item_type)
+
+    ints = frozenset(field.encode_name for field in info.fields if takes_int(field.type))
+    lists = frozenset(field.encode_name for field in info.fields if takes_int_list(field.type))
+    return ints, lists
 
 
 def _integral_floats_as_ints(value: Any, body_type: type) -> Any:
-    """JSON (and JSON Schema) counts 5.0 as an integer, msgspec does not: agree with JSON for int fields.
+    """JSON (and JSON Schema) counts 5.0 as an integer, msgspec does not: agree with JSON for int fields
+    (and the items of int-list fields).
 
     Only the body's own integer fields are touched; a payload's numbers are stored exactly as sent.
     """
     if isinstance(value, dict):
-        for name in _int_fields(body_type) & value.keys():
-            item = value[name]
-            if isinstance(item, float) and item.is_integer():
-                value[name] = int(item)
+        ints, lists = _int_fields(body_type)
+        for name in ints & value.keys():
+            value[name] = _as_int(value[name])
+        for name in lists & value.keys():
+            if isinstance(value[name], list):
+                value[name] = [_as_int(item) for item in value[name]]
     return value
+
+
+def _as_int(item: Any) -> Any:
+    return int(item) if isinstance(item, float) and item.is_integer() else item
 
 
 def decode_body(raw: bytes, body_type: type[T]) -> T:

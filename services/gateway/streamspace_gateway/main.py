@@ -17,6 +17,7 @@ from streamspace_common.web import add_health_routes, background
 
 from .agent_socket import agent_connect
 from .api import add_api_routes
+from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
 from .auth import AUTH_KEY, Authenticator, signing_secret
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
@@ -31,6 +32,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
     add_api_routes(app)
+    app[QUOTA_KEY] = settings.session_quota
+    app[HEARTBEAT_WITHIN_KEY] = 3 * settings.heartbeat_interval
 
     def is_ready() -> bool:
         """Not while stopping; otherwise while commands can reach us by either path. Not tied to Redis

@@ -3,7 +3,7 @@
 A socket's read loop only appends a frame here and goes on reading, so it never waits on PostgreSQL
 and aiohttp keeps answering the agent's pings (it does so only inside `receive()`) whatever the
 backlog. One writer task per replica takes everything queued since its last flush and writes it as
-one transaction of two statements (`acknowledge_many`, `finish_many`); while that runs, the next
+one statement (`record_frames`: one round trip, no transaction around it); while that runs, the next
 batch builds up, so the batch grows with the load and the statements per second do not.
 
 Why one writer per replica, not per socket: a replica holds up to thousands of agents; per-socket
@@ -121,34 +121,32 @@ class FrameWriter:
         self.confirm(batch)
 
     async def write(self, acks: list[tuple[str, str, int | None]], results: list[tuple[Queued, Result]]) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            lifecycle = CommandLifecycle(conn)
-            await lifecycle.acknowledge_many(acks, self.pod)
-            try:
-                async with conn.transaction():  # a savepoint: a bad result must not undo the acks
-                    rows = [(q.peer.agent_id, q.epoch, r) for q, r in results]
-                    moved = await lifecycle.finish_many(rows, self.pod)
-            except asyncpg.PostgresError as exc:
-                if isinstance(exc, TRANSIENT_ERRORS):
-                    raise
-                moved = await self.write_one_by_one(conn, results, exc)
+        rows = [(q.peer.agent_id, q.epoch, r) for q, r in results]
+        lifecycle = CommandLifecycle(self.pool)
+        try:
+            _, moved = await lifecycle.record_frames(acks, rows, self.pod)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS):
+                raise
+            moved = await self.write_one_by_one(acks, results, exc)
         for status in moved.values():
             metrics.AGENT_RESULTS.labels(status).inc()
 
     async def write_one_by_one(
-        self, conn: asyncpg.Connection, results: list[tuple[Queued, Result]], error: Exception
+        self, acks: list[tuple[str, str, int | None]], results: list[tuple[Queued, Result]], error: Exception
     ) -> dict[str, CommandStatus]:
-        """A batch PostgreSQL refused (say, a result holding "\\u0000", which jsonb cannot store): write
-        each result alone, and store one that is refused again as failed with the reason, so the command
-        still ends and the agent is not made to resend it forever."""
-        log.warning("result_batch_refused", error=repr(error), results=len(results))
-        lifecycle = CommandLifecycle(conn)
+        """A batch PostgreSQL refused (say, a result holding "\\u0000", which jsonb cannot store): the acks
+        alone, then each result alone, and one refused again is stored as failed with the reason, so the
+        command still ends and the agent is not made to resend it forever. Every move is guarded, so a
+        flush retried after a partial write here applies nothing twice."""
+        log.warning("frame_batch_refused", error=repr(error), acks=len(acks), results=len(results))
+        lifecycle = CommandLifecycle(self.pool)
+        await lifecycle.record_frames(acks, [], self.pod)
         moved: dict[str, CommandStatus] = {}
         for queued, result in results:
             agent_id = queued.peer.agent_id
             try:
-                async with conn.transaction():
-                    moved.update(await lifecycle.finish_many([(agent_id, queued.epoch, result)], self.pod))
+                moved.update((await lifecycle.record_frames([], [(agent_id, queued.epoch, result)], self.pod))[1])
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, TRANSIENT_ERRORS):
                     raise
@@ -158,7 +156,7 @@ class FrameWriter:
                     status="failed",
                     error=f"the gateway could not store the agent's result: {exc}"[:2000],
                 )
-                moved.update(await lifecycle.finish_many([(agent_id, queued.epoch, replacement)], self.pod))
+                moved.update((await lifecycle.record_frames([], [(agent_id, queued.epoch, replacement)], self.pod))[1])
         return moved
 
     def confirm(self, batch: list[Queued]) -> None:
@@ -173,15 +171,15 @@ class FrameWriter:
 
 
 def _split(batch: list[Queued]) -> tuple[list[tuple[str, str, int | None]], list[tuple[Queued, Result]]]:
-    """Acks as (command_id, agent_id, epoch), results as (queued, result). An ack whose result is in the
-    same batch is dropped (the result sets acknowledged_at itself); a result repeated keeps its first copy."""
+    """Acks as (command_id, agent_id, epoch), results as (queued, result), at most one frame per command
+    of an agent: an ack whose result is in the same batch is dropped (the result sets acknowledged_at
+    itself), an ack or a result repeated keeps its first copy."""
     results: dict[tuple[str, str], tuple[Queued, Result]] = {}
     for item in batch:
         if item.result is not None:
             results.setdefault((item.peer.agent_id, item.result.command_id), (item, item.result))
-    acks = [
-        (item.ack, item.peer.agent_id, item.epoch)
-        for item in batch
-        if item.ack is not None and (item.peer.agent_id, item.ack) not in results
-    ]
-    return acks, list(results.values())
+    acks: dict[tuple[str, str], tuple[str, str, int | None]] = {}
+    for item in batch:
+        if item.ack is not None and (item.peer.agent_id, item.ack) not in results:
+            acks.setdefault((item.peer.agent_id, item.ack), (item.ack, item.peer.agent_id, item.epoch))
+    return list(acks.values()), list(results.values())

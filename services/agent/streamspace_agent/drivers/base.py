@@ -20,11 +20,13 @@ from streamspace_common.actions import (
     CREATE_SESSION,
     DELETE_SESSION,
     HIBERNATE_SESSION,
+    INVENTORY_SESSIONS,
     SESSION_ACTIONS,
     STOP_SESSION,
     WAKE_SESSION,
     CreateSession,
     DeleteSession,
+    InventoryReport,
     SessionInventoryItem,
     SessionPayload,
     SessionReport,
@@ -104,11 +106,13 @@ class SessionDriver:
 
     @property
     def actions(self) -> list[str]:
-        return sorted((*DIAGNOSTICS, *SESSION_ACTIONS))
+        return sorted((*DIAGNOSTICS, *SESSION_ACTIONS, INVENTORY_SESSIONS))
 
     async def execute(self, command: Command) -> dict[str, Any]:
         if command.action in DIAGNOSTICS:
             return await run_diagnostic(self.agent_id, command)
+        if command.action == INVENTORY_SESSIONS:
+            return await self.report_inventory()
         if command.action not in SESSION_ACTIONS:
             raise CommandFailed(
                 f"unknown action {command.action!r} for platform {self.platform}; supported: {', '.join(self.actions)}"
@@ -139,6 +143,12 @@ class SessionDriver:
     async def _create(self, payload: SessionPayload) -> SessionReport:
         assert isinstance(payload, CreateSession)
         return await self.create(payload)
+
+    async def report_inventory(self) -> dict[str, Any]:
+        """INVENTORY_SESSIONS: what the platform holds, for the control plane to reconcile with."""
+        report = InventoryReport(sessions=await self.inventory(), workloads=await self.workload_ids())
+        result: dict[str, Any] = msgspec.to_builtins(report)
+        return result
 
     async def remove_orphans(self, known_session_ids: Collection[str]) -> list[str]:
         known = set(known_session_ids)

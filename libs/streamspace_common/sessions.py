@@ -1,0 +1,129 @@
+"""The session lifecycle (§5): its states, the verbs a user may ask for, and every statement that moves one.
+
+    pending -> starting -> running <-> hibernated        (stop -> stopping -> stopped; wake -> starting)
+                                    \\-> failed           (with the reason)
+
+Two kinds of move, one home. What the control plane asks for is here and in `sessions.sql`: placing
+a new session (one transaction: the session and its CREATE_SESSION command), a verb (stop, hibernate,
+wake, delete: `desired_state` and the command in one statement, so a repeated verb adds nothing), the
+idle check and the reconciliation round. What the agents report moves the session through the
+triggers of migration 0008: a session command that ends (its SessionReport gives the state, the
+endpoint or the reason; a command that fails or is cancelled fails the session with its error), and an
+inventory that lacks a session believed running (failed) or holds a workload no session owns (a
+DELETE_SESSION for it). Whatever path ends a command (a gateway's result, a dispatcher's deadline, an
+operator's cancel), the session follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+import structlog
+
+from .actions import DELETE_SESSION, HIBERNATE_SESSION, INVENTORY_SESSIONS, STOP_SESSION, WAKE_SESSION
+from .db import load_queries
+
+QUERIES = load_queries("streamspace_common", "sessions.sql")
+SessionStateName = Literal["pending", "starting", "running", "hibernated", "stopping", "stopped", "failed"]
+STATES: tuple[SessionStateName, ...] = ("pending", "starting", "running", "hibernated", "stopping", "stopped", "failed")
+Verb = Literal["stop", "hibernate", "wake", "delete"]
+log = structlog.get_logger("sessions")
+__all__ = ["INVENTORY_SESSIONS", "STATES", "VERBS", "NoAgent", "Placement", "QuotaExceeded", "SessionLifecycle"]
+
+
+@dataclass(frozen=True)
+class VerbRule:
+    action: str
+    desired: str  # desired_state it sets
+    state: str | None  # state it sets at once (None: unchanged until the agent reports)
+    allowed_from: tuple[str, ...]  # desired states it may be asked in
+
+
+VERBS: dict[Verb, VerbRule] = {
+    "stop": VerbRule(STOP_SESSION, "stopped", "stopping", ("running", "hibernated", "stopped")),
+    "hibernate": VerbRule(HIBERNATE_SESSION, "hibernated", None, ("running", "hibernated")),
+    "wake": VerbRule(WAKE_SESSION, "running", "starting", ("running", "hibernated", "stopped")),
+    "delete": VerbRule(DELETE_SESSION, "deleted", "stopping", ("running", "hibernated", "stopped")),
+}
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, quota: int) -> None:
+        super().__init__(f"the session quota of {quota} (SESSION_QUOTA) is reached; stop or delete a session first")
+        self.quota = quota
+
+
+class NoAgent(Exception):
+    """No online agent fits; `full` says whether some would fit but have no free capacity."""
+
+    def __init__(self, full: bool) -> None:
+        self.full = full
+        super().__init__(
+            "every agent that fits is at its advertised max_sessions"
+            if full
+            else "no online agent fits (platform, agent_id and the template's platforms)"
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    template: str
+    platforms: list[str]  # the template's allowed platforms; empty: any
+    idle_timeout_seconds: int
+    payload: dict[str, Any]  # the CREATE_SESSION payload without session_id
+    platform: str | None = None  # asked for by the caller
+    agent_id: str | None = None  # asked for by the caller
+    heartbeat_within: float = 30.0  # seconds: an agent without a heartbeat since is not placed on
+
+
+class SessionLifecycle:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def create(self, session_id: str, user_id: str, quota: int, placement: Placement) -> asyncpg.Record:
+        """Pick an agent and insert the session and its CREATE_SESSION command in one transaction."""
+        filters = (placement.platforms, placement.platform, placement.agent_id, placement.heartbeat_within)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_placement"])
+            if await conn.fetchval(QUERIES["user_session_count"], user_id) >= quota:
+                raise QuotaExceeded(quota)
+            agent = await conn.fetchrow(QUERIES["pick_agent"], *filters)
+            if agent is None:
+                raise NoAgent(full=await conn.fetchval(QUERIES["fitting_agents"], *filters) > 0)
+            row: asyncpg.Record = await conn.fetchrow(
+                QUERIES["create_session"],
+                session_id,
+                user_id,
+                placement.template,
+                agent["agent_id"],
+                agent["platform"],
+                placement.idle_timeout_seconds,
+                placement.payload,
+            )
+        log.info("session_placed", session_id=session_id, agent_id=agent["agent_id"], load=agent["sessions"])
+        return row
+
+    async def request(self, session_id: str, verb: Verb) -> asyncpg.Record | None:
+        """Ask for a verb: the session row with `command_id` (None when it was already asked for), or
+        None when the session is gone or the verb is not allowed in its desired state."""
+        rule = VERBS[verb]
+        row: asyncpg.Record | None = await self.pool.fetchrow(
+            QUERIES["request"], session_id, rule.desired, rule.state, rule.action, list(rule.allowed_from)
+        )
+        return row
+
+    async def touch(self, session_id: str) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.pool.fetchrow(QUERIES["touch_activity"], session_id)
+        return row
+
+    async def hibernate_idle(self, limit: int) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.pool.fetch(QUERIES["hibernate_idle"], limit)
+        for row in rows:
+            log.info("session_idle", session_id=row["id"], agent_id=row["agent_id"], idle=row["idle_timeout_seconds"])
+        return rows
+
+    async def request_inventories(self, timeout_seconds: int, heartbeat_within: float) -> list[str]:
+        rows = await self.pool.fetch(QUERIES["request_inventories"], timeout_seconds, heartbeat_within)
+        return [row["agent_id"] for row in rows]

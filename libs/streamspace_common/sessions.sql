@@ -1,0 +1,120 @@
+-- The session lifecycle: every statement that changes sessions.state or desired_state (§5). The moves
+-- driven by what agents report (a session command ending, an inventory) are the triggers of migration
+-- 0008; these are the moves the control plane makes itself, each with the command that carries it.
+
+-- name: lock_placement
+-- Placement and quotas are decided one session at a time (per database), so two creations never both
+-- take an agent's last free slot or a user's last quota slot. Held to the end of the transaction.
+SELECT pg_advisory_xact_lock(hashtext('streamspace_session_placement'));
+
+-- name: user_session_count
+-- The sessions that count against a user's quota: not deleted, not stopped, not failed.
+SELECT count(*) FROM sessions
+WHERE user_id = $1 AND deleted_at IS NULL AND state NOT IN ('stopped', 'failed');
+
+-- name: pick_agent
+-- The least loaded online agent that runs sessions on an allowed platform ($1: JSON array, empty = any),
+-- of platform $2 and id $3 when given, with a free slot (max_sessions 0: no limit). Load counts every
+-- session whose workload may exist (deleted ones until the agent confirms they are gone). Online means
+-- a heartbeat within $4 seconds too: a row left 'online' by a gateway that died is not an agent.
+SELECT a.agent_id, a.platform, load.sessions
+FROM agents a
+CROSS JOIN LATERAL (
+    SELECT count(*) AS sessions FROM sessions s
+    WHERE s.agent_id = a.agent_id AND s.state NOT IN ('stopped', 'failed')
+) AS load
+WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $4)
+  AND a.capabilities ? 'CREATE_SESSION'
+  AND (jsonb_array_length($1::jsonb) = 0 OR $1::jsonb ? a.platform)
+  AND ($2::text IS NULL OR a.platform = $2)
+  AND ($3::text IS NULL OR a.agent_id = $3)
+  AND (a.max_sessions = 0 OR load.sessions < a.max_sessions)
+ORDER BY load.sessions, random()
+LIMIT 1;
+
+-- name: fitting_agents
+-- Why no agent was picked: how many online agents would fit if capacity were ignored.
+SELECT count(*) FROM agents a
+WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $4)
+  AND a.capabilities ? 'CREATE_SESSION'
+  AND (jsonb_array_length($1::jsonb) = 0 OR $1::jsonb ? a.platform)
+  AND ($2::text IS NULL OR a.platform = $2)
+  AND ($3::text IS NULL OR a.agent_id = $3);
+
+-- name: create_session
+-- The session and its CREATE_SESSION command, in one statement ($7: the payload without session_id).
+WITH made AS (
+    INSERT INTO sessions (id, user_id, template, agent_id, platform, idle_timeout_seconds)
+    VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)
+    RETURNING *
+), command AS (
+    INSERT INTO agent_commands (agent_id, action, payload, session_id)
+    SELECT made.agent_id, 'CREATE_SESSION', $7::jsonb || jsonb_build_object('session_id', made.id::text), made.id::text
+    FROM made
+    RETURNING command_id
+)
+SELECT made.*, (SELECT command_id FROM command) AS command_id FROM made;
+
+-- name: request
+-- A verb on a session ($1), as one statement: desired_state becomes $2, state $3 (NULL: unchanged),
+-- deleted_at is set when $2 is 'deleted', and the command $4 is inserted. Applies only when the
+-- session is not deleted, its desired state is one of $5, and the verb is not already asked for
+-- (desired_state = $2 and not failed): a repeated verb changes nothing. No row: nothing was done.
+WITH moved AS (
+    UPDATE sessions
+    SET desired_state = $2, state = coalesce($3, state),
+        deleted_at = CASE WHEN $2 = 'deleted' THEN now() END,
+        state_changed_at = CASE WHEN $3 IS NULL OR $3 = state THEN state_changed_at ELSE now() END
+    WHERE id = $1::uuid AND deleted_at IS NULL
+      AND desired_state = ANY($5::text[])
+      AND NOT (desired_state = $2 AND state <> 'failed')
+    RETURNING *
+), command AS (
+    INSERT INTO agent_commands (agent_id, action, payload, session_id)
+    SELECT agent_id, $4, jsonb_build_object('session_id', id::text), id::text FROM moved
+    RETURNING command_id
+)
+SELECT moved.*, (SELECT command_id FROM command) AS command_id FROM moved;
+
+-- name: touch_activity
+-- The user used the session: the idle clock starts again.
+UPDATE sessions SET last_activity_at = now()
+WHERE id = $1::uuid AND deleted_at IS NULL
+RETURNING *;
+
+-- name: hibernate_idle
+-- Running sessions idle past their idle timeout, with no command in flight, are asked to hibernate
+-- (up to $1 per round; SKIP LOCKED lets dispatcher replicas share the work). Returns what it asked.
+WITH idle AS (
+    SELECT s.id FROM sessions s
+    WHERE s.state = 'running' AND s.desired_state = 'running' AND s.deleted_at IS NULL
+      AND s.idle_timeout_seconds > 0
+      AND s.last_activity_at + make_interval(secs => s.idle_timeout_seconds) < now()
+      AND NOT EXISTS (SELECT 1 FROM agent_commands c
+                      WHERE c.session_id = s.id::text AND c.status IN ('pending', 'sent', 'acknowledged'))
+    ORDER BY s.last_activity_at
+    LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+), moved AS (
+    UPDATE sessions s SET desired_state = 'hibernated'
+    FROM idle WHERE s.id = idle.id
+    RETURNING s.id, s.agent_id, s.user_id, s.last_activity_at, s.idle_timeout_seconds
+), command AS (
+    INSERT INTO agent_commands (agent_id, action, payload, session_id)
+    SELECT agent_id, 'HIBERNATE_SESSION', jsonb_build_object('session_id', id::text), id::text FROM moved
+)
+SELECT id::text, agent_id, user_id::text, last_activity_at, idle_timeout_seconds FROM moved;
+
+-- name: request_inventories
+-- Reconciliation round: an INVENTORY_SESSIONS command for every online agent that runs sessions and
+-- has none open (the same as the trigger on (re)connect, for every agent) and a heartbeat within $2
+-- seconds (a row left 'online' by a gateway that died is skipped). Returns the agents asked.
+INSERT INTO agent_commands (agent_id, action, max_attempts, timeout_seconds)
+SELECT a.agent_id, 'INVENTORY_SESSIONS', 3, $1
+FROM agents a
+WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $2)
+  AND a.capabilities ? 'INVENTORY_SESSIONS'
+  AND NOT EXISTS (SELECT 1 FROM agent_commands c
+                  WHERE c.agent_id = a.agent_id AND c.action = 'INVENTORY_SESSIONS'
+                    AND c.status IN ('pending', 'sent', 'acknowledged'))
+RETURNING agent_id;

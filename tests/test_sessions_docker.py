@@ -1,0 +1,187 @@
+"""Sessions through the REST API on the `docker` platform: a real Docker Engine (scripts/docker-engine)
+and the locally built sample image streamspace/echo:dev (busybox httpd; scripts/build-sample-images).
+Skipped, saying why, only when no engine can be started on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import asyncpg
+import pytest
+from aiodocker.exceptions import DockerError
+from sessions_support import Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
+from support import RunEnv, Service, Stack, wait_for
+
+from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
+from streamspace_common.actions import CreateSession
+from streamspace_common.admin import create_agent_token
+from streamspace_common.settings import Settings
+
+__all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "streamspace/echo:dev"
+
+
+@pytest.fixture(scope="module")
+def sample_image() -> str:
+    engine = subprocess.run(["bash", str(ROOT / "scripts/docker-engine")], capture_output=True, text=True)
+    if engine.returncode != 0:
+        pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")
+    subprocess.run(["bash", str(ROOT / "scripts/build-sample-images")], check=True, env={**os.environ, "IMAGE": IMAGE})
+    return IMAGE
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[aiodocker.Docker]:
+    """A client of our own, to look at (and tamper with) the engine behind the agent's back."""
+    async with aiodocker.Docker() as client:
+        yield client
+
+
+@pytest.fixture
+async def docker_agent(
+    sample_image: str, sessions_stack: Stack, stack: Stack, test_env: RunEnv, db: asyncpg.Pool
+) -> AsyncIterator[tuple[str, Settings]]:
+    """A docker agent on a network of its own; whatever it leaves is removed afterwards."""
+    agent_id = f"sess-docker-{uuid.uuid4().hex[:8]}"
+    settings = Settings(agent_id=agent_id, docker_network=f"ss-test-{uuid.uuid4().hex[:8]}", docker_stop_timeout=2)
+    token = await create_agent_token(test_env.database_url, agent_id)
+    agent: Service = stack.agent(
+        agent_id,
+        token,
+        [sessions_stack.services[0]],
+        AGENT_PLATFORM="docker",
+        DOCKER_NETWORK=settings.docker_network,
+        DOCKER_STOP_TIMEOUT="2",
+    )
+    await stack.ready(agent)
+    await wait_agent_online(db, agent_id)
+    yield agent_id, settings
+    agent.kill()
+    driver = DockerDriver(settings)
+    await driver.remove_orphans([])
+    await driver.close()
+    async with aiodocker.Docker() as client:
+        with contextlib.suppress(DockerError):
+            await (await client.networks.get(settings.docker_network)).delete()
+
+
+async def container(engine: aiodocker.Docker, session_id: str) -> dict[str, Any] | None:
+    try:
+        found = await engine.containers.get(container_name(session_id))
+    except DockerError as exc:
+        assert exc.status == 404
+        return None
+    return dict(found._container)
+
+
+async def volume_exists(engine: aiodocker.Docker, session_id: str) -> bool:
+    try:
+        await engine.volumes.get(volume_name(session_id))  # type: ignore[no-untyped-call]
+    except DockerError as exc:
+        assert exc.status == 404
+        return False
+    return True
+
+
+async def page(endpoint: Json) -> str:
+    """The sample app's answer, once its httpd takes requests."""
+
+    async def probe() -> str | None:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+                http.post(f"http://{endpoint['host']}:{endpoint['port']}/cgi-bin/echo", data="via api") as response,
+            ):
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    return await wait_for(probe, timeout=20)
+
+
+async def test_a_docker_session_whole_life_through_the_api(
+    docker_agent: tuple[str, Settings], admin_api: Api, engine: aiodocker.Docker, db: asyncpg.Pool
+) -> None:
+    agent_id, _ = docker_agent
+    user = await new_user(admin_api, "docker-life")
+    created = await user.create("echo", platform="docker")
+    assert created["agent_id"] == agent_id and created["platform"] == "docker"
+    session_id = created["id"]
+
+    running = await user.until_state(session_id, "running", "failed", timeout=60)
+    assert running["state"] == "running", running
+    assert "body=via api" in await page(running["endpoint"])
+    info = await container(engine, session_id)
+    assert info is not None and info["State"]["Running"]
+    assert info["Config"]["Labels"]["io.streamspace.session_id"] == session_id
+    assert await volume_exists(engine, session_id)
+
+    await user.call("POST", f"/api/v1/sessions/{session_id}/hibernate", expect=202)
+    hibernated = await user.until_state(session_id, "hibernated", "failed", timeout=30)
+    assert hibernated["state"] == "hibernated", hibernated
+    info = await container(engine, session_id)
+    assert info is not None and not info["State"]["Running"]
+
+    await user.call("POST", f"/api/v1/sessions/{session_id}/wake", expect=202)
+    woken = await user.until_state(session_id, "running", "failed", timeout=30)
+    assert woken["state"] == "running", woken
+    assert "body=via api" in await page(woken["endpoint"])
+
+    await user.call("POST", f"/api/v1/sessions/{session_id}/stop", expect=202)
+    stopped = await user.until_state(session_id, "stopped", "failed", timeout=30)
+    assert stopped["state"] == "stopped", stopped
+    info = await container(engine, session_id)
+    assert info is not None and not info["State"]["Running"]  # stopped, its storage kept
+
+    await user.call("DELETE", f"/api/v1/sessions/{session_id}", expect=204)
+    assert (await user.call("GET", f"/api/v1/sessions/{session_id}"))[0] == 404
+
+    async def gone() -> bool:
+        row = await db.fetchval("SELECT count(*) FROM sessions WHERE id = $1::uuid", session_id)
+        return row == 0 and await container(engine, session_id) is None and not await volume_exists(engine, session_id)
+
+    await wait_for(gone, timeout=30)
+
+
+async def test_docker_reconciliation(
+    docker_agent: tuple[str, Settings], admin_api: Api, engine: aiodocker.Docker, db: asyncpg.Pool
+) -> None:
+    """A container killed behind the agent's back: the session is failed with the reason. A container
+    with our labels that no session owns: removed."""
+    agent_id, settings = docker_agent
+    user = await new_user(admin_api, "docker-drift")
+    session = await user.create("echo", platform="docker", agent_id=agent_id)
+    await user.until_state(session["id"], "running", "failed", timeout=60)
+
+    await (await engine.containers.get(container_name(session["id"]))).kill()
+    failed = await user.until_state(session["id"], "failed", timeout=30)
+    assert f"agent {agent_id} found this session stopped, not running" in failed["reason"], failed
+
+    unknown = str(uuid.uuid4())
+    intruder = DockerDriver(settings)
+    try:
+        report = await intruder.create(CreateSession(session_id=unknown, name="echo", image=IMAGE, ports=[8080]))
+        assert report.state == "running"
+    finally:
+        await intruder.close()
+
+    async def removed() -> bool:
+        return await container(engine, unknown) is None and not await volume_exists(engine, unknown)
+
+    await wait_for(removed, timeout=30)
+    await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
+
+    async def deleted() -> bool:
+        return await container(engine, session["id"]) is None
+
+    await wait_for(deleted, timeout=30)
