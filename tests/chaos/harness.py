@@ -13,9 +13,9 @@ What is counted (`Counts`):
   committed), else "completed twice" (a real double execution: must be 0). Every re-run after crash
   must be among what the killed process had in flight (rows `sent`/`acknowledged` for its agent just
   before and just after the kill).
-- agent disconnects: `disconnected` events in the agents' logs.
-- routable again: per agent id, seconds from the fault until the first acknowledgement after it
-  (PostgreSQL's acknowledged_at); the median and the maximum over the agent ids.
+- agent disconnects: sockets the agents lost (reconnects, or `disconnected` events if more).
+- routable again: per agent id, seconds from the fault until the first acknowledgement of a command
+  created after it (PostgreSQL's acknowledged_at); the median and the maximum over the agent ids.
 - time to drain: from the last command inserted to the last one finished.
 """
 
@@ -361,7 +361,8 @@ class ChaosRun:
 
     async def count(self) -> Counts:
         rows = await self.db.fetch(
-            "SELECT command_id, agent_id, status, attempts, acknowledged_at, completed_at FROM agent_commands"
+            "SELECT command_id, agent_id, status, attempts, created_at, acknowledged_at, completed_at "
+            "FROM agent_commands"
         )
         by_id = {row["command_id"]: row for row in rows}
         statuses = [by_id[command_id]["status"] if command_id in by_id else None for command_id in self.ids]
@@ -375,16 +376,16 @@ class ChaosRun:
             elif len(living) < len(runs):
                 rerun += 1
                 outside += command_id not in self.in_flight
-        disconnects = sum(count_event(service, "disconnected") for service in self.agents.values())
+        disconnects = sum(agent_disconnects(service) for service in self.agents.values())
         routable: list[float] = []
         if self.fault_at:
             for agent_id in self.stream_agents:
-                acks = [
+                acks = [  # of commands created after the fault: an ack written late for one sent before proves nothing
                     ts(row["acknowledged_at"])
                     for row in rows
                     if row["agent_id"] == agent_id
                     and row["acknowledged_at"] is not None
-                    and ts(row["acknowledged_at"]) >= self.fault_at
+                    and ts(row["created_at"]) >= self.fault_at
                 ]
                 if acks:
                     routable.append(min(acks) - self.fault_at)
@@ -416,6 +417,12 @@ class ChaosRun:
         if not failed_allowed:
             assert counts.failed == 0, counts
         assert counts.completed + counts.failed == counts.commands, counts
+
+
+def agent_disconnects(agent: Service) -> int:
+    """Sockets an agent process lost: a socket that failed with an error is logged as `dependency_down`,
+    not `disconnected`, so every connect after the first counts too."""
+    return max(count_event(agent, "connected") - 1, count_event(agent, "disconnected"))
 
 
 def ts(value: datetime) -> float:
