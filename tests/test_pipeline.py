@@ -81,6 +81,43 @@ async def test_a_burst_from_20_sql_clients_is_delivered_once_each_without_a_disc
     assert count_event(gateway, "agent_disconnected") == 0
 
 
+async def test_beyond_the_send_window_a_burst_waits_pending_and_goes_out_as_acks_come_back(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """An agent that has SEND_WINDOW commands sent and unacknowledged gets no more: the rest of a burst
+    waits `pending`, with no ack deadline running (under overload a burst's tail was redelivered, and
+    run again, only because the head was slow). Each acknowledgement lets one more go, without a
+    NOTIFY: the dispatcher looks again while due commands are held back."""
+    gateway = stack.gateway("gateway-w")
+    await stack.ready(
+        gateway, stack.dispatcher("dispatcher-w", SEND_WINDOW="10", ACK_TIMEOUT="60", SWEEP_INTERVAL="60")
+    )
+    async with http.ws_connect(socket_url(gateway), headers={"Authorization": f"Bearer {agent_token}"}) as ws:
+        await ws.send_json(raw_hello(agent_id))
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+        await db.execute(
+            "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, 50)", agent_id
+        )
+        received = [(await ws.receive_json(timeout=10))["command_id"] for _ in range(10)]
+        with pytest.raises(TimeoutError):  # the window is full: nothing more comes
+            await ws.receive_json(timeout=1.5)
+
+        async def counts() -> dict[str, int]:
+            rows = await db.fetch(
+                "SELECT status, count(*) FROM agent_commands WHERE agent_id = $1 GROUP BY status", agent_id
+            )
+            return {row["status"]: row["count"] for row in rows}
+
+        assert await counts() == {"sent": 10, "pending": 40}
+        for command_id in received[:5]:
+            await ws.send_json({"type": "ack", "command_id": command_id})
+        received += [(await ws.receive_json(timeout=10))["command_id"] for _ in range(5)]
+        with pytest.raises(TimeoutError):
+            await ws.receive_json(timeout=1.5)
+        assert len(set(received)) == 15
+        assert await counts() == {"acknowledged": 5, "sent": 10, "pending": 35}
+
+
 # --- results survive a dying socket and a restarting agent ---------------------------------------
 
 

@@ -42,10 +42,13 @@ class CommandLifecycle:
         self.db = db
 
     async def claim(
-        self, agent_ids: list[str], limit: int, ack_timeout: float, dispatcher: str
+        self, agent_ids: list[str], limit: int, ack_timeout: float, dispatcher: str, window: int
     ) -> list[asyncpg.Record]:
-        """pending -> sent for up to `limit` due commands of these agents; the rows to publish."""
-        rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["claim"], agent_ids, limit, ack_timeout, dispatcher)
+        """pending -> sent for up to `limit` due commands of these agents, none beyond `window` sent and
+        unacknowledged per agent; the rows to publish."""
+        rows: list[asyncpg.Record] = await self.db.fetch(
+            QUERIES["claim"], agent_ids, limit, ack_timeout, dispatcher, window
+        )
         return rows
 
     async def requeue_sent(self, command_ids: list[str], attempts: list[int]) -> int:

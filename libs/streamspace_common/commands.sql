@@ -7,13 +7,16 @@
 -- says sent (and is committed) before anything is published. SKIP LOCKED lets dispatcher replicas
 -- share the work without sending a row twice. Commands of one session go one at a time in
 -- created_at order. An agent's advertised concurrency (0 = no limit) caps what it has in flight,
--- and is applied per agent before the batch limit, so one agent's backlog never crowds out others.
+-- and the send window $5 what it has sent and not yet acknowledged; both apply per agent before the
+-- batch limit, so one agent's backlog never crowds out others.
 WITH slots AS (
     SELECT a.agent_id,
-           CASE WHEN a.concurrency > 0 THEN greatest(a.concurrency - (
-               SELECT count(*) FROM agent_commands f
-               WHERE f.agent_id = a.agent_id AND f.status IN ('sent', 'acknowledged')), 0)
-           ELSE $2 END AS free
+           least(CASE WHEN a.concurrency > 0 THEN greatest(a.concurrency - (
+                     SELECT count(*) FROM agent_commands f
+                     WHERE f.agent_id = a.agent_id AND f.status IN ('sent', 'acknowledged')), 0)
+                 ELSE $2 END,
+                 greatest($5 - (SELECT count(*) FROM agent_commands f
+                                WHERE f.agent_id = a.agent_id AND f.status = 'sent'), 0)) AS free
     FROM agents a
     WHERE a.agent_id = ANY($1::text[])
     ORDER BY random()  -- no agent is always first in line when the batch limit cuts

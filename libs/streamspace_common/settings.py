@@ -27,6 +27,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     command_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     deadline_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # how often ack and completion deadlines are checked
     claim_batch_size: int = 500
+    # commands one agent may have sent and not yet acknowledged; the rest of its backlog waits pending,
+    # with no ack deadline running (a burst's tail is never redelivered only because the head was slow)
+    send_window: Annotated[int, msgspec.Meta(gt=0)] = 1000
     idle_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # how often idle sessions are looked for
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # how often every agent's inventory is asked for
     # agent

@@ -31,6 +31,7 @@ from streamspace_common.schemas import Delivery
 from . import metrics
 from .retries import RetryScheduler
 
+RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
 log = structlog.get_logger("dispatcher")
@@ -48,6 +49,7 @@ class Dispatcher:
         batch_size: int,
         command_timeout: float = 300.0,
         deadline_interval: float = 1.0,
+        send_window: int = 1000,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
@@ -63,6 +65,9 @@ class Dispatcher:
         self.batch_size = batch_size
         self.command_timeout = command_timeout
         self.deadline_interval = deadline_interval
+        self.send_window = send_window
+        self.recheck: asyncio.TimerHandle | None = None
+        self.due_agents = False  # the last round found routable agents with due commands
         self.retries: RetryScheduler | None = None  # set by the app: retries through RabbitMQ
         self.counted_at = 0.0  # monotonic time of the last commands-by-status count
         self.wake = asyncio.Event()
@@ -121,13 +126,21 @@ class Dispatcher:
             raise
         if claimed >= self.batch_size:
             self.wake.set()  # a full batch: there is probably more
+        elif self.due_agents:
+            # Agents had due commands and may still have some, held back by the send window (or their
+            # concurrency, or session order): an acknowledgement frees a window slot without a NOTIFY,
+            # so look again shortly, for as long as such agents remain.
+            if self.recheck is not None:
+                self.recheck.cancel()
+            self.recheck = asyncio.get_running_loop().call_later(RECHECK_AFTER, self.wake.set)
 
     async def dispatch_once(self) -> int:
         agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]
         bus, pods = await self.routes(agent_ids)
+        self.due_agents = bool(pods)
         if not pods:
             return 0  # offline agents keep their commands pending, at no attempt's cost
-        rows = await self.commands.claim(list(pods), self.batch_size, self.ack_timeout, self.name)
+        rows = await self.commands.claim(list(pods), self.batch_size, self.ack_timeout, self.name, self.send_window)
         if not rows:
             return 0
         metrics.COMMANDS_CLAIMED.inc(len(rows))

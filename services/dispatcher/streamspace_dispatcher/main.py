@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
             batch_size=settings.claim_batch_size,
             command_timeout=settings.command_timeout,
             deadline_interval=settings.deadline_interval,
+            send_window=settings.send_window,
         )
         retries = RetryScheduler(settings.rabbitmq_url, pool, dispatcher.wake.set)
         dispatcher.retries = retries
