@@ -18,10 +18,12 @@ from streamspace_common.web import add_health_routes, background
 from .agent_socket import agent_connect
 from .api import add_api_routes
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
+from .api.streams import STREAMS_KEY, StreamConfig
 from .auth import AUTH_KEY, Authenticator, signing_secret
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
 from .store import STORE_KEY, Store
+from .tunnels import TUNNEL_PATH, TunnelBroker
 
 DEFAULT_PORT = 8000
 LISTENER_KEY = web.AppKey("postgres_listener", PostgresListener)
@@ -31,6 +33,8 @@ log = structlog.get_logger("gateway")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
+    broker = TunnelBroker(tunnel_url(settings))
+    app.router.add_get(TUNNEL_PATH, broker.agent_dial)
     add_api_routes(app)
     app[QUOTA_KEY] = settings.session_quota
     app[HEARTBEAT_WITHIN_KEY] = 3 * settings.heartbeat_interval
@@ -58,6 +62,9 @@ def create_app(settings: Settings) -> web.Application:
             settings.database_url, pool, settings.pod_name, hub.forward, on_lease_released=hub.on_lease_released
         )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
+        app[STREAMS_KEY] = StreamConfig(
+            redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout
+        )
         async with background(hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run()):
             yield
         await redis.aclose()
@@ -70,6 +77,15 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+def tunnel_url(settings: Settings) -> str:
+    """Where agents dial back to reach this replica's tunnels (TUNNEL_URL, else its own address)."""
+    if settings.tunnel_url:
+        base = settings.tunnel_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return base if base.endswith(TUNNEL_PATH) else base + TUNNEL_PATH
+    host = settings.pod_name if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
 
 
 def main() -> None:
