@@ -285,3 +285,71 @@ async def test_an_open_stream_keeps_the_session_from_hibernating(streams: Stream
         assert (await owner.session(session["id"]))["state"] == "running"
         await ws.close()
     await owner.until_state(session["id"], "hibernated", timeout=15)
+
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+MISSING = [
+    name
+    for name, present in (
+        ("Xvnc", shutil.which("Xvnc")),
+        ("xterm", shutil.which("xterm")),
+        ("chromium", shutil.which("chromium")),
+        ("noVNC", Path("/usr/share/novnc/core/rfb.js").is_file()),
+    )
+    if not present
+]
+
+
+@pytest.mark.skipif(bool(MISSING), reason=f"missing {', '.join(MISSING)}: scripts/desktop-packages installs them")
+@pytest.mark.timeout(180)
+async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api) -> None:
+    """Chromium logs into gateway B's console, creates a desktop, opens the viewer (noVNC connected), and
+    types `touch <file>` into the desktop's xterm: the file appears in the session's directory."""
+    from playwright.async_api import async_playwright
+
+    username, password = f"viewer-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
+    await stream_admin.call("POST", "/api/v1/users", {"username": username, "password": password}, expect=201)
+    await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
+    marker = f"typedinbrowser{uuid.uuid4().hex[:6]}"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=shutil.which("chromium"), args=BROWSER_ARGS)
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            await page.goto(streams.b.url + "/")
+            await page.fill("input[name=username]", username)
+            await page.fill("input[name=password]", password)
+            await page.click("#login button[type=submit]")
+            await page.wait_for_selector("#templates option[value=desktop]", state="attached")
+            await page.select_option("#templates", "desktop")
+            await page.click("#create button[type=submit]")
+            await page.wait_for_selector("td.state-running", timeout=30_000)
+            await page.screenshot(path=str(ARTIFACTS / "console.png"))
+            session_id = await page.get_attribute("tr[data-session]", "data-session")
+            assert session_id
+            await page.click("a.view")
+            await page.wait_for_function(
+                "document.getElementById('status').textContent === 'connected'", timeout=30_000
+            )
+            canvas = page.locator("#screen canvas")
+            await canvas.click(position={"x": 200, "y": 150})  # into the xterm at +10+10
+            await page.keyboard.type(f"touch {marker}", delay=30)
+            await page.keyboard.press("Enter")
+            typed = streams.sessions / session_id / "data" / marker
+
+            async def appeared() -> bool:
+                return typed.exists()
+
+            await wait_for(appeared, timeout=15)
+            await asyncio.sleep(0.5)  # the next frame shows the command line
+            shot = ARTIFACTS / "viewer.png"
+            await canvas.screenshot(path=str(shot))
+        finally:
+            await page.screenshot(path=str(ARTIFACTS / "viewer-page.png"))
+            await browser.close()
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 2, "the canvas screenshot is blank"
+    print(f"screenshots: {ARTIFACTS}/viewer.png, console.png")

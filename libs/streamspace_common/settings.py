@@ -69,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_setup_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # seconds for the agent to dial back
     # ws:// URL agents dial back to reach THIS replica; "": ws://<HOST, or POD_NAME for 0.0.0.0>:<PORT>
     tunnel_url: str = ""
+    novnc_dir: str = "/usr/share/novnc"  # the noVNC library the viewer page loads (Debian's `novnc` package)
 
 
 class SettingsError(SystemExit):

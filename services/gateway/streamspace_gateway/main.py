@@ -20,6 +20,7 @@ from .api import add_api_routes
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
 from .api.streams import STREAMS_KEY, StreamConfig
 from .auth import AUTH_KEY, Authenticator, signing_secret
+from .console import add_console_routes
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
 from .store import STORE_KEY, Store
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> web.Application:
     broker = TunnelBroker(tunnel_url(settings))
     app.router.add_get(TUNNEL_PATH, broker.agent_dial)
     add_api_routes(app)
+    add_console_routes(app, settings.novnc_dir)
     app[QUOTA_KEY] = settings.session_quota
     app[HEARTBEAT_WITHIN_KEY] = 3 * settings.heartbeat_interval
 
