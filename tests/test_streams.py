@@ -171,6 +171,28 @@ async def test_50_mb_both_ways_arrive_intact(streams: StreamStack, owner: Api) -
         await ws.close()
     assert received.hexdigest() == hashlib.sha256(payload).hexdigest()
     print(f"50 MiB each way in {seconds:.2f} s: {50 / seconds:.1f} MiB/s each way")
+    gateway = await metrics(streams.b)
+    agent = await metrics(streams.agent)
+    for direction in ("to_browser", "to_session"):
+        assert gateway[f'streamspace_gateway_stream_bytes_total{{direction="{direction}"}}'] >= len(payload)
+    for direction in ("to_gateway", "to_session"):
+        assert agent[f'streamspace_agent_tunnel_bytes_total{{direction="{direction}"}}'] >= len(payload)
+    assert gateway["streamspace_gateway_tunnel_setup_seconds_count"] >= 1
+    assert 'streamspace_gateway_stream_bytes_total{direction="to_browser"}' not in await metrics_text(streams.a)
+
+
+async def metrics_text(service: Service) -> str:
+    async with aiohttp.ClientSession() as http, http.get(service.url + "/metrics") as response:
+        return await response.text()
+
+
+async def metrics(service: Service) -> dict[str, float]:
+    values = {}
+    for line in (await metrics_text(service)).splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 async def test_a_reader_that_stops_reading_does_not_grow_memory(streams: StreamStack, owner: Api) -> None:
@@ -227,6 +249,21 @@ async def test_killing_the_session_closes_the_stream_with_a_reason(streams: Stre
             message = await ws.receive()
         assert message.type == aiohttp.WSMsgType.CLOSE, message
         assert message.data == 4000 and "session closed" in str(message.extra), message
+
+
+async def test_hibernating_the_session_closes_the_stream_with_a_reason(streams: StreamStack, owner: Api) -> None:
+    session = await running_session(owner, streams, "byte-echo")
+    async with aiohttp.ClientSession() as http:
+        ws = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
+        await ws.send_bytes(b"hello")
+        assert await receive_at_least(ws, 5) == b"hello"
+        await owner.call("POST", f"/api/v1/sessions/{session['id']}/hibernate", expect=202)
+        async with asyncio.timeout(10):
+            message = await ws.receive()
+        assert message.type == aiohttp.WSMsgType.CLOSE, message
+        assert message.data == 4000 and "hibernated" in str(message.extra), message
+    status, body = await owner.call("POST", f"/api/v1/sessions/{session['id']}/stream-ticket")
+    assert status == 409 and body["error"]["code"] == "session_not_running", body
 
 
 async def test_refused_without_a_valid_ticket(streams: StreamStack, owner: Api, stream_admin: Api) -> None:

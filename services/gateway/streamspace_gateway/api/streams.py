@@ -24,6 +24,7 @@ import msgspec
 import redis.asyncio
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from streamspace_common import closecodes
 from streamspace_common.commands import CommandLifecycle
@@ -41,6 +42,7 @@ from .sessions import visible_session
 
 QUERIES = load_queries("streamspace_gateway.api", "streams.sql")
 TICKET_PREFIX = "sstk_"
+STATE_CHECK = 2.0  # seconds between looks at an open stream's session (closed when it stops running)
 TICKET_PATTERN = "^sstk_[A-Za-z0-9_-]{43}$"
 log = structlog.get_logger("gateway.streams")
 routes = ApiRoutes()
@@ -72,13 +74,24 @@ class StreamConfig:
     async def issue(self, session_id: str, user_id: str) -> str:
         ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
         claim = msgspec.json.encode(TicketClaim(session_id=session_id, user_id=user_id))
-        await self.redis.set(self.keys.stream_ticket(_hash(ticket)), claim, px=int(self.ticket_ttl * 1000))
+        try:
+            await self.redis.set(self.keys.stream_ticket(_hash(ticket)), claim, px=int(self.ticket_ttl * 1000))
+        except RedisError as exc:
+            raise tickets_unavailable() from exc
         return ticket
 
     async def redeem(self, ticket: str) -> TicketClaim | None:
         """The ticket's claim, once: GETDEL makes a second redemption (on any replica) find nothing."""
-        raw = await self.redis.getdel(self.keys.stream_ticket(_hash(ticket)))
+        try:
+            raw = await self.redis.getdel(self.keys.stream_ticket(_hash(ticket)))
+        except RedisError as exc:
+            raise tickets_unavailable() from exc
         return None if raw is None else msgspec.json.decode(raw, type=TicketClaim)
+
+
+def tickets_unavailable() -> ApiError:
+    """Tickets live in Redis: while it is down no new stream starts (open ones go on; they never touch it)."""
+    return ApiError(503, "tickets_unavailable", "Redis (stream tickets) is unreachable; retry")
 
 
 STREAMS_KEY = web.AppKey("streams", StreamConfig)
@@ -225,17 +238,22 @@ class Stream:
 
     async def keep_used(self) -> None:
         """An open stream is use: reset the session's idle clock (three times per idle timeout, so
-        auto-hibernation never takes a watched session), and close the stream when the session is
-        asked to stop running (hibernate, stop, delete)."""
-        interval = min(60.0, max(0.5, self.row["idle_timeout_seconds"] / 3))
+        auto-hibernation never takes a watched session), and close the stream within STATE_CHECK seconds
+        of the session being asked to stop running (hibernate, stop, delete)."""
+        touch_every = min(60.0, max(0.5, self.row["idle_timeout_seconds"] / 3))
         lifecycle = SessionLifecycle(self.pool)
+        touched = 0.0
         while True:
-            row = await lifecycle.touch(self.session_id)
+            if time.monotonic() - touched >= touch_every:
+                row = await lifecycle.touch(self.session_id)
+                touched = time.monotonic()
+            else:
+                row = await self.pool.fetchrow(SESSION_QUERIES["get_session"], self.session_id)
             if row is None or row["desired_state"] != "running":
                 state = "deleted" if row is None else f"asked to be {row['desired_state']}"
                 await self.browser.close(code=closecodes.STREAM_ENDED, message=f"the session is {state}".encode())
                 return
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(touch_every, STATE_CHECK))
 
 
 class TunnelRefused(Exception):
