@@ -266,10 +266,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mib", type=int, default=50)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the JSON results")
     args = parser.parse_args()
     results = asyncio.run(measure(args))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-streams.json"
+    args.results.mkdir(exist_ok=True)
+    path = args.results / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-streams.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"written {path}")
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -390,3 +391,29 @@ async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api
         colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 2, "the canvas screenshot is blank"
     print(f"screenshots: {ARTIFACTS}/viewer.png, console.png")
+
+
+BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "streams.py"
+
+
+@pytest.mark.timeout(240)
+async def test_the_stream_benchmark_runs(tmp_path: Path) -> None:
+    """bench/streams.py at tiny sizes: every path measured (never how fast)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(BENCH_SCRIPT),
+        "--mib",
+        "2",
+        "--samples",
+        "20",
+        "--results",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await process.communicate())[0].decode(errors="replace")
+    assert process.returncode == 0, output
+    (written,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*-streams.json")))
+    paths = json.loads(written.read_text())["paths"]
+    assert set(paths) == {"direct TCP", "websockify", "ours (B -> agent on A)"}, output
+    assert all(row["mib_per_s_each_way"] > 0 for row in paths.values()), paths
