@@ -74,6 +74,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def on_shutdown(app: web.Application) -> None:
         log.info("shutting_down")
+        if STREAMS_KEY in app:
+            await app[STREAMS_KEY].shutdown()
         await app[HUB_KEY].shutdown()
 
     app.cleanup_ctx.append(resources)
@@ -86,7 +88,8 @@ def tunnel_url(settings: Settings) -> str:
     if settings.tunnel_url:
         base = settings.tunnel_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return base if base.endswith(TUNNEL_PATH) else base + TUNNEL_PATH
-    host = settings.pod_name if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = settings.pod_ip or (settings.pod_name if settings.host in ("0.0.0.0", "::", "") else settings.host)
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
     return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
 
 

@@ -70,6 +70,12 @@ class StreamConfig:
         self.broker = broker
         self.ticket_ttl = ticket_ttl
         self.setup_timeout = setup
+        self.browsers: set[web.WebSocketResponse] = set()  # open streams, closed with 1012 at shutdown
+
+    async def shutdown(self) -> None:
+        """This replica is stopping: every stream it holds closes with 1012; the viewer reconnects."""
+        for ws in list(self.browsers):
+            await ws.close(code=closecodes.SERVICE_RESTART, message=b"gateway restarting: reconnect")
 
     async def issue(self, session_id: str, user_id: str) -> str:
         ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
@@ -163,7 +169,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "this endpoint is a WebSocket: send an upgrade request", "Upgrade")
     await ws.prepare(request)
-    await Stream(request, config, row, ws).run()
+    config.browsers.add(ws)
+    try:
+        await Stream(request, config, row, ws).run()
+    finally:
+        config.browsers.discard(ws)
     return ws
 
 

@@ -4,6 +4,7 @@ import { api, token } from "./api.js";
 
 const status = (text) => { document.getElementById("status").textContent = text; };
 const sessionId = location.pathname.split("/")[2];
+let retries = 0; // reconnects in a row without a connect (a replica restarting closes with 1012)
 
 async function connect() {
   if (!token()) { location.href = "/"; return; }
@@ -27,8 +28,11 @@ async function connect() {
   status("connecting");
   const rfb = new RFB(document.getElementById("screen"), `${scheme}//${location.host}${url}`, { wsProtocols: ["binary"] });
   rfb.scaleViewport = true;
-  rfb.addEventListener("connect", () => { status("connected"); rfb.focus(); });
-  rfb.addEventListener("disconnect", (event) => status(event.detail.clean ? "disconnected" : "disconnected (the stream was lost)"));
+  rfb.addEventListener("connect", () => { retries = 0; status("connected"); rfb.focus(); });
+  rfb.addEventListener("disconnect", (event) => {
+    status(event.detail.clean ? "disconnected" : "disconnected (the stream was lost)");
+    if (retries++ < 3) setTimeout(connect, 1000 * retries); // a new ticket, on whichever replica answers
+  });
   window.rfb = rfb;
 }
 
