@@ -35,7 +35,7 @@ from streamspace_common.sessions import SessionLifecycle
 from .. import metrics
 from ..auth import Caller
 from ..errors import ApiError
-from ..tunnels import MAX_FRAME_BYTES, TunnelBroker, pipe
+from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, uuid_param
 from .sessions import QUERIES as SESSION_QUERIES
 from .sessions import visible_session
@@ -194,6 +194,12 @@ class Stream:
         started = time.monotonic()
         token, pending = self.config.broker.expect(self.row["agent_id"])
         try:
+            await self.serve(started, token, pending)
+        finally:
+            pending.finished.set()  # the agent's dial-back handler (if it came) returns: its socket is done
+
+    async def serve(self, started: float, token: str, pending: PendingTunnel) -> None:
+        try:
             agent = await self.tunnel(token, pending.dialled)
         except TunnelRefused as exc:
             metrics.STREAMS_REFUSED.labels("tunnel").inc()
@@ -204,6 +210,8 @@ class Stream:
             self.config.broker.forget(token)
             if not pending.dialled.done():
                 pending.dialled.cancel()
+            elif not pending.dialled.cancelled() and self.browser.closed:  # dialled just as we gave up
+                await pending.dialled.result().close(code=closecodes.STREAM_REFUSED, message=b"stream given up")
         setup = time.monotonic() - started
         metrics.TUNNEL_SETUP.observe(setup)
         metrics.STREAMS_OPEN.inc()
@@ -217,7 +225,6 @@ class Stream:
             if not self.browser.closed:
                 await self.browser.close(code=closecodes.STREAM_ENDED, message=b"the session stopped running")
             await agent.close()
-            pending.finished.set()
             metrics.STREAMS_OPEN.dec()
         self.log.info("stream_closed", code=code, reason=reason, seconds=round(time.monotonic() - started, 3))
 
