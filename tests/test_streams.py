@@ -382,6 +382,7 @@ async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api
             await asyncio.sleep(0.5)  # the next frame shows the command line
             shot = ARTIFACTS / "viewer.png"
             await canvas.screenshot(path=str(shot))
+            await drive_from_the_console(page, streams.b.url, session_id)
         finally:
             await page.screenshot(path=str(ARTIFACTS / "viewer-page.png"))
             await browser.close()
@@ -417,3 +418,18 @@ async def test_the_stream_benchmark_runs(tmp_path: Path) -> None:
     paths = json.loads(written.read_text())["paths"]
     assert set(paths) == {"direct TCP", "websockify", "ours (B -> agent on A)"}, output
     assert all(row["mib_per_s_each_way"] > 0 for row in paths.values()), paths
+
+
+async def drive_from_the_console(page: Any, base: str, session_id: str) -> None:
+    """Hibernate (the viewer then says the session is not running), wake and delete, with the console's buttons."""
+    row = f"tr[data-session='{session_id}']"
+    await page.goto(base + "/")
+    await page.click(f"{row} button[data-action=hibernate]")
+    await page.wait_for_selector(f"{row} td.state-hibernated", timeout=30_000)
+    await page.goto(f"{base}/sessions/{session_id}/view")
+    await page.wait_for_function("document.getElementById('status').textContent.includes('not running')")
+    await page.goto(base + "/")
+    await page.click(f"{row} button[data-action=wake]")
+    await page.wait_for_selector(f"{row} td.state-running", timeout=30_000)
+    await page.click(f"{row} button[data-action=delete]")
+    await page.wait_for_selector(row, state="detached", timeout=30_000)
