@@ -32,6 +32,8 @@ from streamspace_common.admin import create_agent_token
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 CHUNK = 64 * 1024
+# names of this module's own (the run's database is shared: test_sessions edits the sample "desktop")
+DESKTOP_T, ECHO_T, IDLE_T = "stream-desktop", "stream-byte-echo", "stream-byte-echo-idle"
 
 
 class StreamStack:
@@ -77,9 +79,9 @@ async def stream_admin(streams: StreamStack, test_env: RunEnv) -> Api:
 async def owner(stream_admin: Api) -> Api:
     admin_api = stream_admin
     for name, command, idle in (
-        ("desktop", DESKTOP, 3600),
-        ("byte-echo", BYTE_ECHO, 3600),
-        ("byte-echo-idle", BYTE_ECHO, 2),
+        (DESKTOP_T, DESKTOP, 3600),
+        (ECHO_T, BYTE_ECHO, 3600),
+        (IDLE_T, BYTE_ECHO, 2),
     ):
         body = {"name": name, "command": command, "platforms": ["local"], "idle_timeout_seconds": idle}
         status, reply = await admin_api.call("POST", "/api/v1/templates", body)
@@ -124,7 +126,7 @@ def rss_kib(service: Service) -> int:
 
 @pytest.mark.skipif(shutil.which("Xvnc") is None, reason="Xvnc missing: scripts/desktop-packages installs it")
 async def test_rfb_handshake_through_the_tunnel_across_replicas(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "desktop")
+    session = await running_session(owner, streams, DESKTOP_T)
     async with aiohttp.ClientSession() as http:
         started = time.monotonic()
         ws = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
@@ -146,7 +148,7 @@ async def test_rfb_handshake_through_the_tunnel_across_replicas(streams: StreamS
 
 
 async def test_50_mb_both_ways_arrive_intact(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     payload = os.urandom(50 * 1024 * 1024)
     received = hashlib.sha256()
     async with aiohttp.ClientSession() as http:
@@ -197,7 +199,7 @@ async def metrics(service: Service) -> dict[str, float]:
 
 
 async def test_a_reader_that_stops_reading_does_not_grow_memory(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     watched = {"gateway B": streams.b, "gateway A": streams.a, "agent": streams.agent}
     before = {name: rss_kib(service) for name, service in watched.items()}
     chunk = os.urandom(CHUNK)
@@ -221,7 +223,7 @@ async def test_a_reader_that_stops_reading_does_not_grow_memory(streams: StreamS
 
 
 async def test_closing_the_browser_closes_the_agent_side(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     async with aiohttp.ClientSession() as http:
         ws = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
         await ws.send_bytes(b"ping")
@@ -239,7 +241,7 @@ def _closed_sessions(agent: Service) -> str:
 
 
 async def test_killing_the_session_closes_the_stream_with_a_reason(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     async with aiohttp.ClientSession() as http:
         ws = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
         await ws.send_bytes(b"hello")
@@ -253,7 +255,7 @@ async def test_killing_the_session_closes_the_stream_with_a_reason(streams: Stre
 
 
 async def test_hibernating_the_session_closes_the_stream_with_a_reason(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     async with aiohttp.ClientSession() as http:
         ws = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
         await ws.send_bytes(b"hello")
@@ -268,7 +270,7 @@ async def test_hibernating_the_session_closes_the_stream_with_a_reason(streams: 
 
 
 async def test_refused_without_a_valid_ticket(streams: StreamStack, owner: Api, stream_admin: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     other = await new_user(stream_admin, "other-streamer")
     async with aiohttp.ClientSession() as http:
         for bad in (None, "sstk_" + "x" * 43, "not-a-ticket"):
@@ -290,7 +292,7 @@ async def test_refused_without_a_valid_ticket(streams: StreamStack, owner: Api, 
     # does not open it
     status, body = await other.call("POST", f"/api/v1/sessions/{session['id']}/stream-ticket")
     assert status == 404, body
-    theirs = await other.create("byte-echo", agent_id=streams.agent_id)
+    theirs = await other.create(ECHO_T, agent_id=streams.agent_id)
     await other.until_state(theirs["id"], "running")
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.WSServerHandshakeError) as foreign:
@@ -299,7 +301,7 @@ async def test_refused_without_a_valid_ticket(streams: StreamStack, owner: Api, 
 
 
 async def test_streams_per_session_are_limited(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo")
+    session = await running_session(owner, streams, ECHO_T)
     async with aiohttp.ClientSession() as http:
         first = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
         second = await connect(http, streams.a, session["id"], await ticket(owner, session["id"]))
@@ -316,7 +318,7 @@ async def test_streams_per_session_are_limited(streams: StreamStack, owner: Api)
 
 
 async def test_an_open_stream_keeps_the_session_from_hibernating(streams: StreamStack, owner: Api) -> None:
-    session = await running_session(owner, streams, "byte-echo-idle")  # idle timeout 2 s
+    session = await running_session(owner, streams, IDLE_T)  # idle timeout 2 s
     async with aiohttp.ClientSession() as http:
         ws = await connect(http, streams.b, session["id"], await ticket(owner, session["id"]))
         await asyncio.sleep(5)  # silent, but watched
@@ -358,8 +360,8 @@ async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api
             await page.fill("input[name=username]", username)
             await page.fill("input[name=password]", password)
             await page.click("#login button[type=submit]")
-            await page.wait_for_selector("#templates option[value=desktop]", state="attached")
-            await page.select_option("#templates", "desktop")
+            await page.wait_for_selector(f"#templates option[value={DESKTOP_T}]", state="attached")
+            await page.select_option("#templates", DESKTOP_T)
             await page.click("#create button[type=submit]")
             await page.wait_for_selector("td.state-running", timeout=30_000)
             await page.screenshot(path=str(ARTIFACTS / "console.png"))
