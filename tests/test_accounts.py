@@ -557,7 +557,10 @@ async def test_openapi_states_auth_and_statuses_of_every_operation(gateway: Clie
             assert {"400", "413", "415"} <= statuses
         assert (op.method, op.router_path()) in served or (op.method, op.path) in served
     public = {(op.method, op.path) for op in operations() if op.access == "public"}
-    assert public == {("POST", "/api/v1/auth/login"), ("GET", "/api/v1/openapi.json")}
+    # the stream WebSocket takes no bearer (browsers cannot set headers on one): its single-use ticket
+    # from the (authenticated) stream-ticket endpoint is its credential (docs/streams.md)
+    stream = ("GET", "/api/v1/sessions/{session_id}/stream")
+    assert public == {("POST", "/api/v1/auth/login"), ("GET", "/api/v1/openapi.json"), stream}
     admin_only = {op.path for op in operations() if op.access == "admin"}
     assert {"/api/v1/agents/{agent_id}/commands", "/api/v1/commands/{command_id}", "/api/v1/agents"} <= admin_only
 

@@ -20,6 +20,9 @@ DELETE_SESSION = "DELETE_SESSION"
 # No payload: the agent answers an InventoryReport (what its platform holds); the control plane
 # reconciles with it (migration 0008) and removes workloads no session owns with DELETE_SESSION.
 INVENTORY_SESSIONS = "INVENTORY_SESSIONS"
+# A stream's data path (docs/streams.md): the agent connects to the session's endpoint and dials a data
+# WebSocket back to the gateway replica that holds the browser, with a single-use tunnel token.
+OPEN_TUNNEL = "OPEN_TUNNEL"
 
 # A session id is used as-is in platform names: a Docker container name, a Kubernetes object name and
 # label value (a DNS label of at most 63 characters, "ss-" prepended). A UUID fits.
@@ -55,6 +58,18 @@ class CreateSession(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     ports: Annotated[list[Port], msgspec.Meta(max_length=16)] = []
     resources: Resources = Resources()
     env: dict[EnvName, Annotated[str, msgspec.Meta(max_length=32 * 1024)]] = {}
+
+
+class OpenTunnel(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """OPEN_TUNNEL: connect to host:port (the session's endpoint) and to `url` (a WebSocket on the gateway
+    replica holding the browser; `token` is the single-use tunnel token it expects), then pipe bytes
+    both ways until either end closes. Not a session action: it changes no session state."""
+
+    session_id: SessionId
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    port: Port
+    url: Annotated[str, msgspec.Meta(pattern=r"^wss?://[^\s]+$(?!\n)", max_length=2000)]
+    token: Annotated[str, msgspec.Meta(min_length=16, max_length=200)]
 
 
 class SessionAction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

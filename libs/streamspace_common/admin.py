@@ -61,23 +61,12 @@ SAMPLE_TEMPLATES = (
     ),
     SampleTemplate(
         name="desktop",
-        description="A desktop over VNC (TigerVNC's Xvnc, RFB on the session's port). Needs a VNC server: "
-        "local: Xvnc installed on the agent's host (apt-get install tigervnc-standalone-server); docker, "
-        "kubernetes: an image streamspace/desktop:dev serving VNC on 5901 (not built here).",
+        description="A desktop over VNC (TigerVNC's Xvnc and an xterm, RFB on the session's port, watched through "
+        "the viewer at /sessions/<id>/view). local: the agent's streamspace_agent.desktop, which needs Xvnc on the "
+        "agent's host (scripts/desktop-packages); docker, kubernetes: an image streamspace/desktop:dev serving VNC on "
+        "5901 (not built here).",
         image="streamspace/desktop:dev",
-        command=[
-            "Xvnc",
-            ":{port}",
-            "-rfbport",
-            "{port}",
-            "-localhost",
-            "-SecurityTypes",
-            "None",
-            "-geometry",
-            "1280x800",
-            "-depth",
-            "24",
-        ],
+        command=["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}", "--geometry", "1280x800"],
         ports=[5901],
         cpu=1.0,
         memory=1024,

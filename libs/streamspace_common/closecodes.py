@@ -8,3 +8,10 @@ HELLO_TIMEOUT = 4408  # no hello within the handshake deadline
 REPLACED = 4409  # a newer socket registered with the same agent id on this replica
 STALE = 4410  # no frame for 3 heartbeat intervals
 OVERLOADED = 4429  # more acks and results waiting to be written than the gateway keeps per socket
+
+# Streams (docs/streams.md): the browser's WebSocket and the agent's data WebSocket close with these,
+# and a close at one end is passed to the other with its code and reason.
+STREAM_ENDED = 4000  # the session closed its end (it stopped, was deleted or killed)
+STREAM_IDLE = 4001  # no byte either way for STREAM_IDLE_TIMEOUT
+STREAM_ERROR = 4002  # the agent could not connect or pipe; the reason says why
+STREAM_REFUSED = 4003  # no tunnel: the agent refused (a limit) or did not dial back in time

@@ -53,3 +53,8 @@ class RedisKeys:
     def pod_commands(self, pod: str) -> str:
         """Channel a gateway replica subscribes to for commands bound for its sockets."""
         return f"{self.prefix}pod:{pod}:commands"
+
+    def stream_ticket(self, ticket_hash: str) -> str:
+        """SHA-256 of a stream ticket -> the session and user it admits (JSON); single-use (GETDEL),
+        expires after STREAM_TICKET_TTL (docs/streams.md)."""
+        return f"{self.prefix}stream-ticket:{ticket_hash}"

@@ -56,6 +56,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kubernetes_cluster_domain: str = "cluster.local"
     agent_state_dir: str = ""  # the dedupe journal's directory; empty: ~/.local/state/streamspace-agent/<id>
     agent_execution_log: str = ""  # append one line per finished handler (command, instance, outcome); "": off
+    # agent, streams (docs/streams.md)
+    stream_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0  # seconds without a byte either way: closed
+    stream_max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 4  # streams of one session open at once
+    stream_max_per_agent: Annotated[int, msgspec.Meta(ge=1)] = 64  # streams through one agent open at once
     # gateway
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
@@ -63,6 +67,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # stored in PostgreSQL (table auth_secrets), so every replica accepts every other's tokens.
     auth_secret: str = ""
     auth_token_ttl: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600.0  # seconds a login token is valid
+    # gateway, streams (docs/streams.md)
+    stream_ticket_ttl: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0  # seconds a stream ticket is valid
+    stream_setup_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # seconds for the agent to dial back
+    # ws:// URL agents dial back to reach THIS replica; "": ws://<POD_IP, else HOST, else POD_NAME>:<PORT>
+    tunnel_url: str = ""
+    pod_ip: str = ""  # this replica's own address (the Helm chart sets the pod's IP): agents dial streams back to it
+    novnc_dir: str = "/usr/share/novnc"  # the noVNC library the viewer page loads (Debian's `novnc` package)
 
 
 class SettingsError(SystemExit):

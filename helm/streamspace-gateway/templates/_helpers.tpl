@@ -58,6 +58,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       fieldPath: metadata.name
 - name: PORT
   value: {{ .Values.port | quote }}
+# agents dial a stream's data WebSocket back to this very pod (docs/streams.md): its own address
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 {{ include "streamspace-gateway.databaseUrlEnv" . }}
 - name: REDIS_URL
   valueFrom:

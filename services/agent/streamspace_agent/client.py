@@ -29,6 +29,7 @@ import msgspec
 import structlog
 
 from streamspace_common import closecodes
+from streamspace_common.actions import OPEN_TUNNEL
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -142,7 +143,8 @@ class AgentClient:
         """The actions the driver runs, plus "max_sessions=N" when a session capacity is set (an older
         gateway stores it as one more capability string: no new hello field)."""
         extra = [f"max_sessions={self.max_sessions}"] if self.max_sessions > 0 else []
-        return [*self.executor.driver.actions, *extra]
+        tunnels = [OPEN_TUNNEL] if self.executor.tunnels is not None else []
+        return [*self.executor.driver.actions, *tunnels, *extra]
 
     @property
     def connected(self) -> bool:

@@ -18,12 +18,14 @@ from typing import TextIO
 
 import structlog
 
+from streamspace_common.actions import OPEN_TUNNEL
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.schemas import Command, Result
 
 from . import metrics
 from .drivers import CommandFailed, Driver
 from .journal import Journal
+from .tunnels import Tunnels
 
 REMEMBERED_RESULTS = 10_000
 log = structlog.get_logger("agent.executor")
@@ -31,8 +33,9 @@ Listener = Callable[[str], None]
 
 
 class Executor:
-    def __init__(self, driver: Driver, journal: Journal) -> None:
+    def __init__(self, driver: Driver, journal: Journal, tunnels: Tunnels | None = None) -> None:
         self.driver = driver
+        self.tunnels = tunnels  # runs OPEN_TUNNEL (the same on every platform); None: not offered
         self.journal = journal
         self.results: OrderedDict[str, Result] = OrderedDict()  # answers for redeliveries
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -75,7 +78,10 @@ class Executor:
     async def _run(self, command: Command) -> None:
         bound = log.bind(command_id=command.command_id, action=command.action)
         try:
-            value = await self.driver.execute(command)
+            if command.action == OPEN_TUNNEL and self.tunnels is not None:
+                value = await self.tunnels.open(command)
+            else:
+                value = await self.driver.execute(command)
             result = Result(command_id=command.command_id, status="completed", result=value)
         except CommandFailed as exc:
             result = Result(command_id=command.command_id, status="failed", error=str(exc), retryable=exc.retryable)

@@ -17,6 +17,7 @@ from .client import AgentClient
 from .drivers import create_driver
 from .executor import Executor
 from .journal import Journal, state_dir
+from .tunnels import Tunnels
 
 DEFAULT_PORT = 8091
 log = structlog.get_logger("agent")
@@ -24,7 +25,13 @@ log = structlog.get_logger("agent")
 
 def create_app(settings: Settings) -> web.Application:
     driver = create_driver(settings)
-    executor = Executor(driver, Journal(state_dir(settings.agent_state_dir, settings.agent_id)))
+    tunnels = Tunnels(
+        settings.agent_token,
+        settings.stream_idle_timeout,
+        settings.stream_max_per_session,
+        settings.stream_max_per_agent,
+    )
+    executor = Executor(driver, Journal(state_dir(settings.agent_state_dir, settings.agent_id)), tunnels)
     executor.restore()
     metrics.UNCONFIRMED.set_function(lambda: len(executor.unconfirmed))
     client = AgentClient(
@@ -45,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
         async with background(client.run(), executor.run_journal()):
             yield
         await executor.cancel_all()
+        await tunnels.close()
         await driver.close()
 
     app.cleanup_ctx.append(link)

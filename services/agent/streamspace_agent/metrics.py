@@ -12,3 +12,7 @@ UNCONFIRMED = Gauge(
     "streamspace_agent_results_unconfirmed", "Results kept (journalled) until a gateway confirms it committed them"
 )
 ACTIVE = Gauge("streamspace_agent_active", "1 while this replica is the agent's active one (HA; 1 without HA)")
+TUNNELS_OPEN = Gauge("streamspace_agent_tunnels_open", "Stream tunnels (session endpoint <-> gateway) open now")
+TUNNEL_BYTES = Counter(
+    "streamspace_agent_tunnel_bytes_total", "Bytes piped through stream tunnels", ["direction"]
+)  # to_gateway: from the session; to_session: from the browser

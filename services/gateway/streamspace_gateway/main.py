@@ -18,10 +18,13 @@ from streamspace_common.web import add_health_routes, background
 from .agent_socket import agent_connect
 from .api import add_api_routes
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
+from .api.streams import STREAMS_KEY, StreamConfig
 from .auth import AUTH_KEY, Authenticator, signing_secret
+from .console import add_console_routes
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
 from .store import STORE_KEY, Store
+from .tunnels import TUNNEL_PATH, TunnelBroker
 
 DEFAULT_PORT = 8000
 LISTENER_KEY = web.AppKey("postgres_listener", PostgresListener)
@@ -31,7 +34,10 @@ log = structlog.get_logger("gateway")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
+    broker = TunnelBroker(tunnel_url(settings))
+    app.router.add_get(TUNNEL_PATH, broker.agent_dial)
     add_api_routes(app)
+    add_console_routes(app, settings.novnc_dir)
     app[QUOTA_KEY] = settings.session_quota
     app[HEARTBEAT_WITHIN_KEY] = 3 * settings.heartbeat_interval
 
@@ -58,6 +64,9 @@ def create_app(settings: Settings) -> web.Application:
             settings.database_url, pool, settings.pod_name, hub.forward, on_lease_released=hub.on_lease_released
         )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
+        app[STREAMS_KEY] = StreamConfig(
+            redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout
+        )
         async with background(hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run()):
             yield
         await redis.aclose()
@@ -65,11 +74,23 @@ def create_app(settings: Settings) -> web.Application:
 
     async def on_shutdown(app: web.Application) -> None:
         log.info("shutting_down")
+        if STREAMS_KEY in app:
+            await app[STREAMS_KEY].shutdown()
         await app[HUB_KEY].shutdown()
 
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+def tunnel_url(settings: Settings) -> str:
+    """Where agents dial back to reach this replica's tunnels (TUNNEL_URL, else its own address)."""
+    if settings.tunnel_url:
+        base = settings.tunnel_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return base if base.endswith(TUNNEL_PATH) else base + TUNNEL_PATH
+    host = settings.pod_ip or (settings.pod_name if settings.host in ("0.0.0.0", "::", "") else settings.host)
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
+    return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
 
 
 def main() -> None:

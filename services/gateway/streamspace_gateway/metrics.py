@@ -36,3 +36,15 @@ COMMANDS_REQUEUED_ON_HELLO = Counter(
 HA_PROMOTIONS = Counter(
     "streamspace_gateway_ha_promotions_total", "HA agent replicas made active here after another held the lease"
 )
+STREAMS_OPEN = Gauge("streamspace_gateway_streams_open", "Browser streams piped through this replica now")
+STREAM_BYTES = Counter(
+    "streamspace_gateway_stream_bytes_total", "Stream bytes piped by this replica", ["direction"]
+)  # to_browser: from the session; to_session: from the browser
+TUNNEL_SETUP = Histogram(
+    "streamspace_gateway_tunnel_setup_seconds",
+    "From a browser's stream upgrade to the agent's data WebSocket dialled back to this replica",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STREAMS_REFUSED = Counter(
+    "streamspace_gateway_streams_refused_total", "Streams closed before any byte flowed", ["reason"]
+)

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET, UnsetType
 
+from streamspace_common.actions import OPEN_TUNNEL
 from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.schemas import ID_PATTERN, Action, CommandStatus
@@ -38,6 +39,7 @@ T = TypeVar("T")
 CURSOR_PATTERN = "[0-9]{1,17}-[0-9a-f]{32}"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATUS_LIST = f"^{_STATUS}(,{_STATUS})*$(?!\\n)"
+RESERVED_ACTIONS = (OPEN_TUNNEL,)
 routes = ApiRoutes()
 
 
@@ -128,6 +130,8 @@ class CommandFilter(msgspec.Struct, forbid_unknown_fields=True):
 async def create_command(request: web.Request, _: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
     body = await read_body(request, CreateCommand)
+    if body.action in RESERVED_ACTIONS:  # the agent would dial the payload's URL with its own token
+        raise ApiError(400, "invalid_field", f"{body.action} is asked only by the gateway (a stream)", "action")
     try:
         row = await pool_of(request).fetchrow(
             QUERIES["create_command"],

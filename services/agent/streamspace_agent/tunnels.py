@@ -1,0 +1,169 @@
+"""OPEN_TUNNEL: the agent's end of a stream's data path (docs/streams.md).
+
+The gateway replica that holds a browser asks, through the normal command path, for a tunnel; the
+agent connects to the session's endpoint (TCP), dials a data WebSocket back to that replica with the
+single-use tunnel token, answers the command, and pipes bytes both ways in the background: binary
+frames on the WebSocket, raw bytes on TCP, no encoding. The command socket carries none of them.
+
+Backpressure: each direction reads a chunk, writes it, and waits for the write to drain before it
+reads again (aiohttp's WebSocket reader stops reading its socket when its queue holds 64 KiB), so a
+slow reader at either end stalls the other end instead of growing a buffer here. Either end closing
+(or an error) closes the other, with the reason; no byte either way for STREAM_IDLE_TIMEOUT closes
+both. At most STREAM_MAX_PER_SESSION streams of one session and STREAM_MAX_PER_AGENT in all are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+
+from streamspace_common import closecodes
+from streamspace_common.actions import OpenTunnel
+from streamspace_common.schemas import Command
+
+from . import metrics
+from .drivers import CommandFailed
+
+CHUNK = 64 * 1024
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0
+log = structlog.get_logger("agent.tunnels")
+
+
+class Tunnels:
+    def __init__(self, agent_token: str, idle_timeout: float, max_per_session: int, max_per_agent: int) -> None:
+        self.agent_token = agent_token
+        self.idle_timeout = idle_timeout
+        self.max_per_session = max_per_session
+        self.max_per_agent = max_per_agent
+        self.per_session: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def open_count(self) -> int:
+        return sum(self.per_session.values())
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.agent_token}"}, connector=aiohttp.TCPConnector(limit=0)
+            )
+        return self._http
+
+    async def open(self, command: Command) -> dict[str, Any]:
+        """Connect both ends and start piping; the command's result says it is open."""
+        try:
+            spec = msgspec.convert(command.payload, OpenTunnel)
+        except msgspec.ValidationError as exc:
+            raise CommandFailed(f"invalid OPEN_TUNNEL payload: {exc}") from exc
+        if self.per_session[spec.session_id] >= self.max_per_session:
+            raise CommandFailed(f"session {spec.session_id} has {self.max_per_session} streams open already")
+        if self.open_count >= self.max_per_agent:
+            raise CommandFailed(f"this agent has {self.max_per_agent} streams open already")
+        self.per_session[spec.session_id] += 1  # counted from now on, so a burst cannot pass the limit
+        try:
+            reader, writer, ws = await self._connect(spec)
+        except BaseException:
+            self._release(spec.session_id)
+            raise
+        task = asyncio.create_task(self._pipe(spec, reader, writer, ws))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return {"session_id": spec.session_id, "tunnel": "open"}
+
+    async def _connect(
+        self, spec: OpenTunnel
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, aiohttp.ClientWebSocketResponse]:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(spec.host, spec.port), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise CommandFailed(f"cannot reach the session at {spec.host}:{spec.port}: {exc!r}") from exc
+        try:
+            ws = await self.http().ws_connect(
+                spec.url,
+                headers={"X-Tunnel-Token": spec.token},
+                max_msg_size=MAX_FRAME_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                autoping=True,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            writer.close()
+            raise CommandFailed(f"cannot dial the gateway back at {spec.url.split('?')[0]}: {exc!r}") from exc
+        return reader, writer, ws
+
+    def _release(self, session_id: str) -> None:
+        self.per_session[session_id] -= 1
+        if self.per_session[session_id] <= 0:
+            del self.per_session[session_id]
+
+    async def _pipe(
+        self,
+        spec: OpenTunnel,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ws: aiohttp.ClientWebSocketResponse,
+    ) -> None:
+        bound = log.bind(session_id=spec.session_id)
+        metrics.TUNNELS_OPEN.inc()
+        last = [time.monotonic()]
+        ending: list[tuple[int, str]] = []
+        started = time.monotonic()
+
+        async def to_gateway() -> None:
+            while data := await reader.read(CHUNK):
+                last[0] = time.monotonic()
+                metrics.TUNNEL_BYTES.labels("to_gateway").inc(len(data))
+                await ws.send_bytes(data)
+            ending.append((closecodes.STREAM_ENDED, "the session closed the connection"))
+
+        async def to_session() -> None:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    ending.append((closecodes.BAD_FRAME, "only binary frames are streamed"))
+                    return
+                last[0] = time.monotonic()
+                metrics.TUNNEL_BYTES.labels("to_session").inc(len(message.data))
+                writer.write(message.data)
+                await writer.drain()
+            ending.append((ws.close_code or 1000, "the gateway closed the stream"))
+
+        async def idle() -> None:
+            # a deadline that moves with every byte: sleep until it, then look again
+            while (remaining := last[0] + self.idle_timeout - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(remaining)
+            ending.append((closecodes.STREAM_IDLE, f"no byte either way for {self.idle_timeout:g} s"))
+
+        tasks = [asyncio.create_task(job()) for job in (to_gateway, to_session, idle)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    ending.append((closecodes.STREAM_ERROR, f"stream error: {error!r}"[:120]))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            code, reason = ending[0] if ending else (closecodes.STREAM_ERROR, "the agent is stopping")
+            with contextlib.suppress(Exception):
+                await ws.close(code=code, message=reason.encode()[:120])
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._release(spec.session_id)
+            metrics.TUNNELS_OPEN.dec()
+            bound.info("tunnel_closed", code=code, reason=reason, seconds=round(time.monotonic() - started, 3))
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
