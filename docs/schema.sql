@@ -94,7 +94,7 @@ END $$;
 
 CREATE FUNCTION public.streamspace_inventory_reported() RETURNS trigger
     LANGUAGE plpgsql
-    AS $$
+    AS $_$
 BEGIN
     IF jsonb_typeof(NEW.result -> 'sessions') <> 'array' OR jsonb_typeof(NEW.result -> 'workloads') <> 'array' THEN
         RETURN NULL;
@@ -122,12 +122,14 @@ BEGIN
     INSERT INTO agent_commands (agent_id, action, payload, session_id, max_attempts)
     SELECT NEW.agent_id, 'DELETE_SESSION', jsonb_build_object('session_id', w.id), w.id, 3
     FROM (SELECT DISTINCT value AS id FROM jsonb_array_elements_text(NEW.result -> 'workloads')) AS w
-    WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id::text = w.id AND s.deleted_at IS NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.deleted_at IS NULL
+                      AND s.id = CASE WHEN w.id ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
+                                      THEN w.id::uuid END)  -- the primary key, never a cast error
       AND NOT EXISTS (SELECT 1 FROM agent_commands c
                       WHERE c.session_id = w.id AND c.action = 'DELETE_SESSION'
                         AND c.status IN ('pending', 'sent', 'acknowledged'));
     RETURN NULL;
-END $$;
+END $_$;
 
 
 --
@@ -673,7 +675,7 @@ CREATE INDEX api_keys_user ON public.api_keys USING btree (user_id, created_at);
 -- Name: sessions_agent; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX sessions_agent ON public.sessions USING btree (agent_id) WHERE (deleted_at IS NULL);
+CREATE INDEX sessions_agent ON public.sessions USING btree (agent_id, state);
 
 
 --

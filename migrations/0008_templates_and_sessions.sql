@@ -47,7 +47,8 @@ CREATE TABLE sessions (
 );
 
 CREATE INDEX sessions_user ON sessions (user_id, created_at DESC, id DESC) WHERE deleted_at IS NULL;
-CREATE INDEX sessions_agent ON sessions (agent_id) WHERE deleted_at IS NULL;
+-- All rows, deleted ones too: an agent's load counts them until it confirms the workload is gone.
+CREATE INDEX sessions_agent ON sessions (agent_id, state);
 CREATE INDEX sessions_listed ON sessions (created_at DESC, id DESC) WHERE deleted_at IS NULL;
 CREATE INDEX sessions_idle ON sessions (last_activity_at) WHERE state = 'running' AND idle_timeout_seconds > 0;
 
@@ -169,7 +170,9 @@ BEGIN
     INSERT INTO agent_commands (agent_id, action, payload, session_id, max_attempts)
     SELECT NEW.agent_id, 'DELETE_SESSION', jsonb_build_object('session_id', w.id), w.id, 3
     FROM (SELECT DISTINCT value AS id FROM jsonb_array_elements_text(NEW.result -> 'workloads')) AS w
-    WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id::text = w.id AND s.deleted_at IS NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.deleted_at IS NULL
+                      AND s.id = CASE WHEN w.id ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
+                                      THEN w.id::uuid END)  -- the primary key, never a cast error
       AND NOT EXISTS (SELECT 1 FROM agent_commands c
                       WHERE c.session_id = w.id AND c.action = 'DELETE_SESSION'
                         AND c.status IN ('pending', 'sent', 'acknowledged'));

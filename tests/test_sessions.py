@@ -408,6 +408,56 @@ async def test_idle_sessions_hibernate_and_activity_keeps_them_running(
         await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
+async def test_waking_a_stopped_session_must_fit_the_quota_and_the_agents_capacity_again(
+    sessions_stack: Stack, stack: Stack, admin_api: Api, db: asyncpg.Pool, test_env: RunEnv, tmp_path: Path
+) -> None:
+    """A stopped session counts against nothing, so others may take its place; waking it is a placement
+    again: refused (409, nothing changed) when its agent is full or its owner at the quota."""
+    gateway = sessions_stack.services[0]
+    small = await start_agent(stack, gateway, test_env, tmp_path, max_sessions=2, name="small")
+    large = await start_agent(stack, gateway, test_env, tmp_path, name="large")
+    try:
+        for agent_id, _, _ in (small, large):
+            await wait_agent_online(db, agent_id)
+        first, second = await new_user(admin_api, "waker1"), await new_user(admin_api, "waker2")
+
+        async def running(user: Api, agent_id: str) -> str:
+            session = await user.create("echo", agent_id=agent_id)
+            await user.until_state(session["id"], "running", timeout=60)
+            return str(session["id"])
+
+        async def stopped(user: Api, session_id: str) -> None:
+            await user.call("POST", f"/api/v1/sessions/{session_id}/stop", expect=202)
+            await user.until_state(session_id, "stopped", timeout=60)
+
+        # Capacity: the small agent's two slots, one freed by a stop and taken by somebody else.
+        a = await running(first, small[0])
+        await running(first, small[0])
+        await stopped(first, a)
+        await running(second, small[0])
+        status, body = await first.call("POST", f"/api/v1/sessions/{a}/wake")
+        assert status == 409 and body["error"]["code"] == "no_capacity", body
+        assert (await first.session(a))["state"] == "stopped"
+
+        # Quota (5): four more on the large agent make five that count; the stopped one cannot wake.
+        for _ in range(3):
+            await running(first, large[0])
+        b = await running(first, large[0])
+        await stopped(first, b)
+        await running(first, large[0])
+        status, body = await first.call("POST", f"/api/v1/sessions/{b}/wake")
+        assert status == 409 and body["error"]["code"] == "session_quota_exceeded", body
+        assert (await first.session(b))["state"] == "stopped"
+        commands = await db.fetchval(
+            "SELECT count(*) FROM agent_commands WHERE session_id = ANY($1) AND action = 'WAKE_SESSION'", [a, b]
+        )
+        assert commands == 0
+    finally:
+        for agent_id, session_dir, agent in (small, large):
+            agent.kill()
+            await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+
+
 async def test_placement_refusals(sessions_stack: Stack, admin_api: Api, test_env: RunEnv) -> None:
     user = await new_user(admin_api, "placement")
     status, body = await user.call("POST", "/api/v1/sessions", {"template": "no-such-template"})

@@ -105,13 +105,23 @@ class SessionLifecycle:
         log.info("session_placed", session_id=session_id, agent_id=agent["agent_id"], load=agent["sessions"])
         return row
 
-    async def request(self, session_id: str, verb: Verb) -> asyncpg.Record | None:
+    async def request(self, session_id: str, verb: Verb, quota: int) -> asyncpg.Record | None:
         """Ask for a verb: the session row with `command_id` (None when it was already asked for), or
-        None when the session is gone or the verb is not allowed in its desired state."""
+        None when the session is gone or the verb is not allowed in its desired state. Waking a stopped or
+        failed session makes it count again: under the placement lock, like a creation, it must fit the
+        owner's quota (QuotaExceeded) and its agent's max_sessions (NoAgent)."""
         rule = VERBS[verb]
-        row: asyncpg.Record | None = await self.pool.fetchrow(
-            QUERIES["request"], session_id, rule.desired, rule.state, rule.action, list(rule.allowed_from)
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if verb == "wake":
+                await conn.execute(QUERIES["lock_placement"])
+                room = await conn.fetchrow(QUERIES["room_to_wake"], session_id)
+                if room is not None and room["owned"] >= quota:
+                    raise QuotaExceeded(quota)
+                if room is not None and 0 < room["max_sessions"] <= room["load"]:
+                    raise NoAgent(full=True)
+            row: asyncpg.Record | None = await conn.fetchrow(
+                QUERIES["request"], session_id, rule.desired, rule.state, rule.action, list(rule.allowed_from)
+            )
         return row
 
     async def touch(self, session_id: str) -> asyncpg.Record | None:

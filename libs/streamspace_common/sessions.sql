@@ -12,6 +12,18 @@ SELECT pg_advisory_xact_lock(hashtext('streamspace_session_placement'));
 SELECT count(*) FROM sessions
 WHERE user_id = $1 AND deleted_at IS NULL AND state NOT IN ('stopped', 'failed');
 
+-- name: room_to_wake
+-- For waking a session that counts against nothing (stopped or failed): its owner's sessions that do
+-- count, and its agent's load and advertised max_sessions (0: no limit). No row: not such a session.
+SELECT s.user_id,
+       (SELECT count(*) FROM sessions u
+        WHERE u.user_id = s.user_id AND u.deleted_at IS NULL AND u.state NOT IN ('stopped', 'failed')) AS owned,
+       a.max_sessions,
+       (SELECT count(*) FROM sessions l
+        WHERE l.agent_id = s.agent_id AND l.state NOT IN ('stopped', 'failed')) AS load
+FROM sessions s JOIN agents a USING (agent_id)
+WHERE s.id = $1::uuid AND s.deleted_at IS NULL AND s.state IN ('stopped', 'failed');
+
 -- name: pick_agent
 -- The least loaded online agent that runs sessions on an allowed platform ($1: JSON array, empty = any),
 -- of platform $2 and id $3 when given, with a free slot (max_sessions 0: no limit). Load counts every

@@ -238,7 +238,12 @@ async def get_session(request: web.Request, caller: Caller) -> web.Response:
 async def ask(request: web.Request, caller: Caller, verb: Verb) -> web.Response:
     row = await visible_session(request, caller)
     session_id = str(row["id"])
-    moved = await SessionLifecycle(pool_of(request)).request(session_id, verb)
+    try:
+        moved = await SessionLifecycle(pool_of(request)).request(session_id, verb, request.app[QUOTA_KEY])
+    except QuotaExceeded as exc:
+        raise ApiError(409, "session_quota_exceeded", str(exc), "SESSION_QUOTA") from exc
+    except NoAgent as exc:  # waking: its agent is at its max_sessions
+        raise ApiError(409, "no_capacity", str(exc), "session_id") from exc
     if moved is not None:
         return encoded(session_view(moved), status=202)
     now = await pool_of(request).fetchrow(QUERIES["get_session"], session_id)
@@ -273,7 +278,11 @@ def verb_route(verb: Verb, summary: str) -> None:
 
 verb_route("stop", "Stop the session (its storage stays; wake starts it again)")
 verb_route("hibernate", "Hibernate a running session (wake resumes it)")
-verb_route("wake", "Wake a hibernated or stopped session (or retry a failed one)")
+verb_route(
+    "wake",
+    "Wake a hibernated or stopped session (or retry a failed one); a stopped or failed one must fit the "
+    "owner's quota (409 session_quota_exceeded) and its agent's max_sessions (409 no_capacity) again",
+)
 
 
 @routes.route(
@@ -289,7 +298,7 @@ verb_route("wake", "Wake a hibernated or stopped session (or retry a failed one)
 )
 async def delete_session(request: web.Request, caller: Caller) -> web.Response:
     row = await visible_session(request, caller)
-    if await SessionLifecycle(pool_of(request)).request(str(row["id"]), "delete") is None:
+    if await SessionLifecycle(pool_of(request)).request(str(row["id"]), "delete", request.app[QUOTA_KEY]) is None:
         raise not_found(str(row["id"]))
     return web.Response(status=204)
 
