@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+STALE_AFTER_INTERVALS = 3  # an agent with no heartbeat for this many intervals is gone (socket closed, not placed on)
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/streamspace"

@@ -18,6 +18,7 @@ import structlog
 
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.sessions import SessionLifecycle
+from streamspace_common.settings import STALE_AFTER_INTERVALS
 
 from . import metrics
 
@@ -29,7 +30,7 @@ class Reconciler:
     def __init__(self, pool: asyncpg.Pool, interval: float, heartbeat_interval: float) -> None:
         self.sessions = SessionLifecycle(pool)
         self.interval = interval
-        self.heartbeat_within = 3 * heartbeat_interval  # an agent is stale after 3 missed heartbeats
+        self.heartbeat_within = STALE_AFTER_INTERVALS * heartbeat_interval
 
     async def run(self) -> None:
         await forever(self.round, Outage("postgres_reconcile", log))

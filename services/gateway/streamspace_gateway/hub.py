@@ -44,13 +44,13 @@ from streamspace_common.schemas import (
     Hello,
     Role,
 )
+from streamspace_common.settings import STALE_AFTER_INTERVALS
 
 from . import metrics
 from .store import Store
 from .writer import FrameWriter
 
 log = structlog.get_logger("gateway.hub")
-STALE_AFTER_INTERVALS = 3
 DRAIN_TIMEOUT = 5.0  # seconds a stopping replica waits for queued acks and results to be written
 _encoder = msgspec.json.Encoder()
 

@@ -12,7 +12,7 @@ from streamspace_common.db import create_pool, server_settings
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
-from streamspace_common.settings import Settings, load_settings, port_or
+from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background
 
 from .agent_socket import agent_connect
@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     add_api_routes(app)
     add_console_routes(app, settings.novnc_dir)
     app[QUOTA_KEY] = settings.session_quota
-    app[HEARTBEAT_WITHIN_KEY] = 3 * settings.heartbeat_interval
+    app[HEARTBEAT_WITHIN_KEY] = STALE_AFTER_INTERVALS * settings.heartbeat_interval
 
     def is_ready() -> bool:
         """Not while stopping; otherwise while commands can reach us by either path. Not tied to Redis
