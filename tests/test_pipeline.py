@@ -6,7 +6,9 @@ Real gateway, dispatcher and agent processes; raw WebSockets where a test speaks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +200,18 @@ async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
     await wait_row(db, command_id, "acknowledged")
     gateway.kill()
 
-    async def finished() -> bool:
-        return count_event(first, "command_done") == 1
+    async def journalled() -> bool:
+        """The result is written to the journal a moment after `command_done` (in the journal writer's
+        next batch); killed before that, the agent loses it, and running it again is the right answer."""
+        with contextlib.closing(sqlite3.connect(f"file:{state}/journal.sqlite3?mode=ro", uri=True)) as journal:
+            try:
+                return (
+                    journal.execute("SELECT 1 FROM results WHERE command_id = ?", (command_id,)).fetchone() is not None
+                )
+            except sqlite3.OperationalError:  # not created yet
+                return False
 
-    await wait_for(finished)
+    await wait_for(journalled)
     first.kill()  # the result is in its journal only
     await db.execute(
         "UPDATE agent_commands SET status = 'pending', ack_deadline = NULL WHERE command_id = $1", command_id
