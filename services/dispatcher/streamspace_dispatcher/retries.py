@@ -47,6 +47,10 @@ STEPS_MS = tuple(50 * 2**k for k in range(10))  # 50 ms ... 25.6 s
 READY_ROUTING_KEY = "ready"
 SCHEDULE_BATCH = 1000
 PREFETCH = 500
+# Ready messages handled at once, each holding a pool connection for its statements: without a bound,
+# 500 prefetched arrivals queued for the pool's 10 connections ahead of the claimer, so a burst of
+# retries (or a table lock that stalls them) starved the claims (the chaos suite's scenario 7 saw it).
+ARRIVALS_AT_ONCE = 4
 log = structlog.get_logger("dispatcher.retries")
 
 
@@ -72,6 +76,7 @@ class RetryScheduler:
         self.wake = asyncio.Event()  # there may be waits to schedule
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(RetryMessage)
+        self.arrivals = asyncio.Semaphore(ARRIVALS_AT_ONCE)
 
     @property
     def connected(self) -> bool:
@@ -157,7 +162,7 @@ class RetryScheduler:
     # --- the ready queue -----------------------------------------------------------------------
 
     async def _on_ready(self, message: AbstractIncomingMessage) -> None:
-        async with message.process(requeue=True):  # an error (PostgreSQL gone) leaves it to come back
+        async with self.arrivals, message.process(requeue=True):  # an error (PostgreSQL gone): it comes back
             try:
                 retry = self._decoder.decode(message.body)
             except msgspec.DecodeError as exc:
