@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio
-from support import Account, RunEnv, Stack, new_account, new_test_env, rabbitmqctl
+from support import SAMPLE_IMAGE, Account, RunEnv, Stack, new_account, new_test_env, rabbitmqctl
 
 from streamspace_common.admin import create_agent_token
 from streamspace_common.db import create_pool
@@ -126,3 +128,16 @@ def agent_id(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def agent_token(test_env: RunEnv, agent_id: str) -> str:
     return await create_agent_token(test_env.database_url, agent_id)
+
+
+@pytest.fixture(scope="session")
+def sample_image() -> str:
+    """A running Docker Engine and the sample image, built once per run (kept between runs) for every
+    docker test module; skips them where no engine can start."""
+    root = Path(__file__).resolve().parent.parent
+    engine = subprocess.run(["bash", str(root / "scripts/docker-engine")], capture_output=True, text=True)
+    if engine.returncode != 0:
+        pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")
+    env = {**os.environ, "IMAGE": SAMPLE_IMAGE}
+    subprocess.run(["bash", str(root / "scripts/build-sample-images")], check=True, env=env)
+    return SAMPLE_IMAGE

@@ -27,6 +27,8 @@ import asyncpg
 from streamspace_common.admin import create_user
 from streamspace_gateway.auth import sign_token, signing_secret
 
+SAMPLE_IMAGE = "streamspace/echo:dev"  # the docker tests' image (scripts/build-sample-images; conftest builds it)
+
 T = TypeVar("T")
 
 BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

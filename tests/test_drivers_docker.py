@@ -7,36 +7,23 @@ be started on this machine.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
-from support import wait_for
+from support import SAMPLE_IMAGE, wait_for
 
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings
 
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "streamspace/echo:dev"
-
-
-@pytest.fixture(scope="session")
-def sample_image() -> str:
-    """A running engine and the sample image (built once; kept between runs)."""
-    engine = subprocess.run(["bash", str(ROOT / "scripts/docker-engine")], capture_output=True, text=True)
-    if engine.returncode != 0:
-        pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")
-    subprocess.run(["bash", str(ROOT / "scripts/build-sample-images")], check=True, env={**os.environ, "IMAGE": IMAGE})
-    return IMAGE
+IMAGE = SAMPLE_IMAGE
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ Skipped, saying why, only when no engine can be started on this machine."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -18,7 +15,7 @@ import asyncpg
 import pytest
 from aiodocker.exceptions import DockerError
 from sessions_support import Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
-from support import RunEnv, Service, Stack, wait_for
+from support import SAMPLE_IMAGE, RunEnv, Service, Stack, wait_for
 
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.actions import CreateSession
@@ -27,17 +24,7 @@ from streamspace_common.settings import Settings
 
 __all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "streamspace/echo:dev"
-
-
-@pytest.fixture(scope="module")
-def sample_image() -> str:
-    engine = subprocess.run(["bash", str(ROOT / "scripts/docker-engine")], capture_output=True, text=True)
-    if engine.returncode != 0:
-        pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")
-    subprocess.run(["bash", str(ROOT / "scripts/build-sample-images")], check=True, env={**os.environ, "IMAGE": IMAGE})
-    return IMAGE
+IMAGE = SAMPLE_IMAGE
 
 
 @pytest.fixture
