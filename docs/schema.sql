@@ -160,7 +160,7 @@ BEGIN
        OR (TG_OP = 'UPDATE' AND OLD.status IN ('sent', 'acknowledged') AND NEW.status <> OLD.status
            AND (NEW.session_id IS NOT NULL
                 OR EXISTS (SELECT 1 FROM agents WHERE agent_id = NEW.agent_id AND concurrency > 0))) THEN
-        PERFORM pg_notify('streamspace_dispatch', NEW.agent_id);
+        PERFORM streamspace_wake_dispatchers(NEW.agent_id);
     END IF;
     RETURN NULL;
 END $$;
@@ -268,6 +268,22 @@ CREATE FUNCTION public.streamspace_touch_updated_at() RETURNS trigger
 BEGIN
     NEW.updated_at := clock_timestamp();
     RETURN NEW;
+END $$;
+
+
+--
+-- Name: streamspace_wake_dispatchers(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_wake_dispatchers(agent text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtext('streamspace_dispatch_creators'));
+    IF current_setting('transaction_isolation') <> 'read committed'
+       OR NOT EXISTS (SELECT 1 FROM dispatcher_streaks WHERE until > clock_timestamp()) THEN
+        PERFORM pg_notify('streamspace_dispatch', agent);
+    END IF;
 END $$;
 
 
@@ -411,6 +427,16 @@ CREATE TABLE public.auth_secrets (
     name character varying(64) NOT NULL,
     secret text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: dispatcher_streaks; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE UNLOGGED TABLE public.dispatcher_streaks (
+    dispatcher text NOT NULL,
+    until timestamp with time zone NOT NULL
 );
 
 
@@ -572,6 +598,14 @@ ALTER TABLE ONLY public.api_keys
 
 ALTER TABLE ONLY public.auth_secrets
     ADD CONSTRAINT auth_secrets_pkey PRIMARY KEY (name);
+
+
+--
+-- Name: dispatcher_streaks dispatcher_streaks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.dispatcher_streaks
+    ADD CONSTRAINT dispatcher_streaks_pkey PRIMARY KEY (dispatcher);
 
 
 --

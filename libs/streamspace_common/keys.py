@@ -12,6 +12,11 @@ import hashlib
 # migrations 0001/0002 spell it as a literal too (SQL cannot import this).
 DISPATCH_CHANNEL = "streamspace_dispatch"
 
+# PostgreSQL advisory lock (hashtext of this name) that every transaction waking the dispatchers holds
+# shared until it ends; a dispatcher ending a claiming streak tries it exclusively (docs/control-plane.md
+# "Wake-ups under load"). Migration 0009 spells it as a literal too.
+DISPATCH_CREATORS_LOCK = "streamspace_dispatch_creators"
+
 # PostgreSQL NOTIFY channel on which a gateway says an HA agent's lease was released (payload: agent id);
 # the gateways holding standby replicas of that agent try to take it at once.
 LEASE_CHANNEL = "streamspace_lease_released"

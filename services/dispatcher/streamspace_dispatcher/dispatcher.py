@@ -30,7 +30,9 @@ from streamspace_common.schemas import Delivery
 
 from . import metrics
 from .retries import RetryScheduler
+from .streaks import Streak
 
+STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command wakes nobody's streak
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
@@ -66,7 +68,8 @@ class Dispatcher:
         self.command_timeout = command_timeout
         self.deadline_interval = deadline_interval
         self.send_window = send_window
-        self.recheck: asyncio.TimerHandle | None = None
+        self.recheck: asyncio.TimerHandle | None = None  # the next round's wake-up, when one is due later
+        self.streak = Streak(pool, name)
         self.due_agents = False  # the last round found routable agents with due commands
         self.retries: RetryScheduler | None = None  # set by the app: retries through RabbitMQ
         self.counted_at = 0.0  # monotonic time of the last commands-by-status count
@@ -121,18 +124,39 @@ class Dispatcher:
         self.wake.clear()  # before the claim, never after
         try:
             claimed = await self.dispatch_once()
+            await self.plan_next_round(claimed)
         except BaseException:
             self.wake.set()  # try again as soon as the backoff allows, not at the next sweep
             raise
-        if claimed >= self.batch_size:
-            self.wake.set()  # a full batch: there is probably more
-        elif self.due_agents:
+
+    async def plan_next_round(self, claimed: int) -> None:
+        """Straight on while rounds claim work (a streak: creators skip their NOTIFY meanwhile), else
+        after the streak's last round, a delay, or the next wake-up."""
+        if claimed >= min(STREAK_MIN, self.batch_size) or (claimed and self.streak.on):
+            await self.streak.keep()
+            self.wake.set()
+            return
+        if self.streak.ending:
+            delay = await self.streak.end()
+            if delay is None:
+                self.wake.set()  # the last round: a creator may have committed after this round's snapshot
+                return
+            self.wake_after(delay)
+        if self.due_agents:
             # Agents had due commands and may still have some, held back by the send window (or their
             # concurrency, or session order): an acknowledgement frees a window slot without a NOTIFY,
             # so look again shortly, for as long as such agents remain.
-            if self.recheck is not None:
-                self.recheck.cancel()
-            self.recheck = asyncio.get_running_loop().call_later(RECHECK_AFTER, self.wake.set)
+            self.wake_after(RECHECK_AFTER)
+
+    def wake_after(self, delay: float) -> None:
+        """Wake the claimer after `delay` seconds, unless a wake-up due sooner is already set."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.recheck is not None:
+            if now < self.recheck.when() <= now + delay:
+                return
+            self.recheck.cancel()
+        self.recheck = loop.call_later(delay, self.wake.set)
 
     async def dispatch_once(self) -> int:
         agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -58,6 +60,8 @@ def create_app(settings: Settings) -> web.Application:
         )
         async with background(*loops, *sessions, retries.run_connection(), retries.run_scheduler()):
             yield
+        with contextlib.suppress(asyncpg.PostgresError, OSError):
+            await dispatcher.streak.abandon()
         await redis.aclose()
         await pool.close()
 

@@ -1,0 +1,205 @@
+"""Claiming streaks (migration 0009, docs/control-plane.md "Wake-ups under load"): while a dispatcher
+claims round after round, creating commits skip their NOTIFY (PostgreSQL's NOTIFY lock made creating
+commits go one at a time), and no command waits for the sweep when the streak ends.
+
+The dispatcher's real loops run in this process against the real PostgreSQL and Redis, with a 60 s
+sweep, so a command that goes out within seconds was not found by the sweep; the agent's replica is
+this test, subscribed to the pod's Redis channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+import asyncpg
+import msgspec
+import pytest
+import redis.asyncio
+from support import RunEnv, wait_for
+
+from streamspace_common.keys import DISPATCH_CHANNEL, RedisKeys
+from streamspace_common.routing import RoutingTable
+from streamspace_common.schemas import Delivery
+from streamspace_dispatcher.dispatcher import Dispatcher
+
+POD = "streak-test-pod"
+INSERT = "INSERT INTO agent_commands (agent_id, action) VALUES ($1, 'PING') RETURNING command_id"
+
+
+class Notifications:
+    """NOTIFYs on the dispatch channel naming one agent, as a dispatcher's LISTEN connection hears them."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.count = 0
+
+    def __call__(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload == self.agent_id:
+            self.count += 1
+
+
+@pytest.fixture
+async def notifications(test_env: RunEnv, agent_id: str) -> AsyncIterator[Notifications]:
+    heard = Notifications(agent_id)
+    conn = await asyncpg.connect(test_env.database_url)
+    await conn.add_listener(DISPATCH_CHANNEL, heard)
+    yield heard
+    await conn.close()
+
+
+@pytest.fixture
+async def online_agent(
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, agent_id: str, agent_token: str
+) -> str:
+    """The agent online on POD, as its gateway would register it (row and Redis mapping)."""
+    await db.execute("UPDATE agents SET status = 'online', gateway_pod = $2 WHERE agent_id = $1", agent_id, POD)
+    await RoutingTable(redis_client, RedisKeys(test_env.redis_prefix)).register(agent_id, POD, ttl=300)
+    await db.execute("DELETE FROM dispatcher_streaks")  # streaks of other tests' killed dispatchers
+    return agent_id
+
+
+async def sent_to_pod(redis_client: redis.asyncio.Redis, test_env: RunEnv) -> AsyncGenerator[str, None]:
+    """Command ids published on POD's channel, as the gateway holding the agent reads them."""
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(RedisKeys(test_env.redis_prefix).pod_commands(POD))
+    decoder = msgspec.json.Decoder(Delivery)
+    try:
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                yield decoder.decode(message["data"]).command.command_id
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+@contextlib.asynccontextmanager
+async def running_dispatcher(
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv
+) -> AsyncIterator[Dispatcher]:
+    dispatcher = Dispatcher(
+        test_env.database_url,
+        db,
+        RoutingTable(redis_client, RedisKeys(test_env.redis_prefix)),
+        name="dispatcher-streak-test",
+        sweep_interval=60.0,
+        ack_timeout=60.0,
+        batch_size=500,
+    )
+    tasks = [asyncio.create_task(dispatcher.run_listener()), asyncio.create_task(dispatcher.run_claimer())]
+    try:
+        await until(lambda: dispatcher.listening)
+        yield dispatcher
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await dispatcher.streak.abandon()
+
+
+async def test_a_live_streak_spares_the_notify_and_an_ended_or_dead_one_does_not(
+    db: asyncpg.Pool, notifications: Notifications, online_agent: str
+) -> None:
+    """The trigger side alone: a create NOTIFYs unless a dispatcher's streak row is live; a streak row
+    past its `until` (its dispatcher died in it) counts for nothing, and neither does any streak for a
+    REPEATABLE READ transaction (its snapshot may predate the streak's end)."""
+
+    async def heard_after_create(isolation: str = "read_committed") -> int:
+        before = notifications.count
+        async with db.acquire() as conn, conn.transaction(isolation=isolation):
+            await conn.execute(INSERT, online_agent)
+        await asyncio.sleep(0.3)
+        return notifications.count - before
+
+    assert await heard_after_create() == 1
+
+    await db.execute("INSERT INTO dispatcher_streaks VALUES ('dispatcher-x', now() + interval '1 minute')")
+    assert await heard_after_create() == 0
+    assert await heard_after_create("repeatable_read") == 1
+
+    await db.execute("UPDATE dispatcher_streaks SET until = now() - interval '1 second'")
+    assert await heard_after_create() == 1
+    await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
+
+
+async def test_a_create_left_open_through_a_streak_end_goes_out_when_it_commits_not_at_the_sweep(
+    db: asyncpg.Pool,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+    notifications: Notifications,
+    online_agent: str,
+) -> None:
+    """A creating transaction that saw the streak (and so will not NOTIFY) stays open while the
+    streak ends: the dispatcher removes its row, finds the creator still open and keeps trying (2 ms,
+    4 ms, ... up to 1 s) instead of sleeping; the command goes out soon after its commit. A dispatcher
+    that slept after its last round would leave it for the 60 s sweep."""
+    sent = sent_to_pod(redis_client, test_env)
+    first = asyncio.ensure_future(anext(sent))
+    await asyncio.sleep(0.2)  # subscribed
+    async with running_dispatcher(db, redis_client, test_env) as dispatcher:
+        await dispatcher.streak.keep()  # as after a round that claimed a burst
+        creator = await asyncpg.connect(test_env.database_url)
+        try:
+            transaction = creator.transaction()
+            await transaction.start()
+            command_id = await creator.fetchval(INSERT, online_agent)
+            heard = notifications.count
+            dispatcher.wake.set()  # the streak's next round claims nothing (the create is not committed)
+
+            await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"))
+            await asyncio.sleep(1.0)
+            assert not first.done()
+
+            await transaction.commit()
+            assert await asyncio.wait_for(first, timeout=5) == command_id
+            assert notifications.count == heard  # it did skip its NOTIFY: only the dispatcher's retry found it
+        finally:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            await creator.close()
+            await sent.aclose()
+    await until(lambda: not dispatcher.streak.ending)
+    await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
+
+
+async def test_a_burst_starts_a_streak_and_it_ends_with_the_work(
+    db: asyncpg.Pool,
+    redis_client: redis.asyncio.Redis,
+    test_env: RunEnv,
+    notifications: Notifications,
+    online_agent: str,
+) -> None:
+    """200 commands from 10 clients, one create per commit: all go out once, with fewer NOTIFYs than
+    creates (the creates during the streak skip theirs), and no streak row is left afterwards."""
+    received: list[str] = []
+
+    async def collect() -> None:
+        async for command_id in sent_to_pod(redis_client, test_env):
+            received.append(command_id)
+
+    collector = asyncio.create_task(collect())
+    await asyncio.sleep(0.2)
+    async with running_dispatcher(db, redis_client, test_env):
+        clients = [await asyncpg.connect(test_env.database_url) for _ in range(10)]
+        try:
+            created = await asyncio.gather(*(one_by_one(client, online_agent, 20) for client in clients))
+        finally:
+            await asyncio.gather(*(client.close() for client in clients))
+        expected = sorted(command_id for ids in created for command_id in ids)
+        await until(lambda: len(received) >= len(expected), timeout=20)
+        await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"), timeout=5)
+    collector.cancel()
+    assert sorted(received) == expected
+    assert notifications.count < len(expected)
+    await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def probe() -> bool | None:
+        return condition() or None
+
+    await wait_for(probe, timeout=timeout)
+
+
+async def one_by_one(client: asyncpg.Connection, agent_id: str, count: int) -> list[str]:
+    return [await client.fetchval(INSERT, agent_id) for _ in range(count)]
