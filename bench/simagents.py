@@ -2,8 +2,9 @@
 
 Each agent is its own WebSocket, authenticated with its own agent token, and behaves on the wire like
 streamspace-agent: hello announcing `confirm` and `inventory`, WebSocket pings and a heartbeat frame
-every heartbeat interval, and (in `respond` mode) an ack then a `completed` result for every command,
-at once. It runs nothing and keeps no journal: it is load, not an agent. `idle` mode only keeps the
+every heartbeat interval, and (in `respond` mode) a `completed` result for every command at once
+(and no ack: the real agent acknowledges a command by its result when that comes within its
+ACK_AFTER). It runs nothing and keeps no journal: it is load, not an agent. `idle` mode only keeps the
 sockets open.
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
@@ -24,7 +25,7 @@ import uuid
 import aiohttp
 import msgspec
 
-from streamspace_common.schemas import FEATURES, Ack, Command, GatewayFrame, Heartbeat, Hello, Result, Welcome
+from streamspace_common.schemas import FEATURES, Command, GatewayFrame, Heartbeat, Hello, Result, Welcome
 
 CONNECT_PATH = "/api/v1/agents/connect"
 PING_RESULT: dict[str, object] = {"pong": True}
@@ -78,7 +79,6 @@ class SimAgent:
                     break
                 frame = _decoder.decode(message.data)
                 if isinstance(frame, Command) and self.respond:
-                    await ws.send_str(_encoder.encode(Ack(command_id=frame.command_id)).decode())
                     result = Result(command_id=frame.command_id, status="completed", result=PING_RESULT)
                     await ws.send_str(_encoder.encode(result).decode())
                 # Confirm frames: nothing to forget, the simulated agent keeps no journal.

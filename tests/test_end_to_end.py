@@ -67,6 +67,33 @@ async def test_command_created_on_other_replica_completes(
     assert done["created_at"] <= done["sent_at"] <= done["acknowledged_at"] <= done["completed_at"]
 
 
+async def test_a_quick_command_is_acknowledged_by_its_result_and_a_slow_one_at_once(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    """The agent sends no ack for a command whose result is journaled within ACK_AFTER (5 ms): the
+    result moves the row from sent to completed in one write, so acknowledged_at and completed_at are
+    the same transaction's time. Acked at receipt (as before), they are two writes and differ. A slow
+    command is acknowledged long before its result. Most, not all, quick ones are asked for: on a busy
+    machine a journal write can take longer than 5 ms, and then the ack goes first, as it should."""
+    gateway_a = shared_stack.services[0]
+    await stack.ready(stack.agent(agent_id, agent_token, [gateway_a]))
+    await wait_online(http, gateway_a.url, agent_id, "gateway-a")
+
+    slow = await post_command(http, gateway_a.url, agent_id, action="SLEEP", payload={"seconds": 3})
+    acked = await wait_status(http, gateway_a.url, slow["command_id"], "acknowledged", timeout=2.5)
+    assert acked["result"] is None
+
+    one_write = 0
+    for _ in range(20):
+        created = await post_command(http, gateway_a.url, agent_id, action="PING")
+        await wait_status(http, gateway_a.url, created["command_id"], "completed")
+        row = await db.fetchrow(
+            "SELECT acknowledged_at, completed_at FROM agent_commands WHERE command_id = $1", created["command_id"]
+        )
+        one_write += row["acknowledged_at"] == row["completed_at"]
+    assert one_write >= 10
+
+
 async def test_hand_written_insert_with_null_session_completes(
     shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
 ) -> None:

@@ -4,6 +4,9 @@ It reconnects forever (§4): on a failure it moves to the next of GATEWAY_URLS a
 exponential backoff and full jitter (0.25 s up to 30 s); a close with 1012 (gateway restarting)
 moves on at once.
 
+A command is acknowledged ACK_AFTER (5 ms) after it arrived unless its result is journaled by then:
+the result acknowledges it too, so a quick command costs one write and one commit less on its way.
+
 Results stay with the executor until a gateway confirms them. On each socket the agent sends every
 unconfirmed result in order, at most RESULT_WINDOW of them unconfirmed at once (that bounds what the
 gateway holds for this socket), so a result in flight when a socket dies goes out again on the next.
@@ -52,6 +55,7 @@ from .executor import Executor
 
 CONNECT_PATH = "/api/v1/agents/connect"
 RESULT_WINDOW = 256  # results sent on one socket and not yet confirmed, at most
+ACK_AFTER = 0.005  # seconds: a command whose result is journaled sooner is acknowledged by its result
 MAX_HELLO_IDS = 10_000  # more running + unreported than this: the hello lists none (and asks no requeue)
 log = structlog.get_logger("agent.client")
 _encoder = msgspec.json.Encoder()
@@ -82,7 +86,8 @@ class HelloRefused(Exception):
 
 
 class Outbox:
-    """The results one socket sends: every unconfirmed one, in order, at most `window` unconfirmed at once."""
+    """What one socket sends: acks of commands still without a result ACK_AFTER after they arrived, and
+    every unconfirmed result, in order, at most `window` unconfirmed at once."""
 
     def __init__(self, executor: Executor, confirms: bool, window: int = RESULT_WINDOW) -> None:
         self.executor = executor
@@ -90,6 +95,7 @@ class Outbox:
         self.window = window
         self.queue: deque[str] = deque(executor.unconfirmed)
         self.in_flight: set[str] = set()
+        self.acks: list[str] = []
         self.wake = asyncio.Event()
         if self.queue:
             self.wake.set()
@@ -101,6 +107,21 @@ class Outbox:
     def confirmed(self, command_ids: list[str]) -> None:
         self.in_flight.difference_update(command_ids)
         self.wake.set()
+
+    def ack_later(self, command_id: str) -> None:
+        """Acknowledge the command unless its result is journaled within ACK_AFTER: a result acknowledges
+        too (the gateway records both at once), so a quick command costs the control plane one write, and
+        its latency one commit less. A slow one is acknowledged long before any ack deadline."""
+        asyncio.get_running_loop().call_later(ACK_AFTER, self._ack_if_unanswered, command_id)
+
+    def _ack_if_unanswered(self, command_id: str) -> None:
+        if not self.executor.has_result(command_id):
+            self.acks.append(command_id)
+            self.wake.set()
+
+    def take_acks(self) -> list[str]:
+        acks, self.acks = self.acks, []
+        return acks
 
     def take(self) -> list[Result]:
         """What may go out now; the window counts only for a gateway that confirms."""
@@ -234,7 +255,7 @@ class AgentClient:
         self.executor.listeners.add(outbox.add)
         senders = [
             asyncio.create_task(self.send_heartbeats(ws, heartbeat_interval)),
-            asyncio.create_task(self.send_results(ws, outbox)),
+            asyncio.create_task(self.send_outbox(ws, outbox)),
         ]
         try:
             async for message in ws:
@@ -245,8 +266,8 @@ class AgentClient:
                     if self.role != "active":
                         log.warning("command_while_standby", command_id=frame.command_id)
                         continue  # not acknowledged: it is redelivered to the active replica
-                    await self.send(ws, Ack(command_id=frame.command_id))
                     self.executor.submit(frame)
+                    outbox.ack_later(frame.command_id)
                 elif isinstance(frame, Role):
                     if frame.role != self.role:
                         log.info("role", role=frame.role, epoch=frame.epoch, instance_id=self.instance_id)
@@ -270,12 +291,15 @@ class AgentClient:
             await asyncio.sleep(interval)
             await self.send(ws, Heartbeat())
 
-    async def send_results(self, ws: aiohttp.ClientWebSocketResponse, outbox: Outbox) -> None:
-        """Everything unconfirmed goes out, window permitting; a failed send loses nothing (the results
-        stay unconfirmed with the executor and go out again on the next socket)."""
+    async def send_outbox(self, ws: aiohttp.ClientWebSocketResponse, outbox: Outbox) -> None:
+        """Due acks, then everything unconfirmed, window permitting; a failed send loses nothing (the
+        results stay unconfirmed with the executor and go out again on the next socket, and a command
+        whose ack is lost is redelivered and answered from the journal)."""
         while True:
             await outbox.wake.wait()
             batch = outbox.take()
+            for command_id in outbox.take_acks():
+                await self.send(ws, Ack(command_id=command_id))
             for result in batch:
                 await self.send(ws, result)
             if batch and not outbox.confirms:  # an earlier gateway: written to its socket counts as reported

@@ -113,6 +113,10 @@ class Executor:
         for listener in list(self.listeners):
             listener(result.command_id)
 
+    def has_result(self, command_id: str) -> bool:
+        """Its result is journaled: sent on every socket until confirmed, or confirmed already."""
+        return command_id in self.unconfirmed or command_id in self.results
+
     def unreported(self) -> list[str]:
         """Finished commands whose result no gateway has confirmed yet."""
         return [*self.to_journal, *(c for c in self.unconfirmed if c not in self.to_journal)]
