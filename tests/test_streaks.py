@@ -144,7 +144,7 @@ async def test_a_create_left_open_through_a_streak_end_goes_out_when_it_commits_
             await transaction.start()
             command_id = await creator.fetchval(INSERT, online_agent)
             heard = notifications.count
-            dispatcher.wake.set()  # the streak's next round claims nothing (the create is not committed)
+            dispatcher.wake_all()  # the streak's next round claims nothing (the create is not committed)
 
             await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"))
             await asyncio.sleep(1.0)

@@ -4,6 +4,10 @@ Two loops share one wake-up flag: the listener sets it on every NOTIFY and after
 of its LISTEN connection; the claimer clears it BEFORE each claim, so a NOTIFY landing while an
 empty claim is in flight causes another claim at once instead of waiting for the sweep.
 
+A round woken only by NOTIFYs looks at the agents they name (the payload is the agent id): one query
+less on a lone command's way. Every other wake-up (sweep, reconnect, retry, a streak, a recheck, a
+failed round) scans for every agent with due commands (`wake_all`).
+
 Routing goes through Redis while it answers and through PostgreSQL while it does not (bus.py); after
 a Redis failure the PostgreSQL path is used for REDIS_PROBE_INTERVAL before Redis is tried again, so
 an unreachable Redis costs one failed call per second, not one per claim.
@@ -74,6 +78,8 @@ class Dispatcher:
         self.retries: RetryScheduler | None = None  # set by the app: retries through RabbitMQ
         self.counted_at = 0.0  # monotonic time of the last commands-by-status count
         self.wake = asyncio.Event()
+        self.scan_all = False  # the next round looks at every agent with due commands
+        self.notified: set[str] = set()  # agents named by NOTIFYs since the last round began
         self.listening = False
         self.listen_outage = Outage("postgres_listen", log)
 
@@ -91,7 +97,7 @@ class Dispatcher:
             await conn.add_listener(DISPATCH_CHANNEL, self._on_notify)
             self.listening = True
             self.listen_outage.recovered()
-            self.wake.set()  # NOTIFYs are lost while nobody listens: scan after every (re)connect
+            self.wake_all()  # NOTIFYs are lost while nobody listens: scan after every (re)connect
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), timeout=self.sweep_interval)
@@ -100,9 +106,14 @@ class Dispatcher:
             self.listening = False
             conn.terminate()
 
-    def _on_notify(self, *_: Any) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, agent_id: str) -> None:
+        self.notified.add(agent_id)
         self.wake.set()
         self.wake_retries()  # the row may have gone back to wait (a retryable failure)
+
+    def wake_all(self) -> None:
+        self.scan_all = True
+        self.wake.set()
 
     def wake_retries(self) -> None:
         if self.retries is not None:
@@ -121,12 +132,16 @@ class Dispatcher:
         except TimeoutError:
             metrics.WAKEUPS.labels("sweep").inc()
             self.wake_retries()  # safety net: waits a lost NOTIFY left unscheduled
+            self.scan_all = True
         self.wake.clear()  # before the claim, never after
+        agent_ids = None if self.scan_all else list(self.notified)
+        self.scan_all = False
+        self.notified = set()
         try:
-            claimed = await self.dispatch_once()
+            claimed = await self.dispatch_once(agent_ids)
             await self.plan_next_round(claimed)
         except BaseException:
-            self.wake.set()  # try again as soon as the backoff allows, not at the next sweep
+            self.wake_all()  # try again as soon as the backoff allows, not at the next sweep
             raise
 
     async def plan_next_round(self, claimed: int) -> None:
@@ -134,12 +149,12 @@ class Dispatcher:
         after the streak's last round, a delay, or the next wake-up."""
         if claimed >= min(STREAK_MIN, self.batch_size) or (claimed and self.streak.on):
             await self.streak.keep()
-            self.wake.set()
+            self.wake_all()
             return
         if self.streak.ending:
             delay = await self.streak.end()
             if delay is None:
-                self.wake.set()  # the last round: a creator may have committed after this round's snapshot
+                self.wake_all()  # the last round: a creator may have committed after this round's snapshot
                 return
             self.wake_after(delay)
         if self.due_agents:
@@ -156,10 +171,12 @@ class Dispatcher:
             if now < self.recheck.when() <= now + delay:
                 return
             self.recheck.cancel()
-        self.recheck = loop.call_later(delay, self.wake.set)
+        self.recheck = loop.call_later(delay, self.wake_all)
 
-    async def dispatch_once(self) -> int:
-        agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]
+    async def dispatch_once(self, agent_ids: list[str] | None = None) -> int:
+        """One claim round for these agents (None: every agent with due commands)."""
+        if agent_ids is None:
+            agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]
         bus, pods = await self.routes(agent_ids)
         self.due_agents = bool(pods)
         if not pods:

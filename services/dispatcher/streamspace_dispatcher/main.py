@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
             deadline_interval=settings.deadline_interval,
             send_window=settings.send_window,
         )
-        retries = RetryScheduler(settings.rabbitmq_url, pool, dispatcher.wake.set)
+        retries = RetryScheduler(settings.rabbitmq_url, pool, dispatcher.wake_all)
         dispatcher.retries = retries
         app[DISPATCHER_KEY] = dispatcher
         loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
