@@ -63,6 +63,14 @@ def server_settings(service: str, pod: str) -> dict[str, str]:
     return {"application_name": f"streamspace-{service}:{pod}"[:63], "plan_cache_mode": "force_generic_plan"}
 
 
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to undo. By default asyncpg sends `SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` after every query run through the pool,
+    and the caller waits for it: a second round trip per query (0.1 ms of a 1 ms REST create). Pooled
+    connections here hold no session state (LISTEN and session advisory locks use connections of their
+    own; no SET, no cursor outside a transaction); asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(
     dsn: str, server_settings: dict[str, str] | None = None, min_size: int = 1, max_size: int = 10
 ) -> asyncpg.Pool:
@@ -70,7 +78,12 @@ async def create_pool(
 
     async def attempt() -> asyncpg.Pool:
         return await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=init_connection, server_settings=server_settings
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=init_connection,
+            reset=keep_session,
+            server_settings=server_settings,
         )
 
     return await retry(attempt, Outage("postgres", structlog.get_logger("db")), TRANSIENT_ERRORS)
