@@ -14,8 +14,13 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
-from support import RunEnv, Service, Stack, wait_for
+from aiohttp import web
+from support import RunEnv, Service, Stack, free_port, wait_for
+
+from streamspace_common import closecodes
+from streamspace_common.schemas import FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
 
 BURST = int(os.environ.get("PIPELINE_BURST", "10000"))
 CLIENTS = 20
@@ -490,3 +495,59 @@ async def test_a_retryable_failure_is_retried_until_attempts_run_out(
     runs = 3 if retryable else 1
     assert (row["attempts"], row["error_message"]) == (runs, "platform API busy")
     assert count_event(agent, "command_done") == runs
+
+
+async def test_a_command_running_when_its_socket_closed_is_acknowledged_on_the_next(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The agent acknowledges a command ACK_AFTER (5 ms) after it arrived unless its result is ready.
+    Here the socket it came on closes at once (a gateway restarting, 1012): the command keeps running,
+    and the agent's next socket carries its ack, long before the result. An ack left for the closed
+    socket would be lost: the row would sit `sent` until its ack deadline spent an attempt on it.
+
+    The gateway is this test (a WebSocket server speaking the gateway's frames), not a real one: it
+    closes right after sending the command, which a real gateway does only when it is stopping."""
+    decoder = msgspec.json.Decoder(AgentFrame)
+    sockets: list[list[AgentFrame]] = []
+    second_socket_ack = asyncio.get_running_loop().create_future()
+
+    async def connect(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        frames: list[AgentFrame] = []
+        sockets.append(frames)
+        hello = decoder.decode((await ws.receive()).data)
+        assert isinstance(hello, Hello)
+        welcome = Welcome(pod="fake-gateway", heartbeat_interval=10, features=[FEATURE_CONFIRM])
+        await ws.send_str(msgspec.json.encode(welcome).decode())
+        if len(sockets) == 1:
+            await ws.send_str(
+                msgspec.json.encode(Command(command_id="slow-1", action="SLEEP", payload={"seconds": 3})).decode()
+            )
+            await ws.close(code=closecodes.SERVICE_RESTART, message=b"restarting")
+            return ws
+        frames.append(hello)
+        async for message in ws:
+            frame = decoder.decode(message.data)
+            frames.append(frame)
+            if isinstance(frame, Ack) and not second_socket_ack.done():
+                second_socket_ack.set_result(frame.command_id)
+        return ws
+
+    app = web.Application()
+    app.router.add_get(CONNECT_PATH, connect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    settings = {"AGENT_ID": "agent-ack-after-close", "AGENT_TOKEN": "not-checked", "AGENT_STATE_DIR": str(tmp_path)}
+    try:
+        agent = stack.start(
+            "agent-ack-after-close", "streamspace_agent", {**settings, "GATEWAY_URLS": f"http://127.0.0.1:{port}"}
+        )
+        assert await asyncio.wait_for(second_socket_ack, timeout=2.5) == "slow-1", agent.log()[-3000:]
+        hello = sockets[1][0]
+        assert isinstance(hello, Hello) and hello.running == ["slow-1"]
+        assert not any(isinstance(frame, Result) for frame in sockets[1])  # the ack came first, not the result
+    finally:
+        await runner.cleanup()

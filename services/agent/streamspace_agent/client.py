@@ -115,7 +115,7 @@ class Outbox:
         asyncio.get_running_loop().call_later(ACK_AFTER, self._ack_if_unanswered, command_id)
 
     def _ack_if_unanswered(self, command_id: str) -> None:
-        if not self.executor.has_result(command_id):
+        if not self.executor.has_answer(command_id):
             self.acks.append(command_id)
             self.wake.set()
 
@@ -253,6 +253,8 @@ class AgentClient:
 
     async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, outbox: Outbox) -> None:
         self.executor.listeners.add(outbox.add)
+        for command_id in list(self.executor.running):  # its ack may have been due on a socket now gone
+            outbox.ack_later(command_id)
         senders = [
             asyncio.create_task(self.send_heartbeats(ws, heartbeat_interval)),
             asyncio.create_task(self.send_outbox(ws, outbox)),

@@ -113,9 +113,11 @@ class Executor:
         for listener in list(self.listeners):
             listener(result.command_id)
 
-    def has_result(self, command_id: str) -> bool:
-        """Its result is journaled: sent on every socket until confirmed, or confirmed already."""
-        return command_id in self.unconfirmed or command_id in self.results
+    def has_answer(self, command_id: str) -> bool:
+        """Its result is journaled and answers it (not a retryable failure, which a retry runs again):
+        it goes out on every socket until confirmed, or was confirmed already. One held back by the
+        result window goes out as soon as the gateway confirms earlier ones, as an ack would."""
+        return command_id in self.results
 
     def unreported(self) -> list[str]:
         """Finished commands whose result no gateway has confirmed yet."""
