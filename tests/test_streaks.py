@@ -75,14 +75,14 @@ async def sent_to_pod(redis_client: redis.asyncio.Redis, test_env: RunEnv) -> As
 
 @contextlib.asynccontextmanager
 async def running_dispatcher(
-    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, sweep_interval: float = 60.0
 ) -> AsyncIterator[Dispatcher]:
     dispatcher = Dispatcher(
         test_env.database_url,
         db,
         RoutingTable(redis_client, RedisKeys(test_env.redis_prefix)),
         name="dispatcher-streak-test",
-        sweep_interval=60.0,
+        sweep_interval=sweep_interval,
         ack_timeout=60.0,
         batch_size=500,
     )
@@ -191,6 +191,36 @@ async def test_a_burst_starts_a_streak_and_it_ends_with_the_work(
     collector.cancel()
     assert sorted(received) == expected
     assert notifications.count < len(expected)
+    await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
+
+
+async def test_notify_only_rounds_never_put_off_the_scan(
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, online_agent: str
+) -> None:
+    """A round woken only by NOTIFYs claims for the agents they name. A command whose NOTIFY was
+    skipped (here: created during the streak of a dispatcher that then died) is found by a scan, which
+    must come at least every sweep interval (2 s here) even while NOTIFYs for another agent keep
+    waking the dispatcher every 0.5 s: the sweep's timeout alone would never fire then."""
+    sent = sent_to_pod(redis_client, test_env)
+    first = asyncio.ensure_future(anext(sent))
+    await asyncio.sleep(0.2)  # subscribed
+    async with running_dispatcher(db, redis_client, test_env, sweep_interval=2.0):
+        await asyncio.sleep(0.3)  # past the scan every start makes
+        await db.execute("INSERT INTO dispatcher_streaks VALUES ('dispatcher-died', now() + interval '1 minute')")
+        command_id = await db.fetchval(INSERT, online_agent)
+        await db.execute("DELETE FROM dispatcher_streaks")
+        try:
+            for _ in range(10):  # 5 s of NOTIFYs naming an agent with nothing to send
+                await db.execute("SELECT pg_notify($1, 'agent-with-nothing-due')", DISPATCH_CHANNEL)
+                await asyncio.sleep(0.5)
+                if first.done():
+                    break
+            assert first.done(), "the stranded command was not claimed while NOTIFYs kept coming"
+            assert first.result() == command_id
+        finally:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            await sent.aclose()
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
 
 

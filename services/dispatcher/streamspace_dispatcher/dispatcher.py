@@ -80,6 +80,7 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.scan_all = False  # the next round looks at every agent with due commands
         self.notified: set[str] = set()  # agents named by NOTIFYs since the last round began
+        self.scanned_at = 0.0  # monotonic time of the last round that scanned every agent
         self.listening = False
         self.listen_outage = Outage("postgres_listen", log)
 
@@ -134,7 +135,11 @@ class Dispatcher:
             self.wake_retries()  # safety net: waits a lost NOTIFY left unscheduled
             self.scan_all = True
         self.wake.clear()  # before the claim, never after
+        if time.monotonic() >= self.scanned_at + self.sweep_interval:
+            self.scan_all = True  # NOTIFY-only rounds never put the sweep off
         agent_ids = None if self.scan_all else list(self.notified)
+        if self.scan_all:
+            self.scanned_at = time.monotonic()
         self.scan_all = False
         self.notified = set()
         try:
@@ -148,12 +153,15 @@ class Dispatcher:
         """Straight on while rounds claim work (a streak: creators skip their NOTIFY meanwhile), else
         after the streak's last round, a delay, or the next wake-up."""
         if claimed >= min(STREAK_MIN, self.batch_size) or (claimed and self.streak.on):
+            if self.streak.due_for_refresh:
+                self.wake_retries()  # a retry wait recorded meanwhile skipped its NOTIFY too
             await self.streak.keep()
             self.wake_all()
             return
         if self.streak.ending:
             delay = await self.streak.end()
             if delay is None:
+                self.wake_retries()
                 self.wake_all()  # the last round: a creator may have committed after this round's snapshot
                 return
             self.wake_after(delay)

@@ -34,14 +34,20 @@ class Streak:
         self.unsettled = False  # the row went, but a creator that saw it may still be open
         self.settle_delay = SETTLE_FIRST_DELAY
 
+    @property
+    def due_for_refresh(self) -> bool:
+        """keep() will write: the streak starts, or half the row's life is gone."""
+        return not self.on or time.monotonic() >= self.refresh_at
+
     async def keep(self) -> None:
         """Start the streak, or keep it: the row's `until` is renewed when half its life is gone."""
-        if self.on and time.monotonic() < self.refresh_at:
+        if not self.due_for_refresh:
             return
         self.on = True  # before the write: a write that fails may still have committed
         await self.pool.execute(QUERIES["keep_streak"], self.dispatcher, STREAK_TTL)
         self.refresh_at = time.monotonic() + STREAK_TTL / 2
         self.unsettled = False
+        self.settle_delay = SETTLE_FIRST_DELAY
 
     @property
     def ending(self) -> bool:
@@ -65,7 +71,8 @@ class Streak:
 
     async def abandon(self) -> None:
         """A stopping dispatcher's row goes at once (not after STREAK_TTL). Creators that skipped their
-        NOTIFY in its last moments are claimed by another dispatcher's next round or sweep."""
+        NOTIFY in its last moments are claimed by another dispatcher's next scan (one every
+        SWEEP_INTERVAL at least)."""
         if self.on:
             await self.pool.execute(QUERIES["end_streak"], self.dispatcher)
             self.on = False
