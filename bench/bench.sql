@@ -32,10 +32,11 @@ SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(
 )::procrastinate_job_to_defer_v1]) FROM created;
 
 -- name: stages
--- Where ours spent the time, from the rows' own timestamps (PostgreSQL's clock), in ms.
+-- Where ours spent the time, from the rows' own timestamps (PostgreSQL's clock), in ms: created ->
+-- claimed, and claimed -> result recorded (a PING's result is its ack too: the agent sends no ack
+-- for a command whose result is ready within 5 ms, so acknowledged_at = completed_at).
 SELECT extract(epoch FROM sent_at - created_at) * 1000 AS claim,
-       extract(epoch FROM acknowledged_at - sent_at) * 1000 AS ack,
-       extract(epoch FROM completed_at - acknowledged_at) * 1000 AS result
+       extract(epoch FROM completed_at - sent_at) * 1000 AS "to result"
 FROM agent_commands WHERE command_id = ANY($1::text[]) AND status = 'completed';
 
 -- name: count_statuses

@@ -21,6 +21,8 @@ def ratio(ours: float | None, peer: float | None) -> str:
 Row = tuple[str, str, str, str, str]
 # The original StreamSpace v2's figures, from ARCHITECTURE.md §7 (its Go code is not run here).
 ORIGINAL = {"latency": "~30 ms (p50)", "hop": "~5 ms"}
+STAGES = ("claim", "to result")  # created -> sent, sent -> completed (bench.sql `stages`)
+OLD_STAGES = ("ack", "result")  # results files from before 2026-12-01 split sent -> completed at the ack
 
 
 def table(results: dict[str, Any]) -> str:
@@ -48,10 +50,11 @@ def latency_rows(lat: dict[str, Any]) -> list[Row]:
         return []
     ours, peer = lat.get("ours"), lat.get("peer")
     ratios = " / ".join(ratio((ours or {}).get(k), (peer or {}).get(k)) for k in ("p50", "p90", "p99"))
-    stages = " / ".join(f"{lat[f'ours {s}']['p50']:.2f}" for s in ("claim", "ack", "result") if lat.get(f"ours {s}"))
+    names = [s for s in (*STAGES, *OLD_STAGES) if lat.get(f"ours {s}")]
+    stages = " / ".join(f"{lat[f'ours {s}']['p50']:.2f}" for s in names)
     return [
         ("cross-replica latency p50 / p90 / p99", ms(peer), ms(ours), ratios, "< 2.5 / — / < 6 ms"),
-        ("  ours by stage, p50: claim / ack / result", "", f"{stages} ms", "", ""),
+        (f"  ours by stage, p50: {' / '.join(names)}", "", f"{stages} ms", "", ""),
     ]
 
 
@@ -110,7 +113,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     samples = results["samples_ms"]
     panels = [
         ("cross-replica create -> completion NOTIFY", ["ours", "peer"]),
-        ("ours, by stage (row timestamps)", ["ours claim", "ours ack", "ours result"]),
+        ("ours, by stage (row timestamps)", [f"ours {s}" for s in (*STAGES, *OLD_STAGES) if f"ours {s}" in samples]),
         ("REST round trip and Redis hop", ["REST POST round trip", "Redis hop"]),
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))

@@ -57,7 +57,7 @@ from harness import (
     summary,
     wait_until,
 )
-from report import plot, redraw, table
+from report import STAGES, plot, redraw, table
 from support import Service, Stack, free_port, new_account, new_test_env, with_database
 
 from streamspace_common.admin import QUERIES as ADMIN_QUERIES
@@ -97,7 +97,8 @@ class Sizes:
 PROFILES = {
     "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000), 30.0, 1000, 1000),
     "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200),
-    "smoke": Sizes(20, 5, 100, 10, 100, (20,), 1.0, 20, 20),  # tests/test_bench_smoke.py
+    # tests/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
+    "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20),
 }
 
 
@@ -220,7 +221,7 @@ async def latency(sides: list[Side], count: int, warmup: int) -> dict[str, list[
                     ids[side.name].append(command_id)
         if "ours" in conns:
             rows = await conns["ours"].fetch(Q["stages"], ids["ours"])
-            for stage in ("claim", "ack", "result"):
+            for stage in STAGES:
                 samples[f"ours {stage}"] = [float(row[stage]) for row in rows if row[stage] is not None]
     finally:
         for conn in conns.values():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENCIES = ("ours", "ours claim", "ours ack", "ours result", "REST POST round trip", "Redis hop")
+LATENCIES = ("ours", "ours claim", "ours to result", "REST POST round trip", "Redis hop")
 
 
 @pytest.mark.timeout(600)  # building bench/.peer-venv the first time takes a pip install

@@ -109,7 +109,7 @@ async def kill_dispatcher_mid_claim(run: ChaosRun) -> None:
         async def claim_waiting() -> bool:
             waiting = await run.db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'streamspace-dispatcher:dispatcher-1' "
-                "AND wait_event_type = 'Lock' AND query LIKE '%WITH slots AS%'"  # the claim (query text: first 1 kB)
+                "AND wait_event_type = 'Lock' AND query LIKE '-- Claim up to%'"  # the claim (its text starts so)
             )
             return bool(waiting)
 
