@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio
 from support import RunEnv, Stack, get_json, wait_for
 
+from streamspace_common import closecodes
 from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
 
@@ -92,6 +93,31 @@ async def test_a_quick_command_is_acknowledged_by_its_result_and_a_slow_one_at_o
         )
         one_write += row["acknowledged_at"] == row["completed_at"]
     assert one_write >= 10
+
+
+async def test_revoking_an_agent_token_closes_its_socket_and_only_its(
+    shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, test_env: RunEnv, agent_id: str
+) -> None:
+    """Within a heartbeat interval of its token's revocation an agent's socket is closed with 4401;
+    another agent on the same replica stays connected (the upkeep asks PostgreSQL which of its
+    sockets' tokens are revoked)."""
+    gateway_a = shared_stack.services[0]
+    other_id = f"{agent_id}-other"
+    other_token = await create_agent_token(test_env.database_url, other_id)
+    token = await create_agent_token(test_env.database_url, agent_id)
+    agent = stack.agent(agent_id, token, [gateway_a])
+    other = stack.agent(other_id, other_token, [gateway_a])
+    await stack.ready(agent, other)
+    await wait_online(http, gateway_a.url, agent_id, "gateway-a")
+    await wait_online(http, gateway_a.url, other_id, "gateway-a")
+
+    await db.execute("UPDATE agent_tokens SET revoked_at = now() WHERE agent_id = $1", agent_id)
+
+    async def closed_as_revoked() -> bool:
+        return f"close_code={closecodes.TOKEN_REVOKED}" in agent.log()
+
+    await wait_for(closed_as_revoked, timeout=10)
+    assert "close_code=" not in other.log()  # never disconnected
 
 
 async def test_hand_written_insert_with_null_session_completes(

@@ -403,9 +403,9 @@ class AgentHub:
     async def close_revoked(self) -> None:
         """Sockets whose agent token was revoked since they connected are closed (within a heartbeat interval)."""
         sockets = self.all_sockets()
-        live = await self.store.live_tokens({conn.token_hash for conn in sockets})
+        revoked = await self.store.revoked_tokens({conn.token_hash for conn in sockets})
         for conn in sockets:
-            if conn.token_hash not in live:
+            if conn.token_hash in revoked:
                 log.warning("agent_token_revoked", agent_id=conn.agent_id, instance_id=conn.instance_id)
                 await conn.ws.close(code=closecodes.TOKEN_REVOKED, message=b"agent token revoked")
 
@@ -413,16 +413,20 @@ class AgentHub:
         """Renew the leases of our active HA sockets (one that another instance took meanwhile is lost:
         demote), and let our standbys take any lease that lapsed (its gateway died)."""
         active = [c for c in self.connections.values() if c.ha and c.epoch and not c.ws.closed]
-        held = await self.store.renew_leases(
-            [(c.agent_id, c.instance_id, c.epoch or 0) for c in active], self.mapping_ttl
+        lost = await self.store.renew_leases(
+            [c.agent_id for c in active],
+            [c.instance_id for c in active],
+            [c.epoch or 0 for c in active],
+            self.mapping_ttl,
         )
         for conn in active:
-            if conn.agent_id not in held:
+            if conn.agent_id in lost:
                 self.demote(conn, await self.store.lease_epoch(conn.agent_id))
         for agent_id in list(self.standbys):
             if agent_id not in self.connections:
                 self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
-        await self.store.touch_instances([(c.agent_id, c.instance_id) for c in self.all_sockets() if c.ha])
+        instances = [c for c in self.all_sockets() if c.ha]
+        await self.store.touch_instances([c.agent_id for c in instances], [c.instance_id for c in instances])
 
     async def shutdown(self) -> None:
         """Graceful stop (§3): agents reconnect elsewhere at once; our mappings and rows go."""

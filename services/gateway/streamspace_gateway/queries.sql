@@ -3,8 +3,11 @@
 -- name: agent_for_token
 SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
 
--- name: live_tokens
-SELECT token_hash FROM agent_tokens WHERE token_hash = ANY($1::text[]) AND revoked_at IS NULL;
+-- name: revoked_tokens
+-- Those of these token hashes that are no longer live (revoked or gone): usually none, so the
+-- upkeep of 10,000 sockets reads back nothing rather than 10,000 rows.
+SELECT h.token_hash FROM unnest($1::text[]) AS h(token_hash)
+WHERE NOT EXISTS (SELECT 1 FROM agent_tokens t WHERE t.token_hash = h.token_hash AND t.revoked_at IS NULL);
 
 -- name: agent_online
 UPDATE agents
@@ -47,12 +50,18 @@ RETURNING epoch;
 SELECT epoch FROM agent_leases WHERE agent_id = $1;
 
 -- name: renew_leases
--- The leases this replica's active sockets hold, extended; a lease another instance took is not.
-UPDATE agent_leases l SET expires_at = now() + make_interval(secs => $5)
-FROM unnest($1::text[], $2::text[], $3::bigint[]) AS held(agent_id, instance_id, epoch)
-WHERE l.agent_id = held.agent_id AND l.instance_id = held.instance_id AND l.epoch = held.epoch
-  AND l.gateway_pod = $4
-RETURNING l.agent_id;
+-- The leases this replica's active sockets hold, extended; returns the agents whose lease another
+-- instance took (not extended): usually none.
+WITH renewed AS (
+    UPDATE agent_leases l SET expires_at = now() + make_interval(secs => $5)
+    FROM unnest($1::text[], $2::text[], $3::bigint[]) AS held(agent_id, instance_id, epoch)
+    WHERE l.agent_id = held.agent_id AND l.instance_id = held.instance_id AND l.epoch = held.epoch
+      AND l.gateway_pod = $4
+    RETURNING l.agent_id
+)
+SELECT agent_id FROM unnest($1::text[]) AS held(agent_id)
+EXCEPT
+SELECT agent_id FROM renewed;
 
 -- name: release_lease
 -- The active socket closed: its lease lapses at once (never deleted, so the epoch keeps rising) and

@@ -37,11 +37,11 @@ class Store:
         value = await self.pool.fetchval(QUERIES["agent_for_token"], token_hash)
         return None if value is None else str(value)
 
-    async def live_tokens(self, token_hashes: set[str]) -> set[str]:
-        """Those of these agent token hashes that are not revoked."""
+    async def revoked_tokens(self, token_hashes: set[str]) -> set[str]:
+        """Those of these agent token hashes that are revoked (or gone)."""
         if not token_hashes:
             return set()
-        return {row[0] for row in await self.pool.fetch(QUERIES["live_tokens"], list(token_hashes))}
+        return {row[0] for row in await self.pool.fetch(QUERIES["revoked_tokens"], list(token_hashes))}
 
     async def agent_online(self, hello: Hello) -> datetime | None:
         """Marks the agent online on this replica; the registration's time, which identifies the socket."""
@@ -76,11 +76,12 @@ class Store:
         epoch: int | None = await self.pool.fetchval(QUERIES["lease_epoch"], agent_id)
         return epoch or 0
 
-    async def renew_leases(self, held: list[tuple[str, str, int]], ttl: float) -> set[str]:
-        """Extend the leases of these (agent_id, instance_id, epoch); the agent ids still held."""
-        if not held:
+    async def renew_leases(
+        self, agent_ids: list[str], instance_ids: list[str], epochs: list[int], ttl: float
+    ) -> set[str]:
+        """Extend the leases of these agents' (instance, epoch); the agent ids whose lease is lost."""
+        if not agent_ids:
             return set()
-        agent_ids, instance_ids, epochs = (list(column) for column in zip(*held, strict=True))
         rows = await self.pool.fetch(QUERIES["renew_leases"], agent_ids, instance_ids, epochs, self.pod, ttl)
         return {row["agent_id"] for row in rows}
 
@@ -93,9 +94,8 @@ class Store:
     async def instance_gone(self, agent_id: str, instance_id: str) -> None:
         await self.pool.execute(QUERIES["instance_gone"], agent_id, instance_id, self.pod)
 
-    async def touch_instances(self, live: list[tuple[str, str]]) -> None:
-        if live:
-            agent_ids, instance_ids = (list(column) for column in zip(*live, strict=True))
+    async def touch_instances(self, agent_ids: list[str], instance_ids: list[str]) -> None:
+        if agent_ids:
             await self.pool.execute(QUERIES["touch_instances"], agent_ids, instance_ids, self.pod)
 
     async def touch_heartbeats(self, agent_ids: list[str]) -> None:
