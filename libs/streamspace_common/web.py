@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import prometheus_client
+import uvloop
 from aiohttp import web
+
+
+def serve(app: web.Application, host: str, port: int, **options: Any) -> None:
+    """Run a service's app until SIGTERM or SIGINT, on uvloop: a REST create through the gateway took
+    0.80 instead of 0.88 ms p50, a command across replicas ~0.15 ms less (bench/README.md)."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(app, host=host, port=port, print=None, **options)
 
 
 def add_health_routes(app: web.Application, is_ready: Callable[[], bool]) -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from streamspace_common.log import configure_logging
 from streamspace_common.settings import Settings, load_settings, port_or
-from streamspace_common.web import add_health_routes, background
+from streamspace_common.web import add_health_routes, background, serve
 
 from . import metrics
 from .client import AgentClient
@@ -73,4 +73,4 @@ def main() -> None:
         sys.exit(2)
     port = port_or(settings, DEFAULT_PORT)
     log.info("starting", platform=settings.agent_platform, gateways=settings.gateway_urls, port=port)
-    web.run_app(app, host=settings.host, port=port, print=None)
+    serve(app, settings.host, port)

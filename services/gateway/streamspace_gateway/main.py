@@ -13,7 +13,7 @@ from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
-from streamspace_common.web import add_health_routes, background
+from streamspace_common.web import add_health_routes, background, serve
 
 from .agent_socket import agent_connect
 from .api import add_api_routes
@@ -98,4 +98,4 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, service="gateway", pod=settings.pod_name)
     port = port_or(settings, DEFAULT_PORT)
     log.info("starting", host=settings.host, port=port)
-    web.run_app(create_app(settings), host=settings.host, port=port, print=None, shutdown_timeout=10)
+    serve(create_app(settings), settings.host, port, shutdown_timeout=10)
