@@ -446,10 +446,15 @@ async def redis_hop(stack: Stack, ours: Ours, count: int, warmup: int) -> list[f
 async def socket_scale(
     stack: Stack, tokens: dict[str, str], agents: int, idle_seconds: float, work: Path, py_spy: Path | None
 ) -> dict[str, Any]:
+    ids = [f"scale-{i:05d}" for i in range(agents)]
+    # A fresh fleet: the previous size's gateway was killed holding these agents' leases, and the new
+    # simulated agents have new instance ids, so they would wait as standbys until the leases lapse.
+    conn = await asyncpg.connect(stack.env.database_url)
+    await conn.execute("DELETE FROM agent_leases WHERE agent_id = ANY($1::text[])", ids)
+    await conn.close()
     gateway = stack.gateway(f"gateway-scale-{agents}", **SERVICE_SETTINGS)
     await stack.ready(gateway)
     rss_before = rss_mib(gateway.process.pid)
-    ids = [f"scale-{i:05d}" for i in range(agents)]
     files = []
     for chunk in range(0, agents, SOCKETS_PER_SIM_PROCESS):  # each process stays under its own file limit
         agents_file = work / f"scale-{agents}-{chunk}.json"

@@ -422,9 +422,9 @@ class AgentHub:
         for conn in active:
             if conn.agent_id in lost:
                 self.demote(conn, await self.store.lease_epoch(conn.agent_id))
-        for agent_id in list(self.standbys):
-            if agent_id not in self.connections:
-                self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
+        waiting = [agent_id for agent_id in self.standbys if agent_id not in self.connections]
+        for agent_id in await self.store.lapsed_leases(waiting):  # one query, not a take per standby
+            self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
         instances = [c for c in self.all_sockets() if c.ha]
         await self.store.touch_instances([c.agent_id for c in instances], [c.instance_id for c in instances])
 

@@ -46,6 +46,13 @@ SET instance_id = EXCLUDED.instance_id, gateway_pod = EXCLUDED.gateway_pod, expi
 WHERE l.expires_at < now() OR l.instance_id = EXCLUDED.instance_id
 RETURNING epoch;
 
+-- name: lapsed_leases
+-- Of these agents (standbys here, none active here), those whose lease nobody holds any more: only
+-- they are worth a take (acquire_lease) this upkeep round, not every standby.
+SELECT w.agent_id FROM unnest($1::text[]) AS w(agent_id)
+LEFT JOIN agent_leases l ON l.agent_id = w.agent_id
+WHERE l.agent_id IS NULL OR l.expires_at < now();
+
 -- name: lease_epoch
 SELECT epoch FROM agent_leases WHERE agent_id = $1;
 

@@ -72,6 +72,11 @@ class Store:
         epoch: int | None = await self.pool.fetchval(QUERIES["acquire_lease"], agent_id, instance_id, self.pod, ttl)
         return epoch
 
+    async def lapsed_leases(self, agent_ids: list[str]) -> list[str]:
+        if not agent_ids:
+            return []
+        return [row[0] for row in await self.pool.fetch(QUERIES["lapsed_leases"], agent_ids)]
+
     async def lease_epoch(self, agent_id: str) -> int:
         epoch: int | None = await self.pool.fetchval(QUERIES["lease_epoch"], agent_id)
         return epoch or 0
