@@ -224,6 +224,33 @@ async def test_notify_only_rounds_never_put_off_the_scan(
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
 
 
+async def test_a_dispatcher_does_not_start_a_streak_while_another_ones_is_live(
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, online_agent: str
+) -> None:
+    """Two streaking dispatchers would scan every agent twice and contend for the same rows: while
+    another dispatcher's streak is live, a round that claims a burst starts none (and writes no row)."""
+    received: list[str] = []
+
+    async def collect() -> None:
+        async for command_id in sent_to_pod(redis_client, test_env):
+            received.append(command_id)
+
+    collector = asyncio.create_task(collect())
+    await asyncio.sleep(0.2)
+    async with running_dispatcher(db, redis_client, test_env) as dispatcher:
+        await db.execute("INSERT INTO dispatcher_streaks VALUES ('dispatcher-other', now() + interval '1 minute')")
+        await db.execute(
+            "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, 3)", online_agent
+        )
+        dispatcher.wake_all()
+        await until(lambda: len(received) == 3)
+        assert not dispatcher.streak.on
+        assert await db.fetchval("SELECT array_agg(dispatcher) FROM dispatcher_streaks") == ["dispatcher-other"]
+    collector.cancel()
+    await db.execute("DELETE FROM dispatcher_streaks")
+    await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
+
+
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     async def probe() -> bool | None:
         return condition() or None

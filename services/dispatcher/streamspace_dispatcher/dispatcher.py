@@ -155,9 +155,10 @@ class Dispatcher:
         if claimed >= min(STREAK_MIN, self.batch_size) or (claimed and self.streak.on):
             if self.streak.due_for_refresh:
                 self.wake_retries()  # a retry wait recorded meanwhile skipped its NOTIFY too
-            await self.streak.keep()
-            self.wake_all()
-            return
+            if await self.streak.keep():
+                self.wake_all()
+                return
+            # Another dispatcher claims round after round: it takes the rest.
         if self.streak.ending:
             delay = await self.streak.end()
             if delay is None:

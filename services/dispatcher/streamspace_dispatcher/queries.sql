@@ -31,8 +31,14 @@ SELECT status, count(*) FROM agent_commands WHERE status IN ('pending', 'sent', 
 -- name: keep_streak
 -- This dispatcher claims round after round: creating commits need not NOTIFY until $2 seconds from
 -- now (migration 0009). Refreshed while the streak lasts; `until` only matters if it dies in one.
-INSERT INTO dispatcher_streaks (dispatcher, until) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-ON CONFLICT (dispatcher) DO UPDATE SET until = EXCLUDED.until;
+-- Not started while another dispatcher's streak is live (it claims every due agent round after round
+-- already; two streaking dispatchers scan twice and contend for the same rows): no row, NULL back.
+INSERT INTO dispatcher_streaks (dispatcher, until)
+SELECT $1, clock_timestamp() + make_interval(secs => $2)
+WHERE NOT EXISTS (SELECT 1 FROM dispatcher_streaks
+                  WHERE dispatcher <> $1 AND until > clock_timestamp())
+ON CONFLICT (dispatcher) DO UPDATE SET until = EXCLUDED.until
+RETURNING true;
 
 -- name: end_streak
 -- This dispatcher's streak ends (and any streak already past its `until`: a dispatcher that died in one).

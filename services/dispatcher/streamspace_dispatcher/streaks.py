@@ -39,15 +39,19 @@ class Streak:
         """keep() will write: the streak starts, or half the row's life is gone."""
         return not self.on or time.monotonic() >= self.refresh_at
 
-    async def keep(self) -> None:
-        """Start the streak, or keep it: the row's `until` is renewed when half its life is gone."""
+    async def keep(self) -> bool:
+        """Start the streak, or keep it: the row's `until` is renewed when half its life is gone. False:
+        another dispatcher's streak is live, so this one does not start (or, its row gone, goes on) one."""
         if not self.due_for_refresh:
-            return
-        self.on = True  # before the write: a write that fails may still have committed
-        await self.pool.execute(QUERIES["keep_streak"], self.dispatcher, STREAK_TTL)
+            return True
+        was_on, self.on = self.on, True  # before the write: a write that fails may still have committed
+        if not await self.pool.fetchval(QUERIES["keep_streak"], self.dispatcher, STREAK_TTL):
+            self.on = was_on  # still on: the caller ends it, a creator may have seen our row
+            return False
         self.refresh_at = time.monotonic() + STREAK_TTL / 2
         self.unsettled = False
         self.settle_delay = SETTLE_FIRST_DELAY
+        return True
 
     @property
     def ending(self) -> bool:
