@@ -73,6 +73,22 @@ async def sent_to_pod(redis_client: redis.asyncio.Redis, test_env: RunEnv) -> As
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+@pytest.fixture
+async def published(redis_client: redis.asyncio.Redis, test_env: RunEnv) -> AsyncIterator[list[str]]:
+    """Command ids published on POD's channel for the whole test, in order."""
+    received: list[str] = []
+
+    async def collect() -> None:
+        async for command_id in sent_to_pod(redis_client, test_env):
+            received.append(command_id)
+
+    collector = asyncio.create_task(collect())
+    await asyncio.sleep(0.2)  # subscribed
+    yield received
+    collector.cancel()
+    await asyncio.gather(collector, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def running_dispatcher(
     db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, sweep_interval: float = 60.0
@@ -128,14 +144,12 @@ async def test_a_create_left_open_through_a_streak_end_goes_out_when_it_commits_
     test_env: RunEnv,
     notifications: Notifications,
     online_agent: str,
+    published: list[str],
 ) -> None:
     """A creating transaction that saw the streak (and so will not NOTIFY) stays open while the
     streak ends: the dispatcher removes its row, finds the creator still open and keeps trying (2 ms,
     4 ms, ... up to 1 s) instead of sleeping; the command goes out soon after its commit. A dispatcher
     that slept after its last round would leave it for the 60 s sweep."""
-    sent = sent_to_pod(redis_client, test_env)
-    first = asyncio.ensure_future(anext(sent))
-    await asyncio.sleep(0.2)  # subscribed
     async with running_dispatcher(db, redis_client, test_env) as dispatcher:
         await dispatcher.streak.keep()  # as after a round that claimed a burst
         creator = await asyncpg.connect(test_env.database_url)
@@ -148,16 +162,14 @@ async def test_a_create_left_open_through_a_streak_end_goes_out_when_it_commits_
 
             await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"))
             await asyncio.sleep(1.0)
-            assert not first.done()
+            assert published == []
 
             await transaction.commit()
-            assert await asyncio.wait_for(first, timeout=5) == command_id
+            await until(lambda: bool(published))
+            assert published == [command_id]
             assert notifications.count == heard  # it did skip its NOTIFY: only the dispatcher's retry found it
         finally:
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
             await creator.close()
-            await sent.aclose()
     await until(lambda: not dispatcher.streak.ending)
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
 
@@ -168,17 +180,10 @@ async def test_a_burst_starts_a_streak_and_it_ends_with_the_work(
     test_env: RunEnv,
     notifications: Notifications,
     online_agent: str,
+    published: list[str],
 ) -> None:
     """200 commands from 10 clients, one create per commit: all go out once, with fewer NOTIFYs than
     creates (the creates during the streak skip theirs), and no streak row is left afterwards."""
-    received: list[str] = []
-
-    async def collect() -> None:
-        async for command_id in sent_to_pod(redis_client, test_env):
-            received.append(command_id)
-
-    collector = asyncio.create_task(collect())
-    await asyncio.sleep(0.2)
     async with running_dispatcher(db, redis_client, test_env):
         clients = [await asyncpg.connect(test_env.database_url) for _ in range(10)]
         try:
@@ -186,67 +191,48 @@ async def test_a_burst_starts_a_streak_and_it_ends_with_the_work(
         finally:
             await asyncio.gather(*(client.close() for client in clients))
         expected = sorted(command_id for ids in created for command_id in ids)
-        await until(lambda: len(received) >= len(expected), timeout=20)
+        await until(lambda: len(published) >= len(expected), timeout=20)
         await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"), timeout=5)
-    collector.cancel()
-    assert sorted(received) == expected
+    assert sorted(published) == expected
     assert notifications.count < len(expected)
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
 
 
 async def test_notify_only_rounds_never_put_off_the_scan(
-    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, online_agent: str
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, online_agent: str, published: list[str]
 ) -> None:
     """A round woken only by NOTIFYs claims for the agents they name. A command whose NOTIFY was
     skipped (here: created during the streak of a dispatcher that then died) is found by a scan, which
     must come at least every sweep interval (2 s here) even while NOTIFYs for another agent keep
     waking the dispatcher every 0.5 s: the sweep's timeout alone would never fire then."""
-    sent = sent_to_pod(redis_client, test_env)
-    first = asyncio.ensure_future(anext(sent))
-    await asyncio.sleep(0.2)  # subscribed
     async with running_dispatcher(db, redis_client, test_env, sweep_interval=2.0):
         await asyncio.sleep(0.3)  # past the scan every start makes
         await db.execute("INSERT INTO dispatcher_streaks VALUES ('dispatcher-died', now() + interval '1 minute')")
         command_id = await db.fetchval(INSERT, online_agent)
         await db.execute("DELETE FROM dispatcher_streaks")
-        try:
-            for _ in range(10):  # 5 s of NOTIFYs naming an agent with nothing to send
-                await db.execute("SELECT pg_notify($1, 'agent-with-nothing-due')", DISPATCH_CHANNEL)
-                await asyncio.sleep(0.5)
-                if first.done():
-                    break
-            assert first.done(), "the stranded command was not claimed while NOTIFYs kept coming"
-            assert first.result() == command_id
-        finally:
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-            await sent.aclose()
+        for _ in range(10):  # 5 s of NOTIFYs naming an agent with nothing to send
+            await db.execute("SELECT pg_notify($1, 'agent-with-nothing-due')", DISPATCH_CHANNEL)
+            await asyncio.sleep(0.5)
+            if published:
+                break
+        assert published == [command_id], "the stranded command was not claimed while NOTIFYs kept coming"
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
 
 
 async def test_a_dispatcher_does_not_start_a_streak_while_another_ones_is_live(
-    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, online_agent: str
+    db: asyncpg.Pool, redis_client: redis.asyncio.Redis, test_env: RunEnv, online_agent: str, published: list[str]
 ) -> None:
     """Two streaking dispatchers would scan every agent twice and contend for the same rows: while
     another dispatcher's streak is live, a round that claims a burst starts none (and writes no row)."""
-    received: list[str] = []
-
-    async def collect() -> None:
-        async for command_id in sent_to_pod(redis_client, test_env):
-            received.append(command_id)
-
-    collector = asyncio.create_task(collect())
-    await asyncio.sleep(0.2)
     async with running_dispatcher(db, redis_client, test_env) as dispatcher:
         await db.execute("INSERT INTO dispatcher_streaks VALUES ('dispatcher-other', now() + interval '1 minute')")
         await db.execute(
             "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, 3)", online_agent
         )
         dispatcher.wake_all()
-        await until(lambda: len(received) == 3)
+        await until(lambda: len(published) == 3)
         assert not dispatcher.streak.on
         assert await db.fetchval("SELECT array_agg(dispatcher) FROM dispatcher_streaks") == ["dispatcher-other"]
-    collector.cancel()
     await db.execute("DELETE FROM dispatcher_streaks")
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
 
