@@ -225,12 +225,21 @@ async def test_a_dispatcher_does_not_start_a_streak_while_another_ones_is_live(
     """Two streaking dispatchers would scan every agent twice and contend for the same rows: while
     another dispatcher's streak is live, a round that claims a burst starts none (and writes no row)."""
     async with running_dispatcher(db, redis_client, test_env) as dispatcher:
+        kept: list[bool] = []  # what each attempt to start or keep a streak answered
+        keep = dispatcher.streak.keep
+
+        async def recorded_keep() -> bool:
+            kept.append(await keep())
+            return kept[-1]
+
+        dispatcher.streak.keep = recorded_keep  # type: ignore[method-assign]
         await db.execute("INSERT INTO dispatcher_streaks VALUES ('dispatcher-other', now() + interval '1 minute')")
         await db.execute(
             "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, 3)", online_agent
         )
         dispatcher.wake_all()
         await until(lambda: len(published) == 3)
+        assert kept and not any(kept), kept  # a round claimed the burst and asked; it was refused
         assert not dispatcher.streak.on
         assert await db.fetchval("SELECT array_agg(dispatcher) FROM dispatcher_streaks") == ["dispatcher-other"]
     await db.execute("DELETE FROM dispatcher_streaks")
