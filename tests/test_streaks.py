@@ -70,7 +70,7 @@ async def sent_to_pod(redis_client: redis.asyncio.Redis, test_env: RunEnv) -> As
             if message["type"] == "message":
                 yield decoder.decode(message["data"]).command.command_id
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
 
 @pytest.fixture

@@ -419,7 +419,7 @@ async def test_publish_many_counts_subscribers(routing: Routing) -> None:
             received.append(message["data"])
         assert received == [b"one", b"three"]
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
     assert await table.publish_many([]) == []
 
 

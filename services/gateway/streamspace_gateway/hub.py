@@ -357,7 +357,7 @@ class AgentHub:
         finally:
             self.subscribed = False
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     # --- upkeep ----------------------------------------------------------------------------
 

@@ -157,7 +157,7 @@ class DockerDriver(SessionDriver):
             await self._ensure_image(spec.image)
             await self._ensure_network()
             volume = {"Name": volume_name(spec.session_id), "Labels": self.labels(spec.session_id)}
-            await self.docker.volumes.create(volume)  # type: ignore[no-untyped-call]
+            await self.docker.volumes.create(volume)
             try:
                 await self.docker.containers.create(config, name=container_name(spec.session_id))
             except DockerError as exc:
@@ -194,7 +194,7 @@ class DockerDriver(SessionDriver):
                 if exc.status != 404:
                     raise
         try:
-            await DockerVolume(self.docker, volume_name(session_id)).delete()  # type: ignore[no-untyped-call]
+            await DockerVolume(self.docker, volume_name(session_id)).delete()
         except DockerError as exc:
             if exc.status != 404:
                 raise
@@ -220,6 +220,6 @@ class DockerDriver(SessionDriver):
     async def workload_ids(self) -> list[str]:
         ids = {data["Labels"][SESSION_LABEL] for data in await self._containers()}
         labels = [f"{MANAGED_LABEL}=true", f"{AGENT_LABEL}={self.agent_id}"]
-        volumes = await self.docker.volumes.list(filters={"label": labels})  # type: ignore[no-untyped-call]
+        volumes = await self.docker.volumes.list(filters={"label": labels})
         ids.update(volume["Labels"][SESSION_LABEL] for volume in volumes.get("Volumes") or [])
         return sorted(ids)

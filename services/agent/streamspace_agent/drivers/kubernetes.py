@@ -78,7 +78,7 @@ class KubernetesDriver(SessionDriver):
                 configuration.host = self.api_url
             else:
                 try:
-                    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                    config.load_incluster_config(client_configuration=configuration)
                 except config.ConfigException:
                     await config.load_kube_config(client_configuration=configuration)
             self._api = client.ApiClient(configuration)
