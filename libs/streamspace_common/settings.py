@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0  # seconds without a byte either way: closed
     stream_max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 4  # streams of one session open at once
     stream_max_per_agent: Annotated[int, msgspec.Meta(ge=1)] = 64  # streams through one agent open at once
+    # CIDRs whose addresses may take a tunnel dial-back on a GATEWAY_URLS scheme and port (gateway pods
+    # reached by their own IP, e.g. the Helm chart's POD_IP); "": GATEWAY_URLS' own hosts only
+    tunnel_networks: str = ""
     # gateway
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
