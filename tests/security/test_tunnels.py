@@ -31,7 +31,7 @@ import asyncpg
 import pytest
 import redis.asyncio
 from sessions_support import Api, new_user
-from support import RunEnv, Service, Stack, new_account, wait_for
+from support import RunEnv, Service, Stack, free_port, new_account, wait_for
 
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.tunnels import Tunnels
@@ -327,6 +327,22 @@ async def test_an_expired_ticket_is_refused(tunnels: TunnelStack, session: dict[
     await asyncio.sleep(2.5)
     assert await refused_status(tunnels.b, session["id"], late) == 401
     assert "expired" in tunnels.b.log()
+
+
+async def test_while_redis_is_down_tickets_are_refused_not_reusable(
+    stack: Stack, session: dict[str, Any], owner: Api
+) -> None:
+    """Single use is kept in Redis; a replica that cannot reach it refuses every ticket (503
+    tickets_unavailable, logged) rather than letting one be used once per replica. Issuing needs no
+    Redis (the ticket is signed), so the viewer's retry works as soon as Redis is back."""
+    dead = stack.gateway("gateway-no-redis", REDIS_URL=f"redis://127.0.0.1:{free_port()}/1")
+    await stack.ready(dead)
+    issued = await ticket(Api(dead.url, owner.headers["Authorization"].removeprefix("Bearer ")), session["id"])
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect(http, dead, session["id"], issued)
+    assert refused.value.status == 503
+    assert "Redis (used stream tickets) is unreachable" in dead.log()
 
 
 def test_which_dial_back_urls_the_agent_accepts(tmp_path: Path) -> None:
