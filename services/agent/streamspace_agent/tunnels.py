@@ -156,7 +156,8 @@ class Tunnels:
             raise self.refuse(command, spec.session_id, reason)
         endpoint = await self.session_endpoint(spec.session_id)
         if endpoint is None:
-            raise self.refuse(command, spec.session_id, f"session {spec.session_id} does not run on this agent")
+            reason = f"session {spec.session_id} does not run on this agent (or has no endpoint)"
+            raise self.refuse(command, spec.session_id, reason)
         if (endpoint.host.lower(), endpoint.port) != (spec.host.lower(), spec.port):
             reason = f"{spec.host}:{spec.port} is not session {spec.session_id}'s endpoint"
             raise self.refuse(command, spec.session_id, reason)
