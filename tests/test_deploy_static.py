@@ -1001,6 +1001,8 @@ def test_umbrella_chart_installs_the_three_together(helm: ModuleType, umbrella: 
         env["GATEWAY_URLS"]["value"]
         == f"http://{gateway_service['metadata']['name']}:{gateway_service['spec']['ports'][0]['port']}"
     )
+    # ... and accept tunnel dial-backs to the gateway pods' own addresses (their POD_IP)
+    assert env["TUNNEL_NETWORKS"]["value"]
     assert only(docs, "Job")["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
 
     docs = render(helm, umbrella, {"streamspace-agent": {"enabled": False}}, release="prod")

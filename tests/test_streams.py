@@ -1,6 +1,7 @@
 """Streams (docs/streams.md) with real processes: two gateways, a dispatcher, a local agent, real Xvnc.
 
-The agent is connected to gateway A only; every browser stream is opened on gateway B, so each byte
+The agent is connected to gateway A (both are in its GATEWAY_URLS, A first: it dials tunnels back only
+to gateways it is configured for); every browser stream is opened on gateway B, so each byte
 crosses replicas through the agent's dial-back (never through Redis or the command socket).
 Gateways run with STREAM_TICKET_TTL=2 (the expiry test waits it out); the agent with
 STREAM_MAX_PER_SESSION=2 (the limit test opens a third).
@@ -52,8 +53,10 @@ async def streams(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) ->
     agent_id = f"stream-agent-{test_env.run_id}"
     token = await create_agent_token(test_env.database_url, agent_id)
     sessions = base / "sessions"
+    # GATEWAY_URLS names both (the agent dials tunnels back only to its own gateways); it connects to the
+    # first, A, and stays there while A is up
     agent = stack.agent(
-        agent_id, token, [a], LOCAL_SESSION_DIR=str(sessions), STREAM_MAX_PER_SESSION="2", STREAM_IDLE_TIMEOUT="30"
+        agent_id, token, [a, b], LOCAL_SESSION_DIR=str(sessions), STREAM_MAX_PER_SESSION="2", STREAM_IDLE_TIMEOUT="30"
     )
     await stack.ready(agent)
     yield StreamStack(stack, a, b, agent, agent_id, sessions)

@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0  # seconds without a byte either way: closed
     stream_max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 4  # streams of one session open at once
     stream_max_per_agent: Annotated[int, msgspec.Meta(ge=1)] = 64  # streams through one agent open at once
+    # CIDRs whose addresses may take a tunnel dial-back on a GATEWAY_URLS scheme and port (gateway pods
+    # reached by their own IP, e.g. the Helm chart's POD_IP); "": GATEWAY_URLS' own hosts only
+    tunnel_networks: str = ""
     # gateway
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
@@ -72,7 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # gateway, streams (docs/streams.md)
     stream_ticket_ttl: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0  # seconds a stream ticket is valid
     stream_setup_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # seconds for the agent to dial back
-    # ws:// URL agents dial back to reach THIS replica; "": ws://<POD_IP, else HOST, else POD_NAME>:<PORT>
+    # ws:// or wss:// URL agents dial back to reach THIS replica; "": ws://<POD_IP, else HOST, else POD_NAME>:<PORT>
     tunnel_url: str = ""
     pod_ip: str = ""  # this replica's own address (the Helm chart sets the pod's IP): agents dial streams back to it
     novnc_dir: str = "/usr/share/novnc"  # the noVNC library the viewer page loads (Debian's `novnc` package)

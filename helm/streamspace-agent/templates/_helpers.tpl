@@ -59,6 +59,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.agent.concurrency | quote }}
 - name: GATEWAY_URLS
   value: {{ tpl (required "agent.gatewayUrls is required" .Values.agent.gatewayUrls) . | quote }}
+- name: TUNNEL_NETWORKS
+  value: {{ .Values.agent.tunnelNetworks | quote }}
 - name: HEARTBEAT_INTERVAL
   value: {{ .Values.config.heartbeatInterval | quote }}
 - name: LOG_FORMAT

@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
         app[STREAMS_KEY] = StreamConfig(
-            redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout
+            redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout, secret
         )
         async with background(hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run()):
             yield
