@@ -354,8 +354,9 @@ async def test_a_forged_hand_over_notified_on_the_replica_channel_never_reaches_
         unknown = await refusals(http, gateway, "postgres", "unknown_key")
         return unsigned == 1 and unknown == 1
 
-    await wait_for(refused)
     genuine = await genuine_command_completes(http, gateway, agent_id)
+    assert executed(executions) == [genuine]
+    await wait_for(refused)
     assert executed(executions) == [genuine]
     assert await db.fetchval("SELECT status FROM agent_commands WHERE command_id = $1", command_id) == "sent"
     assert sum("delivery_refused" in line and command_id in line for line in gateway.log().splitlines()) == 2
