@@ -59,9 +59,6 @@ class DeliveryKeys:
     def signing(self) -> tuple[str, bytes]:
         return self.keys[0]
 
-    def secret(self, key_id: str) -> bytes | None:
-        return next((secret for kid, secret in self.keys if kid == key_id), None)
-
 
 def parse_delivery_keys(text: str) -> DeliveryKeys:
     """DELIVERY_KEYS: comma-separated `key_id:secret` pairs; SettingsError naming the variable if malformed."""
@@ -99,24 +96,40 @@ def _hand_over_message(pod: str, expires: float, commands: list[tuple[str, int]]
     return _canonical.encode(("hand-over/1", pod, expires, commands))
 
 
-def _mac(secret: bytes, message: bytes) -> bytes:
-    return hmac.digest(secret, message, hashlib.sha256)
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one key, its padded key states hashed once: a message then costs two
+    state copies and digests, about a fifth of `hmac.digest`, which sets the key up on every call."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:  # SHA-256's block size
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+
+    def __call__(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 class DeliverySigner:
     """The dispatcher's side: signs with the first key."""
 
     def __init__(self, keys: DeliveryKeys) -> None:
-        self.key_id, self._secret = keys.signing
+        self.key_id, secret = keys.signing
+        self._mac = HmacSha256(secret)
 
     def sign(self, delivery: Delivery, pod: str, now: float) -> Delivery:
         expires = now + DELIVERY_TTL
-        signature = _mac(self._secret, _delivery_message(delivery, pod, expires))
+        signature = self._mac(_delivery_message(delivery, pod, expires))
         return msgspec.structs.replace(delivery, pod=pod, expires=expires, key_id=self.key_id, signature=signature)
 
     def sign_hand_over(self, pod: str, commands: list[tuple[str, int]], now: float) -> HandOver:
         expires = now + DELIVERY_TTL
-        signature = _mac(self._secret, _hand_over_message(pod, expires, commands))
+        signature = self._mac(_hand_over_message(pod, expires, commands))
         return HandOver(commands=commands, pod=pod, expires=expires, key_id=self.key_id, signature=signature)
 
 
@@ -153,7 +166,7 @@ class DeliveryVerifier:
     unexpired and not seen before; every refusal is logged once and counted (`refused`)."""
 
     def __init__(self, keys: DeliveryKeys, pod: str, refused: Refused | None = None) -> None:
-        self.keys = keys
+        self.macs = {key_id: HmacSha256(secret) for key_id, secret in keys.keys}
         self.pod = pod
         self.refused = refused
         self.seen = SeenSignatures()
@@ -215,10 +228,10 @@ class DeliveryVerifier:
         """None if admitted, else the reason."""
         if not key_id or not signature or pod is None or expires is None:
             return "unsigned"
-        secret = self.keys.secret(key_id)
-        if secret is None:
+        mac = self.macs.get(key_id)
+        if mac is None:
             return "unknown_key"
-        if not hmac.compare_digest(_mac(secret, message(pod, expires)), signature):
+        if not hmac.compare_digest(mac(message(pod, expires)), signature):
             return "bad_signature"
         if pod != self.pod:
             return "wrong_pod"

@@ -12,9 +12,11 @@ The process tests run a real gateway, dispatcher and agent; the first tests chec
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from streamspace_common.delivery_auth import (
     GENERATED_KEY_ID,
     DeliverySigner,
     DeliveryVerifier,
+    HmacSha256,
     load_delivery_keys,
     parse_delivery_keys,
 )
@@ -55,6 +58,12 @@ def over_the_wire(signed: Delivery) -> Delivery:
 
 
 # --- delivery_auth.py alone ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 16, b"k" * 64, b"k" * 65, bytes(range(256))])
+def test_the_precomputed_hmac_is_hmac_sha256(key: bytes) -> None:
+    for message in (b"", b"m", b"x" * 1000):
+        assert HmacSha256(key)(message) == hmac.digest(key, message, "sha256")
 
 
 def test_a_signed_delivery_is_admitted_once_after_the_round_trip_through_json() -> None:
@@ -247,7 +256,7 @@ async def test_forged_deliveries_published_on_the_pod_channel_never_reach_the_ag
     gateway, _, executions = await start(stack, http, agent_id, agent_token, pod)
     real = DeliverySigner(await load_delivery_keys(db, ""))
     now = time.time()
-    forged = {
+    forged: dict[str, Callable[[Delivery], Delivery]] = {
         "unsigned": lambda d: d,
         "unknown_key": lambda d: DeliverySigner(parse_delivery_keys("attacker:" + "a" * 32)).sign(d, pod, now),
         "bad_signature": lambda d: DeliverySigner(parse_delivery_keys(f"{GENERATED_KEY_ID}:{'g' * 48}")).sign(
@@ -306,7 +315,7 @@ async def test_a_captured_delivery_replayed_or_altered_is_refused(
     finally:
         capturing.cancel()
         await asyncio.gather(capturing, return_exceptions=True)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
     [raw] = captured
     genuine = msgspec.json.decode(raw, type=Delivery)
     assert genuine.command.command_id == first["command_id"] and genuine.key_id == GENERATED_KEY_ID
@@ -420,4 +429,4 @@ async def test_keys_rotate_without_a_command_lost(
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
