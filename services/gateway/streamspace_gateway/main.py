@@ -9,7 +9,7 @@ from aiohttp import web
 
 from streamspace_common.bus import PostgresListener
 from streamspace_common.db import create_pool, server_settings
-from streamspace_common.delivery_auth import DeliveryVerifier, load_delivery_keys
+from streamspace_common.delivery_auth import DeliveryVerifier, load_delivery_keys, parse_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
@@ -34,6 +34,8 @@ log = structlog.get_logger("gateway")
 
 
 def create_app(settings: Settings) -> web.Application:
+    if settings.delivery_keys:
+        parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
     broker = TunnelBroker(tunnel_url(settings))
