@@ -804,6 +804,26 @@ def test_chart_connection_secret(helm: ModuleType, service: str) -> None:
 
 
 @pytest.mark.parametrize("service", ["gateway", "dispatcher"])
+def test_chart_delivery_keys_from_a_secret(helm: ModuleType, service: str) -> None:
+    """DELIVERY_KEYS (docs/security.md "Deliveries"): none by default (a key generated into PostgreSQL),
+    else from the chart's own Secret, else from the umbrella's global one."""
+    chart = f"streamspace-{service}"
+    env = env_list(main_container(only(render(helm, chart), "Deployment"), service))
+    assert "DELIVERY_KEYS" not in env
+    values: dict[str, Any] = {"global": {"deliveryKeys": {"existingSecret": "shared-keys"}}}
+    env = env_list(main_container(only(render(helm, chart, values), "Deployment"), service))
+    assert env["DELIVERY_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "shared-keys", "key": "DELIVERY_KEYS"}
+    values["deliveryKeys"] = {"existingSecret": "own-keys", "key": "keys"}
+    env = env_list(main_container(only(render(helm, chart, values), "Deployment"), service))
+    assert env["DELIVERY_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "own-keys", "key": "keys"}
+
+
+def test_compose_gives_gateways_and_dispatchers_the_same_delivery_keys(compose: dict[str, Any]) -> None:
+    keys = {name: env_of(compose[name]).get("DELIVERY_KEYS") for name in ("gateway-a", "gateway-b", "dispatcher")}
+    assert len(set(keys.values())) == 1 and None not in keys.values(), keys
+
+
+@pytest.mark.parametrize("service", ["gateway", "dispatcher"])
 def test_chart_accepts_sentinel_and_refuses_other_schemes(helm: ModuleType, service: str) -> None:
     sentinel = "redis+sentinel://:pw@sentinel-0:26379,sentinel-1:26379/mymaster/1"
     docs = render(helm, f"streamspace-{service}", {"connection": {"redisUrl": sentinel}})

@@ -122,6 +122,12 @@ class Delivery(msgspec.Struct):
     attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
     epoch: int | None = None  # the agent's lease epoch at the claim (None: an agent without HA)
     published_at: float | None = None  # the dispatcher's wall clock at PUBLISH (publish-to-forward latency)
+    # Signed by the dispatcher (delivery_auth.py): all fields above but published_at, the pod it is for
+    # and its expiry (unix time), under the key named; a gateway forwards nothing else.
+    pod: str | None = None
+    expires: float | None = None
+    key_id: str | None = None
+    signature: bytes | None = None  # HMAC-SHA256 (base64 in JSON)
 
 
 class HandOver(msgspec.Struct, forbid_unknown_fields=True):
@@ -129,3 +135,8 @@ class HandOver(msgspec.Struct, forbid_unknown_fields=True):
     deliver; it reads the rows itself (a NOTIFY payload holds at most 8000 bytes)."""
 
     commands: list[tuple[str, int]]
+    # Signed by the dispatcher as a Delivery is (delivery_auth.py): the pod, the expiry and the pairs.
+    pod: str = ""
+    expires: float = 0.0
+    key_id: str = ""
+    signature: bytes = b""

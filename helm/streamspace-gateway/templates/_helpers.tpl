@@ -86,6 +86,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       name: {{ .Values.authSecret.existingSecret }}
       key: {{ .Values.authSecret.key }}
 {{- end }}
+{{- $deliveryKeys := .Values.deliveryKeys.existingSecret | default (dig "deliveryKeys" "existingSecret" "" (.Values.global | default dict)) }}
+{{- if $deliveryKeys }}
+- name: DELIVERY_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $deliveryKeys }}
+      key: {{ .Values.deliveryKeys.key }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

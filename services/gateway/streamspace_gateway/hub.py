@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from streamspace_common import closecodes
 from streamspace_common.db import TRANSIENT_ERRORS
+from streamspace_common.delivery_auth import DeliveryVerifier
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import (
@@ -111,8 +112,11 @@ class AgentConnection:
 
 
 class AgentHub:
-    def __init__(self, pod: str, routing: RoutingTable, store: Store, heartbeat_interval: float) -> None:
+    def __init__(
+        self, pod: str, routing: RoutingTable, store: Store, heartbeat_interval: float, deliveries: DeliveryVerifier
+    ) -> None:
         self.pod = pod
+        self.deliveries = deliveries  # what the pod channel carries is forwarded only if a dispatcher signed it
         self.routing = routing
         self.store = store
         self.heartbeat_interval = heartbeat_interval
@@ -290,13 +294,14 @@ class AgentHub:
     # --- deliveries from the pod channel ---------------------------------------------------
 
     async def deliver(self, raw: bytes) -> None:
-        """A delivery from the pod's Redis channel."""
+        """A delivery from the pod's Redis channel: forwarded only if a dispatcher signed it (delivery_auth.py)."""
         try:
             delivery = self._delivery_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            log.error("bad_delivery", error=str(exc))
+            self.deliveries.malformed("redis", str(exc))
             return
-        await self.forward(delivery)
+        if self.deliveries.admit(delivery, time.time()):
+            await self.forward(delivery)
 
     async def forward(self, delivery: Delivery) -> None:
         """Send a delivery (from either path of the bus) to its agent's socket, or give it back at once."""

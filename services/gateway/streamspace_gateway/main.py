@@ -9,12 +9,14 @@ from aiohttp import web
 
 from streamspace_common.bus import PostgresListener
 from streamspace_common.db import create_pool, server_settings
+from streamspace_common.delivery_auth import DeliveryVerifier, load_delivery_keys, parse_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background, serve
 
+from . import metrics
 from .agent_socket import agent_connect
 from .api import add_api_routes
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
@@ -32,6 +34,8 @@ log = structlog.get_logger("gateway")
 
 
 def create_app(settings: Settings) -> web.Application:
+    if settings.delivery_keys:
+        parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
     broker = TunnelBroker(tunnel_url(settings))
@@ -57,11 +61,18 @@ def create_app(settings: Settings) -> web.Application:
         store = Store(pool, settings.pod_name)
         await store.pod_agents_offline()  # a restarted replica holds no sockets yet
         routing = RoutingTable(redis, RedisKeys(settings.redis_key_prefix))
-        hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
+        delivery_keys = await load_delivery_keys(pool, settings.delivery_keys)
+        verifier = DeliveryVerifier(delivery_keys, settings.pod_name, refused_delivery)
+        hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval, verifier)
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
         listener = PostgresListener(
-            settings.database_url, pool, settings.pod_name, hub.forward, on_lease_released=hub.on_lease_released
+            settings.database_url,
+            pool,
+            settings.pod_name,
+            hub.forward,
+            verifier,
+            on_lease_released=hub.on_lease_released,
         )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
         app[STREAMS_KEY] = StreamConfig(
@@ -81,6 +92,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+def refused_delivery(path: str, reason: str) -> None:
+    metrics.DELIVERIES_REFUSED.labels(path, reason).inc()
 
 
 def tunnel_url(settings: Settings) -> str:
