@@ -193,7 +193,7 @@ async def list_agent_tokens(request: web.Request, _: Caller) -> web.Response:
     summary="Revoke an agent token: it can no longer open a connection",
     status=204,
     reply=None,
-    params=(identifier("agent_id"), uuid_param("token_id")),
+    params=(identifier("agent_id"), uuid_param("token_id", route_regex="(?!rotate$)[^/]+")),
     errors=(404,),
 )
 async def revoke_agent_token(request: web.Request, _: Caller) -> web.Response:
