@@ -39,7 +39,11 @@ class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_d
 FEATURE_CONFIRM = "confirm"  # the gateway sends `confirm` frames; the agent keeps results until confirmed
 FEATURE_INVENTORY = "inventory"  # hello's running/unreported lists are complete: requeue what is in neither
 FEATURE_HA = "ha"  # replicas of this agent id may be connected at once; `role` frames say which one is active
-FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA)
+# With "ha": an active `role` frame carries the lease secret naming this process as the holder; the agent
+# presents it (LEASE_HEADER, on its next connect) to take its lease back through another gateway at once.
+FEATURE_FENCE = "fence"
+FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE)
+LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
 
 
 class Hello(Frame, tag="hello"):
@@ -105,6 +109,7 @@ class Role(Frame, tag="role"):
 
     role: Literal["active", "standby"]
     epoch: int  # the lease's epoch now (0: nobody has held it yet)
+    lease: str | None = None  # active, to agents that announced FEATURE_FENCE: the holder's secret (see above)
 
 
 GatewayFrame = Welcome | Command | Confirm | Role
