@@ -185,7 +185,7 @@ async def test_50_mb_both_ways_arrive_intact(streams: StreamStack, owner: Api) -
 
 
 async def metrics_text(service: Service) -> str:
-    async with aiohttp.ClientSession() as http, http.get(service.url + "/metrics") as response:
+    async with aiohttp.ClientSession() as http, http.get(service.metrics_url) as response:
         return await response.text()
 
 
