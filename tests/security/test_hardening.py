@@ -103,7 +103,12 @@ async def test_api_answers_and_errors_send_the_headers_and_the_request_id(gatewa
         bad_json = {"data": b"{not json", "headers": {"Content-Type": "application/json", "Authorization": "Bearer x"}}
         cases = [
             ("GET", "/api/v1/users/me", {}, 401),
-            ("POST", "/api/v1/auth/login", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
+            (
+                "POST",
+                "/api/v1/auth/login",
+                {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+                400,
+            ),
             ("POST", "/api/v1/keys", bad_json, 401),
             ("GET", "/api/v1/no-such-thing", {}, 404),
             ("DELETE", "/api/v1/openapi.json", {}, 405),
