@@ -100,22 +100,17 @@ async def test_api_answers_and_errors_send_the_headers_and_the_request_id(gatewa
             schema = (await response.json())["components"]["schemas"]["ErrorBody"]
             assert "request_id" in schema["properties"]
 
-        bad_json = {"data": b"{not json", "headers": {"Content-Type": "application/json", "Authorization": "Bearer x"}}
-        cases = [
-            ("GET", "/api/v1/users/me", {}, 401),
-            (
-                "POST",
-                "/api/v1/auth/login",
-                {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
-                400,
-            ),
-            ("POST", "/api/v1/keys", bad_json, 401),
-            ("GET", "/api/v1/no-such-thing", {}, 404),
-            ("DELETE", "/api/v1/openapi.json", {}, 405),
-            ("GET", "/novnc/core/rfb.js", {}, 404),  # NOVNC_DIR is empty here: a console error
+        as_json = {"Content-Type": "application/json"}
+        cases: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
+            ("GET", "/api/v1/users/me", None, {}, 401),
+            ("POST", "/api/v1/auth/login", b"{not json", as_json, 400),
+            ("POST", "/api/v1/keys", b"{not json", {**as_json, "Authorization": "Bearer x"}, 401),
+            ("GET", "/api/v1/no-such-thing", None, {}, 404),
+            ("DELETE", "/api/v1/openapi.json", None, {}, 405),
+            ("GET", "/novnc/core/rfb.js", None, {}, 404),  # NOVNC_DIR is empty here: a console error
         ]
-        for method, path, options, status in cases:
-            async with http.request(method, gateway.url + path, **options) as response:
+        for method, path, data, headers, status in cases:
+            async with http.request(method, gateway.url + path, data=data, headers=headers) as response:
                 assert response.status == status, (path, await response.text())
                 assert_hardened(response)
                 body = await response.json()
