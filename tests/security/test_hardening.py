@@ -26,8 +26,10 @@ HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 @pytest.fixture(scope="module")
 async def gateway(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
     """One gateway replica, logging JSON so a test can find its request's lines."""
-    stack = Stack(test_env, tmp_path_factory.mktemp("hardening"))
-    service = stack.gateway("gateway-hardening", LOG_FORMAT="json")
+    directory = tmp_path_factory.mktemp("hardening")
+    stack = Stack(test_env, directory)
+    # NOVNC_DIR empty, whether or not the machine has noVNC: /novnc/... is then a JSON 404 of the console
+    service = stack.gateway("gateway-hardening", LOG_FORMAT="json", NOVNC_DIR=str(directory / "no-novnc"))
     await stack.ready(service)
     yield service
     stack.stop_all()
@@ -107,7 +109,7 @@ async def test_api_answers_and_errors_send_the_headers_and_the_request_id(gatewa
             ("POST", "/api/v1/keys", b"{not json", {**as_json, "Authorization": "Bearer x"}, 401),
             ("GET", "/api/v1/no-such-thing", None, {}, 404),
             ("DELETE", "/api/v1/openapi.json", None, {}, 405),
-            ("GET", "/novnc/core/rfb.js", None, {}, 404),  # NOVNC_DIR is empty here: a console error
+            ("GET", "/novnc/core/rfb.js", None, {}, 404),  # NOVNC_DIR has no noVNC: a console error
         ]
         for method, path, data, headers, status in cases:
             async with http.request(method, gateway.url + path, data=data, headers=headers) as response:
