@@ -157,25 +157,29 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return refused(request, exc.status, exc.body, exc.headers)
+        return error_answer(request, exc.status, exc.body, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        response = refused(request, exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
+        response = error_answer(request, exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
         if "Allow" in exc.headers:  # a 405 names the methods the path does support
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except TRANSIENT_ERRORS as exc:
         log.warning("database_unavailable", path=request.path, error=repr(exc))
         body = ErrorBody(code="database_unavailable", message="PostgreSQL is unreachable; retry")
-        return refused(request, 503, body)
+        return error_answer(request, 503, body)
     except Exception:
         log.exception("request_failed", path=request.path)
-        return refused(request, 500, ErrorBody(code="internal_error", message="internal error; see the gateway log"))
+        return error_answer(
+            request, 500, ErrorBody(code="internal_error", message="internal error; see the gateway log")
+        )
 
 
-def refused(request: web.Request, status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> web.Response:
+def error_answer(
+    request: web.Request, status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> web.Response:
     """The error response, with the request id in its body; a 4xx is logged here (5xx where it arose)."""
     if status < 500:
         log.info(
