@@ -725,7 +725,9 @@ def test_chart_deployment(helm: ModuleType, service: str) -> None:
         app_version = loaded.metadata["appVersion"]
     assert container["image"] == f"streamspace/{service}:{app_version}"
 
-    assert [p["containerPort"] for p in container["ports"]] == [PORTS[service]]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # the gateway's /metrics has a port of its own, never the API's (docs/security.md)
+    assert ports == {"http": PORTS[service], **({"metrics": 9000} if service == "gateway" else {})}
     readiness = container["readinessProbe"]["httpGet"]
     liveness = container["livenessProbe"]["httpGet"]
     assert readiness["path"] == "/readyz"
@@ -909,12 +911,18 @@ def test_gateway_chart_optional_hpa_ingress_and_service_monitor(helm: ModuleType
         assert int(annotations[key]) >= 30 * heartbeat
     [rule] = ingress["spec"]["rules"]
     backend = rule["http"]["paths"][0]["backend"]["service"]
-    assert rule["host"] == "ss.example.org" and backend["name"] == only(docs, "Service")["metadata"]["name"]
-    assert backend["port"]["name"] == only(docs, "Service")["spec"]["ports"][0]["name"]
+    api, metrics = (d for d in docs if d["kind"] == "Service")  # the API's, then the metrics port's own
+    assert rule["host"] == "ss.example.org" and backend["name"] == api["metadata"]["name"]
+    assert backend["port"]["name"] == api["spec"]["ports"][0]["name"]
+    assert [port["name"] for port in api["spec"]["ports"]] == ["http"]  # /metrics never behind the Ingress
 
     monitor = only(docs, "ServiceMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= only(docs, "Service")["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= metrics["metadata"]["labels"].items() and not selector <= api["metadata"]["labels"].items()
+    assert metrics["spec"]["clusterIP"] == "None" and [p["name"] for p in metrics["spec"]["ports"]] == ["metrics"]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    container = main_container(deployment, "gateway")
+    assert resolve_port(container, "metrics") == int(env_list(container)["METRICS_PORT"]["value"]) == 9000
 
     env = env_list(main_container(deployment, "gateway"))
     assert env["AUTH_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "ss-auth", "key": "AUTH_SECRET"}
@@ -927,6 +935,7 @@ def kubernetes_driver_calls() -> set[tuple[str, str, str]]:
         "deployment": ("apps", "deployments"),
         "service": ("", "services"),
         "persistent_volume_claim": ("", "persistentvolumeclaims"),
+        "network_policy": ("networking.k8s.io", "networkpolicies"),
     }
     calls = set()
     for verb, kind in re.findall(r"\.(create|read|list|patch|replace|delete)_namespaced_([a-z_]+)\(", source):

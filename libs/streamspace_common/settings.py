@@ -51,8 +51,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     local_start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # until the process listens on its port
     # agent, AGENT_PLATFORM=docker
     docker_host: str = ""  # "": aiodocker's default (the local socket)
-    docker_network: str = "streamspace-sessions"  # created if missing
-    docker_publish_host: str = "127.0.0.1"  # host address the session's first port is published on
+    docker_network: str = "streamspace-sessions"
+    docker_publish_host: str = "127.0.0.1"
+    # capabilities given back to session containers after dropping all (comma-separated; "": none):
+    # what a desktop image's entrypoint needs to hand /data to its user and drop to it
+    docker_cap_add: str = "CHOWN,SETUID,SETGID"
     docker_stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10  # seconds before the engine kills
     # agent, AGENT_PLATFORM=kubernetes
     kubernetes_namespace: str = ""  # "": the agent pod's own namespace, else "default"
@@ -60,6 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kubernetes_storage_size: str = "1Gi"  # each session's PersistentVolumeClaim
     kubernetes_storage_class: str = ""  # "": the cluster's default StorageClass
     kubernetes_cluster_domain: str = "cluster.local"
+    # label selector (`k=v,k=v`) of the agent's own pods: the only pods each session's NetworkPolicy lets
+    # in (the chart sets it); required on this platform
+    kubernetes_agent_selector: str = ""
+    # user, group and fsGroup session containers run as (runAsNonRoot needs a number; not root)
+    kubernetes_session_uid: Annotated[int, msgspec.Meta(ge=1, le=2147483647)] = 10001
     agent_state_dir: str = ""  # the dedupe journal's directory; empty: ~/.local/state/streamspace-agent/<id>
     agent_execution_log: str = ""  # append one line per finished handler (command, instance, outcome); "": off
     # agent, streams (docs/streams.md)
@@ -70,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # reached by their own IP, e.g. the Helm chart's POD_IP); "": GATEWAY_URLS' own hosts only
     tunnel_networks: str = ""
     # gateway
+    # port of a second listener serving only /metrics (bound on HOST); 0: no metrics. Never on the API port
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
     # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and

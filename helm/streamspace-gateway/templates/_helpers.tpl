@@ -58,6 +58,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       fieldPath: metadata.name
 - name: PORT
   value: {{ .Values.port | quote }}
+# /metrics only on this second port, never on the API port (docs/security.md); 0: no metrics
+- name: METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
 # agents dial a stream's data WebSocket back to this very pod (docs/streams.md): its own address
 - name: POD_IP
   valueFrom:

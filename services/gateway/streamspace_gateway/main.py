@@ -14,7 +14,7 @@ from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
-from streamspace_common.web import add_health_routes, background, serve
+from streamspace_common.web import add_health_routes, background, metrics_listener, serve
 
 from . import metrics
 from .agent_socket import agent_connect
@@ -25,6 +25,7 @@ from .auth import AUTH_KEY, Authenticator, signing_secret
 from .console import add_console_routes
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
+from .request_context import add_headers, request_context
 from .store import STORE_KEY, Store
 from .tunnels import TUNNEL_PATH, TunnelBroker
 
@@ -36,7 +37,8 @@ log = structlog.get_logger("gateway")
 def create_app(settings: Settings) -> web.Application:
     if settings.delivery_keys:
         parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
+    app = web.Application(middlewares=[request_context, json_errors], client_max_size=settings.max_request_bytes)
+    app.on_response_prepare.append(add_headers)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
     broker = TunnelBroker(tunnel_url(settings))
     app.router.add_get(TUNNEL_PATH, broker.agent_dial)
@@ -53,7 +55,11 @@ def create_app(settings: Settings) -> web.Application:
             return False
         return hub.subscribed or listener.listening
 
-    add_health_routes(app, is_ready)
+    add_health_routes(app, is_ready, with_metrics=False)  # never on the API port: METRICS_PORT
+
+    async def metrics(_: web.Application) -> AsyncIterator[None]:
+        async with metrics_listener(settings.host, settings.metrics_port):
+            yield
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, server_settings("gateway", settings.pod_name))
@@ -89,6 +95,7 @@ def create_app(settings: Settings) -> web.Application:
             await app[STREAMS_KEY].shutdown()
         await app[HUB_KEY].shutdown()
 
+    app.cleanup_ctx.append(metrics)
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     return app
@@ -112,5 +119,5 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, service="gateway", pod=settings.pod_name)
     port = port_or(settings, DEFAULT_PORT)
-    log.info("starting", host=settings.host, port=port)
+    log.info("starting", host=settings.host, port=port, metrics_port=settings.metrics_port or None)
     serve(create_app(settings), settings.host, port, shutdown_timeout=10)
