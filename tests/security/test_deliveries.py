@@ -205,7 +205,7 @@ def executed(path: Path) -> list[str]:
 
 
 async def metric(http: aiohttp.ClientSession, service: Service, name: str, labels: str = "") -> float:
-    async with http.get(service.url + "/metrics") as response:
+    async with http.get(service.metrics_url) as response:
         text = await response.text()
     found = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
     return 0.0 if found is None else float(found.group(1))
