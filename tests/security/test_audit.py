@@ -24,7 +24,7 @@ from support import Account, RunEnv, Stack, new_account, wait_for
 from test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
 from test_bad_input import assert_error
 
-from streamspace_common.admin import create_agent_token
+from streamspace_common.admin import create_agent_token, create_user
 from streamspace_dispatcher.retention import AuditPruner
 
 __all__ = ["gateway", "make_gateway", "user"]  # fixtures of test_accounts used here
@@ -64,7 +64,8 @@ class Trail:
 
 
 @pytest.fixture
-async def trail(db: asyncpg.Pool) -> Trail:
+async def trail(db: asyncpg.Pool, admin: Account, user: Account) -> Trail:
+    """Started after the accounts are made (streamspace-admin records making them)."""
     return await Trail(db).start()
 
 
@@ -171,6 +172,21 @@ async def test_commands_created_and_cancelled_through_the_api_are_recorded(
     await call(gateway, "POST", f"/api/v1/commands/{created['command_id']}/cancel", admin.token, 409, {})
     await db.execute("INSERT INTO agent_commands (agent_id, action) VALUES ($1, 'PING')", agent_id)
     assert await trail.new() == []
+
+
+async def test_the_operators_command_line_is_recorded(trail: Trail, test_env: RunEnv) -> None:
+    """Pins: an operator minting an administrator or an agent token with streamspace-admin, unseen. A
+    token registered again (compose and Helm pass the same --token at every start) adds no row."""
+    name = f"operator-made-{uuid.uuid4().hex[:6]}"
+    await create_user(test_env.database_url, name, admin=True)
+    row = await trail.new()
+    assert [(r["action"], r["detail"]) for r in row] == [("user.create", {"username": name, "role": "admin"})]
+    assert row[0]["actor_name"].startswith("streamspace-admin (") and row[0]["address"] is None
+    agent_id, token = f"operator-agent-{uuid.uuid4().hex[:6]}", f"token-{uuid.uuid4().hex}"
+    for _ in range(2):
+        await create_agent_token(test_env.database_url, agent_id, token)
+    row = await trail.new()
+    assert [(r["action"], r["detail"]) for r in row] == [("agent_token.create", {"agent_id": agent_id})]
 
 
 # --- reading it -----------------------------------------------------------------------------------
