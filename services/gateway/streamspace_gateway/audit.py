@@ -2,7 +2,8 @@
 
 Every audited handler makes one call, ``await audit.record(db, request, caller, "session.create",
 target=..., detail=...)``, after its change and, where the change is a transaction of its own, on the
-same connection inside it: the row commits with the change or not at all, and adds no commit. The
+same connection inside it: the row commits with the change or not at all, and adds no commit. Creating
+a command (the one hot path) writes its row in its own statement instead, with ``who()``. The
 actor is the request's caller (user id, username, the API key's id if it came with one) and the
 client address is the socket's peer (X-Forwarded-For is kept beside it, as sent: unverified). Without
 a caller (a login, a stream's ticket) the user is named by ``user_id``/``username``.
@@ -69,16 +70,18 @@ async def record(
     """Append one row: `caller` did `action` to `target` (or, with no caller, the user named)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
-    if caller is not None:
-        user_id, username = caller.user_id, caller.username
-    await db.execute(
-        QUERIES["record"],
-        user_id,
-        username,
-        None if caller is None else caller.key_id,
-        request.remote,
-        request.headers.get("X-Forwarded-For"),
-        action,
-        target,
-        detail or {},
+    actor = who(request, caller)
+    if caller is None:
+        actor = (user_id, username, *actor[2:])
+    await db.execute(QUERIES["record"], *actor, action, target, detail or {})
+
+
+def who(
+    request: web.Request, caller: Caller | None
+) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """The actor's columns: user id, username, API key id, client address, X-Forwarded-For. For the
+    one statement that writes its audit row itself (api/commands.sql create_command: the hot path)."""
+    user_id, username, key_id = (
+        (None, None, None) if caller is None else (caller.user_id, caller.username, caller.key_id)
     )
+    return user_id, username, key_id, request.remote, request.headers.get("X-Forwarded-For")

@@ -134,23 +134,21 @@ async def create_command(request: web.Request, caller: Caller) -> web.Response:
     if body.action in RESERVED_ACTIONS:  # the agent would dial the payload's URL with its own token
         raise ApiError(400, "invalid_field", f"{body.action} is asked only by the gateway (a stream)", "action")
     try:
-        async with pool_of(request).acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                QUERIES["create_command"],
-                agent_id,
-                body.command_id,
-                body.action,
-                body.payload,
-                body.session_id,
-                body.max_attempts,
-                body.timeout_seconds,
-            )
-            if row is None:
-                raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
-            detail = {"agent_id": agent_id, "action": body.action, "session_id": body.session_id}
-            await audit.record(conn, request, caller, "command.create", row["command_id"], detail)
+        row = await pool_of(request).fetchrow(
+            QUERIES["create_command"],
+            agent_id,
+            body.command_id,
+            body.action,
+            body.payload,
+            body.session_id,
+            body.max_attempts,
+            body.timeout_seconds,
+            *audit.who(request, caller),  # its audit row is written by the same statement
+        )
     except asyncpg.UniqueViolationError as exc:
         raise ApiError(409, "duplicate_command", f"command {body.command_id!r} already exists", "command_id") from exc
+    if row is None:
+        raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
     return encoded(view(row, CommandView), status=201)
 
 
