@@ -317,10 +317,8 @@ verb_route(
 async def delete_session(request: web.Request, caller: Caller) -> web.Response:
     row = await visible_session(request, caller)
     audited = audited_verb(request, caller, "delete")
-    if (
-        await SessionLifecycle(pool_of(request)).request(str(row["id"]), "delete", request.app[QUOTA_KEY], audited)
-        is None
-    ):
+    moved = await SessionLifecycle(pool_of(request)).request(str(row["id"]), "delete", request.app[QUOTA_KEY], audited)
+    if moved is None:
         raise not_found(str(row["id"]))
     return web.Response(status=204)
 
