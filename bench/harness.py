@@ -358,9 +358,10 @@ def ensure_peer_venv() -> tuple[Path | None, str]:
     if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return python, "ready"
     base = getattr(sys, "_base_executable", None) or "python3"
+    pip_install = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     steps = [
         [base, "-m", "venv", "--clear", str(PEER_VENV)],
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
+        [*pip_install, "--require-hashes", "-r", str(requirements)],
     ]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=600)

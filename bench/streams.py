@@ -150,7 +150,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await stack.ready(a, b, dispatcher)
                 token = await create_agent_token(env.database_url, "bench-stream-agent")
                 sessions_dir = str(Path(work) / "sessions")
-                agent = stack.agent("bench-stream-agent", token, [a], LOCAL_SESSION_DIR=sessions_dir, **PRODUCTION)
+                # GATEWAY_URLS names both (the agent dials tunnels back only to gateways it is configured
+                # for); it connects to the first, A, so every stream opened on B crosses replicas
+                agent = stack.agent("bench-stream-agent", token, [a, b], LOCAL_SESSION_DIR=sessions_dir, **PRODUCTION)
                 await stack.ready(agent)
                 admin = await new_account(env.database_url, f"bench-admin-{uuid.uuid4().hex[:4]}", admin=True)
                 async with aiohttp.ClientSession(headers=admin.headers) as http:

@@ -391,7 +391,8 @@ CREATE TABLE public.agent_leases (
     instance_id character varying(255) NOT NULL,
     gateway_pod character varying(255) NOT NULL,
     epoch bigint NOT NULL,
-    expires_at timestamp with time zone NOT NULL
+    expires_at timestamp with time zone NOT NULL,
+    holder_hash character(64)
 );
 
 
@@ -404,7 +405,9 @@ CREATE TABLE public.agent_tokens (
     agent_id character varying(255) NOT NULL,
     token_hash character(64) NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    revoked_at timestamp with time zone
+    revoked_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    superseded_at timestamp with time zone
 );
 
 

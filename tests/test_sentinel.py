@@ -56,9 +56,9 @@ async def test_routing_and_the_pod_channel_work_through_a_sentinel(sentinel_url:
     assert await routing.publish_many([("pod-s", b"hello")]) == [1]
     message = await pubsub.get_message(timeout=5)
     assert message is not None and message["data"] == b"hello"
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     direct = Redis(port=int(sentinel_url.split(":")[2].split("/")[0]))  # the Sentinel itself knows the master
-    master = await direct.execute_command("SENTINEL", "get-master-addr-by-name", "primary")  # type: ignore[no-untyped-call]
+    master = await direct.execute_command("SENTINEL", "get-master-addr-by-name", "primary")
     await direct.aclose()
     assert master[0] == b"127.0.0.1"
     await redis.aclose()

@@ -73,7 +73,7 @@ async def container(engine: aiodocker.Docker, session_id: str) -> dict[str, Any]
 
 async def volume_exists(engine: aiodocker.Docker, session_id: str) -> bool:
     try:
-        await engine.volumes.get(volume_name(session_id))  # type: ignore[no-untyped-call]
+        await engine.volumes.get(volume_name(session_id))
     except DockerError as exc:
         assert exc.status == 404
         return False

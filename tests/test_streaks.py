@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio
 from support import RunEnv, wait_for
 
+from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import DISPATCH_CHANNEL, RedisKeys
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery
@@ -70,7 +71,7 @@ async def sent_to_pod(redis_client: redis.asyncio.Redis, test_env: RunEnv) -> As
             if message["type"] == "message":
                 yield decoder.decode(message["data"]).command.command_id
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
 
 @pytest.fixture
@@ -98,6 +99,7 @@ async def running_dispatcher(
         db,
         RoutingTable(redis_client, RedisKeys(test_env.redis_prefix)),
         name="dispatcher-streak-test",
+        signer=DeliverySigner(await load_delivery_keys(db, "")),
         sweep_interval=sweep_interval,
         ack_timeout=60.0,
         batch_size=500,

@@ -419,7 +419,7 @@ async def test_publish_many_counts_subscribers(routing: Routing) -> None:
             received.append(message["data"])
         assert received == [b"one", b"three"]
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
     assert await table.publish_many([]) == []
 
 
@@ -586,9 +586,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
 
 def test_load_queries_splits_on_name_lines_only() -> None:
     queries = load_queries("streamspace_gateway")
-    assert queries["agent_for_token"] == (
-        "SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;"
-    )
+    assert queries["lease_epoch"] == "SELECT epoch FROM agent_leases WHERE agent_id = $1;"
     assert "-- name:" not in "".join(queries.values())
 
 

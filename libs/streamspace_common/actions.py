@@ -62,8 +62,10 @@ class CreateSession(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
 class OpenTunnel(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """OPEN_TUNNEL: connect to host:port (the session's endpoint) and to `url` (a WebSocket on the gateway
-    replica holding the browser; `token` is the single-use tunnel token it expects), then pipe bytes
-    both ways until either end closes. Not a session action: it changes no session state."""
+    replica holding the browser; `token` is the single-use tunnel token it expects, and the only
+    credential sent there), then pipe bytes both ways until either end closes. Not a session action: it
+    changes no session state. The agent refuses a `url` outside its GATEWAY_URLS (TUNNEL_NETWORKS) and a
+    host:port that is not the endpoint its driver reports for `session_id`."""
 
     session_id: SessionId
     host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]

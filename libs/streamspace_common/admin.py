@@ -1,12 +1,17 @@
 """streamspace-admin: operator tasks (§6).
 
-    streamspace-admin agent-token create AGENT_ID [--token VALUE]
+    streamspace-admin agent-token create AGENT_ID [--token VALUE] [--expires-in SECONDS]
+    streamspace-admin agent-token rotate AGENT_ID [--overlap SECONDS] [--expires-in SECONDS]
     streamspace-admin user create USERNAME [--admin] [--password VALUE]
     streamspace-admin templates install-samples
 
 `agent-token create` registers the agent if it is new and a token for it, and prints the token alone
 on the last line of stdout. With --token an operator-chosen value is registered (idempotent), for
-compose and Helm. `user create` creates an account (the first administrator: --admin) and prints its
+compose and Helm; --expires-in gives the token an end (refused at connect after it, and its open
+sockets closed). `agent-token rotate` registers a new token for a registered agent, prints it alone on
+the last line, and gives the agent's other live tokens an expiry at the end of the overlap (default
+DEFAULT_OVERLAP): until then they keep working, and the gateway logs a warning whenever one is used.
+`user create` creates an account (the first administrator: --admin) and prints its
 password alone on the last line of stdout: the one given, or a strong generated one.
 `templates install-samples` installs the sample templates (SAMPLE_TEMPLATES) that are missing and
 prints one line per template: installed, or kept (one of that name exists already).
@@ -21,6 +26,7 @@ import getpass
 import os
 import re
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -33,6 +39,7 @@ from .settings import load_settings
 from .tokens import hash_token, new_token
 
 QUERIES = load_queries("streamspace_common")
+DEFAULT_OVERLAP = 3600  # seconds an agent's old token keeps working after a rotation
 
 
 class AdminError(Exception):
@@ -112,7 +119,16 @@ async def install_samples(dsn: str) -> list[tuple[str, bool]]:
     return done
 
 
-async def create_agent_token(dsn: str, agent_id: str, token: str | None = None) -> str:
+def expiry(seconds: float | None) -> datetime | None:
+    """The end of a token `seconds` from now (None: it never ends)."""
+    if seconds is None:
+        return None
+    if seconds <= 0:
+        raise AdminError("a token's lifetime must be positive")
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+async def create_agent_token(dsn: str, agent_id: str, token: str | None = None, expires_in: float | None = None) -> str:
     if not re.match(ID_PATTERN, agent_id):
         raise AdminError(f"invalid agent id {agent_id!r}: use letters, digits, '.', '_', ':' or '-'")
     token = token or new_token()
@@ -121,7 +137,7 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None) 
     try:
         async with conn.transaction():
             await conn.execute(QUERIES["ensure_agent"], agent_id)
-            row = await conn.fetchrow(QUERIES["register_token"], agent_id, hash_token(token))
+            row = await conn.fetchrow(QUERIES["register_token"], agent_id, hash_token(token), expiry(expires_in))
             if row["agent_id"] != agent_id:  # raised inside the transaction, so the new agent row is rolled back too
                 raise AdminError("that token is already registered to another agent")
             if row["registered"]:
@@ -129,6 +145,29 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None) 
     finally:
         await conn.close()
     return token
+
+
+async def rotate_agent_token(
+    dsn: str, agent_id: str, overlap: float = DEFAULT_OVERLAP, expires_in: float | None = None
+) -> tuple[str, list[asyncpg.Record]]:
+    """A new token for a registered agent; its other live tokens end with the overlap (id, expires_at each)."""
+    if overlap < 0:
+        raise AdminError("the overlap cannot be negative")
+    token = new_token()
+    token_hash = hash_token(token)
+    conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
+    try:
+        async with conn.transaction():
+            if await conn.fetchval(QUERIES["agent_exists"], agent_id) is None:
+                raise AdminError(f"no agent {agent_id!r} is registered (agent-token create registers one)")
+            row = await conn.fetchrow(QUERIES["register_token"], agent_id, token_hash, expiry(expires_in))
+            superseded = await conn.fetch(QUERIES["supersede_tokens"], agent_id, overlap, token_hash)
+            detail = {"agent_id": agent_id, "superseded": [r["id"] for r in superseded], "overlap_seconds": overlap}
+            await audit(conn, "agent_token.rotate", row["id"], detail)
+    finally:
+        await conn.close()
+    return token, superseded
 
 
 async def create_user(dsn: str, username: str, admin: bool = False, password: str | None = None) -> str:
@@ -162,6 +201,13 @@ def main() -> None:
     create = token_commands.add_parser("create", help="register an agent token and print it")
     create.add_argument("agent_id")
     create.add_argument("--token", help="register this value instead of a new random token")
+    create.add_argument("--expires-in", type=float, metavar="SECONDS", help="the token ends after this long")
+    rotate = token_commands.add_parser("rotate", help="a new token; the old ones work until the overlap ends")
+    rotate.add_argument("agent_id")
+    rotate.add_argument(
+        "--overlap", type=float, default=DEFAULT_OVERLAP, metavar="SECONDS", help="how long old tokens keep working"
+    )
+    rotate.add_argument("--expires-in", type=float, metavar="SECONDS", help="the new token ends after this long")
     user_parser = commands.add_parser("user", help="user accounts")
     user_commands = user_parser.add_subparsers(dest="verb", required=True)
     create_user_parser = user_commands.add_parser("create", help="create a user and print their password")
@@ -183,8 +229,15 @@ def main() -> None:
             secret = asyncio.run(create_user(settings.database_url, args.username, args.admin, args.password))
             role = "administrator" if args.admin else "user"
             print(f"{role} {args.username} created; password (shown once, store it now):", file=sys.stderr)
+        elif args.verb == "rotate":
+            secret, superseded = asyncio.run(
+                rotate_agent_token(settings.database_url, args.agent_id, args.overlap, args.expires_in)
+            )
+            for row in superseded:
+                print(f"old token {row['id']} works until {row['expires_at'].isoformat()}", file=sys.stderr)
+            print(f"new agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)
         else:
-            secret = asyncio.run(create_agent_token(settings.database_url, args.agent_id, args.token))
+            secret = asyncio.run(create_agent_token(settings.database_url, args.agent_id, args.token, args.expires_in))
             print(f"agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)
     except (AdminError, OSError, asyncpg.PostgresError) as exc:
         print(f"streamspace-admin: {exc}", file=sys.stderr)

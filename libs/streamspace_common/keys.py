@@ -59,7 +59,8 @@ class RedisKeys:
         """Channel a gateway replica subscribes to for commands bound for its sockets."""
         return f"{self.prefix}pod:{pod}:commands"
 
-    def stream_ticket(self, ticket_hash: str) -> str:
-        """SHA-256 of a stream ticket -> the session and user it admits (JSON); single-use (GETDEL),
-        expires after STREAM_TICKET_TTL (docs/streams.md)."""
-        return f"{self.prefix}stream-ticket:{ticket_hash}"
+    def stream_ticket_used(self, ticket_id: str) -> str:
+        """A signed stream ticket's random id, set (SET NX) when the ticket is redeemed: single use across
+        replicas. Expires when the ticket does. Not a credential: the ticket's signature is checked
+        first, so writing one of these opens nothing (docs/streams.md)."""
+        return f"{self.prefix}stream-ticket-used:{ticket_id}"

@@ -59,9 +59,7 @@ def create_redis(url: str) -> Redis:
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         return Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_CLIENT_OPTIONS)
     sentinels, service, options = parse_sentinel_url(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2}
-    )
+    sentinel = Sentinel(sentinels, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2})
     master: Redis = sentinel.master_for(service, retry=Retry(NoBackoff(), 0), **_CLIENT_OPTIONS, **options)
     return master
 

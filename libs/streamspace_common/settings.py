@@ -36,6 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # how often every agent's inventory is asked for
     # days the audit trail keeps a row; older rows are pruned by the dispatchers (the database refuses under 1)
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100 * 365)] = 365
+    # Keys signing deliveries from dispatchers to gateways (HMAC-SHA256), "kid2:secret2,kid1:secret1": the first
+    # signs, all verify (docs/security.md "Deliveries"). Empty: the dispatchers and gateways share one generated
+    # at first start and stored in PostgreSQL (table auth_secrets), like AUTH_SECRET's.
+    delivery_keys: str = ""
     # agent
     agent_id: str = ""
     agent_token: str = ""
@@ -49,8 +53,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     local_start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # until the process listens on its port
     # agent, AGENT_PLATFORM=docker
     docker_host: str = ""  # "": aiodocker's default (the local socket)
-    docker_network: str = "streamspace-sessions"  # created if missing
-    docker_publish_host: str = "127.0.0.1"  # host address the session's first port is published on
+    docker_network: str = "streamspace-sessions"
+    docker_publish_host: str = "127.0.0.1"
+    # capabilities given back to session containers after dropping all (comma-separated; "": none):
+    # what a desktop image's entrypoint needs to hand /data to its user and drop to it
+    docker_cap_add: str = "CHOWN,SETUID,SETGID"
     docker_stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10  # seconds before the engine kills
     # agent, AGENT_PLATFORM=kubernetes
     kubernetes_namespace: str = ""  # "": the agent pod's own namespace, else "default"
@@ -58,13 +65,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kubernetes_storage_size: str = "1Gi"  # each session's PersistentVolumeClaim
     kubernetes_storage_class: str = ""  # "": the cluster's default StorageClass
     kubernetes_cluster_domain: str = "cluster.local"
+    # label selector (`k=v,k=v`) of the agent's own pods: the only pods each session's NetworkPolicy lets
+    # in (the chart sets it); required on this platform
+    kubernetes_agent_selector: str = ""
+    # user, group and fsGroup session containers run as (runAsNonRoot needs a number; not root)
+    kubernetes_session_uid: Annotated[int, msgspec.Meta(ge=1, le=2147483647)] = 10001
     agent_state_dir: str = ""  # the dedupe journal's directory; empty: ~/.local/state/streamspace-agent/<id>
     agent_execution_log: str = ""  # append one line per finished handler (command, instance, outcome); "": off
     # agent, streams (docs/streams.md)
     stream_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0  # seconds without a byte either way: closed
     stream_max_per_session: Annotated[int, msgspec.Meta(ge=1)] = 4  # streams of one session open at once
     stream_max_per_agent: Annotated[int, msgspec.Meta(ge=1)] = 64  # streams through one agent open at once
+    # CIDRs whose addresses may take a tunnel dial-back on a GATEWAY_URLS scheme and port (gateway pods
+    # reached by their own IP, e.g. the Helm chart's POD_IP); "": GATEWAY_URLS' own hosts only
+    tunnel_networks: str = ""
     # gateway
+    # port of a second listener serving only /metrics (bound on HOST); 0: no metrics. Never on the API port
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
     # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and
@@ -74,7 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # gateway, streams (docs/streams.md)
     stream_ticket_ttl: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0  # seconds a stream ticket is valid
     stream_setup_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # seconds for the agent to dial back
-    # ws:// URL agents dial back to reach THIS replica; "": ws://<POD_IP, else HOST, else POD_NAME>:<PORT>
+    # ws:// or wss:// URL agents dial back to reach THIS replica; "": ws://<POD_IP, else HOST, else POD_NAME>:<PORT>
     tunnel_url: str = ""
     pod_ip: str = ""  # this replica's own address (the Helm chart sets the pod's IP): agents dial streams back to it
     novnc_dir: str = "/usr/share/novnc"  # the noVNC library the viewer page loads (Debian's `novnc` package)

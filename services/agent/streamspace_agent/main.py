@@ -26,10 +26,12 @@ log = structlog.get_logger("agent")
 def create_app(settings: Settings) -> web.Application:
     driver = create_driver(settings)
     tunnels = Tunnels(
-        settings.agent_token,
+        driver,
+        settings.gateway_urls,
         settings.stream_idle_timeout,
         settings.stream_max_per_session,
         settings.stream_max_per_agent,
+        settings.tunnel_networks,
     )
     executor = Executor(driver, Journal(state_dir(settings.agent_state_dir, settings.agent_id)), tunnels)
     executor.restore()

@@ -13,6 +13,12 @@ UNCONFIRMED = Gauge(
 )
 ACTIVE = Gauge("streamspace_agent_active", "1 while this replica is the agent's active one (HA; 1 without HA)")
 TUNNELS_OPEN = Gauge("streamspace_agent_tunnels_open", "Stream tunnels (session endpoint <-> gateway) open now")
+TUNNELS_REFUSED = Counter(
+    "streamspace_agent_tunnels_refused_total", "OPEN_TUNNEL refused: a URL outside GATEWAY_URLS or a foreign endpoint"
+)
 TUNNEL_BYTES = Counter(
     "streamspace_agent_tunnel_bytes_total", "Bytes piped through stream tunnels", ["direction"]
 )  # to_gateway: from the session; to_session: from the browser
+STALE_COMMANDS = Counter(
+    "streamspace_agent_stale_commands_total", "Commands refused: their lease epoch is older than the newest told"
+)

@@ -5,6 +5,12 @@ agent connects to the session's endpoint (TCP), dials a data WebSocket back to t
 single-use tunnel token, answers the command, and pipes bytes both ways in the background: binary
 frames on the WebSocket, raw bytes on TCP, no encoding. The command socket carries none of them.
 
+What the agent checks first (docs/security.md, "Streams and tunnels"), refusing the command otherwise:
+the dial-back URL's scheme, host and port are those of one of its GATEWAY_URLS (or, with
+TUNNEL_NETWORKS, an address in those networks on a gateway's scheme and port), and it is wss:// when
+any gateway is; the endpoint is the one its driver reports for that session, running. The dial-back
+carries the tunnel token only: the agent's own token never leaves the control socket.
+
 Backpressure: each direction reads a chunk, writes it, and waits for the write to drain before it
 reads again (aiohttp's WebSocket reader stops reading its socket when its queue holds 64 KiB), so a
 slow reader at either end stalls the other end instead of growing a buffer here. Either end closing
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections import Counter
 from typing import Any
@@ -23,23 +30,67 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
+import yarl
 
 from streamspace_common import closecodes
-from streamspace_common.actions import OpenTunnel
+from streamspace_common.actions import Endpoint, OpenTunnel
 from streamspace_common.schemas import Command
 
 from . import metrics
-from .drivers import CommandFailed
+from .drivers import CommandFailed, Driver
 
 CHUNK = 64 * 1024
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 log = structlog.get_logger("agent.tunnels")
+Origin = tuple[str, str, int]  # scheme (ws or wss), host, port
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def origin(url: str) -> Origin | None:
+    """The scheme, host and port a URL reaches (http -> ws, https -> wss; the scheme's default port if
+    none is written); None for anything that is not a ws(s)/http(s) URL with a host."""
+    try:
+        parsed = yarl.URL(url.strip())
+        port = parsed.port
+    except ValueError:
+        return None
+    scheme = {"http": "ws", "https": "wss"}.get(parsed.scheme, parsed.scheme)
+    if scheme not in ("ws", "wss") or not parsed.host or port is None:
+        return None
+    return scheme, parsed.host.lower().rstrip("."), port
+
+
+def gateway_origins(gateway_urls: str) -> set[Origin]:
+    """Where the agent may dial a tunnel back to: its GATEWAY_URLS, compared by scheme, host and port."""
+    origins = {o for o in map(origin, filter(None, (u.strip() for u in gateway_urls.split(",")))) if o is not None}
+    if not origins:
+        raise ValueError("GATEWAY_URLS names no gateway")
+    return origins
+
+
+def networks(tunnel_networks: str) -> list[Network]:
+    """TUNNEL_NETWORKS: comma-separated CIDRs; ValueError for a malformed one."""
+    try:
+        return [ipaddress.ip_network(part.strip()) for part in tunnel_networks.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"TUNNEL_NETWORKS: {exc}") from exc
 
 
 class Tunnels:
-    def __init__(self, agent_token: str, idle_timeout: float, max_per_session: int, max_per_agent: int) -> None:
-        self.agent_token = agent_token
+    def __init__(
+        self,
+        driver: Driver,
+        gateway_urls: str,
+        idle_timeout: float,
+        max_per_session: int,
+        max_per_agent: int,
+        tunnel_networks: str = "",
+    ) -> None:
+        self.driver = driver
+        self.gateways = gateway_origins(gateway_urls)
+        self.networks = networks(tunnel_networks)
+        self.tls = any(scheme == "wss" for scheme, _, _ in self.gateways)  # then tunnels are wss only
         self.idle_timeout = idle_timeout
         self.max_per_session = max_per_session
         self.max_per_agent = max_per_agent
@@ -53,17 +104,63 @@ class Tunnels:
 
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self.agent_token}"}, connector=aiohttp.TCPConnector(limit=0)
-            )
+            # no default headers: the agent token is for the control socket only
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._http
 
+    def allowed(self, url: str) -> str | None:
+        """Why a dial-back to `url` is refused, or None when it goes to one of our gateways."""
+        target = origin(url)
+        if target is None:
+            return "the tunnel URL is not a ws:// or wss:// URL with a host"
+        scheme, host, port = target
+        if self.tls and scheme != "wss":
+            return "the control socket uses TLS (GATEWAY_URLS name wss/https), so a tunnel must be wss://"
+        if target in self.gateways:
+            return None
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            address = None
+        if (
+            address is not None
+            and any(address in network for network in self.networks)
+            and any((scheme, port) == (s, p) for s, _, p in self.gateways)
+        ):
+            return None
+        return f"{scheme}://{host}:{port} is not one of GATEWAY_URLS (nor in TUNNEL_NETWORKS on a gateway's port)"
+
+    async def session_endpoint(self, session_id: str) -> Endpoint | None:
+        """Where the session runs, as this agent's driver finds it; None unless it runs here."""
+        try:
+            items = await self.driver.inventory()
+        except Exception as exc:  # the platform's API: the command fails with the reason
+            raise CommandFailed(f"cannot list this agent's sessions: {exc!r}") from exc
+        for item in items:
+            if item.session_id == session_id and item.state == "running":
+                return item.endpoint
+        return None
+
+    def refuse(self, command: Command, session_id: str, reason: str) -> CommandFailed:
+        log.warning("tunnel_refused", command_id=command.command_id, session_id=session_id, reason=reason)
+        metrics.TUNNELS_REFUSED.inc()
+        return CommandFailed(f"OPEN_TUNNEL refused: {reason}")
+
     async def open(self, command: Command) -> dict[str, Any]:
-        """Connect both ends and start piping; the command's result says it is open."""
+        """Check the ends, connect both and start piping; the command's result says it is open."""
         try:
             spec = msgspec.convert(command.payload, OpenTunnel)
         except msgspec.ValidationError as exc:
             raise CommandFailed(f"invalid OPEN_TUNNEL payload: {exc}") from exc
+        if (reason := self.allowed(spec.url)) is not None:
+            raise self.refuse(command, spec.session_id, reason)
+        endpoint = await self.session_endpoint(spec.session_id)
+        if endpoint is None:
+            reason = f"session {spec.session_id} does not run on this agent (or has no endpoint)"
+            raise self.refuse(command, spec.session_id, reason)
+        if (endpoint.host.lower(), endpoint.port) != (spec.host.lower(), spec.port):
+            reason = f"{spec.host}:{spec.port} is not session {spec.session_id}'s endpoint"
+            raise self.refuse(command, spec.session_id, reason)
         if self.per_session[spec.session_id] >= self.max_per_session:
             raise CommandFailed(f"session {spec.session_id} has {self.max_per_session} streams open already")
         if self.open_count >= self.max_per_agent:

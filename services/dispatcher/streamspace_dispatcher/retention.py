@@ -5,7 +5,7 @@ dispatchers are the processes that already do slow, periodic work on the databas
 run it at once (SKIP LOCKED), and it keeps the gateways, which serve requests, free of it. Every
 PRUNE_INTERVAL it deletes the oldest expired rows PRUNE_BATCH at a time, each batch a transaction of its
 own (short locks; a large backlog after a long outage drains over several batches). The transaction
-first declares the retention to the database: the trigger of migration 0010 refuses a DELETE of any
+first declares the retention to the database: the trigger of migration 0011 refuses a DELETE of any
 row younger than that, and every DELETE in a transaction that has not declared one. PostgreSQL away:
 logged once, retried with backoff; the loop never spins.
 """

@@ -1,5 +1,5 @@
 -- The audit trail's retention (retention.py). Only rows older than the retention may go: the trigger of
--- migration 0010 refuses any other DELETE, and any DELETE at all in a transaction that has not declared it.
+-- migration 0011 refuses any other DELETE, and any DELETE at all in a transaction that has not declared it.
 
 -- name: declare_retention
 -- For this transaction only ($1: days, at least 1 or the trigger refuses every row).

@@ -8,7 +8,7 @@ actor is the request's caller (user id, username, the API key's id if it came wi
 client address is the socket's peer (X-Forwarded-For is kept beside it, as sent: unverified). Without
 a caller (a login, a stream's ticket) the user is named by ``user_id``/``username``.
 
-The table is append-only in the database itself (migration 0010): UPDATE is refused, DELETE too except
+The table is append-only in the database itself (migration 0011): UPDATE is refused, DELETE too except
 for the dispatcher's retention pruning of rows older than AUDIT_RETENTION_DAYS.
 """
 
@@ -43,6 +43,7 @@ ACTIONS = {
     "template.update": "template name",
     "template.delete": "template name",
     "agent_token.create": "agent token id",
+    "agent_token.rotate": "the new agent token's id",
     "agent_token.revoke": "agent token id",
     "session.create": "session id",
     "session.hibernate": "session id",

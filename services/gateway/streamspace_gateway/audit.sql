@@ -1,4 +1,4 @@
--- The audit trail (audit.py, migration 0010): the one statement that writes it.
+-- The audit trail (audit.py, migration 0011): the one statement that writes it.
 
 -- name: record
 -- $2 NULL: the username is looked up (a stream knows its user's id only).

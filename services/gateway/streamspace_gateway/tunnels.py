@@ -3,7 +3,9 @@
 A browser's stream lands on any replica. That replica registers a pending tunnel under a single-use
 token (kept in this process only: the agent dials back to THIS replica, so no other one needs it),
 asks the session's agent for OPEN_TUNNEL through the normal command path, and waits for the agent's
-data WebSocket on /api/v1/agents/tunnel (agent token + X-Tunnel-Token). Then `pipe` copies binary
+data WebSocket on /api/v1/agents/tunnel, authenticated by X-Tunnel-Token alone: the agent's own token
+never travels on a tunnel (the token is 256 random bits, made for this one stream, taken by its first
+dial-back and forgotten after STREAM_SETUP_TIMEOUT; docs/security.md). Then `pipe` copies binary
 frames between the two sockets. Each direction awaits its send (aiohttp drains the socket past 64 KiB)
 before it reads the next frame, and aiohttp stops reading a socket whose unread queue passes 64 KiB,
 so a slow browser stalls the agent and the session, never a growing buffer here. A close at either end
@@ -24,9 +26,7 @@ from aiohttp import WSMsgType, web
 from streamspace_common import closecodes
 
 from . import metrics
-from .agent_socket import authenticate
 from .errors import ApiError
-from .hub import HUB_KEY
 
 TUNNEL_PATH = "/api/v1/agents/tunnel"
 MAX_FRAME_BYTES = 4 * 1024 * 1024
@@ -59,13 +59,14 @@ class TunnelBroker:
         self.pending.pop(_hash(token), None)
 
     async def agent_dial(self, request: web.Request) -> web.StreamResponse:
-        """GET /api/v1/agents/tunnel: an agent's data WebSocket for a tunnel this replica asked for."""
-        agent_id, _ = await authenticate(request, request.app[HUB_KEY].store)
+        """GET /api/v1/agents/tunnel: an agent's data WebSocket for a tunnel this replica asked for. The
+        single-use X-Tunnel-Token is the whole credential (no agent token is sent or looked at)."""
         pending = self.pending.pop(_hash(request.headers.get("X-Tunnel-Token", "")), None)
         if pending is None:
+            metrics.STREAMS_REFUSED.labels("tunnel_token").inc()
+            log.warning("tunnel_refused", reason="unknown, used or abandoned tunnel token", remote=request.remote)
             raise ApiError(404, "tunnel_not_found", "unknown, used or abandoned tunnel token", "X-Tunnel-Token")
-        if pending.agent_id != agent_id:
-            raise ApiError(403, "forbidden", "this tunnel was asked of another agent", "X-Tunnel-Token")
+        log.info("tunnel_dialled", agent_id=pending.agent_id, remote=request.remote)
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
         await ws.prepare(request)
         if pending.dialled.done():  # the browser gave up meanwhile

@@ -2,8 +2,8 @@
 
 POST /api/v1/sessions/{id}/stream-ticket gives the session's owner (or an admin) a short-lived,
 single-use ticket: browsers cannot set headers on a WebSocket, and the long-lived login token must not
-go in a URL. Only the ticket's SHA-256 is stored, in Redis (STREAM_TICKET_TTL, redeemed with GETDEL, so
-any replica can take the browser and a ticket is used at most once).
+go in a URL. The ticket is signed (tickets.py: user, session, expiry), so any replica checks it itself;
+Redis only marks its id used (SET NX), so a ticket is used at most once across replicas.
 
 GET /api/v1/sessions/{id}/stream?ticket=... is the browser's WebSocket (subprotocol `binary`, as noVNC's
 websockify speaks): binary frames both ways, piped through the agent's data WebSocket (tunnels.py).
@@ -14,8 +14,6 @@ when the session stops running.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 import time
 from collections import Counter
 from typing import Any
@@ -36,15 +34,14 @@ from streamspace_common.sessions import SessionLifecycle
 from .. import audit, metrics
 from ..auth import Caller
 from ..errors import ApiError
+from ..tickets import TICKET_PATTERN, TicketClaims, TicketRefused, TicketSigner
 from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, uuid_param
 from .sessions import QUERIES as SESSION_QUERIES
 from .sessions import visible_session
 
 QUERIES = load_queries("streamspace_gateway.api", "streams.sql")
-TICKET_PREFIX = "sstk_"
 STATE_CHECK = 2.0  # seconds between looks at an open stream's session (closed when it stops running)
-TICKET_PATTERN = "^sstk_[A-Za-z0-9_-]{43}$"
 log = structlog.get_logger("gateway.streams")
 routes = ApiRoutes()
 
@@ -55,19 +52,21 @@ class StreamTicket(msgspec.Struct):
     url: str  # the stream WebSocket's path with the ticket, relative to this gateway
 
 
-class TicketClaim(msgspec.Struct):
-    session_id: str
-    user_id: str
-
-
 class StreamConfig:
-    """What the stream endpoints need: tickets in Redis, the tunnel broker, the timeouts."""
+    """What the stream endpoints need: the ticket signer, Redis (tickets used), the tunnel broker, the timeouts."""
 
     def __init__(
-        self, redis_client: redis.asyncio.Redis, keys: RedisKeys, broker: TunnelBroker, ticket_ttl: float, setup: float
+        self,
+        redis_client: redis.asyncio.Redis,
+        keys: RedisKeys,
+        broker: TunnelBroker,
+        ticket_ttl: float,
+        setup: float,
+        signing_secret: bytes,
     ) -> None:
         self.redis = redis_client
         self.keys = keys
+        self.signer = TicketSigner(signing_secret)
         self.broker = broker
         self.ticket_ttl = ticket_ttl
         self.setup_timeout = setup
@@ -78,34 +77,32 @@ class StreamConfig:
         for ws in list(self.browsers):
             await ws.close(code=closecodes.SERVICE_RESTART, message=b"gateway restarting: reconnect")
 
-    async def issue(self, session_id: str, user_id: str) -> str:
-        ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
-        claim = msgspec.json.encode(TicketClaim(session_id=session_id, user_id=user_id))
-        try:
-            await self.redis.set(self.keys.stream_ticket(_hash(ticket)), claim, px=int(self.ticket_ttl * 1000))
-        except RedisError as exc:
-            raise tickets_unavailable() from exc
-        return ticket
+    def issue(self, session_id: str, user_id: str) -> str:
+        return self.signer.issue(session_id, user_id, time.time() + self.ticket_ttl)
 
-    async def redeem(self, ticket: str) -> TicketClaim | None:
-        """The ticket's claim, once: GETDEL makes a second redemption (on any replica) find nothing."""
+    async def redeem(self, ticket: str, session_id: str) -> TicketClaims:
+        """The claims of a ticket we signed, unexpired, for this session, used for the first time (any
+        replica): its id is SET NX in Redis until it expires. TicketRefused otherwise."""
+        claims = self.signer.verify(ticket, session_id, time.time())
+        expires_in = max(1, int((claims.exp - time.time()) * 1000) + 1000)
         try:
-            raw = await self.redis.getdel(self.keys.stream_ticket(_hash(ticket)))
+            first = await self.redis.set(self.keys.stream_ticket_used(claims.tid), b"1", nx=True, px=expires_in)
         except RedisError as exc:
             raise tickets_unavailable() from exc
-        return None if raw is None else msgspec.json.decode(raw, type=TicketClaim)
+        if not first:
+            raise TicketRefused("the ticket was used already")
+        return claims
 
 
 def tickets_unavailable() -> ApiError:
-    """Tickets live in Redis: while it is down no new stream starts (open ones go on; they never touch it)."""
-    return ApiError(503, "tickets_unavailable", "Redis (stream tickets) is unreachable; retry")
+    """Single use is kept in Redis: while it is down no new stream starts (refused rather than letting a
+    ticket be used once per replica); open streams go on (they never touch it)."""
+    log.warning("stream_refused", reason="Redis (used stream tickets) is unreachable")
+    metrics.STREAMS_REFUSED.labels("tickets_unavailable").inc()
+    return ApiError(503, "tickets_unavailable", "Redis (used stream tickets) is unreachable; retry")
 
 
 STREAMS_KEY = web.AppKey("streams", StreamConfig)
-
-
-def _hash(ticket: str) -> str:
-    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 def require_running(row: asyncpg.Record) -> None:
@@ -131,7 +128,7 @@ async def stream_ticket(request: web.Request, caller: Caller) -> web.Response:
     row = await visible_session(request, caller)
     require_running(row)
     config = request.app[STREAMS_KEY]
-    ticket = await config.issue(str(row["id"]), caller.user_id)
+    ticket = config.issue(str(row["id"]), caller.user_id)
     url = f"/api/v1/sessions/{row['id']}/stream?ticket={ticket}"
     return encoded(StreamTicket(ticket=ticket, expires_in_seconds=config.ticket_ttl, url=url), status=201)
 
@@ -156,12 +153,14 @@ async def stream_ticket(request: web.Request, caller: Caller) -> web.Response:
 )
 async def stream(request: web.Request) -> web.StreamResponse:
     session_id = path_uuid(request, "session_id", "session_not_found")
-    ticket = request.query.get("ticket", "")
     config = request.app[STREAMS_KEY]
-    claim = await config.redeem(ticket) if ticket.startswith(TICKET_PREFIX) else None
-    if claim is None or claim.session_id != session_id:
+    try:
+        claims = await config.redeem(request.query.get("ticket", ""), session_id)
+    except TicketRefused as exc:
         metrics.STREAMS_REFUSED.labels("ticket").inc()
-        raise ApiError(401, "unauthorized", "missing, used, expired or foreign stream ticket", "ticket")
+        log.warning("stream_refused", session_id=session_id, reason=exc.reason, remote=request.remote)
+        raise ApiError(401, "unauthorized", f"stream ticket refused: {exc.reason}", "ticket") from exc
+    log.info("stream_ticket_redeemed", session_id=session_id, user_id=claims.sub)
     row = await pool_of(request).fetchrow(SESSION_QUERIES["get_session"], session_id)
     if row is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r}", "session_id")
@@ -172,7 +171,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     config.browsers.add(ws)
     try:
-        await Stream(request, config, row, ws, claim.user_id).run()
+        await Stream(request, config, row, ws, claims.sub).run()
     finally:
         config.browsers.discard(ws)
     return ws

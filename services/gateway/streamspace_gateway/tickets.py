@@ -1,0 +1,84 @@
+"""Stream tickets (docs/streams.md, docs/security.md "Streams and tunnels"): signed, then used once.
+
+A ticket is ``sstk_<claims>.<signature>``: the claims (a random ticket id, the session, the user, the
+expiry) signed with HMAC-SHA256 under a key derived from the gateways' signing secret (AUTH_SECRET, or
+the one the gateways share in PostgreSQL: auth.signing_secret), so every replica checks a ticket
+itself and a ticket can never pass for a login token nor the reverse. Redis holds no ticket: it only
+marks a ticket id used (SET NX), which makes a ticket single-use across replicas. Whoever can write
+to Redis can at most burn a ticket, never make one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+
+import msgspec
+
+TICKET_PREFIX = "sstk_"
+TICKET_PATTERN = r"^sstk_[A-Za-z0-9_-]{1,600}\.[A-Za-z0-9_-]{43}$"
+KEY_LABEL = b"streamspace stream ticket v1"  # derives the ticket key from the signing secret
+
+
+class TicketClaims(msgspec.Struct, forbid_unknown_fields=True):
+    tid: str  # random ticket id: what Redis marks used
+    sid: str  # the session it opens
+    sub: str  # the user it was issued to
+    exp: float  # unix seconds
+
+
+class TicketRefused(Exception):
+    """Why a ticket opens nothing (logged; the browser gets 401)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def ticket_key(signing_secret: bytes) -> bytes:
+    """The stream-ticket key: rotating the signing secret rotates it too (docs/api.md)."""
+    return hmac.new(signing_secret, KEY_LABEL, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TicketSigner:
+    def __init__(self, signing_secret: bytes) -> None:
+        self.key = ticket_key(signing_secret)
+
+    def _sign(self, claims: str) -> bytes:
+        return hmac.new(self.key, claims.encode(), hashlib.sha256).digest()
+
+    def issue(self, session_id: str, user_id: str, expires: float) -> str:
+        """A new ticket for `user_id` to open `session_id` until `expires` (unix seconds)."""
+        claims = TicketClaims(tid=secrets.token_urlsafe(16), sid=session_id, sub=user_id, exp=expires)
+        encoded = _b64(msgspec.json.encode(claims))
+        return f"{TICKET_PREFIX}{encoded}.{_b64(self._sign(encoded))}"
+
+    def verify(self, ticket: str, session_id: str, now: float) -> TicketClaims:
+        """The claims of a ticket signed by us, unexpired, for `session_id`; else TicketRefused. Whether it
+        was used already is Redis's part (the caller's)."""
+        if not ticket:
+            raise TicketRefused("no ticket")
+        encoded, _, signature = ticket.removeprefix(TICKET_PREFIX).partition(".")
+        try:
+            valid = ticket.startswith(TICKET_PREFIX) and hmac.compare_digest(_unb64(signature), self._sign(encoded))
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise TicketRefused("not signed by a gateway (forged, mangled, or from before a key rotation)")
+        claims = msgspec.json.decode(_unb64(encoded), type=TicketClaims)  # signed by us, so well-formed
+        if claims.exp <= now:
+            raise TicketRefused("the ticket expired")
+        if claims.sid != session_id:
+            raise TicketRefused("the ticket is for another session")
+        return claims
