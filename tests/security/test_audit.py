@@ -24,7 +24,7 @@ from support import Account, RunEnv, Stack, new_account, wait_for
 from test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
 from test_bad_input import assert_error
 
-from streamspace_common.admin import create_agent_token, create_user
+from streamspace_common.admin import create_agent_token, create_user, rotate_agent_token
 from streamspace_dispatcher.retention import AuditPruner
 
 __all__ = ["gateway", "make_gateway", "user"]  # fixtures of test_accounts used here
@@ -152,6 +152,8 @@ async def test_template_and_agent_token_events_are_recorded(gateway: Client, tra
     agent_id = f"audited-agent-{uuid.uuid4().hex[:6]}"
     token = await call(gateway, "POST", f"/api/v1/agents/{agent_id}/tokens", admin.token, 201)
     await trail.one("agent_token.create", admin, token["id"], agent_id=agent_id)
+    rotated = await call(gateway, "POST", f"/api/v1/agents/{agent_id}/tokens/rotate", admin.token, 201, {})
+    await trail.one("agent_token.rotate", admin, rotated["id"], agent_id=agent_id, superseded=[token["id"]])
     await call(gateway, "DELETE", f"/api/v1/agents/{agent_id}/tokens/{token['id']}", admin.token, 204)
     await trail.one("agent_token.revoke", admin, token["id"], agent_id=agent_id)
 
@@ -187,6 +189,10 @@ async def test_the_operators_command_line_is_recorded(trail: Trail, test_env: Ru
         await create_agent_token(test_env.database_url, agent_id, token)
     row = await trail.new()
     assert [(r["action"], r["detail"]) for r in row] == [("agent_token.create", {"agent_id": agent_id})]
+    first = await trail.db.fetchval("SELECT id::text FROM agent_tokens WHERE agent_id = $1", agent_id)
+    await rotate_agent_token(test_env.database_url, agent_id, overlap=60)
+    row = await trail.new()
+    assert [(r["action"], r["detail"]["superseded"]) for r in row] == [("agent_token.rotate", [first])]
 
 
 # --- reading it -----------------------------------------------------------------------------------
