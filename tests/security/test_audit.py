@@ -12,6 +12,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -333,16 +334,14 @@ async def test_retention_prunes_only_rows_older_than_it(db: asyncpg.Pool) -> Non
 # --- sessions and streams, on real processes -------------------------------------------------------
 
 
+@dataclass
 class Running:
-    def __init__(self, admin: Account, api: Api, owner: Api, owner_id: str, agent_id: str, port: int) -> None:
-        self.admin, self.api, self.owner, self.owner_id, self.agent_id, self.port = (
-            admin,
-            api,
-            owner,
-            owner_id,
-            agent_id,
-            port,
-        )
+    admin: Account
+    api: Api  # the administrator's
+    owner: Api
+    owner_id: str
+    agent_id: str
+    port: int
 
 
 @pytest.fixture(scope="module")
