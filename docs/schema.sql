@@ -36,6 +36,33 @@ END $_$;
 
 
 --
+-- Name: streamspace_audit_guard(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_audit_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    retention interval;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.at := now();
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        retention := nullif(current_setting('streamspace.audit_retention', true), '')::interval;
+        IF retention >= interval '1 day' AND OLD.at < now() - retention THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'audit_log is append-only: row % (of %) is within the retention (%)',
+            OLD.id, OLD.at, coalesce(retention::text, 'not declared')
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+
+--
 -- Name: streamspace_command_transition_allowed(text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -423,6 +450,25 @@ CREATE TABLE public.api_keys (
 
 
 --
+-- Name: audit_log; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_log (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    actor_id uuid,
+    actor_name text,
+    key_id uuid,
+    address text,
+    forwarded_for text,
+    action text NOT NULL,
+    target text,
+    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
+    replica text DEFAULT current_setting('application_name'::text) NOT NULL
+);
+
+
+--
 -- Name: auth_secrets; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -596,6 +642,14 @@ ALTER TABLE ONLY public.api_keys
 
 
 --
+-- Name: audit_log audit_log_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_log
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: auth_secrets auth_secrets_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -709,6 +763,27 @@ CREATE INDEX api_keys_user ON public.api_keys USING btree (user_id, created_at);
 
 
 --
+-- Name: audit_log_actor; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_actor ON public.audit_log USING btree (actor_id, at DESC, id DESC);
+
+
+--
+-- Name: audit_log_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_at ON public.audit_log USING btree (at DESC, id DESC);
+
+
+--
+-- Name: audit_log_target; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_target ON public.audit_log USING btree (target, at DESC, id DESC);
+
+
+--
 -- Name: sessions_agent; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -804,6 +879,20 @@ CREATE TRIGGER agents_notify AFTER INSERT OR UPDATE OF status, gateway_pod ON pu
 --
 
 CREATE TRIGGER agents_touch BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: audit_log audit_log_append_only; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_log_append_only BEFORE INSERT OR DELETE OR UPDATE ON public.audit_log FOR EACH ROW EXECUTE FUNCTION public.streamspace_audit_guard();
+
+
+--
+-- Name: audit_log audit_log_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON public.audit_log FOR EACH STATEMENT EXECUTE FUNCTION public.streamspace_audit_guard();
 
 
 --

@@ -15,15 +15,19 @@ DEFAULT_OVERLAP): until then they keep working, and the gateway logs a warning w
 password alone on the last line of stdout: the one given, or a strong generated one.
 `templates install-samples` installs the sample templates (SAMPLE_TEMPLATES) that are missing and
 prints one line per template: installed, or kept (one of that name exists already).
+Each change is written to the audit trail in its transaction (actor `streamspace-admin (<OS user>)`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -40,6 +44,19 @@ DEFAULT_OVERLAP = 3600  # seconds an agent's old token keeps working after a rot
 
 class AdminError(Exception):
     pass
+
+
+async def audit(conn: asyncpg.Connection, action: str, target: str, detail: dict[str, Any]) -> None:
+    """One audit row (docs/security.md "Audit trail"), on the connection of the change."""
+    await conn.execute(QUERIES["audit"], f"streamspace-admin ({operator()})", action, target, detail)
+
+
+def operator() -> str:
+    """The operating system's user running the command (a uid without a name in a container)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 class SampleTemplate(msgspec.Struct, kw_only=True):
@@ -90,7 +107,13 @@ async def install_samples(dsn: str) -> list[tuple[str, bool]]:
         done = []
         for sample in SAMPLE_TEMPLATES:
             values = msgspec.structs.astuple(sample)
-            done.append((sample.name, await conn.fetchval(QUERIES["install_template"], *values) is not None))
+            async with conn.transaction():
+                installed = await conn.fetchval(QUERIES["install_template"], *values) is not None
+                if installed:
+                    await audit(
+                        conn, "template.create", sample.name, {"image": sample.image, "command": sample.command}
+                    )
+            done.append((sample.name, installed))
     finally:
         await conn.close()
     return done
@@ -110,12 +133,15 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None, 
         raise AdminError(f"invalid agent id {agent_id!r}: use letters, digits, '.', '_', ':' or '-'")
     token = token or new_token()
     conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
     try:
         async with conn.transaction():
             await conn.execute(QUERIES["ensure_agent"], agent_id)
-            owner = await conn.fetchval(QUERIES["register_token"], agent_id, hash_token(token), expiry(expires_in))
-            if owner != agent_id:  # raised inside the transaction, so the new agent row is rolled back too
+            row = await conn.fetchrow(QUERIES["register_token"], agent_id, hash_token(token), expiry(expires_in))
+            if row["agent_id"] != agent_id:  # raised inside the transaction, so the new agent row is rolled back too
                 raise AdminError("that token is already registered to another agent")
+            if row["registered"]:
+                await audit(conn, "agent_token.create", row["id"], {"agent_id": agent_id})
     finally:
         await conn.close()
     return token
@@ -130,12 +156,15 @@ async def rotate_agent_token(
     token = new_token()
     token_hash = hash_token(token)
     conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
     try:
         async with conn.transaction():
             if await conn.fetchval(QUERIES["agent_exists"], agent_id) is None:
                 raise AdminError(f"no agent {agent_id!r} is registered (agent-token create registers one)")
-            await conn.fetchval(QUERIES["register_token"], agent_id, token_hash, expiry(expires_in))
+            row = await conn.fetchrow(QUERIES["register_token"], agent_id, token_hash, expiry(expires_in))
             superseded = await conn.fetch(QUERIES["supersede_tokens"], agent_id, overlap, token_hash)
+            detail = {"agent_id": agent_id, "superseded": [r["id"] for r in superseded], "overlap_seconds": overlap}
+            await audit(conn, "agent_token.rotate", row["id"], detail)
     finally:
         await conn.close()
     return token, superseded
@@ -149,9 +178,14 @@ async def create_user(dsn: str, username: str, admin: bool = False, password: st
         raise AdminError(f"a password needs at least {MIN_LENGTH} characters")
     password = password or new_password()
     password_hash = await hash_password(password)
+    role = "admin" if admin else "user"
     conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
     try:
-        created = await conn.fetchval(QUERIES["create_user"], username, password_hash, "admin" if admin else "user")
+        async with conn.transaction():
+            created = await conn.fetchval(QUERIES["create_user"], username, password_hash, role)
+            if created is not None:
+                await audit(conn, "user.create", created, {"username": username, "role": role})
     finally:
         await conn.close()
     if created is None:

@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     send_window: Annotated[int, msgspec.Meta(gt=0)] = 1000
     idle_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # how often idle sessions are looked for
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # how often every agent's inventory is asked for
+    # days the audit trail keeps a row; older rows are pruned by the dispatchers (the database refuses under 1)
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100 * 365)] = 365
     # Keys signing deliveries from dispatchers to gateways (HMAC-SHA256), "kid2:secret2,kid1:secret1": the first
     # signs, all verify (docs/security.md "Deliveries"). Empty: the dispatchers and gateways share one generated
     # at first start and stored in PostgreSQL (table auth_secrets), like AUTH_SECRET's.

@@ -46,6 +46,7 @@ class Caller:
     username: str
     role: Role
     via: Via
+    key_id: str | None = None  # the API key's id, when via == "api_key" (the audit trail names it)
 
     @property
     def is_admin(self) -> bool:
@@ -152,7 +153,7 @@ class Authenticator:
             row = await self.pool.fetchrow(QUERIES["user_for_api_key"], hash_token(credential))
             if row is None:
                 raise unauthorized("unknown or revoked API key")
-            return Caller(row["user_id"], row["username"], row["role"], "api_key")
+            return Caller(row["user_id"], row["username"], row["role"], "api_key", row["key_id"])
         if credential.startswith(TOKEN_PREFIX):
             claims = read_token(self.secret, credential, time.time())
             row = await self.pool.fetchrow(QUERIES["user_for_token"], claims.sub)

@@ -11,6 +11,7 @@ from aiohttp import web
 from streamspace_common.db import load_queries
 from streamspace_common.tokens import hash_token, new_token
 
+from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
 from ..hub import HUB_KEY
@@ -129,7 +130,7 @@ async def get_agent(request: web.Request, _: Caller) -> web.Response:
     reply=AgentTokenCreated,
     params=(identifier("agent_id"),),
 )
-async def create_agent_token(request: web.Request, _: Caller) -> web.Response:
+async def create_agent_token(request: web.Request, caller: Caller) -> web.Response:
     agent_id = request.match_info["agent_id"]
     if not is_identifier(agent_id):
         raise ApiError(400, "invalid_field", "use letters, digits, '.', '_', ':' or '-' (255 at most)", "agent_id")
@@ -137,6 +138,7 @@ async def create_agent_token(request: web.Request, _: Caller) -> web.Response:
     async with pool_of(request).acquire() as conn, conn.transaction():
         await conn.execute(QUERIES["ensure_agent"], agent_id)
         row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, hash_token(token), None)
+        await audit.record(conn, request, caller, "agent_token.create", row["id"], {"agent_id": agent_id})
     return encoded(AgentTokenCreated(token=token, **dict(row)), status=201)
 
 
@@ -153,7 +155,7 @@ async def create_agent_token(request: web.Request, _: Caller) -> web.Response:
     params=(identifier("agent_id"),),
     errors=(404,),
 )
-async def rotate_agent_token(request: web.Request, _: Caller) -> web.Response:
+async def rotate_agent_token(request: web.Request, caller: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
     body = await read_body(request, RotateAgentToken)
     token = new_token()
@@ -163,6 +165,8 @@ async def rotate_agent_token(request: web.Request, _: Caller) -> web.Response:
             raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
         row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, token_hash, body.expires_in_seconds)
         old = await conn.fetch(QUERIES["supersede_agent_tokens"], agent_id, body.overlap_seconds, token_hash)
+        detail = {"agent_id": agent_id, "superseded": [r["id"] for r in old], "overlap_seconds": body.overlap_seconds}
+        await audit.record(conn, request, caller, "agent_token.rotate", row["id"], detail)
     superseded = [view(r, AgentTokenView) for r in old]
     return encoded(AgentTokenRotated(token=token, superseded=superseded, **dict(row)), status=201)
 
@@ -196,9 +200,11 @@ async def list_agent_tokens(request: web.Request, _: Caller) -> web.Response:
     params=(identifier("agent_id"), uuid_param("token_id", route_regex="(?!rotate$)[^/]+")),
     errors=(404,),
 )
-async def revoke_agent_token(request: web.Request, _: Caller) -> web.Response:
+async def revoke_agent_token(request: web.Request, caller: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "token_not_found")
     token_id = path_uuid(request, "token_id", "token_not_found")
-    if await pool_of(request).fetchval(QUERIES["revoke_agent_token"], token_id, agent_id) is None:
-        raise ApiError(404, "token_not_found", f"agent {agent_id!r} has no token {token_id!r}", "token_id")
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        if await conn.fetchval(QUERIES["revoke_agent_token"], token_id, agent_id) is None:
+            raise ApiError(404, "token_not_found", f"agent {agent_id!r} has no token {token_id!r}", "token_id")
+        await audit.record(conn, request, caller, "agent_token.revoke", token_id, {"agent_id": agent_id})
     return no_content()

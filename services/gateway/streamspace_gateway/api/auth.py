@@ -21,6 +21,7 @@ from aiohttp import web
 from streamspace_common.db import load_queries
 from streamspace_common.passwords import MAX_LENGTH, verify_password
 
+from .. import audit
 from ..auth import AUTH_KEY
 from ..errors import ApiError, read_body
 from .base import NO_NUL, ApiRoutes, encoded
@@ -96,7 +97,13 @@ async def login(request: web.Request) -> web.Response:
     row = await authenticator.pool.fetchrow(QUERIES["user_for_login"], body.username)
     if not await verify_password(None if row is None else row["password_hash"], body.password):
         throttle.failed(body.username, time.monotonic())
+        await audit.record(
+            authenticator.pool, request, None, "auth.login_failed", body.username, username=body.username
+        )
         raise ApiError(401, "unauthorized", "wrong username or password, or the account is disabled")
     throttle.succeeded(body.username)
+    await audit.record(
+        authenticator.pool, request, None, "auth.login", row["id"], user_id=row["id"], username=body.username
+    )
     token, expires_at = authenticator.issue(row["id"], row["role"], row["password_hash"])
     return encoded(LoginToken(token=token, expires_at=expires_at))

@@ -18,6 +18,7 @@ from streamspace_common.db import load_queries
 from streamspace_common.passwords import MAX_LENGTH, MIN_LENGTH, hash_password
 from streamspace_common.schemas import USERNAME_PATTERN
 
+from .. import audit
 from ..auth import Caller, Role
 from ..errors import ApiError, read_body
 from .base import NO_NUL, ApiRoutes, encoded, no_content, path_uuid, pool_of, uuid_param, view
@@ -80,12 +81,15 @@ async def me(request: web.Request, caller: Caller) -> web.Response:
     body=CreateUser,
     errors=(409,),
 )
-async def create_user(request: web.Request, _: Caller) -> web.Response:
+async def create_user(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, CreateUser)
     password_hash = await hash_password(body.password)
-    row = await pool_of(request).fetchrow(QUERIES["create_user"], body.username, password_hash, body.role)
-    if row is None:
-        raise ApiError(409, "username_taken", f"user {body.username!r} already exists", "username")
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["create_user"], body.username, password_hash, body.role)
+        if row is None:
+            raise ApiError(409, "username_taken", f"user {body.username!r} already exists", "username")
+        detail = {"username": body.username, "role": body.role}
+        await audit.record(conn, request, caller, "user.create", row["id"], detail)
     return encoded(view(row, UserView), status=201)
 
 
@@ -131,10 +135,25 @@ async def update_user(request: web.Request, caller: Caller) -> web.Response:
         field = "role" if body.role == "user" else "disabled"
         raise ApiError(409, "own_account", "an administrator cannot demote or disable their own account", field)
     password_hash = None if body.password is None else await hash_password(body.password)
-    row = await pool_of(request).fetchrow(QUERIES["update_user"], user_id, password_hash, body.role, body.disabled)
-    if row is None:
-        raise not_found(user_id)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["update_user"], user_id, password_hash, body.role, body.disabled)
+        if row is None:
+            raise not_found(user_id)
+        for action, detail in changes(body):
+            await audit.record(conn, request, caller, action, user_id, {"username": row["username"], **detail})
     return encoded(view(row, UserView))
+
+
+def changes(body: UpdateUser) -> list[tuple[str, dict[str, str]]]:
+    """The audit actions of a PATCH: one per kind of change asked for."""
+    found: list[tuple[str, dict[str, str]]] = []
+    if body.password is not None:
+        found.append(("user.password_reset", {}))
+    if body.role is not None:
+        found.append(("user.role_change", {"role": body.role}))
+    if body.disabled is not None:
+        found.append(("user.disable" if body.disabled else "user.enable", {}))
+    return found
 
 
 @routes.route(
@@ -151,6 +170,9 @@ async def delete_user(request: web.Request, caller: Caller) -> web.Response:
     user_id = path_uuid(request, "user_id", "user_not_found")
     if user_id == caller.user_id:
         raise ApiError(409, "own_account", "an administrator cannot delete their own account", "user_id")
-    if await pool_of(request).fetchval(QUERIES["delete_user"], user_id) is None:
-        raise not_found(user_id)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        username = await conn.fetchval(QUERIES["delete_user"], user_id)
+        if username is None:
+            raise not_found(user_id)
+        await audit.record(conn, request, caller, "user.delete", user_id, {"username": username})
     return no_content()
