@@ -1,13 +1,16 @@
 """streamspace-admin: operator tasks (§6).
 
-    streamspace-admin agent-token create AGENT_ID [--token VALUE]
+    streamspace-admin agent-token create AGENT_ID [--token VALUE | --token-file PATH]
+    streamspace-admin secrets init DIR [--gateway POD_NAME ...]
     streamspace-admin user create USERNAME [--admin] [--password VALUE]
     streamspace-admin templates install-samples
 
 `agent-token create` registers the agent if it is new and a token for it, and prints the token alone
 on the last line of stdout. With --token an operator-chosen value is registered (idempotent), for
-compose and Helm. `user create` creates an account (the first administrator: --admin) and prints its
-password alone on the last line of stdout: the one given, or a strong generated one.
+compose and Helm; --token-file reads that value from a file and does not print it. `secrets init`
+writes compose's generated credentials into DIR (deploy_secrets.py). `user create` creates an account
+(the first administrator: --admin) and prints its password alone on the last line of stdout: the one
+given, or a strong generated one.
 `templates install-samples` installs the sample templates (SAMPLE_TEMPLATES) that are missing and
 prints one line per template: installed, or kept (one of that name exists already).
 """
@@ -18,11 +21,13 @@ import argparse
 import asyncio
 import re
 import sys
+from pathlib import Path
 
 import asyncpg
 import msgspec
 
 from .db import init_connection, load_queries
+from .deploy_secrets import Layout, init_secrets
 from .passwords import MIN_LENGTH, hash_password, new_password
 from .schemas import ID_PATTERN, USERNAME_PATTERN
 from .settings import load_settings
@@ -130,7 +135,14 @@ def main() -> None:
     token_commands = token_parser.add_subparsers(dest="verb", required=True)
     create = token_commands.add_parser("create", help="register an agent token and print it")
     create.add_argument("agent_id")
-    create.add_argument("--token", help="register this value instead of a new random token")
+    given = create.add_mutually_exclusive_group()
+    given.add_argument("--token", help="register this value instead of a new random token")
+    given.add_argument("--token-file", type=Path, help="register the value in this file (not printed)")
+    secrets_parser = commands.add_parser("secrets", help="compose's generated credentials")
+    secrets_commands = secrets_parser.add_subparsers(dest="verb", required=True)
+    init = secrets_commands.add_parser("init", help="make missing passwords, rewrite the files made from them")
+    init.add_argument("directory", type=Path)
+    init.add_argument("--gateway", action="append", help="a gateway's POD_NAME (its own Redis user); repeat")
     user_parser = commands.add_parser("user", help="user accounts")
     user_commands = user_parser.add_subparsers(dest="verb", required=True)
     create_user_parser = user_commands.add_parser("create", help="create a user and print their password")
@@ -142,6 +154,11 @@ def main() -> None:
     template_commands.add_parser("install-samples", help="install the sample templates that are missing")
     args = parser.parse_args()
 
+    if args.group == "secrets":
+        gateways = tuple(args.gateway or Layout.gateways)
+        for name in init_secrets(args.directory, Layout(gateways=gateways)):
+            print(f"made {args.directory / name}")
+        return
     settings = load_settings()
     try:
         if args.group == "templates":
@@ -152,6 +169,11 @@ def main() -> None:
             secret = asyncio.run(create_user(settings.database_url, args.username, args.admin, args.password))
             role = "administrator" if args.admin else "user"
             print(f"{role} {args.username} created; password (shown once, store it now):", file=sys.stderr)
+        elif args.token_file is not None:
+            token = args.token_file.read_text().strip()
+            asyncio.run(create_agent_token(settings.database_url, args.agent_id, token))
+            print(f"agent token of {args.token_file} registered for {args.agent_id}")
+            return
         else:
             secret = asyncio.run(create_agent_token(settings.database_url, args.agent_id, args.token))
             print(f"agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)

@@ -1,0 +1,332 @@
+"""Credentials and TLS for Redis, PostgreSQL and RabbitMQ (docs/security.md, "## Dependencies").
+
+The Redis tests start a throwaway redis-server of their own (never the shared one on 6379) that
+speaks TLS only (a CA and a server certificate made here with openssl) and loads the ACL file the
+deployments ship (streamspace_common.redis_acl) for this run's REDIS_KEY_PREFIX: two gateway users
+tied to their own pod, a dispatcher user, the default user off. Real gateways, a dispatcher and an
+agent run against it with their own users, and must do all their work with no ACL denial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import redis.asyncio
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
+from sessions_support import Api, new_user
+from support import RunEnv, Stack, free_port, new_account, wait_for
+
+from streamspace_common.admin import create_agent_token
+from streamspace_common.deploy_secrets import Layout, init_secrets
+from streamspace_common.redis_acl import RedisUser, acl_file
+from streamspace_common.settings import SettingsError, load_settings
+
+BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
+POD_A, POD_B = "creds-a", "creds-b"
+
+
+@dataclass
+class AclRedis:
+    port: int
+    ca: Path
+    passwords: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def url(self, user: str, ca: Path | None = None) -> str:
+        query = f"?ssl_ca_certs={ca or self.ca}"
+        return f"rediss://{user}:{self.passwords[user]}@127.0.0.1:{self.port}/1{query}"
+
+    def client(self, user: str) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(self.url(user), decode_responses=True)
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+    )
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-days", "1", "-extfile", str(extensions), "-out", str(cert),
+    )  # fmt: skip
+    return ca, cert, key
+
+
+def start_acl_redis(directory: Path, prefix: str) -> AclRedis:
+    """redis-server on a free port, TLS only, with the shipped ACL users for `prefix` (plus the test's own
+    inspector: it reads ACL LOG, every denial, and nothing else; not part of the shipped file)."""
+    ca, cert, key = make_certificates(directory)
+    passwords = {name: uuid.uuid4().hex for name in (POD_A, POD_B, "dispatcher", "inspector")}
+    users = [
+        RedisUser.with_password(POD_A, "gateway", passwords[POD_A], pod=POD_A),
+        RedisUser.with_password(POD_B, "gateway", passwords[POD_B], pod=POD_B),
+        RedisUser.with_password("dispatcher", "dispatcher", passwords["dispatcher"]),
+    ]
+    inspector = f"user inspector on >{passwords['inspector']} -@all +select +acl|log\n"
+    (directory / "users.acl").write_text(acl_file(users, prefix) + inspector)
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--protected-mode", "yes", "--aclfile", str(directory / "users.acl"),
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no"],
+        stdout=(directory / "redis.log").open("wb"),
+    )  # fmt: skip
+    return AclRedis(port, ca, passwords, process)
+
+
+@pytest.fixture(scope="module")
+async def acl_redis(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AclRedis]:
+    server = start_acl_redis(tmp_path_factory.mktemp("acl-redis"), test_env.redis_prefix)
+    process = server.process
+
+    async def up() -> bool:
+        client = server.client("inspector")
+        try:
+            return bool(await client.acl_log(count=1) == [])
+        except (ConnectionError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    try:
+        await wait_for(up, timeout=10)
+        yield server
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def acl_denials(server: AclRedis) -> list[object]:
+    client = server.client("inspector")
+    try:
+        return list(await client.acl_log())
+    finally:
+        await client.aclose()
+
+
+async def metric(url: str, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        text = await response.text()
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.fixture
+def acl_stack(test_env: RunEnv, tmp_path: Path) -> Iterator[Stack]:
+    running = Stack(test_env, tmp_path)
+    yield running
+    running.stop_all()
+    print(running.dump_logs())
+
+
+async def test_a_command_and_a_stream_ticket_work_with_least_privilege_users_over_tls(
+    acl_redis: AclRedis, acl_stack: Stack, test_env: RunEnv, tmp_path: Path
+) -> None:
+    """Pins that the shipped ACL grants enough: a gateway user tied to its own pod, the dispatcher's
+    user, each over rediss:// with the CA of the URL, carry a command across replicas through Redis
+    (not the PostgreSQL fallback) and a stream ticket issued on one replica and redeemed on the other,
+    with not a single ACL denial. Gateway A reads its URL from REDIS_URL_FILE."""
+    url_file = tmp_path / "redis-url-a"
+    url_file.write_text(acl_redis.url(POD_A) + "\n")
+    a = acl_stack.gateway(POD_A, REDIS_URL="", REDIS_URL_FILE=str(url_file), SESSION_QUOTA="100")
+    b = acl_stack.gateway(POD_B, REDIS_URL=acl_redis.url(POD_B), SESSION_QUOTA="100")
+    dispatcher = acl_stack.dispatcher("creds-dispatcher", REDIS_URL=acl_redis.url("dispatcher"))
+    await acl_stack.ready(a, b, dispatcher)
+    agent_id = f"creds-agent-{test_env.run_id}"
+    token = await create_agent_token(test_env.database_url, agent_id)
+    agent = acl_stack.agent(agent_id, token, [a], LOCAL_SESSION_DIR=str(tmp_path / "sessions"))
+    await acl_stack.ready(agent)
+
+    reader = acl_redis.client("dispatcher")
+    try:
+        mapping = f"{test_env.redis_prefix}agent:{agent_id}:pod"
+        assert await wait_for(lambda: reader.get(mapping)) == POD_A  # written by gateway A's own user
+    finally:
+        await reader.aclose()
+
+    admin = await new_account(test_env.database_url, f"creds-admin-{uuid.uuid4().hex[:6]}", admin=True)
+    api_b = Api(b.url, admin.token)
+    _, created = await api_b.call(
+        "POST", f"/api/v1/agents/{agent_id}/commands", {"action": "ECHO", "payload": {"n": 1}}, expect=201
+    )
+
+    async def completed() -> dict[str, object] | None:
+        _, row = await api_b.call("GET", f"/api/v1/commands/{created['command_id']}", expect=200)
+        return dict(row) if row["status"] == "completed" else None
+
+    row = await wait_for(completed, timeout=20)
+    assert row["delivered_via_pod"] == POD_A and row["result"] == {"echo": {"n": 1}}
+    assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="redis"}') >= 1
+    assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="postgres"}') == 0
+
+    # A stream ticket: stored by gateway B's user (SET PX), redeemed by gateway A's (GETDEL).
+    name = f"creds-echo-{uuid.uuid4().hex[:6]}"
+    template = {"name": name, "command": BYTE_ECHO, "platforms": ["local"]}
+    await api_b.call("POST", "/api/v1/templates", template, expect=201)
+    user = await new_user(api_b, "creds-streamer")
+    session = await user.create(name, agent_id=agent_id)
+    await user.until_state(session["id"], "running", timeout=30)
+    _, body = await user.call("POST", f"/api/v1/sessions/{session['id']}/stream-ticket", expect=201)
+    url = f"ws://127.0.0.1:{a.port}/api/v1/sessions/{session['id']}/stream?ticket={body['ticket']}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
+        await ws.send_bytes(b"through the ticket")
+        async with asyncio.timeout(20):
+            message = await ws.receive()
+    assert message.data == b"through the ticket", message
+    await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
+
+    assert await acl_denials(acl_redis) == []
+
+
+async def test_each_user_is_refused_everything_beyond_its_part(acl_redis: AclRedis, test_env: RunEnv) -> None:
+    """Pins least privilege: with gateway A's password one cannot flush or reconfigure Redis, publish
+    (a forged command) on any pod channel, listen on another pod's channel, read keys outside the
+    prefix or write keys outside its own kinds, or escape through a script; the dispatcher's user
+    cannot subscribe or touch a stream ticket; nobody gets in without a user and password."""
+    prefix = test_env.redis_prefix
+    gateway = acl_redis.client(POD_A)
+    dispatcher = acl_redis.client("dispatcher")
+    anonymous = redis.asyncio.Redis.from_url(
+        f"rediss://127.0.0.1:{acl_redis.port}/1?ssl_ca_certs={acl_redis.ca}", decode_responses=True
+    )
+    try:
+        assert await gateway.ping() and await dispatcher.ping()
+        refused = [
+            gateway.flushall(),
+            gateway.config_set("protected-mode", "no"),
+            gateway.keys("*"),
+            gateway.publish(f"{prefix}pod:{POD_A}:commands", "forged"),
+            gateway.publish(f"{prefix}pod:{POD_B}:commands", "forged"),
+            gateway.get(f"agent:{POD_A}:pod"),  # the same key name without this run's prefix
+            gateway.get(f"other-{prefix}agent:x:pod"),
+            gateway.set(f"{prefix}anything-else", "x"),
+            gateway.eval("return 1", 0),
+            gateway.script_flush(),
+            gateway.acl_setuser(POD_A, enabled=True, commands=["+@all"]),
+            dispatcher.flushall(),
+            dispatcher.set(f"{prefix}agent:x:pod", POD_A),
+            dispatcher.get(f"{prefix}stream-ticket:x"),
+            dispatcher.getdel(f"{prefix}stream-ticket:x"),
+        ]
+        for call in refused:
+            with pytest.raises(NoPermissionError):
+                await call
+        # A script may only do what its caller may: FLUSHALL inside an allowed EVALSHA is refused too.
+        sha = await gateway.script_load("return redis.call('FLUSHALL')")
+        with pytest.raises(ResponseError, match=r"can.t run this command"):
+            await gateway.evalsha(sha, 0)
+        for client, channel in (
+            (gateway, f"{prefix}pod:{POD_B}:commands"),  # another replica's commands
+            (dispatcher, f"{prefix}pod:{POD_A}:commands"),  # the dispatcher only publishes
+        ):
+            pubsub = client.pubsub()
+            with pytest.raises(NoPermissionError):
+                await pubsub.subscribe(channel)
+                await pubsub.get_message(timeout=2)
+            await pubsub.aclose()
+        with pytest.raises(AuthenticationError):
+            await anonymous.ping()
+        with pytest.raises((AuthenticationError, ResponseError)):
+            await anonymous.auth("", "default")
+    finally:
+        for client in (gateway, dispatcher, anonymous):
+            await client.aclose()
+
+
+async def test_rediss_verifies_the_server_certificate(acl_redis: AclRedis, tmp_path: Path) -> None:
+    """Pins that rediss:// with the URL's CA really verifies: a server certificate from another CA
+    (a man in the middle) is refused, so the password is never sent to it."""
+    other_ca, _, _ = make_certificates(tmp_path)
+    client = redis.asyncio.Redis.from_url(acl_redis.url("dispatcher", ca=other_ca))
+    try:
+        with pytest.raises(ConnectionError, match=r"(?i)certificate"):
+            await client.ping()
+    finally:
+        await client.aclose()
+
+
+def test_settings_read_from_files(tmp_path: Path) -> None:
+    """Pins `<NAME>_FILE`: a secret read from a file (compose's secrets volume, a mounted Secret),
+    the variable itself winning when both are set, and an unreadable file refused by name."""
+    url = tmp_path / "database-url"
+    url.write_text("postgresql://streamspace:s3cret@postgres:5432/streamspace\n")
+    token = tmp_path / "agent-token"
+    token.write_text("tok")
+    settings = load_settings({"DATABASE_URL_FILE": str(url), "AGENT_TOKEN_FILE": str(token)})
+    assert settings.database_url == "postgresql://streamspace:s3cret@postgres:5432/streamspace"
+    assert settings.agent_token == "tok"
+    both = load_settings({"AGENT_TOKEN": "from-env", "AGENT_TOKEN_FILE": str(token)})
+    assert both.agent_token == "from-env"
+    with pytest.raises(SettingsError, match="REDIS_URL_FILE"):
+        load_settings({"REDIS_URL_FILE": str(tmp_path / "missing")})
+
+
+def test_compose_secrets_are_generated_once_and_derived_files_follow_them(tmp_path: Path) -> None:
+    """Pins compose's generated credentials: random passwords made once (a second start keeps them,
+    as PostgreSQL's and RabbitMQ's data volumes need), URLs naming compose's services with their own
+    users, an ACL file holding hashes only, RabbitMQ without guest; a password replaced by hand (the
+    rotation path) reaches every derived file on the next start."""
+    directory = tmp_path / "secrets"
+    made = init_secrets(directory)
+    assert {"postgres-password", "agent-token", "redis-users.acl", "rabbitmq.conf", "database-url"} <= set(made)
+    passwords = {p.name: p.read_text() for p in directory.glob("*password")} | {
+        "agent-token": (directory / "agent-token").read_text()
+    }
+    assert len(set(passwords.values())) == len(passwords) and all(len(v) >= 40 for v in passwords.values())
+    assert init_secrets(directory) == []
+    assert {p.name: p.read_text() for p in directory.glob("*password")}.items() <= passwords.items()
+
+    database = urlsplit((directory / "database-url").read_text())
+    assert (database.username, database.hostname, database.path) == ("streamspace", "postgres", "/streamspace")
+    assert database.password == passwords["postgres-password"]
+    rabbit = urlsplit((directory / "rabbitmq-url").read_text())
+    assert (rabbit.username, rabbit.password) == ("streamspace", passwords["rabbitmq-password"])
+    conf = (directory / "rabbitmq.conf").read_text()
+    assert "default_user = streamspace" in conf and "guest" not in conf
+    for user in (*Layout.gateways, "dispatcher"):
+        redis_url = urlsplit((directory / f"redis-url-{user}").read_text())
+        assert (redis_url.username, redis_url.hostname, redis_url.path) == (user, "redis", "/1")
+    acl = (directory / "redis-users.acl").read_text()
+    assert acl.startswith("user default off")
+    for name, password in passwords.items():
+        assert password not in acl, name
+        if name.startswith("redis-"):
+            assert hashlib.sha256(password.encode()).hexdigest() in acl
+
+    rotated = directory / "redis-dispatcher-password"
+    rotated.unlink()
+    rotated.write_text("a-new-password-set-by-hand-0123456789abcdef")
+    init_secrets(directory)
+    assert urlsplit((directory / "redis-url-dispatcher").read_text()).password == rotated.read_text()
+    assert hashlib.sha256(rotated.read_bytes()).hexdigest() in (directory / "redis-users.acl").read_text()
