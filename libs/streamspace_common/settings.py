@@ -101,7 +101,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     itself wins when both are set."""
     environ = dict(os.environ if environ is None else environ)
     names = set(Settings.__struct_fields__)
-    raw: dict[str, str] = {}
+    raw = dict[str, str]()
     for key, value in environ.items():
         name = key.lower()
         if value != "" and name.endswith(FILE_SUFFIX) and name.removesuffix(FILE_SUFFIX) in names:
