@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -1100,3 +1101,105 @@ def test_chart_metadata(helm: ModuleType, chart: str) -> None:
         meta = loaded.metadata
     assert meta["apiVersion"] == "v2"
     assert meta["name"] == chart
+
+
+# --------------------------------------------------------------------------- Helm: dependencies' credentials
+
+SECRET_ENV = re.compile(r"PASSWORD|TOKEN|SECRET|_URL$|_PASS$")
+URL_WITH_PASSWORD = re.compile(r"[a-z+]+://[^/\s:@\"']*:[^/\s@\"']+@")
+
+
+def containers_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in {"Deployment", "Job"}]
+    return [c for pod in pods for c in pod["containers"]]
+
+
+@pytest.mark.parametrize("chart", [*(f"streamspace-{s}" for s in SERVICES), "streamspace"])
+def test_charts_take_credentials_from_secrets_and_render_no_default_password(
+    helm: ModuleType, chart: str, umbrella: Path
+) -> None:
+    """Pins the charts' credentials: every variable that carries one (the three URLs, the agent token,
+    AUTH_SECRET) comes from a Secret, never a plain value; with the default values nothing rendered holds a
+    password (no user:password@ in any URL, no guest)."""
+    docs = render(helm, umbrella if chart == "streamspace" else chart, release="ss")
+    assert containers_of(docs)
+    for container in containers_of(docs):
+        for name, var in env_list(container).items():
+            if SECRET_ENV.search(name):
+                assert "value" not in var and "secretKeyRef" in var["valueFrom"], (chart, name, var)
+    text = json.dumps(docs)
+    assert not URL_WITH_PASSWORD.search(text), URL_WITH_PASSWORD.search(text)
+    assert "guest" not in text
+
+
+@pytest.mark.parametrize("service", ["gateway", "dispatcher"])
+def test_charts_refuse_the_well_known_default_passwords(helm: ModuleType, service: str) -> None:
+    """Pins that the chart-made Secret cannot carry RabbitMQ's guest/guest or compose's old PostgreSQL
+    password."""
+    chart = f"streamspace-{service}"
+    for field, url in (
+        ("rabbitmqUrl", "amqp://guest:guest@rabbitmq:5672/"),
+        ("databaseUrl", "postgresql://streamspace:streamspace@postgresql:5432/streamspace"),
+    ):
+        with pytest.raises(helm.HelmValuesError, match=field):
+            render(helm, chart, {"connection": {field: url}})
+    render(helm, chart, {"connection": {"rabbitmqUrl": "amqps://streamspace:Zq9-x@rabbitmq:5671/?cafile=/ca.crt"}})
+
+
+def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_user(
+    helm: ModuleType, umbrella: Path
+) -> None:
+    """Pins the Helm side of the Redis ACL: the ConfigMap holds exactly what streamspace_common.redis_acl
+    makes (the rules the live test proves), for the gateway chart's key prefix, with hashes only; the
+    gateway and the dispatcher read their REDIS_URL from different keys (each its own user)."""
+    from streamspace_common.redis_acl import RedisUser, acl_file
+
+    gateway_hash, dispatcher_hash = hashlib.sha256(b"gw").hexdigest(), hashlib.sha256(b"disp").hexdigest()
+    values = {
+        "global": {"connection": {"existingSecret": "urls"}},
+        "redisAcl": {
+            "enabled": True,
+            "gateway": {"user": "streamspace-gateway", "passwordSha256": gateway_hash},
+            "dispatcher": {"user": "streamspace-dispatcher", "passwordSha256": dispatcher_hash},
+        },
+        "streamspace-gateway": {"enabled": True, "config": {"redisKeyPrefix": "ss*1:"}},
+    }
+    docs = render(helm, umbrella, values, release="prod")
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
+    users = [
+        RedisUser("streamspace-gateway", "gateway", gateway_hash),
+        RedisUser("streamspace-dispatcher", "dispatcher", dispatcher_hash),
+    ]
+    assert config_map["data"]["users.acl"] == acl_file(users, "ss*1:")
+    keys = {}
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"] != "prod-streamspace-agent":
+            [container] = d["spec"]["template"]["spec"]["containers"]
+            keys[container["name"]] = env_list(container)["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    assert keys == {"gateway": "REDIS_URL_GATEWAY", "dispatcher": "REDIS_URL_DISPATCHER"}
+
+    assert "ConfigMap" not in kinds(render(helm, umbrella, release="prod"))
+    values["redisAcl"]["dispatcher"]["passwordSha256"] = ""  # type: ignore[index]
+    with pytest.raises(helm.HelmRenderError, match="passwordSha256"):
+        render(helm, umbrella, values, release="prod")
+
+
+def test_charts_mount_the_ca_bundle_for_tls(helm: ModuleType) -> None:
+    """TLS to the dependencies is set in the URLs; tls.caSecret mounts the CA bundle they name, read-only,
+    in the gateway, the migrate Job and the dispatcher."""
+    for service in ("gateway", "dispatcher"):
+        docs = render(helm, f"streamspace-{service}", {"tls": {"caSecret": "db-ca", "mountPath": "/etc/ca"}})
+        pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in {"Deployment", "Job"}]
+        assert len(pods) == (2 if service == "gateway" else 1)
+        for pod in pods:
+            assert {"name": "tls-ca", "secret": {"secretName": "db-ca"}} in pod["volumes"]
+            [container] = pod["containers"]
+            assert {"name": "tls-ca", "mountPath": "/etc/ca", "readOnly": True} in container["volumeMounts"]
+        plain = render(helm, f"streamspace-{service}")
+        assert not [
+            v
+            for d in plain
+            if d["kind"] == "Deployment"
+            for v in d["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == "tls-ca"
+        ]
