@@ -96,9 +96,15 @@ def init_secrets(directory: Path, layout: Layout = Layout()) -> list[str]:
     return sorted({p.name for p in directory.iterdir()} - before)
 
 
+# What the dispatcher's retries touch (keys.py): the exchange and queues named streamspace.retry*, and
+# the default exchange it publishes into the wait queues through (permission name `amq.default`).
+RETRY_RESOURCES = r"^streamspace\.retry(\..*)?$"
+RETRY_AND_DEFAULT_EXCHANGE = r"^(streamspace\.retry(\..*)?|amq\.default)$"
+
+
 def rabbitmq_conf(user: str, password: str) -> str:
-    """The broker's whole config: its one user (no guest) with rights on the default vhost only, and
-    the management UI for that user (tag `management`: its own vhost, no administration)."""
+    """The broker's whole config: its one user (no guest) with rights on the retry topology of the default
+    vhost only, and the management UI for that user (tag `management`: its own vhost, no administration)."""
     return "\n".join(
         [
             "listeners.tcp.default = 5672",
@@ -107,9 +113,10 @@ def rabbitmq_conf(user: str, password: str) -> str:
             f"default_pass = {password}",
             "default_vhost = /",
             "default_user_tags.management = true",
-            "default_permissions.configure = .*",
-            "default_permissions.read = .*",
-            "default_permissions.write = .*",
+            f"default_permissions.configure = {RETRY_RESOURCES}",
+            # read = write: RabbitMQ 3.10 swaps the two when it reads them from the config (3.12 does not)
+            f"default_permissions.read = {RETRY_AND_DEFAULT_EXCHANGE}",
+            f"default_permissions.write = {RETRY_AND_DEFAULT_EXCHANGE}",
             "",
         ]
     )

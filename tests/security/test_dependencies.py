@@ -4,22 +4,31 @@ The Redis tests start a throwaway redis-server of their own (never the shared on
 speaks TLS only (a CA and a server certificate made here with openssl) and loads the ACL file the
 deployments ship (streamspace_common.redis_acl) for this run's REDIS_KEY_PREFIX: two gateway users
 tied to their own pod, a dispatcher user, the default user off. Real gateways, a dispatcher and an
-agent run against it with their own users, and must do all their work with no ACL denial.
+agent run against it with their own users, and must do all their work with no ACL denial. The TLS
+test adds a throwaway PostgreSQL (hostssl only) and a throwaway RabbitMQ node (TLS listener only,
+configured by compose's generated rabbitmq.conf) of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
+import pwd
 import re
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aio_pika
 import aiohttp
+import asyncpg
 import pytest
 import redis.asyncio
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
@@ -27,12 +36,15 @@ from sessions_support import Api, new_user
 from support import RunEnv, Stack, free_port, new_account, wait_for
 
 from streamspace_common.admin import create_agent_token
-from streamspace_common.deploy_secrets import Layout, init_secrets
+from streamspace_common.deploy_secrets import Layout, init_secrets, rabbitmq_conf
+from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.redis_acl import RedisUser, acl_file
 from streamspace_common.settings import SettingsError, load_settings
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 POD_A, POD_B = "creds-a", "creds-b"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
 @dataclass
@@ -330,3 +342,169 @@ def test_compose_secrets_are_generated_once_and_derived_files_follow_them(tmp_pa
     init_secrets(directory)
     assert urlsplit((directory / "redis-url-dispatcher").read_text()).password == rotated.read_text()
     assert hashlib.sha256(rotated.read_bytes()).hexdigest() in (directory / "redis-users.acl").read_text()
+
+
+@dataclass
+class TlsPostgres:
+    """A throwaway PostgreSQL (never the shared one) that accepts TLS connections only (pg_hba: hostssl)."""
+
+    base: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, ca: Path, database: str = "streamspace") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=verify-full&sslrootcert={ca}"
+
+    def start(self, cert: Path, key: Path) -> None:
+        owner = pwd.getpwnam("postgres")
+        shutil.copy(cert, self.base / "server.pem")
+        shutil.copy(key, self.base / "server.key")
+        (self.base / "server.key").chmod(0o600)
+        for path in (self.base, self.base / "server.pem", self.base / "server.key"):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        data = self.base / "data"
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *initdb], check=True, capture_output=True, timeout=60)
+        (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+        self.process = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.base),
+             "-c", "listen_addresses=127.0.0.1", "-c", "ssl=on",
+             "-c", f"ssl_cert_file={self.base / 'server.pem'}", "-c", f"ssl_key_file={self.base / 'server.key'}"],
+            user="postgres",
+            stdout=(self.base / "postgres.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@dataclass
+class TlsRabbitMQ:
+    """A throwaway RabbitMQ node (never the shared broker) with a TLS listener only, configured by the
+    very rabbitmq.conf compose's `secrets` service writes (its one user and that user's permissions)."""
+
+    directory: Path
+    password: str
+    node: str = field(default_factory=lambda: f"creds{uuid.uuid4().hex[:8]}@localhost")
+    port: int = field(default_factory=free_port)
+
+    def url(self, ca: Path) -> str:
+        return f"amqps://streamspace:{self.password}@127.0.0.1:{self.port}/?cafile={ca}"
+
+    def ctl(self, *args: str) -> str:
+        command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def start(self, ca: Path, cert: Path, key: Path) -> None:
+        tls = (
+            f"listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{self.port}\nssl_options.cacertfile = {ca}\n"
+            f"ssl_options.certfile = {cert}\nssl_options.keyfile = {key}\nssl_options.verify = verify_none\n"
+        )
+        management = f"management.tcp.port = {free_port()}\nmanagement.tcp.ip = 127.0.0.1"
+        conf = rabbitmq_conf("streamspace", self.password).replace("listeners.tcp.default = 5672\n", tls)
+        (self.directory / "rabbitmq.conf").write_text(conf.replace("management.tcp.port = 15672", management))
+        (self.directory / "plugins").write_text("[rabbitmq_management].\n")
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "plugins"),
+        }
+        server = [str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"]
+        subprocess.run(server, env=env, check=True, timeout=60, capture_output=True)
+        self.ctl("wait", "--timeout", "60", str(self.directory / "mnesia" / f"{self.node}.pid"))
+
+    def stop(self) -> None:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            self.ctl("stop")
+
+
+@pytest.fixture
+def tls_servers(tmp_path: Path) -> Iterator[tuple[TlsPostgres, TlsRabbitMQ, Path]]:
+    if os.geteuid() != 0 or not (PG_BIN / "initdb").exists() or not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        pytest.skip("needs root, PostgreSQL 15 and RabbitMQ installed (a throwaway server of each)")
+    ca, cert, key = make_certificates(tmp_path)
+    base = Path(tempfile.mkdtemp(prefix="creds-pg-", dir="/tmp"))  # pytest's tmp is 0700: postgres cannot enter
+    base.chmod(0o755)
+    postgres = TlsPostgres(base, free_port())
+    rabbitmq = TlsRabbitMQ(tmp_path, uuid.uuid4().hex)
+    try:
+        postgres.start(cert, key)
+        rabbitmq.start(ca, cert, key)
+        yield postgres, rabbitmq, ca
+    finally:
+        rabbitmq.stop()
+        postgres.stop()
+
+
+async def test_every_dependency_over_tls_with_its_own_user(
+    tls_servers: tuple[TlsPostgres, TlsRabbitMQ, Path], acl_redis: AclRedis, acl_stack: Stack
+) -> None:
+    """Pins that the services take TLS from the URLs alone: PostgreSQL that refuses anything but TLS
+    (sslmode=verify-full with the URL's CA), Redis over rediss:// with its ACL users, RabbitMQ over
+    amqps:// with compose's generated user, whose permissions reach the retry topology and nothing else.
+    A command completes; every database connection of the services is encrypted; the dispatcher's
+    broker connection is TLS and its topology is declared."""
+    postgres, rabbitmq, ca = tls_servers
+    database_url = postgres.url(ca)
+
+    async def up() -> bool:
+        try:
+            await create_database_if_missing(database_url)
+        except (OSError, asyncpg.PostgresError):
+            return False
+        return True
+
+    await wait_for(up, timeout=20)
+    await migrate(database_url)
+    with pytest.raises(asyncpg.PostgresError, match="no encryption"):
+        await asyncpg.connect(database_url.replace("sslmode=verify-full", "sslmode=disable"))
+
+    tls_env = {"DATABASE_URL": database_url, "RABBITMQ_URL": rabbitmq.url(ca)}
+    gateway = acl_stack.gateway(POD_A, REDIS_URL=acl_redis.url(POD_A), **tls_env)
+    dispatcher = acl_stack.dispatcher("creds-tls-dispatcher", REDIS_URL=acl_redis.url("dispatcher"), **tls_env)
+    await acl_stack.ready(gateway, dispatcher)
+    agent_id = f"creds-tls-agent-{uuid.uuid4().hex[:6]}"
+    agent = acl_stack.agent(agent_id, await create_agent_token(database_url, agent_id), [gateway])
+    await acl_stack.ready(agent)
+    admin = await new_account(database_url, f"creds-tls-{uuid.uuid4().hex[:6]}", admin=True)
+    api = Api(gateway.url, admin.token)
+    _, created = await api.call("POST", f"/api/v1/agents/{agent_id}/commands", {"action": "PING"}, expect=201)
+
+    async def completed() -> bool:
+        _, row = await api.call("GET", f"/api/v1/commands/{created['command_id']}", expect=200)
+        return bool(row["status"] == "completed")
+
+    await wait_for(completed, timeout=20)
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+            " WHERE a.datname = 'streamspace' AND a.pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    assert len(rows) >= 2 and all(row["ssl"] for row in rows), rows
+
+    connections = rabbitmq.ctl("list_connections", "user", "ssl", "--quiet", "--no-table-headers").split()
+    assert connections == ["streamspace", "true"], connections
+    assert "streamspace.retry.ready" in rabbitmq.ctl("list_queues", "name", "--quiet", "--no-table-headers").split()
+    # The generated user's permissions: the retry topology and the default exchange, nothing more.
+    broker = await aio_pika.connect(rabbitmq.url(ca))
+    try:
+        channel = await broker.channel()
+        await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key="no-such-queue")
+        with pytest.raises(aio_pika.exceptions.ChannelClosed, match="ACCESS_REFUSED"):
+            await channel.declare_queue("not-streamspace")
+    finally:
+        await broker.close()
