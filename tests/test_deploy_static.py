@@ -1154,13 +1154,14 @@ def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_us
     gateway and the dispatcher read their REDIS_URL from different keys (each its own user)."""
     from streamspace_common.redis_acl import RedisUser, acl_file
 
-    gateway_hash, dispatcher_hash = hashlib.sha256(b"gw").hexdigest(), hashlib.sha256(b"disp").hexdigest()
+    gateway_hash, dispatcher_hash, sentinel_hash = (hashlib.sha256(p).hexdigest() for p in (b"gw", b"disp", b"sent"))
     values = {
         "global": {"connection": {"existingSecret": "urls"}},
         "redisAcl": {
             "enabled": True,
             "gateway": {"user": "streamspace-gateway", "passwordSha256": gateway_hash},
             "dispatcher": {"user": "streamspace-dispatcher", "passwordSha256": dispatcher_hash},
+            "sentinel": {"user": "sentinel", "passwordSha256": sentinel_hash},
         },
         "streamspace-gateway": {"enabled": True, "config": {"redisKeyPrefix": "ss*1:"}},
     }
@@ -1169,6 +1170,7 @@ def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_us
     users = [
         RedisUser("streamspace-gateway", "gateway", gateway_hash),
         RedisUser("streamspace-dispatcher", "dispatcher", dispatcher_hash),
+        RedisUser("sentinel", "sentinel", sentinel_hash),
     ]
     assert config_map["data"]["users.acl"] == acl_file(users, "ss*1:")
     keys = {}
@@ -1178,6 +1180,9 @@ def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_us
             keys[container["name"]] = env_list(container)["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"]
     assert keys == {"gateway": "REDIS_URL_GATEWAY", "dispatcher": "REDIS_URL_DISPATCHER"}
 
+    values["redisAcl"]["sentinel"]["passwordSha256"] = ""  # type: ignore[index]
+    [config_map] = [d for d in render(helm, umbrella, values, release="prod") if d["kind"] == "ConfigMap"]
+    assert config_map["data"]["users.acl"] == acl_file(users[:2], "ss*1:")  # no Sentinel: no such user
     assert "ConfigMap" not in kinds(render(helm, umbrella, release="prod"))
     values["redisAcl"]["dispatcher"]["passwordSha256"] = ""  # type: ignore[index]
     with pytest.raises(helm.HelmRenderError, match="passwordSha256"):

@@ -10,6 +10,8 @@ Every command the gateway and the dispatcher send, and every key and channel the
   PUBLISH. It never subscribes and never sees a stream ticket.
 - both: PING (redis-py's health checks), SELECT (the database of REDIS_URL), DISCARD (a failed pipeline).
 - healthcheck (compose's container check): PING and nothing else.
+- sentinel (only where Redis Sentinel watches the nodes: `sentinel auth-user`): what Redis's own
+  documentation lists for a Sentinel, on its `__sentinel__:hello` channel; no keys.
 
 The `default` user is off: a connection without a user and password can do nothing. Key and channel
 patterns carry REDIS_KEY_PREFIX, so co-tenants of one Redis cannot read each other's keys. A gateway
@@ -25,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["gateway", "dispatcher", "healthcheck"]
+Role = Literal["gateway", "dispatcher", "healthcheck", "sentinel"]
 
 _COMMON = "+ping +select +discard"
 _SCRIPTS = "+evalsha +script|load +script|exists"
@@ -33,6 +35,8 @@ COMMANDS: dict[Role, str] = {
     "gateway": f"{_COMMON} +get +set +del +getdel +multi +exec {_SCRIPTS} +subscribe +unsubscribe",
     "dispatcher": f"{_COMMON} +get +del +mget {_SCRIPTS} +publish",
     "healthcheck": "+ping",
+    "sentinel": "+multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname"
+    " +client|kill +script|kill",
 }
 
 
@@ -61,6 +65,7 @@ def rules(user: RedisUser, prefix: str) -> str:
         "gateway": f"~{p}agent:* ~{p}stream-ticket:* &{p}pod:{pod}:commands",
         "dispatcher": f"~{p}agent:* &{p}pod:*:commands",
         "healthcheck": "",
+        "sentinel": "&__sentinel__:hello",
     }[user.role]
     access = f"resetkeys resetchannels -@all {COMMANDS[user.role]} {patterns}".strip()
     return f"on #{user.password_sha256} {access}"

@@ -39,6 +39,7 @@ from streamspace_common.admin import create_agent_token
 from streamspace_common.deploy_secrets import Layout, init_secrets, rabbitmq_conf
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.redis_acl import RedisUser, acl_file
+from streamspace_common.routing import create_redis
 from streamspace_common.settings import SettingsError, load_settings
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
@@ -508,3 +509,77 @@ async def test_every_dependency_over_tls_with_its_own_user(
             await channel.declare_queue("not-streamspace")
     finally:
         await broker.close()
+
+
+@pytest.fixture
+def sentinel_master(test_env: RunEnv, tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """A throwaway master with the shipped users plus the Sentinel's, and a Sentinel that watches it
+    with that user: (the Sentinel's port, the passwords)."""
+    master_port, sentinel_port = free_port(), free_port()
+    passwords = {name: uuid.uuid4().hex for name in (POD_A, "dispatcher", "sentinel", "inspector")}
+    users = [
+        RedisUser.with_password(POD_A, "gateway", passwords[POD_A], pod=POD_A),
+        RedisUser.with_password("dispatcher", "dispatcher", passwords["dispatcher"]),
+        RedisUser.with_password("sentinel", "sentinel", passwords["sentinel"]),
+    ]
+    inspector = f"user inspector on >{passwords['inspector']} -@all +select +acl|log\n"
+    (tmp_path / "users.acl").write_text(acl_file(users, test_env.redis_prefix) + inspector)
+    (tmp_path / "sentinel.conf").write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor primary 127.0.0.1 {master_port} 1\n"
+        f"sentinel down-after-milliseconds primary 1000\nsentinel auth-user primary sentinel\n"
+        f"sentinel auth-pass primary {passwords['sentinel']}\n"
+    )
+    master = ["redis-server", "--port", str(master_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    processes = [
+        subprocess.Popen([*master, "--aclfile", str(tmp_path / "users.acl")], stdout=subprocess.DEVNULL),
+        subprocess.Popen(["redis-server", str(tmp_path / "sentinel.conf"), "--sentinel"], stdout=subprocess.DEVNULL),
+    ]
+    try:
+        yield sentinel_port, passwords
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+async def test_the_users_work_through_a_sentinel(
+    sentinel_master: tuple[int, dict[str, str]], acl_stack: Stack, test_env: RunEnv
+) -> None:
+    """Pins the ACL for Redis Sentinel: the Sentinel watches the master with the `sentinel` user of
+    redis_acl.py, and a gateway and a dispatcher that find the master through it (redis+sentinel:// with
+    their own users) route a command through Redis; not one ACL denial, for them or for the Sentinel."""
+    sentinel_port, passwords = sentinel_master
+
+    def url(user: str) -> str:
+        return f"redis+sentinel://{user}:{passwords[user]}@127.0.0.1:{sentinel_port}/primary/1"
+
+    gateway = acl_stack.gateway(POD_A, REDIS_URL=url(POD_A))
+    dispatcher = acl_stack.dispatcher("creds-sentinel-dispatcher", REDIS_URL=url("dispatcher"))
+    await acl_stack.ready(gateway, dispatcher)
+    agent_id = f"creds-sentinel-agent-{uuid.uuid4().hex[:6]}"
+    agent = acl_stack.agent(agent_id, await create_agent_token(test_env.database_url, agent_id), [gateway])
+    await acl_stack.ready(agent)
+    admin = await new_account(test_env.database_url, f"creds-sentinel-{uuid.uuid4().hex[:6]}", admin=True)
+    api = Api(gateway.url, admin.token)
+    _, created = await api.call("POST", f"/api/v1/agents/{agent_id}/commands", {"action": "PING"}, expect=201)
+
+    async def completed() -> bool:
+        _, row = await api.call("GET", f"/api/v1/commands/{created['command_id']}", expect=200)
+        return bool(row["status"] == "completed")
+
+    await wait_for(completed, timeout=20)
+    assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="redis"}') >= 1
+
+    sentinel = redis.asyncio.Redis(port=sentinel_port, decode_responses=True)
+    try:
+        master = await sentinel.sentinel_master("primary")
+        await asyncio.sleep(2.5)  # a hello round of the Sentinel (every 2 s) on the master
+        master = await sentinel.sentinel_master("primary")
+    finally:
+        await sentinel.aclose()
+    assert master["is_master"] and not (master["is_sdown"] or master["is_odown"] or master["is_disconnected"])
+    inspector = create_redis(url("inspector"))
+    try:
+        assert await inspector.acl_log() == []
+    finally:
+        await inspector.aclose()
