@@ -570,13 +570,13 @@ async def test_the_users_work_through_a_sentinel(
     await wait_for(completed, timeout=20)
     assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="redis"}') >= 1
 
+    await asyncio.sleep(2.5)  # a hello round of the Sentinel (every 2 s) on the master
     sentinel = redis.asyncio.Redis(port=sentinel_port, decode_responses=True)
     try:
         master = await sentinel.sentinel_master("primary")
-        await asyncio.sleep(2.5)  # a hello round of the Sentinel (every 2 s) on the master
-        master = await sentinel.sentinel_master("primary")
     finally:
         await sentinel.aclose()
+    assert isinstance(master, dict)
     assert master["is_master"] and not (master["is_sdown"] or master["is_odown"] or master["is_disconnected"])
     inspector = create_redis(url("inspector"))
     try:
