@@ -1,18 +1,20 @@
 """streamspace-admin: operator tasks (§6).
 
-    streamspace-admin agent-token create AGENT_ID [--token VALUE] [--expires-in SECONDS]
+    streamspace-admin agent-token create AGENT_ID [--token VALUE | --token-file PATH] [--expires-in SECONDS]
     streamspace-admin agent-token rotate AGENT_ID [--overlap SECONDS] [--expires-in SECONDS]
+    streamspace-admin secrets init DIR [--gateway POD_NAME ...]
     streamspace-admin user create USERNAME [--admin] [--password VALUE]
     streamspace-admin templates install-samples
 
 `agent-token create` registers the agent if it is new and a token for it, and prints the token alone
 on the last line of stdout. With --token an operator-chosen value is registered (idempotent), for
-compose and Helm; --expires-in gives the token an end (refused at connect after it, and its open
-sockets closed). `agent-token rotate` registers a new token for a registered agent, prints it alone on
-the last line, and gives the agent's other live tokens an expiry at the end of the overlap (default
-DEFAULT_OVERLAP): until then they keep working, and the gateway logs a warning whenever one is used.
-`user create` creates an account (the first administrator: --admin) and prints its
-password alone on the last line of stdout: the one given, or a strong generated one.
+compose and Helm; --token-file reads that value from a file and does not print it; --expires-in gives
+the token an end (refused at connect after it, and its open sockets closed). `agent-token rotate`
+registers a new token for a registered agent, prints it alone on the last line, and gives the agent's
+other live tokens an expiry at the end of the overlap (default DEFAULT_OVERLAP): until then they keep
+working, and the gateway logs a warning whenever one is used. `secrets init` writes compose's generated
+credentials into DIR (deploy_secrets.py). `user create` creates an account (the first administrator:
+--admin) and prints its password alone on the last line of stdout: the one given, or a strong generated one.
 `templates install-samples` installs the sample templates (SAMPLE_TEMPLATES) that are missing and
 prints one line per template: installed, or kept (one of that name exists already).
 Each change is written to the audit trail in its transaction (actor `streamspace-admin (<OS user>)`).
@@ -27,12 +29,14 @@ import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from .db import init_connection, load_queries
+from .deploy_secrets import Layout, init_secrets
 from .passwords import MIN_LENGTH, hash_password, new_password
 from .schemas import ID_PATTERN, USERNAME_PATTERN
 from .settings import load_settings
@@ -200,7 +204,9 @@ def main() -> None:
     token_commands = token_parser.add_subparsers(dest="verb", required=True)
     create = token_commands.add_parser("create", help="register an agent token and print it")
     create.add_argument("agent_id")
-    create.add_argument("--token", help="register this value instead of a new random token")
+    given = create.add_mutually_exclusive_group()
+    given.add_argument("--token", help="register this value instead of a new random token")
+    given.add_argument("--token-file", type=Path, help="register the value in this file (not printed)")
     create.add_argument("--expires-in", type=float, metavar="SECONDS", help="the token ends after this long")
     rotate = token_commands.add_parser("rotate", help="a new token; the old ones work until the overlap ends")
     rotate.add_argument("agent_id")
@@ -208,6 +214,11 @@ def main() -> None:
         "--overlap", type=float, default=DEFAULT_OVERLAP, metavar="SECONDS", help="how long old tokens keep working"
     )
     rotate.add_argument("--expires-in", type=float, metavar="SECONDS", help="the new token ends after this long")
+    secrets_parser = commands.add_parser("secrets", help="compose's generated credentials")
+    secrets_commands = secrets_parser.add_subparsers(dest="verb", required=True)
+    init = secrets_commands.add_parser("init", help="make missing passwords, rewrite the files made from them")
+    init.add_argument("directory", type=Path)
+    init.add_argument("--gateway", action="append", help="a gateway's POD_NAME (its own Redis user); repeat")
     user_parser = commands.add_parser("user", help="user accounts")
     user_commands = user_parser.add_subparsers(dest="verb", required=True)
     create_user_parser = user_commands.add_parser("create", help="create a user and print their password")
@@ -219,6 +230,11 @@ def main() -> None:
     template_commands.add_parser("install-samples", help="install the sample templates that are missing")
     args = parser.parse_args()
 
+    if args.group == "secrets":
+        gateways = tuple(args.gateway or Layout.gateways)
+        for name in init_secrets(args.directory, Layout(gateways=gateways)):
+            print(f"made {args.directory / name}")
+        return
     settings = load_settings()
     try:
         if args.group == "templates":
@@ -236,6 +252,11 @@ def main() -> None:
             for row in superseded:
                 print(f"old token {row['id']} works until {row['expires_at'].isoformat()}", file=sys.stderr)
             print(f"new agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)
+        elif args.token_file is not None:
+            token = args.token_file.read_text().strip()
+            asyncio.run(create_agent_token(settings.database_url, args.agent_id, token, args.expires_in))
+            print(f"agent token of {args.token_file} registered for {args.agent_id}")
+            return
         else:
             secret = asyncio.run(create_agent_token(settings.database_url, args.agent_id, args.token, args.expires_in))
             print(f"agent token for {args.agent_id} (shown once, store it now):", file=sys.stderr)

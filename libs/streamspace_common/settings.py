@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -101,11 +102,30 @@ class SettingsError(SystemExit):
     """Raised for a bad environment value; uncaught, it exits the process with the message."""
 
 
+FILE_SUFFIX = "_file"  # DATABASE_URL_FILE=/run/secrets/database-url: the value is that file's content
+
+
+def _read_setting_file(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"bad environment: {variable.upper()}: cannot read {path}: {exc.strerror}") from exc
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Build Settings from upper-case environment variables; a bad value names its variable."""
+    """Build Settings from upper-case environment variables; a bad value names its variable.
+
+    Any setting may instead be read from a file named by `<NAME>_FILE` (compose's generated secrets,
+    a mounted Kubernetes Secret), so a secret need not sit in the process environment; the variable
+    itself wins when both are set."""
     environ = dict(os.environ if environ is None else environ)
     names = set(Settings.__struct_fields__)
-    raw = {key.lower(): value for key, value in environ.items() if key.lower() in names and value != ""}
+    raw = dict[str, str]()
+    for key, value in environ.items():
+        name = key.lower()
+        if value != "" and name.endswith(FILE_SUFFIX) and name.removesuffix(FILE_SUFFIX) in names:
+            raw.setdefault(name.removesuffix(FILE_SUFFIX), _read_setting_file(key, value))
+    raw.update({key.lower(): value for key, value in environ.items() if key.lower() in names and value != ""})
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
