@@ -21,7 +21,7 @@ from .migrate import create_database_if_missing, migrate
 from .settings import load_settings
 
 DEV_AGENT_ID = "local-agent"
-DEV_AGENT_TOKEN = "streamspace-dev-agent-token"  # dev only: registered in the dev database alone
+DEV_AGENT_TOKEN = "streamspace-dev-agent-token"  # noqa: S105 (dev only: registered in the dev database alone)
 
 
 @dataclass
@@ -83,7 +83,8 @@ async def run(args: argparse.Namespace) -> int:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
-        assert process.stdout is not None
+        if process.stdout is None:  # never: stdout=PIPE above
+            raise RuntimeError(f"{child.name}: no stdout pipe")
         processes.append(process)
         pipes.append(asyncio.create_task(pipe_output(child, process.stdout)))
 

@@ -34,7 +34,7 @@ from streamspace_common.tokens import hash_token
 from .errors import ApiError
 
 QUERIES = load_queries("streamspace_gateway", "auth.sql")
-TOKEN_PREFIX = "sst_"
+TOKEN_PREFIX = "sst_"  # noqa: S105 (a prefix, not a secret)
 API_KEY_PREFIX = "ssk_"
 Role = Literal["admin", "user"]
 Via = Literal["login", "api_key"]

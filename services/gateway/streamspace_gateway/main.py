@@ -110,7 +110,8 @@ def tunnel_url(settings: Settings) -> str:
     if settings.tunnel_url:
         base = settings.tunnel_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return base if base.endswith(TUNNEL_PATH) else base + TUNNEL_PATH
-    host = settings.pod_ip or (settings.pod_name if settings.host in ("0.0.0.0", "::", "") else settings.host)
+    all_interfaces = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, not bound to)
+    host = settings.pod_ip or (settings.pod_name if settings.host in all_interfaces else settings.host)
     host = f"[{host}]" if ":" in host else host  # an IPv6 address
     return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
 
