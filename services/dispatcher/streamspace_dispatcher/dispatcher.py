@@ -38,6 +38,7 @@ from .retries import RetryScheduler
 from .streaks import Streak
 
 STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command wakes nobody's streak
+BACKLOG_TOP_AGENTS = 10  # agents in the backlog gauge (its only label is agent_id: kept few)
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
@@ -222,6 +223,10 @@ class Dispatcher:
         counts.update({row["status"]: row["count"] for row in rows})
         for status, count in counts.items():
             metrics.COMMANDS_OPEN.labels(status).set(count)
+        top = await self.pool.fetch(QUERIES["pending_backlog_top"], BACKLOG_TOP_AGENTS)
+        metrics.BACKLOG_TOP.clear()  # at most BACKLOG_TOP_AGENTS series at any time
+        for row in top:
+            metrics.BACKLOG_TOP.labels(row["agent_id"]).set(row["count"])
 
     async def routes(self, agent_ids: list[str]) -> tuple[DeliveryBus, dict[str, str]]:
         """The path to use now, and the agents it can reach."""

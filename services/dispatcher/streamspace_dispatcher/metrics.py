@@ -41,3 +41,10 @@ INVENTORIES_REQUESTED = Counter(
 AUDIT_PRUNED = Counter(
     "streamspace_dispatcher_audit_pruned_total", "Audit trail rows deleted for being older than AUDIT_RETENTION_DAYS"
 )
+BACKLOG_TOP = Gauge(
+    "streamspace_dispatcher_agent_backlog",
+    "Pending commands of the agents with the most (the top 10 only, every sweep interval; an agent that "
+    "drops out of the top 10 drops out of the gauge)",
+    ["agent_id"],
+)
+SESSIONS = Gauge("streamspace_sessions", "Sessions (not deleted) by state, every idle check interval", ["state"])

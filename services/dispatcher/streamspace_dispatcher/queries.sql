@@ -28,6 +28,11 @@ LIMIT $1;
 -- For the commands-by-status gauge; open statuses only (their partial indexes keep it cheap).
 SELECT status, count(*) FROM agent_commands WHERE status IN ('pending', 'sent', 'acknowledged') GROUP BY status;
 
+-- name: pending_backlog_top
+-- For the backlog gauge: the $1 agents with the most pending commands (due or waiting for a retry).
+SELECT agent_id, count(*) FROM agent_commands WHERE status = 'pending'
+GROUP BY agent_id ORDER BY count(*) DESC, agent_id LIMIT $1;
+
 -- name: keep_streak
 -- This dispatcher claims round after round: creating commits need not NOTIFY until $2 seconds from
 -- now (migration 0009). Refreshed while the streak lasts; `until` only matters if it dies in one.
