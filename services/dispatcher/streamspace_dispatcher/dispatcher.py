@@ -218,11 +218,12 @@ class Dispatcher:
         if time.monotonic() < self.counted_at + self.sweep_interval:
             return
         self.counted_at = time.monotonic()
-        counts = {status: 0 for status in OPEN_STATUSES}
+        counts = {status: (0, 0.0) for status in OPEN_STATUSES}
         rows = await self.pool.fetch(QUERIES["open_commands_by_status"])
-        counts.update({row["status"]: row["count"] for row in rows})
-        for status, count in counts.items():
+        counts.update({row["status"]: (row["count"], max(0.0, row["oldest"])) for row in rows})
+        for status, (count, oldest) in counts.items():
             metrics.COMMANDS_OPEN.labels(status).set(count)
+            metrics.COMMANDS_OLDEST.labels(status).set(oldest)
         top = await self.pool.fetch(QUERIES["pending_backlog_top"], BACKLOG_TOP_AGENTS)
         metrics.BACKLOG_TOP.clear()  # at most BACKLOG_TOP_AGENTS series at any time
         for row in top:

@@ -32,6 +32,12 @@ COMMANDS_OPEN = Gauge(
     "Commands pending, sent or acknowledged now (every sweep interval)",
     ["status"],
 )
+COMMANDS_OLDEST = Gauge(
+    "streamspace_dispatcher_commands_oldest_seconds",
+    "Seconds the longest-open command of each open status has been in it (pending: since its last change); "
+    "0 with none (every sweep interval)",
+    ["status"],
+)
 SESSIONS_IDLE_HIBERNATED = Counter(
     "streamspace_dispatcher_sessions_idle_hibernated_total", "Running sessions asked to hibernate for idleness"
 )
