@@ -263,6 +263,7 @@ def test_dependency_of_an_error() -> None:
     assert dependency_of("upkeep", asyncpg.exceptions.ConnectionDoesNotExistError()) == "postgres"
     assert dependency_of("postgres_idle", OSError("refused")) == "postgres"
     assert dependency_of("gateway", OSError("refused")) == "gateway"
+    assert dependency_of("expiry", ConnectionRefusedError()) == "network"  # a loop that talks to several
     assert dependency_of("expiry", ValueError("a bug")) == "internal"
 
 

@@ -20,7 +20,7 @@ T = TypeVar("T")
 DEPENDENCY_ERRORS = Counter(
     "streamspace_dependency_errors_total",
     "Failed attempts of a background loop, by the dependency the error came from "
-    "(postgres, redis, rabbitmq, gateway, or internal) and the loop (its Outage name)",
+    "(postgres, redis, rabbitmq, gateway, network or internal) and the loop (its Outage name)",
     ["dependency", "loop"],
 )
 DEPENDENCY_DOWN = Gauge(
@@ -35,11 +35,15 @@ _LOOP_PREFIXES = ("postgres", "redis", "rabbitmq", "gateway")
 
 def dependency_of(loop: str, error: BaseException) -> str:
     """The dependency an error came from: the error's own package (asyncpg, redis, aio-pika) when it
-    names one, else the loop's name (postgres_idle -> postgres), else "internal"."""
+    names one, else the loop's name (postgres_idle -> postgres), else "network" for a socket error
+    (OSError: refused, reset, timed out) of a loop that talks to several, else "internal" (a bug)."""
     package = type(error).__module__.partition(".")[0]
     if package in _ERROR_PACKAGES:
         return _ERROR_PACKAGES[package]
-    return next((prefix for prefix in _LOOP_PREFIXES if loop.startswith(prefix)), "internal")
+    named = next((prefix for prefix in _LOOP_PREFIXES if loop.startswith(prefix)), None)
+    if named is not None:
+        return named
+    return "network" if isinstance(error, OSError) else "internal"
 
 
 class Backoff:
