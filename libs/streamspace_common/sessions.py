@@ -150,6 +150,12 @@ class SessionLifecycle:
         row: asyncpg.Record | None = await self.pool.fetchrow(QUERIES["touch_activity"], session_id)
         return row
 
+    async def count_by_state(self) -> dict[str, int]:
+        """Sessions not deleted, by state: every state of STATES, 0 where none."""
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        counts.update({row["state"]: row["count"] for row in await self.pool.fetch(QUERIES["sessions_by_state"])})
+        return counts
+
     async def hibernate_idle(self, limit: int) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(QUERIES["hibernate_idle"], limit)
         for row in rows:

@@ -94,6 +94,10 @@ UPDATE sessions SET last_activity_at = now()
 WHERE id = $1::uuid AND deleted_at IS NULL
 RETURNING *;
 
+-- name: sessions_by_state
+-- For the sessions-by-state gauge of the dispatcher (its idle round): sessions not deleted, by state.
+SELECT state, count(*) FROM sessions WHERE deleted_at IS NULL GROUP BY state;
+
 -- name: hibernate_idle
 -- Running sessions idle past their idle timeout, with no command in flight, are asked to hibernate
 -- (up to $1 per round; SKIP LOCKED lets dispatcher replicas share the work). Returns what it asked.

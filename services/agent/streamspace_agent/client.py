@@ -31,6 +31,7 @@ the earlier way, on the same gateway.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import deque
 
@@ -165,6 +166,7 @@ class AgentClient:
         self.executor = executor
         self.instance_id = uuid.uuid4().hex
         self.connected_to: str | None = None
+        self.disconnected_at: float | None = None  # monotonic time the last registered socket closed
         self.role: str = "active"  # HA: what the gateway said last; "active" for a gateway without HA
         self.epoch = 0  # HA: the newest lease epoch a gateway told this process (it never goes back)
         self.fenced = False  # the gateway of this socket speaks HA: every command must carry a current epoch
@@ -253,6 +255,9 @@ class AgentClient:
             self.connected_to = welcome.pod
             metrics.CONNECTED.set(1)
             metrics.CONNECTS.inc()
+            if self.disconnected_at is not None:
+                metrics.RECONNECT_SECONDS.observe(time.monotonic() - self.disconnected_at)
+                self.disconnected_at = None
             confirms = FEATURE_CONFIRM in welcome.features
             self.fenced = FEATURE_HA in welcome.features
             self.role = "standby" if self.fenced else "active"  # until a role frame says
@@ -261,6 +266,7 @@ class AgentClient:
                 await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms))
             finally:
                 self.connected_to = None
+                self.disconnected_at = time.monotonic()
                 metrics.CONNECTED.set(0)
             log.info("disconnected", url=url, close_code=ws.close_code)
             return ws.close_code

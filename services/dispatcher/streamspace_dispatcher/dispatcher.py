@@ -38,6 +38,7 @@ from .retries import RetryScheduler
 from .streaks import Streak
 
 STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command wakes nobody's streak
+BACKLOG_TOP_AGENTS = 10  # agents in the backlog gauge (its only label is agent_id: kept few)
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
@@ -217,11 +218,16 @@ class Dispatcher:
         if time.monotonic() < self.counted_at + self.sweep_interval:
             return
         self.counted_at = time.monotonic()
-        counts = {status: 0 for status in OPEN_STATUSES}
+        counts = {status: (0, 0.0) for status in OPEN_STATUSES}
         rows = await self.pool.fetch(QUERIES["open_commands_by_status"])
-        counts.update({row["status"]: row["count"] for row in rows})
-        for status, count in counts.items():
+        counts.update({row["status"]: (row["count"], max(0.0, row["oldest"])) for row in rows})
+        for status, (count, oldest) in counts.items():
             metrics.COMMANDS_OPEN.labels(status).set(count)
+            metrics.COMMANDS_OLDEST.labels(status).set(oldest)
+        top = await self.pool.fetch(QUERIES["pending_backlog_top"], BACKLOG_TOP_AGENTS)
+        metrics.BACKLOG_TOP.clear()  # at most BACKLOG_TOP_AGENTS series at any time
+        for row in top:
+            metrics.BACKLOG_TOP.labels(row["agent_id"]).set(row["count"])
 
     async def routes(self, agent_ids: list[str]) -> tuple[DeliveryBus, dict[str, str]]:
         """The path to use now, and the agents it can reach."""

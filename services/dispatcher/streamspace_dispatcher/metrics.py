@@ -32,6 +32,12 @@ COMMANDS_OPEN = Gauge(
     "Commands pending, sent or acknowledged now (every sweep interval)",
     ["status"],
 )
+COMMANDS_OLDEST = Gauge(
+    "streamspace_dispatcher_commands_oldest_seconds",
+    "Seconds the longest-open command of each open status has been in it (pending: since its last change); "
+    "0 with none (every sweep interval)",
+    ["status"],
+)
 SESSIONS_IDLE_HIBERNATED = Counter(
     "streamspace_dispatcher_sessions_idle_hibernated_total", "Running sessions asked to hibernate for idleness"
 )
@@ -41,3 +47,10 @@ INVENTORIES_REQUESTED = Counter(
 AUDIT_PRUNED = Counter(
     "streamspace_dispatcher_audit_pruned_total", "Audit trail rows deleted for being older than AUDIT_RETENTION_DAYS"
 )
+BACKLOG_TOP = Gauge(
+    "streamspace_dispatcher_agent_backlog",
+    "Pending commands of the agents with the most (the top 10 only, every sweep interval; an agent that "
+    "drops out of the top 10 drops out of the gauge)",
+    ["agent_id"],
+)
+SESSIONS = Gauge("streamspace_sessions", "Sessions (not deleted) by state, every idle check interval", ["state"])
