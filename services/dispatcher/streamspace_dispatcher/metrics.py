@@ -41,3 +41,14 @@ INVENTORIES_REQUESTED = Counter(
 AUDIT_PRUNED = Counter(
     "streamspace_dispatcher_audit_pruned_total", "Audit trail rows deleted for being older than AUDIT_RETENTION_DAYS"
 )
+ROWS_PRUNED = Counter(
+    "streamspace_dispatcher_rows_pruned_total",
+    "Rows deleted for being past their retention, by table (inventories: INVENTORY_SESSIONS commands)",
+    ["table"],
+)
+OLDEST_RETAINED = Gauge(
+    "streamspace_dispatcher_oldest_retained_seconds",
+    "Age of the oldest audit row (audit_log) and finished command (agent_commands) still stored, after each "
+    "retention round; 0 when there is none",
+    ["table"],
+)
