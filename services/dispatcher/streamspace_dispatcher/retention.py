@@ -90,6 +90,7 @@ class Retention:
             if n:
                 await asyncio.sleep(self.pause)
             async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(QUERIES["no_jit"])
                 if job.audit:
                     await conn.execute(QUERIES["declare_retention"], job.retention)
                 gone = await conn.fetchrow(QUERIES[job.query], job.retention, self.batch)
