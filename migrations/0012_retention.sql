@@ -5,9 +5,10 @@
 -- Inventories (INVENTORY_SESSIONS: one per online agent per RECONCILE_INTERVAL, the bulk of the table)
 -- are pruned per agent, oldest first, and each agent's newest completed one is kept: both are ranges of
 -- this index. Only inventory rows are in it, so the commands that carry sessions pay nothing.
--- Built without CONCURRENTLY (migrations run in a transaction): on an install with millions of
--- inventories it holds off command writes while it builds (docs/operations.md, "Upgrading").
-CREATE INDEX agent_commands_inventories ON agent_commands (agent_id, created_at)
+-- Built without CONCURRENTLY (migrations run in a transaction): on a big install it holds off command
+-- writes while it reads the table, so an operator may build it CONCURRENTLY by hand first (IF NOT
+-- EXISTS then keeps it; docs/operations.md "Data lifecycle").
+CREATE INDEX IF NOT EXISTS agent_commands_inventories ON agent_commands (agent_id, created_at)
     WHERE action = 'INVENTORY_SESSIONS';
 
 -- Autovacuum by default waits for 20% of a table to be dead rows: on a table of 10 million commands,
