@@ -333,7 +333,8 @@ CREATE TABLE public.agent_command_attempts (
     sent_at timestamp with time zone,
     acknowledged_at timestamp with time zone,
     ended_at timestamp with time zone DEFAULT now() NOT NULL
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.05');
 
 
 --
@@ -366,7 +367,8 @@ CREATE TABLE public.agent_commands (
     epoch bigint,
     CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[]))),
     CONSTRAINT agent_commands_timeout_seconds_check CHECK ((timeout_seconds > 0))
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 
 
 --
@@ -465,7 +467,8 @@ CREATE TABLE public.audit_log (
     target text,
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
     replica text DEFAULT current_setting('application_name'::text) NOT NULL
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.05');
 
 
 --
@@ -725,6 +728,13 @@ CREATE INDEX agent_commands_created ON public.agent_commands USING btree (create
 --
 
 CREATE INDEX agent_commands_in_flight ON public.agent_commands USING btree (status, ack_deadline) WHERE ((status)::text = ANY ((ARRAY['sent'::character varying, 'acknowledged'::character varying])::text[]));
+
+
+--
+-- Name: agent_commands_inventories; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_inventories ON public.agent_commands USING btree (agent_id, created_at) WHERE ((action)::text = 'INVENTORY_SESSIONS'::text);
 
 
 --

@@ -54,3 +54,14 @@ BACKLOG_TOP = Gauge(
     ["agent_id"],
 )
 SESSIONS = Gauge("streamspace_sessions", "Sessions (not deleted) by state, every idle check interval", ["state"])
+ROWS_PRUNED = Counter(
+    "streamspace_dispatcher_rows_pruned_total",
+    "Rows deleted for being past their retention, by table (inventories: INVENTORY_SESSIONS commands)",
+    ["table"],
+)
+OLDEST_RETAINED = Gauge(
+    "streamspace_dispatcher_oldest_retained_seconds",
+    "Age of the oldest audit row (audit_log) and finished command (agent_commands) still stored, after each "
+    "retention round; 0 when there is none",
+    ["table"],
+)
