@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
         sessions = (
             IdleHibernator(pool, settings.idle_check_interval).run(),
-            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval).run(),
+            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval, settings.agent_lost_after).run(),
             AuditPruner(pool, settings.audit_retention_days).run(),
         )
         async with background(*loops, *sessions, retries.run_connection(), retries.run_scheduler()):

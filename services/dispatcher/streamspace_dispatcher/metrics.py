@@ -54,3 +54,9 @@ BACKLOG_TOP = Gauge(
     ["agent_id"],
 )
 SESSIONS = Gauge("streamspace_sessions", "Sessions (not deleted) by state, every idle check interval", ["state"])
+COMMANDS_EXPIRED = Counter(
+    "streamspace_dispatcher_commands_expired_total", "Pending commands that reached their expires_at (ended expired)"
+)
+SESSIONS_LOST = Counter(
+    "streamspace_dispatcher_sessions_lost_total", "Sessions marked lost: their agent was gone past AGENT_LOST_AFTER"
+)
