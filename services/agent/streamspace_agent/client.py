@@ -40,7 +40,7 @@ import msgspec
 import structlog
 
 from streamspace_common import closecodes
-from streamspace_common.actions import OPEN_TUNNEL
+from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -178,8 +178,9 @@ class AgentClient:
         """The actions the driver runs, plus "max_sessions=N" when a session capacity is set (an older
         gateway stores it as one more capability string: no new hello field)."""
         extra = [f"max_sessions={self.max_sessions}"] if self.max_sessions > 0 else []
+        # CANCEL_COMMAND: the executor stops a running command (the control plane sends it to agents that list it)
         tunnels = [OPEN_TUNNEL] if self.executor.tunnels is not None else []
-        return [*self.executor.driver.actions, *tunnels, *extra]
+        return [*self.executor.driver.actions, *tunnels, CANCEL_COMMAND, *extra]
 
     @property
     def connected(self) -> bool:

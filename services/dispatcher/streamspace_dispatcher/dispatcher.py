@@ -268,7 +268,8 @@ class Dispatcher:
     # --- ack and completion deadlines -------------------------------------------------------
 
     async def run_expiry(self) -> None:
-        """Every deadline interval: commands past their ack or completion deadline wait for a retry or fail."""
+        """Every deadline interval: commands past their ack or completion deadline wait for a retry or fail,
+        and pending ones past their expiry end expired."""
         await forever(self.expire_round, Outage("expiry", log))
 
     async def expire_round(self) -> None:
@@ -287,4 +288,18 @@ class Dispatcher:
             metrics.DEADLINES_PASSED.labels(deadline, row["status"]).inc()
         if any(row["status"] == "pending" for row in rows):
             self.wake_retries()
+        await self.expire_pending()
         await self.count_open_commands()
+
+    async def expire_pending(self) -> None:
+        """Pending commands past their expires_at end `expired`, a batch at a time, instead of waiting for
+        their agent forever."""
+        while True:
+            rows = await self.commands.expire_pending(self.batch_size)
+            for row in rows:
+                log.info(
+                    "command_expired", command_id=row["command_id"], agent_id=row["agent_id"], attempts=row["attempts"]
+                )
+            metrics.COMMANDS_EXPIRED.inc(len(rows))
+            if len(rows) < self.batch_size:
+                return

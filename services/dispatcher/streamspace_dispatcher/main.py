@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
         sessions = (
             IdleHibernator(pool, settings.idle_check_interval).run(),
-            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval).run(),
+            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval, settings.agent_lost_after).run(),
             Retention(
                 pool,
                 audit_days=settings.audit_retention_days,

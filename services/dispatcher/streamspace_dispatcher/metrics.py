@@ -65,3 +65,9 @@ OLDEST_RETAINED = Gauge(
     "retention round; 0 when there is none",
     ["table"],
 )
+COMMANDS_EXPIRED = Counter(
+    "streamspace_dispatcher_commands_expired_total", "Pending commands that reached their expires_at (ended expired)"
+)
+SESSIONS_LOST = Counter(
+    "streamspace_dispatcher_sessions_lost_total", "Sessions marked lost: their agent was gone past AGENT_LOST_AFTER"
+)
