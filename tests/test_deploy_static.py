@@ -1196,7 +1196,7 @@ def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_us
         "streamspace-gateway": {"enabled": True, "config": {"redisKeyPrefix": "ss*1:"}},
     }
     docs = render(helm, umbrella, values, release="prod")
-    [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and "users.acl" in d["data"]]
     users = [
         RedisUser("streamspace-gateway", "gateway", gateway_hash),
         RedisUser("streamspace-dispatcher", "dispatcher", dispatcher_hash),
@@ -1211,9 +1211,11 @@ def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_us
     assert keys == {"gateway": "REDIS_URL_GATEWAY", "dispatcher": "REDIS_URL_DISPATCHER"}
 
     values["redisAcl"]["sentinel"]["passwordSha256"] = ""  # type: ignore[index]
-    [config_map] = [d for d in render(helm, umbrella, values, release="prod") if d["kind"] == "ConfigMap"]
+    rendered = render(helm, umbrella, values, release="prod")
+    [config_map] = [d for d in rendered if d["kind"] == "ConfigMap" and "users.acl" in d["data"]]
     assert config_map["data"]["users.acl"] == acl_file(users[:2], "ss*1:")  # no Sentinel: no such user
-    assert "ConfigMap" not in kinds(render(helm, umbrella, release="prod"))
+    defaults = render(helm, umbrella, release="prod")  # the ACL is off by default (the dashboard's ConfigMap is on)
+    assert not [d for d in defaults if d["kind"] == "ConfigMap" and "users.acl" in d.get("data", {})]
     values["redisAcl"]["dispatcher"]["passwordSha256"] = ""  # type: ignore[index]
     with pytest.raises(helm.HelmRenderError, match="passwordSha256"):
         render(helm, umbrella, values, release="prod")
