@@ -139,9 +139,10 @@ async def stream_ticket(request: web.Request, caller: Caller) -> web.Response:
     summary="The session's stream: a WebSocket of binary frames (websockify-compatible, subprotocol `binary`)",
     description=(
         "Authenticated by `ticket` (POST .../stream-ticket), not by a header. 101 and the stream; 401 for a "
-        "missing, used, expired or foreign ticket; 404 for no such session; 409 `session_not_running`; 400 when "
-        "the request is not a WebSocket upgrade. Closed with 4000 when the session ends, 4001 when idle, "
-        "4002/4003 when no tunnel could be made (the reason says why)."
+        "missing, used, expired or foreign ticket, or one whose credential ended; 404 for no such session; 409 "
+        "`session_not_running`; 400 when the request is not a WebSocket upgrade. Closed with 4000 when the "
+        "session ends, 4001 when idle, 4002/4003 when no tunnel could be made, 4004 when the credential the "
+        "ticket was asked with ended (the reason says why)."
     ),
     status=101,
     reply=None,
