@@ -105,7 +105,7 @@ async def test_logout_ends_the_token_and_the_stream_it_opened(
     print(f"logout closed the stream on the other replica in {seconds * 1000:.0f} ms")
     key = (await other_login.call("POST", "/api/v1/keys", {"name": "script"}, expect=201))[1]["key"]
     status, body = await Api(streams.a.url, key).call("POST", "/api/v1/auth/logout")
-    assert status == 400 and body["error"]["code"] == "not_a_login_token", body
+    assert status == 403 and body["error"]["code"] == "not_a_login_token", body
 
 
 async def test_changing_ones_own_password_ends_the_other_tokens_and_their_streams(

@@ -89,16 +89,16 @@ def issue(request: web.Request, row: asyncpg.Record) -> web.Response:
     summary="End the login token this request is made with",
     description=(
         "With a login token: that token is refused from now on, on every replica, and the streams it opened "
-        "are closed within seconds. 400 `not_a_login_token` with an API key (revoke it: DELETE /api/v1/keys/{id})."
+        "are closed within seconds. 403 `not_a_login_token` with an API key (revoke it: DELETE /api/v1/keys/{id})."
     ),
     status=204,
     reply=None,
-    errors=(400,),
+    errors=(403,),
 )
 async def logout(request: web.Request, caller: Caller) -> web.Response:
     if caller.via != "login":
         message = "log out with a login token; revoke an API key instead"
-        raise ApiError(400, "not_a_login_token", message, "Authorization")
+        raise ApiError(403, "not_a_login_token", message, "Authorization")
     await revoke_login(pool_of(request), caller)
     log.info("logged_out", user_id=caller.user_id, client=client_address(request))
     return no_content()
