@@ -38,6 +38,7 @@ class OpenStream:
     credential: Credential  # what they were let in with
     owner_id: str  # whose session it is
     session_id: str
+    client: str  # the browser's address (throttle.client_address), for the log
 
 
 @dataclass
@@ -85,15 +86,14 @@ class OpenStreams:
         if not streams:
             return
         standing = await self.standing(streams)
-        for stream in streams:
-            reason = self.why(stream, standing)
-            if reason is not None:
-                await self.close(stream, reason)
+        ended = [(stream, reason) for stream in streams if (reason := self.why(stream, standing)) is not None]
+        await asyncio.gather(*(self.close(stream, reason) for stream, reason in ended))  # none waits for another
 
     async def close(self, stream: OpenStream, reason: str) -> None:
         log.warning(
             "stream_revoked",
             user_id=stream.user_id,
+            client=stream.client,
             session_id=stream.session_id,
             credential=stream.credential.kind,
             reason=reason,

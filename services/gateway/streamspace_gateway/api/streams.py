@@ -34,6 +34,7 @@ from .. import metrics
 from ..auth import Caller
 from ..errors import ApiError
 from ..revocation import OPEN_STREAMS_KEY, OpenStream
+from ..throttle import client_address
 from ..tickets import TICKET_PATTERN, TicketClaims, TicketRefused, TicketSigner
 from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, uuid_param
@@ -186,11 +187,13 @@ async def admitted(request: web.Request, claims: TicketClaims, owner: str, ws: w
     revoked key...)."""
     if claims.crd is None:
         raise ApiError(401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket")
-    opened = OpenStream(ws, claims.sub, claims.crd, owner, claims.sid)
+    opened = OpenStream(ws, claims.sub, claims.crd, owner, claims.sid, client_address(request))
     reason = await request.app[OPEN_STREAMS_KEY].refusal(opened)
     if reason is not None:
         metrics.STREAMS_REFUSED.labels("revoked").inc()
-        log.warning("stream_refused", user_id=opened.user_id, session_id=opened.session_id, reason=reason)
+        log.warning(
+            "stream_refused", user_id=opened.user_id, client=opened.client, session_id=claims.sid, reason=reason
+        )
         raise ApiError(401, "unauthorized", f"the credential this ticket was asked with ended: {reason}", "ticket")
     return opened
 
