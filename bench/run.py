@@ -61,6 +61,7 @@ from report import STAGES, plot, redraw, table
 from support import Service, Stack, free_port, new_account, new_test_env, with_database
 
 from streamspace_common.admin import QUERIES as ADMIN_QUERIES
+from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.schemas import Command, Delivery, GatewayFrame, Hello, Welcome
@@ -397,8 +398,8 @@ async def rest_round_trip(stack: Stack, ours: Ours, count: int, warmup: int) -> 
 
 
 async def redis_hop(stack: Stack, ours: Ours, count: int, warmup: int) -> list[float]:
-    """PUBLISH of a delivery on gateway-a's pod channel -> the command frame read by an agent socket
-    on gateway-a (the dispatcher's hop alone: Redis, the gateway's forward, the WebSocket)."""
+    """PUBLISH of a signed delivery on gateway-a's pod channel -> the command frame read by an agent socket
+    on gateway-a (the dispatcher's hop alone: signing, Redis, the gateway's check and forward, the WebSocket)."""
     keys = RedisKeys(stack.env.redis_prefix)
     redis = aioredis.from_url(stack.env.redis_url)
     decoder = msgspec.json.Decoder(GatewayFrame)
@@ -406,6 +407,9 @@ async def redis_hop(stack: Stack, ours: Ours, count: int, warmup: int) -> list[f
     arrivals: dict[str, asyncio.Future[float]] = {}
     headers = {"Authorization": f"Bearer {ours.tokens['bench-hop']}"}
     samples = []
+    pool = await asyncpg.create_pool(stack.env.database_url, min_size=1, max_size=1)
+    signer = DeliverySigner(await load_delivery_keys(pool, ""))  # the gateways' key (no DELIVERY_KEYS here)
+    await pool.close()
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(ours.gateway_a.url.replace("http://", "ws://") + CONNECT_PATH, headers=headers)
         hello = Hello(agent_id="bench-hop", platform="sim", version="bench", instance_id=uuid.uuid4().hex)
@@ -427,8 +431,11 @@ async def redis_hop(stack: Stack, ours: Ours, count: int, warmup: int) -> list[f
                 command_id = f"hop-{i}"
                 arrived = arrivals[command_id] = asyncio.get_running_loop().create_future()
                 command = Command(command_id=command_id, action="PING")
-                payload = encoder.encode(Delivery(agent_id="bench-hop", command=command, attempt=1))
-                started = time.perf_counter()
+                started = time.perf_counter()  # signing is the dispatcher's share of the hop: timed
+                delivery = signer.sign(
+                    Delivery(agent_id="bench-hop", command=command, attempt=1), "gateway-a", time.time()
+                )
+                payload = encoder.encode(delivery)
                 await redis.publish(keys.pod_commands("gateway-a"), payload)
                 finished = await asyncio.wait_for(arrived, 10)
                 if i >= warmup:

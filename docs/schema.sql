@@ -53,6 +53,33 @@ END $_$;
 
 
 --
+-- Name: streamspace_audit_guard(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_audit_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    retention interval;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.at := now();
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        retention := nullif(current_setting('streamspace.audit_retention', true), '')::interval;
+        IF retention >= interval '1 day' AND OLD.at < now() - retention THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'audit_log is append-only: row % (of %) is within the retention (%)',
+            OLD.id, OLD.at, coalesce(retention::text, 'not declared')
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+
+--
 -- Name: streamspace_command_transition_allowed(text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -381,7 +408,8 @@ CREATE TABLE public.agent_leases (
     instance_id character varying(255) NOT NULL,
     gateway_pod character varying(255) NOT NULL,
     epoch bigint NOT NULL,
-    expires_at timestamp with time zone NOT NULL
+    expires_at timestamp with time zone NOT NULL,
+    holder_hash character(64)
 );
 
 
@@ -394,7 +422,9 @@ CREATE TABLE public.agent_tokens (
     agent_id character varying(255) NOT NULL,
     token_hash character(64) NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    revoked_at timestamp with time zone
+    revoked_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    superseded_at timestamp with time zone
 );
 
 
@@ -433,6 +463,25 @@ CREATE TABLE public.api_keys (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     last_used_at timestamp with time zone,
     revoked_at timestamp with time zone
+);
+
+
+--
+-- Name: audit_log; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_log (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    actor_id uuid,
+    actor_name text,
+    key_id uuid,
+    address text,
+    forwarded_for text,
+    action text NOT NULL,
+    target text,
+    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
+    replica text DEFAULT current_setting('application_name'::text) NOT NULL
 );
 
 
@@ -622,6 +671,14 @@ ALTER TABLE ONLY public.api_keys
 
 
 --
+-- Name: audit_log audit_log_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_log
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: auth_secrets auth_secrets_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -743,6 +800,27 @@ CREATE INDEX api_keys_user ON public.api_keys USING btree (user_id, created_at);
 
 
 --
+-- Name: audit_log_actor; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_actor ON public.audit_log USING btree (actor_id, at DESC, id DESC);
+
+
+--
+-- Name: audit_log_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_at ON public.audit_log USING btree (at DESC, id DESC);
+
+
+--
+-- Name: audit_log_target; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_target ON public.audit_log USING btree (target, at DESC, id DESC);
+
+
+--
 -- Name: revoked_login_tokens_expiry; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -852,6 +930,20 @@ CREATE TRIGGER agents_touch BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE 
 --
 
 CREATE TRIGGER api_keys_revoked AFTER UPDATE ON public.api_keys FOR EACH ROW WHEN (((old.revoked_at IS NULL) AND (new.revoked_at IS NOT NULL))) EXECUTE FUNCTION public.streamspace_access_revoked();
+
+
+--
+-- Name: audit_log audit_log_append_only; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_log_append_only BEFORE INSERT OR DELETE OR UPDATE ON public.audit_log FOR EACH ROW EXECUTE FUNCTION public.streamspace_audit_guard();
+
+
+--
+-- Name: audit_log audit_log_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON public.audit_log FOR EACH STATEMENT EXECUTE FUNCTION public.streamspace_audit_guard();
 
 
 --

@@ -3,7 +3,7 @@
 No Kubernetes API can run on this machine (no kind, k3s or envtest: TEST-MACHINE.md), so this small
 aiohttp app stands in for one. It implements exactly the calls the driver makes, and nothing more:
 create, list (by label selector), patch (merge) and delete of Deployments, and create, list and
-delete of Services and PersistentVolumeClaims, namespaced, answering 404 and 409 as the real server
+delete of Services, PersistentVolumeClaims and NetworkPolicies, namespaced, answering 404 and 409 as the real server
 does. Every request is recorded (method, path, query, content type, JSON body) so tests can check
 what the driver asked for. Nothing here schedules pods: a Deployment is a stored object, not a
 running workload.
@@ -24,6 +24,7 @@ RESOURCES = {
     "deployments": ("/apis/apps/v1", "apps/v1", "Deployment"),
     "services": ("/api/v1", "v1", "Service"),
     "persistentvolumeclaims": ("/api/v1", "v1", "PersistentVolumeClaim"),
+    "networkpolicies": ("/apis/networking.k8s.io/v1", "networking.k8s.io/v1", "NetworkPolicy"),
 }
 MERGE_PATCHES = ("application/strategic-merge-patch+json", "application/merge-patch+json")
 

@@ -148,10 +148,16 @@ class Service:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    metrics_port: int = 0  # a gateway's METRICS_PORT; 0: /metrics is on `port` (dispatcher, agent)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where this process serves /metrics: a gateway on its METRICS_PORT, the others on their PORT."""
+        return f"http://127.0.0.1:{self.metrics_port or self.port}/metrics"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -183,12 +189,14 @@ class Stack:
             process = subprocess.Popen(
                 [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT
             )
-        service = Service(name, process, port, log_path)
+        service = Service(name, process, port, log_path, int(extra_env.get("METRICS_PORT") or 0))
         self.services.append(service)
         return service
 
     def gateway(self, pod: str, **settings: str) -> Service:
-        return self.start(pod, "streamspace_gateway", {"POD_NAME": pod, **settings})
+        """A gateway replica; its /metrics on a port of its own (METRICS_PORT), never on the API port."""
+        extra = {"POD_NAME": pod, "METRICS_PORT": str(free_port()), **settings}
+        return self.start(pod, "streamspace_gateway", extra)
 
     def dispatcher(self, name: str = "dispatcher-1", **settings: str) -> Service:
         return self.start(name, "streamspace_dispatcher", {"POD_NAME": name, **settings})

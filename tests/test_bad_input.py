@@ -40,10 +40,11 @@ def socket_url(shared_stack: Stack) -> str:
 
 
 def assert_error(body: Any, code: str, field: str | None) -> dict[str, Any]:
-    """The body is {"error": {"code", "message", "field"?}} with this code and field."""
+    """The body is {"error": {"code", "message", "field"?, "request_id"}} with this code and field."""
     assert isinstance(body, dict) and set(body) == {"error"}, body
     error: dict[str, Any] = body["error"]
-    assert set(error) <= {"code", "message", "field"}, error
+    assert set(error) <= {"code", "message", "field", "request_id"}, error
+    assert isinstance(error["request_id"], str) and error["request_id"], error
     assert error["code"] == code, error
     assert isinstance(error["message"], str) and error["message"], error
     if field is None:

@@ -10,8 +10,11 @@ import asyncpg
 import msgspec
 from support import RunEnv, wait_for
 
-from streamspace_common.bus import NOTIFY_PAYLOAD_LIMIT, PostgresBus, PostgresListener, delivery_of, hand_over_payloads
+from streamspace_common.bus import NOTIFY_PAYLOAD_LIMIT, PostgresBus, PostgresListener, delivery_of, hand_over_chunks
+from streamspace_common.delivery_auth import DeliverySigner, DeliveryVerifier, parse_delivery_keys
 from streamspace_common.schemas import Delivery, HandOver
+
+KEYS = parse_delivery_keys("bus-test:" + "k" * 32)
 
 
 async def online_agent(db: asyncpg.Pool, pod: str) -> str:
@@ -42,7 +45,7 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
 ) -> None:
     pod = f"bus-pod-{uuid.uuid4().hex[:8]}"
     here, elsewhere = await online_agent(db, pod), await online_agent(db, f"{pod}-gone")
-    bus = PostgresBus(db)
+    bus = PostgresBus(db, DeliverySigner(KEYS))
     assert await bus.routes([here, elsewhere]) == {}  # nobody listens yet: both count as offline
 
     got: list[Delivery] = []
@@ -50,7 +53,7 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
     async def deliver(delivery: Delivery) -> None:
         got.append(delivery)
 
-    listener = PostgresListener(test_env.database_url, db, pod, deliver)
+    listener = PostgresListener(test_env.database_url, db, pod, deliver, DeliveryVerifier(KEYS, pod))
     task = asyncio.create_task(listener.run())
     try:
         await wait_for(lambda: asyncio.sleep(0, listener.listening))
@@ -74,8 +77,14 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
 
 
 def test_hand_over_payloads_stay_under_the_notify_limit_and_keep_every_command() -> None:
+    """Signed, for a pod of the longest name Kubernetes allows, under a key id of the longest allowed."""
     commands = [(f"{i:04d}-" + "x" * 250, i) for i in range(100)]
-    payloads = hand_over_payloads(commands)
+    signer = DeliverySigner(parse_delivery_keys("k" * 32 + ":" + "s" * 32))
+    pod = "p" * 253
+    encoder = msgspec.json.Encoder()
+    payloads = [
+        encoder.encode(signer.sign_hand_over(pod, chunk, 1e10)).decode() for chunk in hand_over_chunks(commands)
+    ]
     assert len(payloads) > 1
     assert all(len(payload.encode()) < NOTIFY_PAYLOAD_LIMIT for payload in payloads)
     decoded = [tuple(c) for p in payloads for c in msgspec.json.decode(p, type=HandOver).commands]

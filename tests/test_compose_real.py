@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_ID = "local-agent"  # compose.yaml's bootstrap registers this id; both agent replicas use it
 GATEWAYS = ("gateway-a", "gateway-b")
-BUILT = ("migrate", "bootstrap", "gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
+BUILT = ("secrets", "migrate", "bootstrap", "gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
 LONG_RUNNING = ("gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
 HEARTBEAT = 3  # seconds (10 by default); a socket is stale, a lease lapses, after 3 of them
 # One tag per checkout: runs of one checkout reuse their images (and every run the layer cache), and
@@ -241,7 +241,6 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "HOME": os.environ.get("HOME", "/root"),
         "STREAMSPACE_TAG": TAG,
         "HEARTBEAT_INTERVAL": str(HEARTBEAT),
-        "AGENT_TOKEN": f"compose-test-{uuid.uuid4().hex}",
         # BuildKit through compose needs the buildx plugin; without it the engine's classic builder.
         "DOCKER_BUILDKIT": "1" if buildx_available() else "0",
     }
@@ -280,7 +279,7 @@ def test_up_builds_and_starts_everything_healthy(compose_stack: Stack) -> None:
     for c in containers:
         by_service.setdefault(c["Service"], []).append(c)
     assert len(by_service["dispatcher"]) == 2
-    for one_shot in ("migrate", "bootstrap"):
+    for one_shot in ("secrets", "migrate", "bootstrap"):
         [c] = by_service[one_shot]
         assert c["State"] == "exited" and c.get("ExitCode", 0) == 0, c
     # Named volumes of this project hold the database, the broker and each agent replica's journal.
@@ -290,9 +289,8 @@ def test_up_builds_and_starts_everything_healthy(compose_stack: Stack) -> None:
         text=True,
         check=True,
     ).stdout.split()
-    assert {f"{compose.project}_{v}" for v in ("pgdata", "rabbitmq-data", "agent-1-state", "agent-2-state")} <= set(
-        volumes
-    )
+    named = ("secrets", "pgdata", "rabbitmq-data", "agent-1-state", "agent-2-state")
+    assert {f"{compose.project}_{v}" for v in named} <= set(volumes)
     # Every image runs as the non-root user, from the venv, without the sources.
     assert compose.exec("gateway-a", "id", "-u").strip() == "10001"
     assert compose.exec("agent-1", "sh", "-c", "ls /src 2>/dev/null | wc -l").strip() == "0"
@@ -421,8 +419,14 @@ def test_redis_restart_loses_nothing(compose_stack: Stack) -> None:
     assert len({r["command_id"] for r in rows}) == 20
 
     # The restarted Redis came back empty (no persistence) and the routing state was rebuilt in it.
+    # The default user is off: read it as the dispatchers' Redis user (allowed GET on agent:*), whose
+    # password the generated secrets hold.
+    get = (
+        'REDISCLI_AUTH="$(cat /run/streamspace-secrets/redis-dispatcher-password)" '
+        f"redis-cli --user dispatcher -n 1 GET agent:{AGENT_ID}:pod"
+    )
     mapping = wait_until(
-        lambda: stack.compose.exec("redis", "redis-cli", "-n", "1", "GET", f"agent:{AGENT_ID}:pod").strip() or None,
+        lambda: stack.compose.exec("redis", "sh", "-c", get).strip() or None,
         30,
         "the agent's mapping re-written into the new Redis",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -435,6 +436,7 @@ def test_compose_validator_rejects_a_broken_file(compose_bin: Path, tmp_path: Pa
 
 def test_compose_python_services_run_their_console_scripts(compose: dict[str, Any]) -> None:
     expected = {
+        "secrets": "streamspace-admin",
         "migrate": "streamspace-migrate",
         "bootstrap": "streamspace-admin",
         "gateway-a": "streamspace-gateway",
@@ -451,7 +453,7 @@ def test_compose_python_services_run_their_console_scripts(compose: dict[str, An
         built_from = image_service(svc)
         assert command[0] in image_scripts(built_from), f"{name}: {command[0]} not in its image"
         assert_env_read(set(env_of(svc)), (COMPOSE_UNIT[command[0]],), f"compose service {name}")
-    for name in ("gateway-a", "gateway-b", "migrate", "bootstrap"):
+    for name in ("gateway-a", "gateway-b", "migrate", "bootstrap", "secrets"):
         assert image_service(pythons[name]) == "gateway"
     assert image_service(pythons["dispatcher"]) == "dispatcher"
     assert image_service(pythons["agent-1"]) == image_service(pythons["agent-2"]) == "agent"
@@ -509,7 +511,7 @@ def test_compose_ha_agent_pair_dispatcher_pair_and_named_volumes(compose_bin: Pa
     """Two replicas of one agent id (HA: one active, one standby), each with its own journal volume;
     two dispatchers; the database and the broker on named volumes."""
     one, two = (env_of(compose[a]) for a in AGENTS)
-    assert one["AGENT_ID"] == two["AGENT_ID"] and one["AGENT_TOKEN"] == two["AGENT_TOKEN"]
+    assert one["AGENT_ID"] == two["AGENT_ID"] and one["AGENT_TOKEN_FILE"] == two["AGENT_TOKEN_FILE"]
     # Each starts on a different gateway, so the pair spans both replicas.
     assert one["GATEWAY_URLS"].split(",")[0] != two["GATEWAY_URLS"].split(",")[0]
     journals = []
@@ -527,6 +529,7 @@ def test_compose_ha_agent_pair_dispatcher_pair_and_named_volumes(compose_bin: Pa
     volumes = set(json.loads(result.stdout)["volumes"])
     assert {"pgdata", "rabbitmq-data", *journals} <= volumes
     mounts = {(v["source"], v["target"]) for name in ("postgres", "rabbitmq") for v in compose[name]["volumes"]}
+    mounts -= {("secrets", SECRETS_DIR)}
     assert mounts == {("pgdata", "/var/lib/postgresql/data"), ("rabbitmq-data", "/var/lib/rabbitmq")}
     # Redis is a cache (design §1): no persistence, so a restart really starts empty.
     assert compose["redis"]["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
@@ -534,14 +537,14 @@ def test_compose_ha_agent_pair_dispatcher_pair_and_named_volumes(compose_bin: Pa
 
 def test_compose_bootstrap_registers_the_agents_token(compose: dict[str, Any]) -> None:
     agent_env = env_of(compose["agent-1"])
-    assert agent_env["AGENT_ID"] and agent_env["AGENT_TOKEN"]
+    assert agent_env["AGENT_ID"] and agent_env["AGENT_TOKEN_FILE"] == f"{SECRETS_DIR}/agent-token"
     assert compose["bootstrap"]["command"] == [
         "streamspace-admin",
         "agent-token",
         "create",
         agent_env["AGENT_ID"],
-        "--token",
-        agent_env["AGENT_TOKEN"],
+        "--token-file",
+        agent_env["AGENT_TOKEN_FILE"],
     ]
 
 
@@ -569,26 +572,107 @@ def test_compose_start_order(compose: dict[str, Any]) -> None:
         assert compose[infra].get("healthcheck", {}).get("test"), f"{infra}: no healthcheck"
 
 
-def test_compose_connection_urls_name_the_infra_services(compose: dict[str, Any]) -> None:
+SECRETS_DIR = "/run/streamspace-secrets"
+
+
+def generated_secrets(compose: dict[str, Any], tmp_path: Path) -> Path:
+    """What compose's `secrets` service writes, made here by the same code with its own arguments."""
+    from streamspace_common.deploy_secrets import Layout, init_secrets
+
+    command = compose["secrets"]["command"]
+    assert command[:4] == ["streamspace-admin", "secrets", "init", SECRETS_DIR]
+    gateways = tuple(command[i + 1] for i, arg in enumerate(command) if arg == "--gateway")
+    init_secrets(tmp_path, Layout(gateways=gateways))
+    return tmp_path
+
+
+def secret_file(generated: Path, path: str) -> str:
+    assert path.startswith(SECRETS_DIR + "/"), path
+    return (generated / path.removeprefix(SECRETS_DIR + "/")).read_text()
+
+
+def test_compose_connection_urls_name_the_infra_services(compose: dict[str, Any], tmp_path: Path) -> None:
+    """The URLs the services read (from the generated files) name compose's own services, each with the
+    user that service's credentials are for: PostgreSQL's and RabbitMQ's user, a Redis user per gateway
+    replica (tied to its POD_NAME) and one for the dispatchers."""
+    generated = generated_secrets(compose, tmp_path)
     expected_image = {"DATABASE_URL": "postgres:", "REDIS_URL": "redis:", "RABBITMQ_URL": "rabbitmq:"}
     pg_env = env_of(compose["postgres"])
     for name, svc in python_services(compose).items():
+        env = env_of(svc)
         for var, image in expected_image.items():
-            if var not in env_of(svc):
+            assert var not in env, f"{name}: {var} in plain environment (it carries a password)"
+            if f"{var}_FILE" not in env:
                 continue
-            url = urlsplit(env_of(svc)[var])
+            url = urlsplit(secret_file(generated, env[f"{var}_FILE"]))
             assert url.hostname in compose, f"{name}: {var} host {url.hostname} is no service"
             assert compose[url.hostname]["image"].startswith(image)
+            assert url.password, f"{name}: {var} without a password"
             if var == "DATABASE_URL":
                 assert url.scheme == "postgresql"
                 assert url.username == pg_env["POSTGRES_USER"]
-                assert url.password == pg_env["POSTGRES_PASSWORD"]
+                assert url.password == secret_file(generated, pg_env["POSTGRES_PASSWORD_FILE"])
                 assert url.path == "/" + pg_env["POSTGRES_DB"]
             if var == "REDIS_URL":
                 assert url.path == "/1"
-        needed = {"DATABASE_URL"} if name in {"migrate", "bootstrap"} else {"DATABASE_URL", "REDIS_URL"}
-        if name not in AGENTS:
-            assert needed <= set(env_of(svc)), name
+                assert url.username == env.get("POD_NAME", "dispatcher"), name
+            if var == "RABBITMQ_URL":
+                conf = secret_file(generated, env_of(compose["rabbitmq"])["RABBITMQ_CONFIG_FILE"])
+                assert f"default_user = {url.username}" in conf and f"default_pass = {url.password}" in conf
+        needed = {"DATABASE_URL_FILE"} if name in {"migrate", "bootstrap"} else {"DATABASE_URL_FILE", "REDIS_URL_FILE"}
+        if name not in {*AGENTS, "secrets"}:
+            assert needed <= set(env), name
+    acl = compose["redis"]["command"][compose["redis"]["command"].index("--aclfile") + 1]
+    assert secret_file(generated, acl).startswith("user default off")
+
+
+def test_compose_publishes_nothing_beyond_localhost_but_the_gateways(compose: dict[str, Any]) -> None:
+    """Pins the bindings: only the gateways are reachable from other hosts; the agents' health and
+    metrics and RabbitMQ's UI on 127.0.0.1; PostgreSQL and Redis not published at all."""
+    for name, svc in compose.items():
+        for port in svc.get("ports") or []:
+            if svc.get("command") == ["streamspace-gateway"]:
+                continue
+            assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
+    for infra in ("postgres", "redis"):
+        assert not compose[infra].get("ports"), infra
+    assert {p["host_ip"] for a in AGENTS for p in compose[a]["ports"]} == {"127.0.0.1"}
+
+
+def test_compose_ships_no_default_secret(compose: dict[str, Any]) -> None:
+    """Pins the generated credentials: no password, token or credential-carrying URL in compose.yaml or
+    its rendering (so nothing known to everyone who read the file); RabbitMQ without guest; Redis with
+    the ACL users and protected mode; every service waits for the `secrets` one-shot and mounts its
+    volume read-only (only `secrets` writes it)."""
+    text = (ROOT / "compose.yaml").read_text()
+    rendered = json.dumps(compose)
+    for source in (text, rendered):
+        assert "guest" not in source and "change-me" not in source
+        assert not re.search(r"[a-z+]+://[^/\s:@]+:[^/\s@]+@", source), "a URL with a password"
+    for name, svc in compose.items():
+        for var in env_of(svc):
+            if re.search(r"PASSWORD|TOKEN|SECRET|_URL$|_PASS$", var) and not var.endswith("_FILE"):
+                raise AssertionError(f"{name} sets {var} in its environment")
+    assert not re.search(r"\$\{[A-Z_]*(PASSWORD|TOKEN|SECRET)[A-Z_]*:-", text), "a default for a secret variable"
+
+    redis = compose["redis"]["command"]
+    assert redis[redis.index("--protected-mode") + 1] == "yes" and "--aclfile" in redis
+    assert "redis-healthcheck-password" in " ".join(compose["redis"]["healthcheck"]["test"])
+    assert env_of(compose["rabbitmq"])["RABBITMQ_CONFIG_FILE"] == f"{SECRETS_DIR}/rabbitmq.conf"
+
+    assert compose["secrets"]["restart"] == "no"
+    [own] = compose["secrets"]["volumes"]
+    assert (own["source"], own["target"], own.get("read_only", False)) == ("secrets", SECRETS_DIR, False)
+    for name, svc in compose.items():
+        if name == "secrets":
+            continue
+        mounts = [v for v in svc.get("volumes") or [] if v["source"] == "secrets"]
+        if name not in {"rabbitmq", "redis", "postgres"} and not mounts:
+            assert not any(k.endswith("_FILE") for k in env_of(svc)), name
+            continue
+        assert [(m["target"], m.get("read_only")) for m in mounts] == [(SECRETS_DIR, True)], name
+    for infra in ("postgres", "redis", "rabbitmq"):
+        assert compose[infra]["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
 
 
 # --------------------------------------------------------------------------- Helm
@@ -725,7 +809,9 @@ def test_chart_deployment(helm: ModuleType, service: str) -> None:
         app_version = loaded.metadata["appVersion"]
     assert container["image"] == f"streamspace/{service}:{app_version}"
 
-    assert [p["containerPort"] for p in container["ports"]] == [PORTS[service]]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # the gateway's /metrics has a port of its own, never the API's (docs/security.md)
+    assert ports == {"http": PORTS[service], **({"metrics": 9000} if service == "gateway" else {})}
     readiness = container["readinessProbe"]["httpGet"]
     liveness = container["livenessProbe"]["httpGet"]
     assert readiness["path"] == "/readyz"
@@ -801,6 +887,26 @@ def test_chart_connection_secret(helm: ModuleType, service: str) -> None:
     docs = render(helm, chart, {"global": {"connection": {"existingSecret": "shared-urls"}}})
     env = env_list(main_container(only(docs, "Deployment"), service))
     assert {env[n]["valueFrom"]["secretKeyRef"]["name"] for n in urls} == {"shared-urls"}
+
+
+@pytest.mark.parametrize("service", ["gateway", "dispatcher"])
+def test_chart_delivery_keys_from_a_secret(helm: ModuleType, service: str) -> None:
+    """DELIVERY_KEYS (docs/security.md "Deliveries"): none by default (a key generated into PostgreSQL),
+    else from the chart's own Secret, else from the umbrella's global one."""
+    chart = f"streamspace-{service}"
+    env = env_list(main_container(only(render(helm, chart), "Deployment"), service))
+    assert "DELIVERY_KEYS" not in env
+    values: dict[str, Any] = {"global": {"deliveryKeys": {"existingSecret": "shared-keys"}}}
+    env = env_list(main_container(only(render(helm, chart, values), "Deployment"), service))
+    assert env["DELIVERY_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "shared-keys", "key": "DELIVERY_KEYS"}
+    values["deliveryKeys"] = {"existingSecret": "own-keys", "key": "keys"}
+    env = env_list(main_container(only(render(helm, chart, values), "Deployment"), service))
+    assert env["DELIVERY_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "own-keys", "key": "keys"}
+
+
+def test_compose_gives_gateways_and_dispatchers_the_same_delivery_keys(compose: dict[str, Any]) -> None:
+    keys = {name: env_of(compose[name]).get("DELIVERY_KEYS") for name in ("gateway-a", "gateway-b", "dispatcher")}
+    assert len(set(keys.values())) == 1 and None not in keys.values(), keys
 
 
 @pytest.mark.parametrize("service", ["gateway", "dispatcher"])
@@ -889,12 +995,18 @@ def test_gateway_chart_optional_hpa_ingress_and_service_monitor(helm: ModuleType
         assert int(annotations[key]) >= 30 * heartbeat
     [rule] = ingress["spec"]["rules"]
     backend = rule["http"]["paths"][0]["backend"]["service"]
-    assert rule["host"] == "ss.example.org" and backend["name"] == only(docs, "Service")["metadata"]["name"]
-    assert backend["port"]["name"] == only(docs, "Service")["spec"]["ports"][0]["name"]
+    api, metrics = (d for d in docs if d["kind"] == "Service")  # the API's, then the metrics port's own
+    assert rule["host"] == "ss.example.org" and backend["name"] == api["metadata"]["name"]
+    assert backend["port"]["name"] == api["spec"]["ports"][0]["name"]
+    assert [port["name"] for port in api["spec"]["ports"]] == ["http"]  # /metrics never behind the Ingress
 
     monitor = only(docs, "ServiceMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= only(docs, "Service")["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= metrics["metadata"]["labels"].items() and not selector <= api["metadata"]["labels"].items()
+    assert metrics["spec"]["clusterIP"] == "None" and [p["name"] for p in metrics["spec"]["ports"]] == ["metrics"]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    container = main_container(deployment, "gateway")
+    assert resolve_port(container, "metrics") == int(env_list(container)["METRICS_PORT"]["value"]) == 9000
 
     env = env_list(main_container(deployment, "gateway"))
     assert env["AUTH_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "ss-auth", "key": "AUTH_SECRET"}
@@ -907,6 +1019,7 @@ def kubernetes_driver_calls() -> set[tuple[str, str, str]]:
         "deployment": ("apps", "deployments"),
         "service": ("", "services"),
         "persistent_volume_claim": ("", "persistentvolumeclaims"),
+        "network_policy": ("networking.k8s.io", "networkpolicies"),
     }
     calls = set()
     for verb, kind in re.findall(r"\.(create|read|list|patch|replace|delete)_namespaced_([a-z_]+)\(", source):
@@ -1018,3 +1131,110 @@ def test_chart_metadata(helm: ModuleType, chart: str) -> None:
         meta = loaded.metadata
     assert meta["apiVersion"] == "v2"
     assert meta["name"] == chart
+
+
+# --------------------------------------------------------------------------- Helm: dependencies' credentials
+
+SECRET_ENV = re.compile(r"PASSWORD|TOKEN|SECRET|_URL$|_PASS$")
+URL_WITH_PASSWORD = re.compile(r"[a-z+]+://[^/\s:@\"']*:[^/\s@\"']+@")
+
+
+def containers_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in {"Deployment", "Job"}]
+    return [c for pod in pods for c in pod["containers"]]
+
+
+@pytest.mark.parametrize("chart", [*(f"streamspace-{s}" for s in SERVICES), "streamspace"])
+def test_charts_take_credentials_from_secrets_and_render_no_default_password(
+    helm: ModuleType, chart: str, umbrella: Path
+) -> None:
+    """Pins the charts' credentials: every variable that carries one (the three URLs, the agent token,
+    AUTH_SECRET) comes from a Secret, never a plain value; with the default values nothing rendered holds a
+    password (no user:password@ in any URL, no guest)."""
+    docs = render(helm, umbrella if chart == "streamspace" else chart, release="ss")
+    assert containers_of(docs)
+    for container in containers_of(docs):
+        for name, var in env_list(container).items():
+            if SECRET_ENV.search(name):
+                assert "value" not in var and "secretKeyRef" in var["valueFrom"], (chart, name, var)
+    text = json.dumps(docs)
+    assert not URL_WITH_PASSWORD.search(text), URL_WITH_PASSWORD.search(text)
+    assert "guest" not in text
+
+
+@pytest.mark.parametrize("service", ["gateway", "dispatcher"])
+def test_charts_refuse_the_well_known_default_passwords(helm: ModuleType, service: str) -> None:
+    """Pins that the chart-made Secret cannot carry RabbitMQ's guest/guest or compose's old PostgreSQL
+    password."""
+    chart = f"streamspace-{service}"
+    for field, url in (
+        ("rabbitmqUrl", "amqp://guest:guest@rabbitmq:5672/"),
+        ("databaseUrl", "postgresql://streamspace:streamspace@postgresql:5432/streamspace"),
+    ):
+        with pytest.raises(helm.HelmValuesError, match=field):
+            render(helm, chart, {"connection": {field: url}})
+    render(helm, chart, {"connection": {"rabbitmqUrl": "amqps://streamspace:Zq9-x@rabbitmq:5671/?cafile=/ca.crt"}})
+
+
+def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_user(
+    helm: ModuleType, umbrella: Path
+) -> None:
+    """Pins the Helm side of the Redis ACL: the ConfigMap holds exactly what streamspace_common.redis_acl
+    makes (the rules the live test proves), for the gateway chart's key prefix, with hashes only; the
+    gateway and the dispatcher read their REDIS_URL from different keys (each its own user)."""
+    from streamspace_common.redis_acl import RedisUser, acl_file
+
+    gateway_hash, dispatcher_hash, sentinel_hash = (hashlib.sha256(p).hexdigest() for p in (b"gw", b"disp", b"sent"))
+    values = {
+        "global": {"connection": {"existingSecret": "urls"}},
+        "redisAcl": {
+            "enabled": True,
+            "gateway": {"user": "streamspace-gateway", "passwordSha256": gateway_hash},
+            "dispatcher": {"user": "streamspace-dispatcher", "passwordSha256": dispatcher_hash},
+            "sentinel": {"user": "sentinel", "passwordSha256": sentinel_hash},
+        },
+        "streamspace-gateway": {"enabled": True, "config": {"redisKeyPrefix": "ss*1:"}},
+    }
+    docs = render(helm, umbrella, values, release="prod")
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
+    users = [
+        RedisUser("streamspace-gateway", "gateway", gateway_hash),
+        RedisUser("streamspace-dispatcher", "dispatcher", dispatcher_hash),
+        RedisUser("sentinel", "sentinel", sentinel_hash),
+    ]
+    assert config_map["data"]["users.acl"] == acl_file(users, "ss*1:")
+    keys = {}
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"] != "prod-streamspace-agent":
+            [container] = d["spec"]["template"]["spec"]["containers"]
+            keys[container["name"]] = env_list(container)["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    assert keys == {"gateway": "REDIS_URL_GATEWAY", "dispatcher": "REDIS_URL_DISPATCHER"}
+
+    values["redisAcl"]["sentinel"]["passwordSha256"] = ""  # type: ignore[index]
+    [config_map] = [d for d in render(helm, umbrella, values, release="prod") if d["kind"] == "ConfigMap"]
+    assert config_map["data"]["users.acl"] == acl_file(users[:2], "ss*1:")  # no Sentinel: no such user
+    assert "ConfigMap" not in kinds(render(helm, umbrella, release="prod"))
+    values["redisAcl"]["dispatcher"]["passwordSha256"] = ""  # type: ignore[index]
+    with pytest.raises(helm.HelmRenderError, match="passwordSha256"):
+        render(helm, umbrella, values, release="prod")
+
+
+def test_charts_mount_the_ca_bundle_for_tls(helm: ModuleType) -> None:
+    """TLS to the dependencies is set in the URLs; tls.caSecret mounts the CA bundle they name, read-only,
+    in the gateway, the migrate Job and the dispatcher."""
+    for service in ("gateway", "dispatcher"):
+        docs = render(helm, f"streamspace-{service}", {"tls": {"caSecret": "db-ca", "mountPath": "/etc/ca"}})
+        pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in {"Deployment", "Job"}]
+        assert len(pods) == (2 if service == "gateway" else 1)
+        for pod in pods:
+            assert {"name": "tls-ca", "secret": {"secretName": "db-ca"}} in pod["volumes"]
+            [container] = pod["containers"]
+            assert {"name": "tls-ca", "mountPath": "/etc/ca", "readOnly": True} in container["volumeMounts"]
+        plain = render(helm, f"streamspace-{service}")
+        assert not [
+            v
+            for d in plain
+            if d["kind"] == "Deployment"
+            for v in d["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == "tls-ca"
+        ]

@@ -225,3 +225,35 @@ async def test_an_image_the_engine_cannot_get_reports_failed(driver: DockerDrive
     report = await create(driver, session_id, image="streamspace/no-such-image:never")
     assert report["state"] == "failed" and "no-such-image" in report["reason"]
     assert await inspect(engine, session_id) is None
+
+
+def in_session(session_id: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a session's container (busybox's own applets: the image links few of them)."""
+    command = ["docker", "exec", container_name(session_id), "/bin/busybox", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+async def test_sessions_are_isolated_from_each_other_and_run_without_privileges(
+    driver: DockerDriver, engine: aiodocker.Docker, network: str
+) -> None:
+    """One session dialling another's port over the engine's network is refused (the session network
+    has inter-container traffic off); the agent still reaches both through their published ports; the
+    containers hold no capability but DOCKER_CAP_ADD and cannot gain privileges (docs/security.md)."""
+    one, two = new_session_id(), new_session_id()
+    first, second = await create(driver, one), await create(driver, two)
+    assert "hello docker" in await answers(first["endpoint"]) and "hello docker" in await answers(second["endpoint"])
+
+    data = await inspect(engine, two)
+    assert data is not None
+    host = data["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["CHOWN", "SETGID", "SETUID"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"] and host["Privileged"] is False
+    assert list(data["NetworkSettings"]["Networks"]) == [network]  # not the default bridge as well
+    options = (await (await engine.networks.get(network)).show())["Options"]
+    assert options.get("com.docker.network.bridge.enable_icc") == "false"
+
+    address = data["NetworkSettings"]["Networks"][network]["IPAddress"]
+    own = in_session(two, "wget", "-q", "-T", "3", "-O-", "http://127.0.0.1:8080/")
+    assert own.returncode == 0 and "streamspace echo app" in own.stdout, own  # wget works in there
+    across = in_session(one, "wget", "-q", "-T", "3", "-O-", f"http://{address}:8080/")
+    assert across.returncode != 0, across  # but not from one session to the other

@@ -28,6 +28,8 @@ LABELS = {"io.streamspace.managed": "true", "io.streamspace.agent_id": AGENT}
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
 SERVICES = f"/api/v1/namespaces/{NAMESPACE}/services"
 CLAIMS = f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims"
+POLICIES = f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies"
+AGENT_SELECTOR = "app.kubernetes.io/name=streamspace-agent,app.kubernetes.io/instance=edge"
 
 
 @pytest.fixture
@@ -55,6 +57,7 @@ async def driver(fake: tuple[FakeKubernetes, str]) -> AsyncIterator[KubernetesDr
         kubernetes_api_url=fake[1],
         kubernetes_storage_size="2Gi",
         kubernetes_storage_class="fast",
+        kubernetes_agent_selector=AGENT_SELECTOR,
     )
     kubernetes = create_driver(settings)
     assert isinstance(kubernetes, KubernetesDriver)
@@ -98,8 +101,9 @@ async def test_session_life_sends_the_right_objects(driver: KubernetesDriver, ap
         "state": "running",
         "endpoint": {"host": f"{name}.{NAMESPACE}.svc.cluster.local", "port": 8080},
     }
-    assert calls(api.requests) == [("POST", CLAIMS), ("POST", SERVICES), ("POST", DEPLOYMENTS)]
-    claim, service, deployment = (request.body for request in api.requests)
+    # the NetworkPolicy first: no session pod ever runs without it (tests/security/test_isolation.py)
+    assert calls(api.requests) == [("POST", POLICIES), ("POST", CLAIMS), ("POST", SERVICES), ("POST", DEPLOYMENTS)]
+    _, claim, service, deployment = (request.body for request in api.requests)
 
     assert claim["metadata"] == {"name": name, "labels": labels}
     assert claim["spec"] == {
@@ -163,6 +167,7 @@ async def test_session_life_sends_the_right_objects(driver: KubernetesDriver, ap
         ("DELETE", f"{DEPLOYMENTS}/{name}"),
         ("DELETE", f"{SERVICES}/{name}"),
         ("DELETE", f"{CLAIMS}/{name}"),
+        ("DELETE", f"{POLICIES}/{name}"),
     ]
     assert api.objects == {}
     assert await driver.inventory() == []
@@ -179,14 +184,19 @@ async def test_create_twice_makes_one_deployment_and_scales_it_up(
 
     assert await create(driver, session_id) == first
     assert calls(api.requests[before:]) == [
-        ("POST", CLAIMS),  # 409 each: already there
+        ("POST", POLICIES),  # 409 each: already there
+        ("POST", CLAIMS),
         ("POST", SERVICES),
         ("POST", DEPLOYMENTS),
         ("PATCH", f"{DEPLOYMENTS}/ss-{session_id}"),
     ]
     assert api.requests[-1].body["spec"] == {"replicas": 1}
     assert (
-        api.names("deployments") == api.names("services") == api.names("persistentvolumeclaims") == [f"ss-{session_id}"]
+        api.names("deployments")
+        == api.names("services")
+        == api.names("persistentvolumeclaims")
+        == api.names("networkpolicies")
+        == [f"ss-{session_id}"]
     )
 
 
@@ -222,12 +232,13 @@ async def test_orphans_with_our_labels_are_removed(driver: KubernetesDriver, api
     orphan_labels = {**LABELS, "io.streamspace.session_id": orphan}
     api.put("services", NAMESPACE, {"metadata": {"name": f"ss-{orphan}", "labels": orphan_labels}})
     api.put("persistentvolumeclaims", NAMESPACE, {"metadata": {"name": f"ss-{orphan}", "labels": orphan_labels}})
+    api.put("networkpolicies", NAMESPACE, {"metadata": {"name": f"ss-{orphan}", "labels": orphan_labels}})
     stranger = {**orphan_labels, "io.streamspace.agent_id": "another-agent", "io.streamspace.session_id": "x"}
     api.put("services", NAMESPACE, {"metadata": {"name": "ss-x", "labels": stranger}})
 
     assert await driver.remove_orphans([known]) == [orphan]
     assert api.names("services") == sorted([f"ss-{known}", "ss-x"])
-    assert api.names("persistentvolumeclaims") == [f"ss-{known}"]
+    assert api.names("persistentvolumeclaims") == api.names("networkpolicies") == [f"ss-{known}"]
     assert await driver.remove_orphans([known]) == []
 
 
@@ -263,7 +274,7 @@ async def test_the_chart_grants_exactly_the_calls_the_driver_makes(
     used = set()
     for request in api.requests:
         parts = request.path.strip("/").split("/")
-        group = "apps" if parts[0] == "apis" else ""
+        group = parts[1] if parts[0] == "apis" else ""
         resource = parts[-2] if request.method in ("PATCH", "DELETE") else parts[-1]
         verb = {"POST": "create", "GET": "list", "PATCH": "patch", "DELETE": "delete"}[request.method]
         used.add((group, resource, verb))
@@ -283,3 +294,14 @@ async def test_the_chart_grants_exactly_the_calls_the_driver_makes(
 def test_the_agent_id_must_be_a_label_value() -> None:
     with pytest.raises(ValueError, match="label value"):
         create_driver(Settings(agent_id="agent:with:colons", agent_platform="kubernetes", kubernetes_namespace="x"))
+
+
+@pytest.mark.parametrize("selector", ["", "app", "a=b,,c", "a=b c"])
+def test_the_agent_selector_is_required(selector: str) -> None:
+    """Without the agent pods' labels no NetworkPolicy could admit the agent: refuse to start."""
+    with pytest.raises(ValueError, match="KUBERNETES_AGENT_SELECTOR"):
+        create_driver(
+            Settings(
+                agent_id="a", agent_platform="kubernetes", kubernetes_namespace="x", kubernetes_agent_selector=selector
+            )
+        )

@@ -139,7 +139,7 @@ async def test_the_metrics_operators_asked_for_move_with_real_commands(
     assert await metric(http, dispatcher, 'streamspace_dispatcher_commands_routed_total{path="redis"}') >= 1
 
     async def gauge_counted() -> bool:
-        async with http.get(dispatcher.url + "/metrics") as response:
+        async with http.get(dispatcher.metrics_url) as response:
             return 'streamspace_dispatcher_commands_open{status="pending"}' in await response.text()
 
     await wait_for(gauge_counted, timeout=15)

@@ -35,7 +35,7 @@ def count(service: Service, *words: str) -> int:
 
 
 async def routed(http: aiohttp.ClientSession, dispatcher: Service, path: str) -> int:
-    async with http.get(dispatcher.url + "/metrics") as response:
+    async with http.get(dispatcher.metrics_url) as response:
         text = await response.text()
     found = re.search(rf'streamspace_dispatcher_commands_routed_total{{path="{path}"}} (\S+)', text)
     return 0 if found is None else int(float(found.group(1)))

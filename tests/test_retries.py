@@ -36,7 +36,7 @@ async def silent_agent(
 
 
 async def metric(http: aiohttp.ClientSession, service: Service, name: str) -> float:
-    async with http.get(service.url + "/metrics") as response:
+    async with http.get(service.metrics_url) as response:
         text = await response.text()
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     return 0.0 if found is None else float(found.group(1))
@@ -133,7 +133,7 @@ async def test_1000_commands_nobody_acknowledges_all_fail_after_exactly_their_at
 
         await wait_for(all_closed, timeout=120, interval=0.2)
     assert received >= 3000  # each attempt really went out
-    async with http.get(dispatcher.url + "/metrics") as response:
+    async with http.get(dispatcher.metrics_url) as response:
         lateness = [line for line in (await response.text()).splitlines() if "retry_lateness_seconds_bucket" in line]
     print("retry lateness (cumulative buckets):", lateness)
     # 2,000 waits in all. A wait that is already due when a claim round runs (any other row's NOTIFY

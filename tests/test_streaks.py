@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio
 from support import RunEnv, wait_for
 
+from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import DISPATCH_CHANNEL, RedisKeys
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery
@@ -98,6 +99,7 @@ async def running_dispatcher(
         db,
         RoutingTable(redis_client, RedisKeys(test_env.redis_prefix)),
         name="dispatcher-streak-test",
+        signer=DeliverySigner(await load_delivery_keys(db, "")),
         sweep_interval=sweep_interval,
         ack_timeout=60.0,
         batch_size=500,

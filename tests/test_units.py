@@ -586,9 +586,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
 
 def test_load_queries_splits_on_name_lines_only() -> None:
     queries = load_queries("streamspace_gateway")
-    assert queries["agent_for_token"] == (
-        "SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;"
-    )
+    assert queries["lease_epoch"] == "SELECT epoch FROM agent_leases WHERE agent_id = $1;"
     assert "-- name:" not in "".join(queries.values())
 
 

@@ -11,6 +11,9 @@ Two paths behind one small interface (`routes`, `publish`), like python-socketio
   attempt) pairs and the gateway reads the rows. NOTIFY cannot count receivers, so routes go only to
   replicas whose LISTEN connection is alive in pg_stat_activity; a replica that no longer holds the
   agent gives the command back at once, as on the Redis path.
+
+Both paths carry the dispatcher's signature (delivery_auth.py): a gateway forwards nothing that Redis
+or a NOTIFY alone could have made up.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import msgspec
 import structlog
 
 from .db import load_queries
+from .delivery_auth import DeliverySigner, DeliveryVerifier
 from .keys import ACCESS_CHANNEL, LEASE_CHANNEL, POD_CHANNEL_PREFIX, pod_notify_channel
 from .resilience import Outage, forever
 from .routing import RoutingTable
@@ -32,6 +36,7 @@ from .schemas import Command, Delivery, HandOver
 
 QUERIES = load_queries("streamspace_common", "bus.sql")
 NOTIFY_PAYLOAD_LIMIT = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
+SIGNED_FIELDS_LIMIT = 420  # bytes a hand-over's pod (at most 253), expiry, key id and signature add
 log = structlog.get_logger("bus")
 _encoder = msgspec.json.Encoder()
 
@@ -57,23 +62,29 @@ def delivery_of(row: asyncpg.Record) -> Delivery:
 class RedisBus:
     name = "redis"
 
-    def __init__(self, routing: RoutingTable) -> None:
+    def __init__(self, routing: RoutingTable, signer: DeliverySigner) -> None:
         self.routing = routing
+        self.signer = signer
 
     async def routes(self, agent_ids: list[str]) -> dict[str, str]:
         return await self.routing.lookup(agent_ids)
 
     async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
         now = time.time()
-        messages = [(pod, _encoder.encode(msgspec.structs.replace(d, published_at=now))) for pod, d in deliveries]
+        sign = self.signer.sign
+        messages = [
+            (pod, _encoder.encode(msgspec.structs.replace(sign(d, pod, now), published_at=now)))
+            for pod, d in deliveries
+        ]
         return await self.routing.publish_many(messages)
 
 
 class PostgresBus:
     name = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, signer: DeliverySigner) -> None:
         self.pool = pool
+        self.signer = signer
 
     async def routes(self, agent_ids: list[str]) -> dict[str, str]:
         rows = await self.pool.fetch(QUERIES["online_agent_pods"], agent_ids)
@@ -88,29 +99,31 @@ class PostgresBus:
             by_pod.setdefault(pod, []).append((delivery.command.command_id, delivery.attempt))
         channels: list[str] = []
         payloads: list[str] = []
+        now = time.time()
         for pod, commands in by_pod.items():
-            for payload in hand_over_payloads(commands):
+            for chunk in hand_over_chunks(commands):
                 channels.append(pod_notify_channel(pod))
-                payloads.append(payload)
+                payloads.append(_encoder.encode(self.signer.sign_hand_over(pod, chunk, now)).decode())
         await self.pool.execute(QUERIES["hand_over"], channels, payloads)
         return [1] * len(deliveries)  # routes() found each pod's listener alive
 
 
-def hand_over_payloads(commands: list[tuple[str, int]]) -> list[str]:
-    """HandOver payloads of at most NOTIFY_PAYLOAD_LIMIT bytes each (command ids are at most 255 bytes)."""
-    payloads: list[str] = []
+def hand_over_chunks(commands: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """The pairs in chunks whose signed HandOver stays under NOTIFY_PAYLOAD_LIMIT bytes (command ids are
+    at most 255 bytes)."""
+    chunks: list[list[tuple[str, int]]] = []
     chunk: list[tuple[str, int]] = []
     size = 0
     for command_id, attempt in commands:
         entry = len(command_id.encode()) + 16  # quotes, brackets, comma and the attempt's digits
-        if chunk and size + entry > NOTIFY_PAYLOAD_LIMIT - 20:
-            payloads.append(_encoder.encode(HandOver(commands=chunk)).decode())
+        if chunk and size + entry > NOTIFY_PAYLOAD_LIMIT - 20 - SIGNED_FIELDS_LIMIT:
+            chunks.append(chunk)
             chunk, size = [], 0
         chunk.append((command_id, attempt))
         size += entry
     if chunk:
-        payloads.append(_encoder.encode(HandOver(commands=chunk)).decode())
-    return payloads
+        chunks.append(chunk)
+    return chunks
 
 
 class PostgresListener:
@@ -124,11 +137,13 @@ class PostgresListener:
         pool: asyncpg.Pool,
         pod: str,
         deliver: Callable[[Delivery], Awaitable[None]],
+        verifier: DeliveryVerifier,
         on_lease_released: Callable[[str], None] | None = None,
         on_access_revoked: Callable[[str], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
+        self.verifier = verifier
         self.channel = pod_notify_channel(pod)
         self.deliver = deliver
         self.on_lease_released = on_lease_released
@@ -164,10 +179,13 @@ class PostgresListener:
 
     async def _deliver_handed(self, payload: str) -> None:
         try:
-            commands = self._decoder.decode(payload).commands
+            hand_over = self._decoder.decode(payload)
         except msgspec.DecodeError as exc:
-            log.error("bad_hand_over", error=str(exc))
+            self.verifier.malformed("postgres", str(exc))
             return
+        if not self.verifier.admit_hand_over(hand_over, time.time()):
+            return
+        commands = hand_over.commands
         command_ids = [command_id for command_id, _ in commands]
         attempts = [attempt for _, attempt in commands]
         # A failure here (PostgreSQL gone) ends the connection; the rows stay sent and their ack deadline retries them.

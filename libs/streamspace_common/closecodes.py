@@ -2,11 +2,13 @@
 
 SERVICE_RESTART = 1012  # gateway shutting down: reconnect to another replica at once
 BAD_FRAME = 4400  # not JSON, unknown type, or wrong fields
-TOKEN_REVOKED = 4401  # the agent token this socket authenticated with was revoked
+TOKEN_REVOKED = 4401  # the agent token this socket authenticated with was revoked, or has expired
 FORBIDDEN = 4403  # hello names an agent the token does not belong to
 HELLO_TIMEOUT = 4408  # no hello within the handshake deadline
 REPLACED = 4409  # a newer socket registered with the same agent id on this replica
 STALE = 4410  # no frame for 3 heartbeat intervals
+INSTANCE_CONNECTED = 4411  # HA: this instance id already has a live socket on this replica (the newcomer is refused)
+HA_REQUIRED = 4426  # a hello without the "ha" feature for an agent id that runs with HA leases
 OVERLOADED = 4429  # more acks and results waiting to be written than the gateway keeps per socket
 
 # Streams (docs/streams.md): the browser's WebSocket and the agent's data WebSocket close with these,

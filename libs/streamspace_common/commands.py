@@ -64,8 +64,9 @@ class CommandLifecycle:
     ) -> tuple[list[str], dict[str, CommandStatus]]:
         """In one statement: sent -> acknowledged for (command_id, agent_id, socket epoch) acks, and
         sent | acknowledged -> completed | failed (or pending: a retryable failure with attempts left) for
-        (agent_id, socket epoch, result) results. A socket epoch that is no longer the agent's lease epoch
-        (a demoted HA replica) moves nothing. Returns the acks it applied and the results it applied, with
+        (agent_id, socket epoch, result) results. A socket epoch that is not the agent's lease epoch now
+        (a demoted HA replica, a standby) moves nothing, nor does a missing epoch (None: a socket without
+        HA) for an agent that has a lease. Returns the acks it applied and the results it applied, with
         the status each got. One frame per command: the caller drops an ack whose result it also has."""
         if not acks and not results:
             return [], {}

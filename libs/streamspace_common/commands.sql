@@ -72,8 +72,9 @@ RETURNING c.command_id;
 -- name: record_frames
 -- The acks and results read from agent sockets since the last flush, in one statement (§2 step 5):
 -- $1 command ids, $2 the agent each frame came from (a foreign or late frame matches nothing), $3 the
--- lease epoch of the socket it came from (NULL: an agent without HA; else it must still be the lease's
--- epoch: a demoted replica is refused), $4 statuses (NULL: an ack; else the result's status), $5
+-- lease epoch of the socket it came from: it must be the lease's epoch now (a demoted replica, a
+-- standby, is refused), and NULL (a socket without HA) only for an agent that has no lease at all: a
+-- frame without an epoch never slips through for an agent run with HA, $4 statuses (NULL: an ack; else the result's status), $5
 -- results (JSON text or NULL), $6 errors, $7 retryable flags, $8 the replica that delivered them.
 -- An ack moves sent -> acknowledged; a result moves sent | acknowledged -> completed | failed, or back
 -- to pending after the one backoff policy (streamspace_retry_delay, migration 0005) when it is a
@@ -100,7 +101,7 @@ SET status = CASE WHEN f.status IS NULL THEN 'acknowledged'
 FROM frame f
 WHERE c.command_id = f.command_id AND c.agent_id = f.agent_id
   AND (c.status = 'sent' OR (c.status = 'acknowledged' AND f.status IS NOT NULL))
-  AND (f.epoch IS NULL OR f.epoch = (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id))
+  AND f.epoch IS NOT DISTINCT FROM (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id)
 RETURNING c.command_id, c.status, f.status IS NULL AS is_ack;
 
 -- name: requeue_unseen

@@ -21,7 +21,7 @@ from .migrate import create_database_if_missing, migrate
 from .settings import load_settings
 
 DEV_AGENT_ID = "local-agent"
-DEV_AGENT_TOKEN = "streamspace-dev-agent-token"  # dev only: registered in the dev database alone
+DEV_AGENT_TOKEN = "streamspace-dev-agent-token"  # noqa: S105 (dev only: registered in the dev database alone)
 
 
 @dataclass
@@ -31,10 +31,14 @@ class Child:
     env: dict[str, str]
 
 
-def children(gateway_ports: list[int], dispatcher_port: int, agent_port: int, token: str) -> list[Child]:
+def children(
+    gateway_ports: list[int], dispatcher_port: int, agent_port: int, token: str, metrics_ports: list[int] | None = None
+) -> list[Child]:
+    """The processes; a gateway's /metrics is on its METRICS_PORT (default: its port + 1000), not its API port."""
+    scraped = metrics_ports or [port + 1000 for port in gateway_ports]
     gateways = [
-        Child(f"gateway-{chr(ord('a') + i)}", "streamspace_gateway", {"PORT": str(port)})
-        for i, port in enumerate(gateway_ports)
+        Child(f"gateway-{chr(ord('a') + i)}", "streamspace_gateway", {"PORT": str(port), "METRICS_PORT": str(metrics)})
+        for i, (port, metrics) in enumerate(zip(gateway_ports, scraped, strict=True))
     ]
     for gateway in gateways:
         gateway.env["POD_NAME"] = gateway.name
@@ -68,7 +72,7 @@ async def run(args: argparse.Namespace) -> int:
 
     processes: list[asyncio.subprocess.Process] = []
     pipes: list[asyncio.Task[None]] = []
-    for child in children(args.gateway_ports, args.dispatcher_port, args.agent_port, token):
+    for child in children(args.gateway_ports, args.dispatcher_port, args.agent_port, token, args.metrics_ports):
         env = {**os.environ, "LOG_FORMAT": settings.log_format, **child.env}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -79,7 +83,8 @@ async def run(args: argparse.Namespace) -> int:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
-        assert process.stdout is not None
+        if process.stdout is None:  # never: stdout=PIPE above
+            raise RuntimeError(f"{child.name}: no stdout pipe")
         processes.append(process)
         pipes.append(asyncio.create_task(pipe_output(child, process.stdout)))
 
@@ -104,6 +109,12 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="streamspace-dev", description=__doc__)
     parser.add_argument("--gateway-ports", type=lambda v: [int(p) for p in v.split(",")], default=[8000, 8001])
+    parser.add_argument(
+        "--metrics-ports",
+        type=lambda v: [int(p) for p in v.split(",")],
+        default=None,
+        help="default: gateway ports + 1000",
+    )
     parser.add_argument("--dispatcher-port", type=int, default=8090)
     parser.add_argument("--agent-port", type=int, default=8091)
     args = parser.parse_args()

@@ -27,7 +27,7 @@ class Backoff:
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.base * 2**self.failures)
         self.failures = min(self.failures + 1, 32)
-        return random.uniform(0, ceiling)
+        return random.uniform(0, ceiling)  # noqa: S311 (jitter, not a secret)
 
     def reset(self) -> None:
         self.failures = 0

@@ -39,7 +39,11 @@ class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_d
 FEATURE_CONFIRM = "confirm"  # the gateway sends `confirm` frames; the agent keeps results until confirmed
 FEATURE_INVENTORY = "inventory"  # hello's running/unreported lists are complete: requeue what is in neither
 FEATURE_HA = "ha"  # replicas of this agent id may be connected at once; `role` frames say which one is active
-FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA)
+# With "ha": an active `role` frame carries the lease secret naming this process as the holder; the agent
+# presents it (LEASE_HEADER, on its next connect) to take its lease back through another gateway at once.
+FEATURE_FENCE = "fence"
+FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE)
+LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
 
 
 class Hello(Frame, tag="hello"):
@@ -105,6 +109,7 @@ class Role(Frame, tag="role"):
 
     role: Literal["active", "standby"]
     epoch: int  # the lease's epoch now (0: nobody has held it yet)
+    lease: str | None = None  # active, to agents that announced FEATURE_FENCE: the holder's secret (see above)
 
 
 GatewayFrame = Welcome | Command | Confirm | Role
@@ -122,6 +127,12 @@ class Delivery(msgspec.Struct):
     attempt: int  # the row's attempts when it was claimed: a late requeue must not undo a newer claim
     epoch: int | None = None  # the agent's lease epoch at the claim (None: an agent without HA)
     published_at: float | None = None  # the dispatcher's wall clock at PUBLISH (publish-to-forward latency)
+    # Signed by the dispatcher (delivery_auth.py): all fields above but published_at, the pod it is for
+    # and its expiry (unix time), under the key named; a gateway forwards nothing else.
+    pod: str | None = None
+    expires: float | None = None
+    key_id: str | None = None
+    signature: bytes | None = None  # HMAC-SHA256 (base64 in JSON)
 
 
 class HandOver(msgspec.Struct, forbid_unknown_fields=True):
@@ -129,3 +140,8 @@ class HandOver(msgspec.Struct, forbid_unknown_fields=True):
     deliver; it reads the rows itself (a NOTIFY payload holds at most 8000 bytes)."""
 
     commands: list[tuple[str, int]]
+    # Signed by the dispatcher as a Delivery is (delivery_auth.py): the pod, the expiry and the pairs.
+    pod: str = ""
+    expires: float = 0.0
+    key_id: str = ""
+    signature: bytes = b""

@@ -16,6 +16,7 @@ operator's cancel), the session follows.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,7 +31,18 @@ SessionStateName = Literal["pending", "starting", "running", "hibernated", "stop
 STATES: tuple[SessionStateName, ...] = ("pending", "starting", "running", "hibernated", "stopping", "stopped", "failed")
 Verb = Literal["stop", "hibernate", "wake", "delete"]
 log = structlog.get_logger("sessions")
-__all__ = ["INVENTORY_SESSIONS", "STATES", "VERBS", "NoAgent", "Placement", "QuotaExceeded", "SessionLifecycle"]
+# Run inside a move's transaction with the moved row (the gateway's audit record: it commits with the move)
+AlsoInTransaction = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
+__all__ = [
+    "INVENTORY_SESSIONS",
+    "STATES",
+    "VERBS",
+    "AlsoInTransaction",
+    "NoAgent",
+    "Placement",
+    "QuotaExceeded",
+    "SessionLifecycle",
+]
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,11 @@ class SessionLifecycle:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def create(self, session_id: str, user_id: str, quota: int, placement: Placement) -> asyncpg.Record:
-        """Pick an agent and insert the session and its CREATE_SESSION command in one transaction."""
+    async def create(
+        self, session_id: str, user_id: str, quota: int, placement: Placement, also: AlsoInTransaction | None = None
+    ) -> asyncpg.Record:
+        """Pick an agent and insert the session and its CREATE_SESSION command in one transaction
+        (with `also(conn, session)` in it, if given)."""
         filters = (placement.platforms, placement.platform, placement.agent_id, placement.heartbeat_within)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES["lock_placement"])
@@ -102,14 +117,19 @@ class SessionLifecycle:
                 placement.idle_timeout_seconds,
                 placement.payload,
             )
+            if also is not None:
+                await also(conn, row)
         log.info("session_placed", session_id=session_id, agent_id=agent["agent_id"], load=agent["sessions"])
         return row
 
-    async def request(self, session_id: str, verb: Verb, quota: int) -> asyncpg.Record | None:
+    async def request(
+        self, session_id: str, verb: Verb, quota: int, also: AlsoInTransaction | None = None
+    ) -> asyncpg.Record | None:
         """Ask for a verb: the session row with `command_id` (None when it was already asked for), or
         None when the session is gone or the verb is not allowed in its desired state. Waking a stopped or
         failed session makes it count again: under the placement lock, like a creation, it must fit the
-        owner's quota (QuotaExceeded) and its agent's max_sessions (NoAgent)."""
+        owner's quota (QuotaExceeded) and its agent's max_sessions (NoAgent). `also(conn, session)` runs in
+        the same transaction when the verb moved the session."""
         rule = VERBS[verb]
         async with self.pool.acquire() as conn, conn.transaction():
             if verb == "wake":
@@ -122,6 +142,8 @@ class SessionLifecycle:
             row: asyncpg.Record | None = await conn.fetchrow(
                 QUERIES["request"], session_id, rule.desired, rule.state, rule.action, list(rule.allowed_from)
             )
+            if row is not None and also is not None:
+                await also(conn, row)
         return row
 
     async def touch(self, session_id: str) -> asyncpg.Record | None:

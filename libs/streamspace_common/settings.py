@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -34,6 +35,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     send_window: Annotated[int, msgspec.Meta(gt=0)] = 1000
     idle_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # how often idle sessions are looked for
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # how often every agent's inventory is asked for
+    # days the audit trail keeps a row; older rows are pruned by the dispatchers (the database refuses under 1)
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100 * 365)] = 365
+    # Keys signing deliveries from dispatchers to gateways (HMAC-SHA256), "kid2:secret2,kid1:secret1": the first
+    # signs, all verify (docs/security.md "Deliveries"). Empty: the dispatchers and gateways share one generated
+    # at first start and stored in PostgreSQL (table auth_secrets), like AUTH_SECRET's.
+    delivery_keys: str = ""
     # agent
     agent_id: str = ""
     agent_token: str = ""
@@ -47,8 +54,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     local_start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # until the process listens on its port
     # agent, AGENT_PLATFORM=docker
     docker_host: str = ""  # "": aiodocker's default (the local socket)
-    docker_network: str = "streamspace-sessions"  # created if missing
-    docker_publish_host: str = "127.0.0.1"  # host address the session's first port is published on
+    docker_network: str = "streamspace-sessions"
+    docker_publish_host: str = "127.0.0.1"
+    # capabilities given back to session containers after dropping all (comma-separated; "": none):
+    # what a desktop image's entrypoint needs to hand /data to its user and drop to it
+    docker_cap_add: str = "CHOWN,SETUID,SETGID"
     docker_stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10  # seconds before the engine kills
     # agent, AGENT_PLATFORM=kubernetes
     kubernetes_namespace: str = ""  # "": the agent pod's own namespace, else "default"
@@ -56,6 +66,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kubernetes_storage_size: str = "1Gi"  # each session's PersistentVolumeClaim
     kubernetes_storage_class: str = ""  # "": the cluster's default StorageClass
     kubernetes_cluster_domain: str = "cluster.local"
+    # label selector (`k=v,k=v`) of the agent's own pods: the only pods each session's NetworkPolicy lets
+    # in (the chart sets it); required on this platform
+    kubernetes_agent_selector: str = ""
+    # user, group and fsGroup session containers run as (runAsNonRoot needs a number; not root)
+    kubernetes_session_uid: Annotated[int, msgspec.Meta(ge=1, le=2147483647)] = 10001
     agent_state_dir: str = ""  # the dedupe journal's directory; empty: ~/.local/state/streamspace-agent/<id>
     agent_execution_log: str = ""  # append one line per finished handler (command, instance, outcome); "": off
     # agent, streams (docs/streams.md)
@@ -66,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # reached by their own IP, e.g. the Helm chart's POD_IP); "": GATEWAY_URLS' own hosts only
     tunnel_networks: str = ""
     # gateway
+    # port of a second listener serving only /metrics (bound on HOST); 0: no metrics. Never on the API port
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     max_request_bytes: int = 64 * 1024
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
     # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and
@@ -98,11 +115,30 @@ class SettingsError(SystemExit):
     """Raised for a bad environment value; uncaught, it exits the process with the message."""
 
 
+FILE_SUFFIX = "_file"  # DATABASE_URL_FILE=/run/secrets/database-url: the value is that file's content
+
+
+def _read_setting_file(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"bad environment: {variable.upper()}: cannot read {path}: {exc.strerror}") from exc
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Build Settings from upper-case environment variables; a bad value names its variable."""
+    """Build Settings from upper-case environment variables; a bad value names its variable.
+
+    Any setting may instead be read from a file named by `<NAME>_FILE` (compose's generated secrets,
+    a mounted Kubernetes Secret), so a secret need not sit in the process environment; the variable
+    itself wins when both are set."""
     environ = dict(os.environ if environ is None else environ)
     names = set(Settings.__struct_fields__)
-    raw = {key.lower(): value for key, value in environ.items() if key.lower() in names and value != ""}
+    raw = dict[str, str]()
+    for key, value in environ.items():
+        name = key.lower()
+        if value != "" and name.endswith(FILE_SUFFIX) and name.removesuffix(FILE_SUFFIX) in names:
+            raw.setdefault(name.removesuffix(FILE_SUFFIX), _read_setting_file(key, value))
+    raw.update({key.lower(): value for key, value in environ.items() if key.lower() in names and value != ""})
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:

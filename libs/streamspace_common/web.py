@@ -1,4 +1,9 @@
-"""The /healthz, /readyz and /metrics endpoints every process serves (§6)."""
+"""The /healthz, /readyz and /metrics endpoints every process serves (§6).
+
+The dispatcher and the agent serve all three on their PORT (which serves nothing else). The gateway's
+PORT is the public API: it serves /healthz and /readyz there, and /metrics only on a listener of its
+own, METRICS_PORT (`metrics_listener`; docs/security.md, "## HTTP").
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,12 @@ def serve(app: web.Application, host: str, port: int, **options: Any) -> None:
     web.run_app(app, host=host, port=port, print=None, **options)
 
 
-def add_health_routes(app: web.Application, is_ready: Callable[[], bool]) -> None:
+async def metrics(_: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest()
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+def add_health_routes(app: web.Application, is_ready: Callable[[], bool], with_metrics: bool = True) -> None:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -27,13 +37,27 @@ def add_health_routes(app: web.Application, is_ready: Callable[[], bool]) -> Non
         ready = is_ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = prometheus_client.generate_latest()
-        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
-
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if with_metrics:
+        app.router.add_get("/metrics", metrics)
+
+
+@contextlib.asynccontextmanager
+async def metrics_listener(host: str, port: int) -> AsyncIterator[None]:
+    """For the life of the block, a second HTTP server on host:port serving GET /metrics alone; 0: none."""
+    if not port:
+        yield
+        return
+    app = web.Application()
     app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,11 @@
 #!/bin/sh
-# The official image's contract, in short: POSTGRES_USER (postgres), POSTGRES_PASSWORD (required),
-# POSTGRES_DB (= user); the cluster is made on first start in $PGDATA; the server runs as postgres.
+# The official image's contract, in short: POSTGRES_USER (postgres), POSTGRES_PASSWORD or
+# POSTGRES_PASSWORD_FILE (required), POSTGRES_DB (= user); the cluster is made on first start in
+# $PGDATA; the server runs as postgres.
 set -eu
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }

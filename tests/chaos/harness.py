@@ -244,7 +244,7 @@ class ChaosRun:
             for name, service in self.agents.items():
                 if service.process.poll() is not None or not name.startswith(("ha-", "trio-")):
                     continue
-                async with http.get(service.url + "/metrics") as response:
+                async with http.get(service.metrics_url) as response:
                     if re.search(r"^streamspace_agent_active 1\.0$", await response.text(), re.MULTILINE):
                         return service
         raise AssertionError(f"no active replica of {agent_id}")

@@ -35,7 +35,7 @@ async def login(
 
 
 async def metric(gateway: Service, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as response:
+    async with aiohttp.ClientSession() as http, http.get(gateway.metrics_url) as response:
         text = await response.text()
     found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0

@@ -53,6 +53,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       key: {{ .Values.agentToken.key }}
 - name: AGENT_PLATFORM
   value: {{ .Values.agent.platform | quote }}
+{{- if eq .Values.agent.platform "kubernetes" }}
+# each session's NetworkPolicy admits these pods alone: this release's agent replicas
+- name: KUBERNETES_AGENT_SELECTOR
+  value: {{ include "streamspace-agent.selectorLabels" . | replace ": " "=" | replace "\n" "," | quote }}
+{{- end }}
 - name: AGENT_STATE_DIR
   value: /var/lib/streamspace-agent
 - name: AGENT_CONCURRENCY

@@ -77,6 +77,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: REDIS_KEY_PREFIX
   value: {{ . | quote }}
 {{- end }}
+{{- $deliveryKeys := .Values.deliveryKeys.existingSecret | default (dig "deliveryKeys" "existingSecret" "" (.Values.global | default dict)) }}
+{{- if $deliveryKeys }}
+- name: DELIVERY_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $deliveryKeys }}
+      key: {{ .Values.deliveryKeys.key }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

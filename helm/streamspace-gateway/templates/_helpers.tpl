@@ -58,6 +58,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       fieldPath: metadata.name
 - name: PORT
   value: {{ .Values.port | quote }}
+# /metrics only on this second port, never on the API port (docs/security.md); 0: no metrics
+- name: METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
 # agents dial a stream's data WebSocket back to this very pod (docs/streams.md): its own address
 - name: POD_IP
   valueFrom:
@@ -85,6 +88,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
     secretKeyRef:
       name: {{ .Values.authSecret.existingSecret }}
       key: {{ .Values.authSecret.key }}
+{{- end }}
+{{- $deliveryKeys := .Values.deliveryKeys.existingSecret | default (dig "deliveryKeys" "existingSecret" "" (.Values.global | default dict)) }}
+{{- if $deliveryKeys }}
+- name: DELIVERY_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $deliveryKeys }}
+      key: {{ .Values.deliveryKeys.key }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}

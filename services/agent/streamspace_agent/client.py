@@ -14,6 +14,13 @@ Replicas of one agent id may run at once (HA): the agent announces the `ha` feat
 says with `role` frames whether this replica is active (it receives commands) or standby (it starts
 nothing new; what it already runs finishes, but a result it reports under a lost epoch is refused and
 the command goes to the active replica). A gateway without HA treats it as the only replica.
+Fencing: the gateway names the lease holder. An active role frame carries a secret (feature `fence`)
+that this process presents on its next connects (LEASE_HEADER): it alone may take its lease back at
+once through another gateway, or replace its own half-dead socket; an instance id alone does not.
+The agent keeps the newest lease epoch it has been told (role frames, and the commands it
+took) and refuses, unacknowledged and logged, a command whose epoch is older, or that carries none
+from a gateway that speaks HA: it was claimed for a term that is over (or forged), and the gateway
+redelivers the command to whichever replica holds the lease now.
 
 A gateway that does not confirm (an earlier release: its welcome names no features) gets today's
 behaviour: a result counts as reported once written to its socket. An earlier gateway also refuses a
@@ -36,8 +43,10 @@ from streamspace_common.actions import OPEN_TUNNEL
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
+    FEATURE_FENCE,
     FEATURE_HA,
     FEATURE_INVENTORY,
+    LEASE_HEADER,
     Ack,
     AgentFrame,
     Command,
@@ -157,6 +166,9 @@ class AgentClient:
         self.instance_id = uuid.uuid4().hex
         self.connected_to: str | None = None
         self.role: str = "active"  # HA: what the gateway said last; "active" for a gateway without HA
+        self.epoch = 0  # HA: the newest lease epoch a gateway told this process (it never goes back)
+        self.fenced = False  # the gateway of this socket speaks HA: every command must carry a current epoch
+        self.lease: str | None = None  # the secret naming this process as its lease's holder (active role frame)
         self._send_lock = asyncio.Lock()
 
     @property
@@ -183,7 +195,7 @@ class AgentClient:
         )
         if legacy:
             return hello
-        hello.features = [FEATURE_CONFIRM, FEATURE_HA]
+        hello.features = [FEATURE_CONFIRM, FEATURE_HA, FEATURE_FENCE]
         running, unreported = list(self.executor.running), self.executor.unreported()
         if len(running) + len(unreported) <= MAX_HELLO_IDS:  # complete lists, or none at all
             hello.features.append(FEATURE_INVENTORY)
@@ -223,8 +235,9 @@ class AgentClient:
     async def connect_once(
         self, http: aiohttp.ClientSession, url: str, backoff: Backoff, outage: Outage, legacy: bool = False
     ) -> int | None:
+        headers = {LEASE_HEADER: self.lease} if self.lease and not legacy else None
         async with http.ws_connect(
-            url, heartbeat=self.ping_interval, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+            url, heartbeat=self.ping_interval, timeout=aiohttp.ClientWSTimeout(ws_close=5), headers=headers
         ) as ws:
             await ws.send_str(_encoder.encode(self.hello(legacy)).decode())
             message = await ws.receive(timeout=10)
@@ -241,7 +254,8 @@ class AgentClient:
             metrics.CONNECTED.set(1)
             metrics.CONNECTS.inc()
             confirms = FEATURE_CONFIRM in welcome.features
-            self.role = "standby" if FEATURE_HA in welcome.features else "active"  # until a role frame says
+            self.fenced = FEATURE_HA in welcome.features
+            self.role = "standby" if self.fenced else "active"  # until a role frame says
             log.info("connected", url=url, pod=welcome.pod, features=welcome.features, instance_id=self.instance_id)
             try:
                 await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms))
@@ -268,12 +282,16 @@ class AgentClient:
                     if self.role != "active":
                         log.warning("command_while_standby", command_id=frame.command_id)
                         continue  # not acknowledged: it is redelivered to the active replica
+                    if self.stale(frame):
+                        continue  # not acknowledged either: the gateway redelivers it under the current epoch
                     self.executor.submit(frame)
                     outbox.ack_later(frame.command_id)
                 elif isinstance(frame, Role):
                     if frame.role != self.role:
                         log.info("role", role=frame.role, epoch=frame.epoch, instance_id=self.instance_id)
                     self.role = frame.role
+                    self.epoch = max(self.epoch, frame.epoch)
+                    self.lease = frame.lease if frame.role == "active" else None
                     metrics.ACTIVE.set(frame.role == "active")
                 elif isinstance(frame, Confirm):
                     self.executor.confirmed(frame.command_ids)
@@ -283,6 +301,24 @@ class AgentClient:
             for task in senders:
                 task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
+
+    def stale(self, command: Command) -> bool:
+        """A command of an older lease term than the newest this process was told (or without an epoch from
+        a gateway that speaks HA): refused and logged. A newer epoch is taken as the newest."""
+        if not self.fenced:
+            return False
+        if command.epoch is None or command.epoch < self.epoch:
+            log.warning(
+                "command_refused_stale_epoch",
+                command_id=command.command_id,
+                epoch=command.epoch,
+                newest_epoch=self.epoch,
+                instance_id=self.instance_id,
+            )
+            metrics.STALE_COMMANDS.inc()
+            return True
+        self.epoch = command.epoch
+        return False
 
     async def send(self, ws: aiohttp.ClientWebSocketResponse, frame: AgentFrame) -> None:
         async with self._send_lock:

@@ -27,7 +27,7 @@ def start_xvnc(port: int, geometry: str) -> tuple[subprocess.Popen[bytes], str]:
     read_end, write_end = os.pipe()
     argv = [xvnc, "-displayfd", str(write_end), "-rfbport", str(port), "-localhost", "-interface", "127.0.0.1"]
     argv += ["-SecurityTypes", "None", "-geometry", geometry, "-depth", "24", "-AlwaysShared", "-nolisten", "tcp"]
-    server = subprocess.Popen(argv, pass_fds=(write_end,))
+    server = subprocess.Popen(argv, pass_fds=(write_end,))  # noqa: S603 (fixed flags, no shell)
     os.close(write_end)
     with os.fdopen(read_end) as displays:
         number = displays.readline().strip()
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     server, display = start_xvnc(args.port, args.geometry)
     xterm = shutil.which("xterm")
     if xterm is not None:
-        subprocess.Popen([xterm, "-geometry", "100x30+10+10"], env={**os.environ, "DISPLAY": display})
+        subprocess.Popen([xterm, "-geometry", "100x30+10+10"], env={**os.environ, "DISPLAY": display})  # noqa: S603
     signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     sys.exit(server.wait())
 

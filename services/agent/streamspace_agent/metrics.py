@@ -19,3 +19,6 @@ TUNNELS_REFUSED = Counter(
 TUNNEL_BYTES = Counter(
     "streamspace_agent_tunnel_bytes_total", "Bytes piped through stream tunnels", ["direction"]
 )  # to_gateway: from the session; to_session: from the browser
+STALE_COMMANDS = Counter(
+    "streamspace_agent_stale_commands_total", "Commands refused: their lease epoch is older than the newest told"
+)

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from streamspace_common.bus import DeliveryBus, PostgresBus, RedisBus, delivery_of
 from streamspace_common.commands import OPEN_STATUSES, CommandLifecycle
 from streamspace_common.db import load_queries, server_settings
+from streamspace_common.delivery_auth import DeliverySigner
 from streamspace_common.keys import DISPATCH_CHANNEL
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
@@ -50,6 +51,7 @@ class Dispatcher:
         pool: asyncpg.Pool,
         routing: RoutingTable,
         name: str,
+        signer: DeliverySigner,
         sweep_interval: float,
         ack_timeout: float,
         batch_size: int,
@@ -60,8 +62,8 @@ class Dispatcher:
         self.dsn = dsn
         self.pool = pool
         self.routing = routing
-        self.redis_bus = RedisBus(routing)
-        self.postgres_bus = PostgresBus(pool)
+        self.redis_bus = RedisBus(routing, signer)  # every delivery is signed (delivery_auth.py)
+        self.postgres_bus = PostgresBus(pool, signer)
         self.redis_outage = Outage("redis", log)
         self.redis_retry_at = 0.0  # monotonic time before which Redis is not tried
         self.commands = CommandLifecycle(pool)

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from streamspace_common.db import create_pool, server_settings
+from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys, parse_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
@@ -19,6 +20,7 @@ from streamspace_common.web import add_health_routes, background, serve
 from .dispatcher import Dispatcher
 from .idle import IdleHibernator
 from .reconcile import Reconciler
+from .retention import AuditPruner
 from .retries import RetryScheduler
 
 DEFAULT_PORT = 8090
@@ -27,6 +29,8 @@ log = structlog.get_logger("dispatcher")
 
 
 def create_app(settings: Settings) -> web.Application:
+    if settings.delivery_keys:
+        parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
     app = web.Application()
 
     def is_ready() -> bool:
@@ -43,6 +47,7 @@ def create_app(settings: Settings) -> web.Application:
             pool,
             RoutingTable(redis, RedisKeys(settings.redis_key_prefix)),
             name=settings.pod_name,
+            signer=DeliverySigner(await load_delivery_keys(pool, settings.delivery_keys)),
             sweep_interval=settings.sweep_interval,
             ack_timeout=settings.ack_timeout,
             batch_size=settings.claim_batch_size,
@@ -57,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
         sessions = (
             IdleHibernator(pool, settings.idle_check_interval).run(),
             Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval).run(),
+            AuditPruner(pool, settings.audit_retention_days).run(),
         )
         async with background(*loops, *sessions, retries.run_connection(), retries.run_scheduler()):
             yield

@@ -38,3 +38,6 @@ SESSIONS_IDLE_HIBERNATED = Counter(
 INVENTORIES_REQUESTED = Counter(
     "streamspace_dispatcher_inventories_requested_total", "INVENTORY_SESSIONS commands of the periodic reconciliation"
 )
+AUDIT_PRUNED = Counter(
+    "streamspace_dispatcher_audit_pruned_total", "Audit trail rows deleted for being older than AUDIT_RETENTION_DAYS"
+)

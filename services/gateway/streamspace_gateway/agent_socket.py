@@ -12,12 +12,12 @@ import structlog
 from aiohttp import WSMessage, WSMsgType, web
 
 from streamspace_common import closecodes
-from streamspace_common.schemas import Ack, AgentFrame, Hello, Result, Welcome
+from streamspace_common.schemas import LEASE_HEADER, Ack, AgentFrame, Hello, Result, Welcome
 from streamspace_common.tokens import hash_token
 
 from . import metrics
 from .errors import ApiError
-from .hub import HUB_KEY, AgentConnection
+from .hub import HUB_KEY, AgentConnection, AgentHub, Refused
 from .store import Store
 from .writer import MAX_WAITING_PER_SOCKET, FrameWriter
 
@@ -28,11 +28,8 @@ _decoder = msgspec.json.Decoder(AgentFrame)
 _encoder = msgspec.json.Encoder()
 
 
-class FrameRejected(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+class FrameRejected(Refused):
+    """A frame the socket will not take: closed with `code`, and the reason logged."""
 
 
 def decode_frame(message: WSMessage) -> AgentFrame:
@@ -48,16 +45,27 @@ def decode_frame(message: WSMessage) -> AgentFrame:
 
 
 async def authenticate(request: web.Request, store: Store) -> tuple[str, str]:
-    """The agent id the bearer token belongs to, and the token's hash (the socket keeps it: a revoked
-    token closes its sockets)."""
+    """The agent id the bearer token belongs to, and the token's hash (the socket keeps it: a revoked or
+    expired token closes its sockets). An old token inside its rotation overlap works, with a warning."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <agent token>", "Authorization")
     token_hash = hash_token(token.strip())
-    agent_id = await store.agent_for_token(token_hash)
-    if agent_id is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked agent token", "Authorization")
+    row = await store.agent_for_token(token_hash)
+    if row is None:
+        log.warning("agent_token_refused", token_prefix=token_hash[:12], remote=request.remote)
+        raise ApiError(401, "unauthorized", "unknown, revoked or expired agent token", "Authorization")
+    agent_id = str(row["agent_id"])
+    if row["superseded_at"] is not None:
+        log.warning(
+            "agent_token_in_overlap",
+            agent_id=agent_id,
+            token_prefix=token_hash[:12],
+            superseded_at=row["superseded_at"].isoformat(),
+            expires_at=None if row["expires_at"] is None else row["expires_at"].isoformat(),
+            hint="an old agent token was used: give the agent its new token before the overlap ends",
+        )
     return agent_id, token_hash
 
 
@@ -78,6 +86,13 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     except FrameRejected as exc:
         return await reject(ws, exc, bound)
     conn = AgentConnection(hello=hello, ws=ws, token_hash=token_hash)
+    lease_secret = request.headers.get(LEASE_HEADER, "").strip()
+    conn.proof_hash = hash_token(lease_secret) if lease_secret else None
+    bound = bound.bind(instance_id=hello.instance_id)
+    try:
+        await hub.admit(conn)  # refused before its welcome: it never looks connected
+    except Refused as exc:
+        return await reject(ws, exc, bound)
     try:
         # Welcome first: once registered, commands may arrive, and the agent expects welcome before any.
         welcome = Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval, features=conn.features)
@@ -92,8 +107,8 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
             running=len(hello.running),
             unreported=len(hello.unreported),
         )
-        await read_frames(ws, conn, hub.writer)
-    except FrameRejected as exc:
+        await read_frames(ws, conn, hub)
+    except Refused as exc:
         await reject(ws, exc, bound)
     finally:
         await hub.unregister(conn)
@@ -114,13 +129,27 @@ async def receive_hello(ws: web.WebSocketResponse, token_agent_id: str) -> Hello
     return frame
 
 
-async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, writer: FrameWriter) -> None:
-    """Read and queue, never wait: aiohttp answers the agent's pings only while we are in receive()."""
+async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, hub: AgentHub) -> None:
+    """Read and queue, never wait: aiohttp answers the agent's pings only while we are in receive().
+
+    An ack or result from an HA socket that is not the active one here is logged as refused; it is still
+    queued, stamped with the socket's epoch, so the writer's statement refuses it (the lease's epoch in
+    PostgreSQL is the authority, across replicas) and confirms it, and the replica forgets it."""
+    writer: FrameWriter = hub.writer
     async for message in ws:
         if message.type in (WSMsgType.ERROR, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
         frame = decode_frame(message)
         conn.mark_seen()
+        if isinstance(frame, Ack | Result) and conn.ha and not hub.is_active(conn):
+            log.warning(
+                "frame_refused_not_active",
+                agent_id=conn.agent_id,
+                instance_id=conn.instance_id,
+                command_id=frame.command_id,
+                kind=frame.__struct_config__.tag,
+                epoch=conn.epoch,
+            )
         if isinstance(frame, Ack):
             writer.ack(conn, frame.command_id)
         elif isinstance(frame, Result):
@@ -133,7 +162,7 @@ async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, writer: 
 
 
 async def reject(
-    ws: web.WebSocketResponse, exc: FrameRejected, bound: structlog.typing.FilteringBoundLogger
+    ws: web.WebSocketResponse, exc: Refused, bound: structlog.typing.FilteringBoundLogger
 ) -> web.WebSocketResponse:
     metrics.FRAMES_REJECTED.labels(str(exc.code)).inc()
     bound.warning("agent_frame_rejected", close_code=exc.code, reason=exc.reason)

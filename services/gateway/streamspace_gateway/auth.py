@@ -36,11 +36,9 @@ from streamspace_common.db import load_queries
 from streamspace_common.tokens import hash_token
 
 from .errors import ApiError
-from .throttle import client_address
 
 QUERIES = load_queries("streamspace_gateway", "auth.sql")
-log = structlog.get_logger("gateway.auth")
-TOKEN_PREFIX = "sst_"
+TOKEN_PREFIX = "sst_"  # noqa: S105 (a prefix, not a secret)
 API_KEY_PREFIX = "ssk_"
 Role = Literal["admin", "user"]
 Via = Literal["login", "api_key"]
@@ -66,6 +64,11 @@ class Caller:
     @property
     def via(self) -> Via:
         return self.credential.kind
+
+    @property
+    def key_id(self) -> str | None:
+        """The API key's id, when via == "api_key" (the audit trail names it)."""
+        return self.credential.id if self.credential.kind == "api_key" else None
 
     @property
     def is_admin(self) -> bool:
@@ -210,16 +213,14 @@ async def caller_of(request: web.Request) -> Caller:
     """The request's caller, resolved once and kept on the request; a 401 ApiError if there is none."""
     if _CALLER in request:
         return request[_CALLER]
-    try:
-        caller = await request.app[AUTH_KEY].resolve(request.headers.get("Authorization"))
-    except ApiError as exc:
-        log.warning("request_refused", path=request.path, client=client_address(request), reason=exc.body.message)
-        raise
+    caller = await request.app[AUTH_KEY].resolve(request.headers.get("Authorization"))
     request[_CALLER] = caller
+    # every later log line of this request names the user (a refusal's `request_refused` among them)
+    structlog.contextvars.bind_contextvars(user_id=caller.user_id)
     return caller
 
 
-async def revoke_login(pool: asyncpg.Pool, caller: Caller) -> None:
-    """Log the caller's login token out (the NOTIFY of migration 0010 wakes every replica's stream round)."""
+async def revoke_login(pool: asyncpg.Pool | asyncpg.Connection, caller: Caller) -> None:
+    """Log the caller's login token out (the NOTIFY of migration 0012 wakes every replica's stream round)."""
     login = caller.credential
     await pool.execute(QUERIES["revoke_login_token"], login.id, caller.user_id, float(login.exp))

@@ -32,7 +32,7 @@ ON CONFLICT (token_hash) DO NOTHING;
 -- name: user_for_api_key
 -- The owner of a live API key; last_used_at moves at most once a minute (not a write per request).
 WITH hit AS (
-    SELECT k.id, u.id::text AS user_id, u.username, u.role, k.last_used_at
+    SELECT k.id, k.id::text AS key_id, u.id::text AS user_id, u.username, u.role, k.last_used_at
     FROM api_keys k JOIN users u ON u.id = k.user_id
     WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.disabled_at IS NULL
 ), touched AS (
@@ -40,4 +40,4 @@ WITH hit AS (
     WHERE id = (SELECT id FROM hit)
       AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
 )
-SELECT id::text AS key_id, user_id, username, role FROM hit;
+SELECT user_id, username, role, key_id FROM hit;

@@ -1,4 +1,8 @@
-"""HTTP errors as JSON: {"error": {"code", "message", "field"}} (§6)."""
+"""HTTP errors as JSON: {"error": {"code", "message", "field", "request_id"}} (§6).
+
+Every error answer is logged (4xx at info as `request_refused`, 5xx as errors) with the request id the
+body and the X-Request-Id header carry (request_context.py), so a user's report finds its log lines.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from aiohttp.typedefs import Handler
 
 from streamspace_common.db import TRANSIENT_ERRORS
 
+from .request_context import request_id_of
+from .throttle import client_address
+
 log = structlog.get_logger("gateway.http")
 T = TypeVar("T")
 _UNKNOWN_OR_MISSING = re.compile(r"field `([^`]+)`")
@@ -23,6 +30,7 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     code: str
     message: str
     field: str | None = None
+    request_id: str | None = None  # the X-Request-Id of the request: quote it when reporting a problem
 
 
 class ErrorResponse(msgspec.Struct):
@@ -150,18 +158,39 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.body, exc.headers)
+        return error_answer(request, exc.status, exc.body, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        response = error_response(exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
+        response = error_answer(request, exc.status, ErrorBody(code=code, message=exc.text or exc.reason))
         if "Allow" in exc.headers:  # a 405 names the methods the path does support
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except TRANSIENT_ERRORS as exc:
         log.warning("database_unavailable", path=request.path, error=repr(exc))
-        return error_response(503, ErrorBody(code="database_unavailable", message="PostgreSQL is unreachable; retry"))
+        body = ErrorBody(code="database_unavailable", message="PostgreSQL is unreachable; retry")
+        return error_answer(request, 503, body)
     except Exception:
         log.exception("request_failed", path=request.path)
-        return error_response(500, ErrorBody(code="internal_error", message="internal error; see the gateway log"))
+        return error_answer(
+            request, 500, ErrorBody(code="internal_error", message="internal error; see the gateway log")
+        )
+
+
+def error_answer(
+    request: web.Request, status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The error response, with the request id in its body; a 4xx is logged here (5xx where it arose)."""
+    if status < 500:
+        log.info(
+            "request_refused",
+            status=status,
+            code=body.code,
+            field=body.field,
+            method=request.method,
+            path=request.path,
+            client=client_address(request),
+            reason=body.message,
+        )
+    return error_response(status, msgspec.structs.replace(body, request_id=request_id_of(request)), headers)

@@ -11,6 +11,18 @@ sockets open. Nobody kicks anybody: a lease changes hands only when it is releas
 or went stale) or lapsed (its gateway stopped renewing it), and its epoch rises each time. Acks and
 results carry their socket's epoch into the writer's statements, so a demoted replica's are refused.
 An agent without the feature keeps the earlier rule: its newest socket replaces the older one.
+
+Fencing (§10: an agent is a token plus the lease the server names): the lease is bound to the socket
+that holds it, not to the instance id a client sends. The socket that takes it gets a random secret in
+its role frame (agents with the "fence" feature; the lease keeps its hash) and presents it on its next
+connect: only that proof takes the lease of a live holder over, here (the old socket is replaced) or
+through another replica. Without it, a second socket naming an instance that has a live socket here is
+refused (4411), and on another replica it can only stand by (acquire_lease takes a lease of the same
+instance only with the proof, through the replica that holds it, or one that vacated it on shutdown).
+A hello without the feature for an agent id that has a lease is refused (4426) before its welcome, so
+a leaked token can never replace, silence or mark offline an active instance; a socket that was never
+registered changes nothing when it leaves. Every forward carries the active socket's epoch and a
+delivery claimed under another epoch is given back, not sent.
 """
 
 from __future__ import annotations
@@ -31,10 +43,12 @@ from redis.exceptions import RedisError
 
 from streamspace_common import closecodes
 from streamspace_common.db import TRANSIENT_ERRORS
+from streamspace_common.delivery_auth import DeliveryVerifier
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
+    FEATURE_FENCE,
     FEATURE_HA,
     FEATURE_INVENTORY,
     FEATURES,
@@ -45,6 +59,7 @@ from streamspace_common.schemas import (
     Role,
 )
 from streamspace_common.settings import STALE_AFTER_INTERVALS
+from streamspace_common.tokens import hash_token, new_token
 
 from . import metrics
 from .store import Store
@@ -64,6 +79,9 @@ class AgentConnection:
     registered_at: datetime | None = None  # agents.connected_at as its registration wrote it
     waiting: int = 0  # acks and results read from this socket and not yet committed
     epoch: int | None = None  # HA: the lease epoch of its last active term (0: never active); None: no HA
+    registered: bool = False  # the hub admitted it: only then does its leaving change anything
+    proof_hash: str | None = None  # hash of the lease secret it presented on connect (LEASE_HEADER)
+    lease_hash: str | None = None  # hash of the lease secret this hub gave it with its last active role
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -82,6 +100,10 @@ class AgentConnection:
     @property
     def ha(self) -> bool:
         return FEATURE_HA in self.hello.features
+
+    @property
+    def fences(self) -> bool:
+        return FEATURE_FENCE in self.hello.features and self.ha
 
     @property
     def instance_id(self) -> str:
@@ -110,9 +132,21 @@ class AgentConnection:
             await self.ws.send_str(text)
 
 
+class Refused(Exception):
+    """A socket the hub will not register: closed with `code`, and the reason logged."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
 class AgentHub:
-    def __init__(self, pod: str, routing: RoutingTable, store: Store, heartbeat_interval: float) -> None:
+    def __init__(
+        self, pod: str, routing: RoutingTable, store: Store, heartbeat_interval: float, deliveries: DeliveryVerifier
+    ) -> None:
         self.pod = pod
+        self.deliveries = deliveries  # what the pod channel carries is forwarded only if a dispatcher signed it
         self.routing = routing
         self.store = store
         self.heartbeat_interval = heartbeat_interval
@@ -131,7 +165,36 @@ class AgentHub:
 
     # --- sockets ---------------------------------------------------------------------------
 
+    async def admit(self, conn: AgentConnection) -> None:
+        """Refuse, before its welcome, a socket that must not register: one without HA for an agent run with
+        HA leases (it would replace the active instance), or a second socket of an instance live here."""
+        if conn.ha:
+            self.check_instance(conn)
+            return
+        if await self.store.until_done(partial(self.store.leased_agents, [conn.agent_id])):
+            raise Refused(closecodes.HA_REQUIRED, "this agent runs with HA leases: a hello without ha is refused")
+
+    def check_instance(self, conn: AgentConnection) -> None:
+        """A live socket of the same instance here is replaced only by one proving it holds its lease."""
+        same = self.local_instance(conn.agent_id, conn.instance_id)
+        if same is None or same is conn or same.ws.closed:
+            return
+        if same.lease_hash is not None and same.lease_hash == conn.proof_hash:
+            return
+        raise Refused(closecodes.INSTANCE_CONNECTED, "this instance id already has a live socket here")
+
+    def local_instance(self, agent_id: str, instance_id: str) -> AgentConnection | None:
+        active = self.connections.get(agent_id)
+        if active is not None and active.ha and active.instance_id == instance_id:
+            return active
+        return self.standbys.get(agent_id, {}).get(instance_id)
+
+    def is_active(self, conn: AgentConnection) -> bool:
+        return self.connections.get(conn.agent_id) is conn
+
     async def register(self, conn: AgentConnection) -> None:
+        await self.admit(conn)  # again: another socket may have registered while this one said hello
+        conn.registered = True
         if conn.ha:
             await self.register_instance(conn)
             return
@@ -162,15 +225,13 @@ class AgentHub:
     # --- HA instances ------------------------------------------------------------------------
 
     async def register_instance(self, conn: AgentConnection) -> None:
-        """An HA replica: the same instance reconnecting replaces its own old socket; then it takes the
-        lease if it is free, or stands by."""
-        same = self.connections.get(conn.agent_id)
-        if same is not None and same.instance_id != conn.instance_id:
-            same = None
-        same = same or self.standbys.get(conn.agent_id, {}).get(conn.instance_id)
+        """An HA replica (admitted: no live socket of its instance here, or it proved it is that socket's
+        process, which it replaces): it takes the lease if it is free, or stands by."""
+        same = self.local_instance(conn.agent_id, conn.instance_id)
         if same is not None:
             self.forget(same)
-            await same.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
+            if not same.ws.closed:
+                await same.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
         conn.epoch = 0
         await self.store.until_done(partial(self.store.instance_connected, conn.agent_id, conn.instance_id))
         if not await self.take_lease(conn):
@@ -179,18 +240,26 @@ class AgentHub:
             conn.send_later(Role(role="standby", epoch=epoch))
 
     async def take_lease(self, conn: AgentConnection) -> bool:
-        """Become the active replica if the lease is free (or already ours); redeliver the old epoch's work."""
-        acquire = partial(self.store.acquire_lease, conn.agent_id, conn.instance_id, self.mapping_ttl)
+        """Become the active replica if the lease is free (or already ours); redeliver the old epoch's work.
+        The holder is named by a new secret (agents with "fence"): the role frame carries it, the lease its hash."""
+        secret = new_token() if conn.fences else None
+        holder_hash = None if secret is None else hash_token(secret)
+        acquire = partial(
+            self.store.acquire_lease, conn.agent_id, conn.instance_id, self.mapping_ttl, conn.proof_hash, holder_hash
+        )
         epoch = await self.store.until_done(acquire)
         if epoch is None or conn.ws.closed:
             return False
         promoted = conn.epoch != epoch and epoch > 1
         conn.epoch = epoch
+        conn.lease_hash = holder_hash
         self.standbys.get(conn.agent_id, {}).pop(conn.instance_id, None)
         previous = self.connections.get(conn.agent_id)
-        if previous is not None and previous is not conn:
+        if previous is not None and previous is not conn and previous.ha:
             self.demote(previous, epoch)
-        await conn.send(Role(role="active", epoch=epoch))  # before any command can reach it
+        elif previous is not None and previous is not conn:  # a socket without HA that registered before any lease
+            await self.close_without_ha(previous)
+        await conn.send(Role(role="active", epoch=epoch, lease=secret))  # before any command can reach it
         await self.activate(conn)
         requeue = partial(self.store.commands.requeue_other_epochs, conn.agent_id, epoch)
         moved = await self.store.until_done(requeue)
@@ -209,6 +278,11 @@ class AgentHub:
         self.standbys.setdefault(conn.agent_id, {})[conn.instance_id] = conn
         conn.send_later(Role(role="standby", epoch=epoch))
         log.info("agent_demoted", agent_id=conn.agent_id, instance_id=conn.instance_id, epoch=epoch)
+
+    async def close_without_ha(self, conn: AgentConnection) -> None:
+        """It registered before the agent's first lease; its leaving cleans up what it owns (unregister)."""
+        log.warning("agent_without_ha_closed", agent_id=conn.agent_id, instance_id=conn.instance_id)
+        await conn.ws.close(code=closecodes.HA_REQUIRED, message=b"this agent runs with HA leases: hello with ha")
 
     def forget(self, conn: AgentConnection) -> None:
         standbys = self.standbys.get(conn.agent_id, {})
@@ -250,6 +324,8 @@ class AgentHub:
             )
 
     async def unregister(self, conn: AgentConnection) -> None:
+        if not conn.registered:
+            return  # refused before it registered: it owns no mapping, row, instance or lease
         if conn.ha:
             await self.unregister_instance(conn)
             return
@@ -290,19 +366,32 @@ class AgentHub:
     # --- deliveries from the pod channel ---------------------------------------------------
 
     async def deliver(self, raw: bytes) -> None:
-        """A delivery from the pod's Redis channel."""
+        """A delivery from the pod's Redis channel: forwarded only if a dispatcher signed it (delivery_auth.py)."""
         try:
             delivery = self._delivery_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            log.error("bad_delivery", error=str(exc))
+            self.deliveries.malformed("redis", str(exc))
             return
-        await self.forward(delivery)
+        if self.deliveries.admit(delivery, time.time()):
+            await self.forward(delivery)
 
     async def forward(self, delivery: Delivery) -> None:
         """Send a delivery (from either path of the bus) to its agent's socket, or give it back at once."""
         conn = self.connections.get(delivery.agent_id)
+        if conn is not None and not conn.ws.closed and delivery.epoch != (conn.epoch if conn.ha else None):
+            # Claimed under another lease term (or for a socket that holds none): never sent; given back at
+            # once and claimed again under the active socket's epoch.
+            log.warning(
+                "forward_refused_epoch",
+                agent_id=delivery.agent_id,
+                command_id=delivery.command.command_id,
+                epoch=delivery.epoch,
+                socket_epoch=conn.epoch,
+            )
+            self.in_background(self.give_back(delivery, here=True))
+            return
         if conn is not None and not conn.ws.closed:
-            command = msgspec.structs.replace(delivery.command, epoch=delivery.epoch) if conn.ha else delivery.command
+            command = msgspec.structs.replace(delivery.command, epoch=conn.epoch) if conn.ha else delivery.command
             try:
                 await conn.ws.send_str(self._encoder.encode(command).decode())
                 metrics.COMMANDS_FORWARDED.inc()
@@ -319,11 +408,13 @@ class AgentHub:
         # Off the channel-reading loop, so a PostgreSQL outage never stalls deliveries to other agents.
         self.in_background(self.give_back(delivery))
 
-    async def give_back(self, delivery: Delivery) -> None:
-        """The agent is not (or no longer) here: drop our stale mapping, requeue the command at once."""
-        log.info("agent_not_here", agent_id=delivery.agent_id, command_id=delivery.command.command_id)
-        with contextlib.suppress(RedisError):
-            await self.routing.remove_if_owner(delivery.agent_id, self.pod)
+    async def give_back(self, delivery: Delivery, here: bool = False) -> None:
+        """Requeue the command at once; unless the agent is `here` (the delivery's epoch was not its socket's),
+        it is not (or no longer) on this replica: drop our stale mapping."""
+        if not here:
+            log.info("agent_not_here", agent_id=delivery.agent_id, command_id=delivery.command.command_id)
+            with contextlib.suppress(RedisError):
+                await self.routing.remove_if_owner(delivery.agent_id, self.pod)
         requeue = partial(self.store.commands.requeue_sent, [delivery.command.command_id], [delivery.attempt])
         await self.store.until_done(requeue)
         metrics.COMMANDS_REQUEUED.inc()
@@ -406,8 +497,11 @@ class AgentHub:
         revoked = await self.store.revoked_tokens({conn.token_hash for conn in sockets})
         for conn in sockets:
             if conn.token_hash in revoked:
-                log.warning("agent_token_revoked", agent_id=conn.agent_id, instance_id=conn.instance_id)
-                await conn.ws.close(code=closecodes.TOKEN_REVOKED, message=b"agent token revoked")
+                expired = revoked[conn.token_hash]
+                event = "agent_token_expired" if expired else "agent_token_revoked"
+                log.warning(event, agent_id=conn.agent_id, instance_id=conn.instance_id)
+                reason = b"agent token expired" if expired else b"agent token revoked"
+                await conn.ws.close(code=closecodes.TOKEN_REVOKED, message=reason)
 
     async def keep_leases(self) -> None:
         """Renew the leases of our active HA sockets (one that another instance took meanwhile is lost:
@@ -427,11 +521,18 @@ class AgentHub:
             self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
         instances = [c for c in self.all_sockets() if c.ha]
         await self.store.touch_instances([c.agent_id for c in instances], [c.instance_id for c in instances])
+        without_ha = [c.agent_id for c in self.connections.values() if not c.ha and not c.ws.closed]
+        for agent_id in await self.store.leased_agents(without_ha):  # registered before the agent's first lease
+            legacy = self.connections.get(agent_id)
+            if legacy is not None and not legacy.ha:
+                await self.close_without_ha(legacy)
 
     async def shutdown(self) -> None:
         """Graceful stop (§3): agents reconnect elsewhere at once; our mappings and rows go."""
         self.closing = True
         agent_ids = list(self.connections)
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # before the 1012: the replicas reconnect elsewhere at once
+            await self.store.vacate_pod_leases()
         await self.close_all(closecodes.SERVICE_RESTART, b"gateway restarting")
         for agent_id in agent_ids:
             with contextlib.suppress(RedisError):

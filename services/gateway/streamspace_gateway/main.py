@@ -10,13 +10,15 @@ from redis.asyncio import Redis
 
 from streamspace_common.bus import PostgresListener
 from streamspace_common.db import create_pool, server_settings
+from streamspace_common.delivery_auth import DeliveryVerifier, load_delivery_keys, parse_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.passwords import configure as configure_passwords
 from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
-from streamspace_common.web import add_health_routes, background, serve
+from streamspace_common.web import add_health_routes, background, metrics_listener, serve
 
+from . import metrics
 from .agent_socket import agent_connect
 from .api import add_api_routes
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
@@ -25,6 +27,7 @@ from .auth import AUTH_KEY, Authenticator, signing_secret
 from .console import add_console_routes
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
+from .request_context import add_headers, request_context
 from .revocation import OPEN_STREAMS_KEY, OpenStreams
 from .store import STORE_KEY, Store
 from .throttle import ADDRESSES_KEY, THROTTLE_KEY, ClientAddresses, LoginThrottle
@@ -36,7 +39,10 @@ log = structlog.get_logger("gateway")
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_request_bytes)
+    if settings.delivery_keys:
+        parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
+    app = web.Application(middlewares=[request_context, json_errors], client_max_size=settings.max_request_bytes)
+    app.on_response_prepare.append(add_headers)
     app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
     broker = TunnelBroker(tunnel_url(settings))
     app.router.add_get(TUNNEL_PATH, broker.agent_dial)
@@ -55,7 +61,11 @@ def create_app(settings: Settings) -> web.Application:
             return False
         return hub.subscribed or listener.listening
 
-    add_health_routes(app, is_ready)
+    add_health_routes(app, is_ready, with_metrics=False)  # never on the API port: METRICS_PORT
+
+    async def metrics(_: web.Application) -> AsyncIterator[None]:
+        async with metrics_listener(settings.host, settings.metrics_port):
+            yield
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, server_settings("gateway", settings.pod_name))
@@ -63,7 +73,9 @@ def create_app(settings: Settings) -> web.Application:
         store = Store(pool, settings.pod_name)
         await store.pod_agents_offline()  # a restarted replica holds no sockets yet
         routing = RoutingTable(redis, RedisKeys(settings.redis_key_prefix))
-        hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval)
+        delivery_keys = await load_delivery_keys(pool, settings.delivery_keys)
+        verifier = DeliveryVerifier(delivery_keys, settings.pod_name, refused_delivery)
+        hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval, verifier)
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
         app[THROTTLE_KEY] = login_throttle(settings, redis, routing.keys)
@@ -73,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
             pool,
             settings.pod_name,
             hub.forward,
+            verifier,
             on_lease_released=hub.on_lease_released,
             on_access_revoked=open_streams.wake,
         )
@@ -92,6 +105,7 @@ def create_app(settings: Settings) -> web.Application:
             await app[STREAMS_KEY].shutdown()
         await app[HUB_KEY].shutdown()
 
+    app.cleanup_ctx.append(metrics)
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     return app
@@ -102,12 +116,17 @@ def login_throttle(settings: Settings, redis: Redis, keys: RedisKeys) -> LoginTh
     return LoginThrottle(redis, keys, *limits, settings.login_failure_window)
 
 
+def refused_delivery(path: str, reason: str) -> None:
+    metrics.DELIVERIES_REFUSED.labels(path, reason).inc()
+
+
 def tunnel_url(settings: Settings) -> str:
     """Where agents dial back to reach this replica's tunnels (TUNNEL_URL, else its own address)."""
     if settings.tunnel_url:
         base = settings.tunnel_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return base if base.endswith(TUNNEL_PATH) else base + TUNNEL_PATH
-    host = settings.pod_ip or (settings.pod_name if settings.host in ("0.0.0.0", "::", "") else settings.host)
+    all_interfaces = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, not bound to)
+    host = settings.pod_ip or (settings.pod_name if settings.host in all_interfaces else settings.host)
     host = f"[{host}]" if ":" in host else host  # an IPv6 address
     return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
 
@@ -116,5 +135,5 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, service="gateway", pod=settings.pod_name)
     port = port_or(settings, DEFAULT_PORT)
-    log.info("starting", host=settings.host, port=port)
+    log.info("starting", host=settings.host, port=port, metrics_port=settings.metrics_port or None)
     serve(create_app(settings), settings.host, port, shutdown_timeout=10)

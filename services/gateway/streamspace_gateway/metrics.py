@@ -15,6 +15,12 @@ PUBLISH_TO_FORWARD = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
 COMMANDS_FORWARDED = Counter("streamspace_gateway_commands_forwarded_total", "Commands sent to a local agent socket")
+DELIVERIES_REFUSED = Counter(
+    "streamspace_gateway_deliveries_refused_total",
+    "Deliveries (Redis) and hand-overs (PostgreSQL) refused: unsigned, unknown key, bad signature, another pod's, "
+    "expired, replayed or malformed; never forwarded",
+    ["path", "reason"],
+)
 COMMANDS_REQUEUED = Counter(
     "streamspace_gateway_commands_requeued_total", "Commands put back to pending: the agent was not on this replica"
 )

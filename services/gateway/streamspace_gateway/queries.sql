@@ -1,13 +1,19 @@
 -- Queries run by the gateway.
 
 -- name: agent_for_token
-SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
+-- The agent a live token (not revoked, not expired) belongs to; superseded_at and expires_at say
+-- whether it is an old token inside its rotation overlap (the gateway logs a warning for those).
+SELECT agent_id, superseded_at, expires_at FROM agent_tokens
+WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now());
 
 -- name: revoked_tokens
--- Those of these token hashes that are no longer live (revoked or gone): usually none, so the
--- upkeep of 10,000 sockets reads back nothing rather than 10,000 rows.
-SELECT h.token_hash FROM unnest($1::text[]) AS h(token_hash)
-WHERE NOT EXISTS (SELECT 1 FROM agent_tokens t WHERE t.token_hash = h.token_hash AND t.revoked_at IS NULL);
+-- Those of these token hashes that are no longer live (revoked, expired or gone), and whether it
+-- is its expiry that ended it: usually none, so the upkeep of 10,000 sockets reads back nothing
+-- rather than 10,000 rows.
+SELECT h.token_hash, coalesce(t.revoked_at IS NULL AND t.expires_at <= now(), false) AS expired
+FROM unnest($1::text[]) AS h(token_hash)
+LEFT JOIN agent_tokens t ON t.token_hash = h.token_hash
+WHERE t.token_hash IS NULL OR t.revoked_at IS NOT NULL OR t.expires_at <= now();
 
 -- name: agent_online
 UPDATE agents
@@ -35,16 +41,35 @@ WHERE agent_id = ANY($1::text[]) AND gateway_pod = $2;
 SELECT pg_notify($2, agent_id) FROM unnest($1::text[]) AS agent_id;
 
 -- name: acquire_lease
--- An HA agent's lease for instance $2 on this replica ($3), if nobody holds it, it lapsed, or that
--- instance holds it already (a reconnect keeps its epoch); the epoch rises on every change of holder.
--- No row: another instance holds it. $4: seconds until it lapses unless renewed.
-INSERT INTO agent_leases AS l (agent_id, instance_id, gateway_pod, epoch, expires_at)
-VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4))
+-- An HA agent's lease for instance $2 on this replica ($3), if nobody holds it or it lapsed; or, for
+-- the instance that holds it already (a reconnect keeps its epoch), if the socket proves it is that
+-- process ($5: the hash of the lease secret it presented equals holder_hash), or the lease is on THIS
+-- replica (the hub has checked that no live socket of the instance is open here), or on none (its
+-- gateway stopped and vacated it: vacate_pod_leases). An instance id alone, which any client may send,
+-- never takes a lease another replica still renews: no row. $6: the hash of the new secret the holder is
+-- given (NULL: it announced no "fence" feature). The epoch rises on every change of holder. $4: seconds
+-- until it lapses unless renewed.
+INSERT INTO agent_leases AS l (agent_id, instance_id, gateway_pod, epoch, expires_at, holder_hash)
+VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), $6)
 ON CONFLICT (agent_id) DO UPDATE
 SET instance_id = EXCLUDED.instance_id, gateway_pod = EXCLUDED.gateway_pod, expires_at = EXCLUDED.expires_at,
+    holder_hash = EXCLUDED.holder_hash,
     epoch = CASE WHEN l.instance_id = EXCLUDED.instance_id THEN l.epoch ELSE l.epoch + 1 END
-WHERE l.expires_at < now() OR l.instance_id = EXCLUDED.instance_id
+WHERE l.expires_at < now()
+   OR (l.instance_id = EXCLUDED.instance_id
+       AND (l.gateway_pod IN (EXCLUDED.gateway_pod, '') OR l.holder_hash = $5))
 RETURNING epoch;
+
+-- name: vacate_pod_leases
+-- A stopping replica ($1) closes its sockets with 1012 and keeps their leases (the active replicas
+-- reconnect elsewhere at once and keep their epoch and work): it names no gateway any more, so only the
+-- same instance can take it back (acquire_lease), and it lapses as usual if that one does not come.
+UPDATE agent_leases SET gateway_pod = '' WHERE gateway_pod = $1 AND expires_at > now();
+
+-- name: leased_agents
+-- Of these agent ids, those that have (or ever had) an HA lease: a hello without the ha feature is
+-- refused for them (4426), so it can never replace an active instance.
+SELECT agent_id FROM agent_leases WHERE agent_id = ANY($1::text[]);
 
 -- name: lapsed_leases
 -- Of these agents (standbys here, none active here), those whose lease nobody holds any more: only

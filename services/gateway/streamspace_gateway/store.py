@@ -33,15 +33,18 @@ class Store:
         through a PostgreSQL outage; only errors that say PostgreSQL is unavailable are retried."""
         return await retry(write, self.outage, TRANSIENT_ERRORS)
 
-    async def agent_for_token(self, token_hash: str) -> str | None:
-        value = await self.pool.fetchval(QUERIES["agent_for_token"], token_hash)
-        return None if value is None else str(value)
+    async def agent_for_token(self, token_hash: str) -> asyncpg.Record | None:
+        """The live token's row (agent_id, superseded_at, expires_at); None if unknown, revoked or expired."""
+        row: asyncpg.Record | None = await self.pool.fetchrow(QUERIES["agent_for_token"], token_hash)
+        return row
 
-    async def revoked_tokens(self, token_hashes: set[str]) -> set[str]:
-        """Those of these agent token hashes that are revoked (or gone)."""
+    async def revoked_tokens(self, token_hashes: set[str]) -> dict[str, bool]:
+        """Those of these agent token hashes that are no longer live, each with whether it expired (else it
+        was revoked, or is gone)."""
         if not token_hashes:
-            return set()
-        return {row[0] for row in await self.pool.fetch(QUERIES["revoked_tokens"], list(token_hashes))}
+            return {}
+        rows = await self.pool.fetch(QUERIES["revoked_tokens"], list(token_hashes))
+        return {row["token_hash"]: row["expired"] for row in rows}
 
     async def agent_online(self, hello: Hello) -> datetime | None:
         """Marks the agent online on this replica; the registration's time, which identifies the socket."""
@@ -67,9 +70,14 @@ class Store:
 
     # --- HA: leases and instances ---------------------------------------------------------------
 
-    async def acquire_lease(self, agent_id: str, instance_id: str, ttl: float) -> int | None:
-        """The lease's epoch if this instance holds it now; None if another one does."""
-        epoch: int | None = await self.pool.fetchval(QUERIES["acquire_lease"], agent_id, instance_id, self.pod, ttl)
+    async def acquire_lease(
+        self, agent_id: str, instance_id: str, ttl: float, proof_hash: str | None, holder_hash: str | None
+    ) -> int | None:
+        """The lease's epoch if this socket holds it now (its holder secret's hash: `holder_hash`); None if
+        another one does. `proof_hash`: the hash of the lease secret the socket presented, if any."""
+        epoch: int | None = await self.pool.fetchval(
+            QUERIES["acquire_lease"], agent_id, instance_id, self.pod, ttl, proof_hash, holder_hash
+        )
         return epoch
 
     async def lapsed_leases(self, agent_ids: list[str]) -> list[str]:
@@ -89,6 +97,15 @@ class Store:
             return set()
         rows = await self.pool.fetch(QUERIES["renew_leases"], agent_ids, instance_ids, epochs, self.pod, ttl)
         return {row["agent_id"] for row in rows}
+
+    async def leased_agents(self, agent_ids: list[str]) -> set[str]:
+        """Those of these agents that have (or had) an HA lease: no hello without HA is accepted for them."""
+        if not agent_ids:
+            return set()
+        return {row[0] for row in await self.pool.fetch(QUERIES["leased_agents"], agent_ids)}
+
+    async def vacate_pod_leases(self) -> None:
+        await self.pool.execute(QUERIES["vacate_pod_leases"], self.pod)
 
     async def release_lease(self, agent_id: str, instance_id: str, epoch: int) -> None:
         await self.pool.execute(QUERIES["release_lease"], agent_id, instance_id, epoch, LEASE_CHANNEL, self.pod)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 
 import structlog
@@ -87,13 +88,16 @@ def close_code(code: int | None) -> int:
     return code if code in SENDABLE_CLOSE or 3000 <= code <= 4999 else 1000
 
 
-async def forward(source: web.WebSocketResponse, target: web.WebSocketResponse, direction: str) -> tuple[int, str]:
+async def forward(
+    source: web.WebSocketResponse, target: web.WebSocketResponse, direction: str, tally: Counter[str]
+) -> tuple[int, str]:
     """Copy binary frames from source to target until source closes; its close code and reason."""
     bytes_counter = metrics.STREAM_BYTES.labels(direction)
     while True:
         message = await source.receive()
         if message.type == WSMsgType.BINARY:
             bytes_counter.inc(len(message.data))
+            tally[direction] += len(message.data)
             await target.send_bytes(message.data)
         elif message.type == WSMsgType.CLOSE:
             return close_code(message.data), str(message.extra or "")
@@ -103,10 +107,14 @@ async def forward(source: web.WebSocketResponse, target: web.WebSocketResponse, 
             return close_code(source.close_code), "the other end went away"
 
 
-async def pipe(browser: web.WebSocketResponse, agent: web.WebSocketResponse) -> tuple[int, str]:
-    """Both directions until either end closes; the other is closed with the same code and reason."""
-    up = asyncio.create_task(forward(browser, agent, "to_session"))
-    down = asyncio.create_task(forward(agent, browser, "to_browser"))
+async def pipe(
+    browser: web.WebSocketResponse, agent: web.WebSocketResponse, tally: Counter[str] | None = None
+) -> tuple[int, str]:
+    """Both directions until either end closes; the other is closed with the same code and reason.
+    `tally` counts the bytes each way, by direction (to_session, to_browser)."""
+    tally = Counter() if tally is None else tally
+    up = asyncio.create_task(forward(browser, agent, "to_session", tally))
+    down = asyncio.create_task(forward(agent, browser, "to_browser", tally))
     done, pending = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
     first = done.pop()
     for task in pending:

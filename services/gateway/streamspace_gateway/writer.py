@@ -131,6 +131,11 @@ class FrameWriter:
             moved = await self.write_one_by_one(acks, results, exc)
         for status in moved.values():
             metrics.AGENT_RESULTS.labels(status).inc()
+        if len(moved) < len(results):
+            for queued, result in results:  # refused: a stale or missing epoch, or late (already final, requeued)
+                if result.command_id not in moved:
+                    agent_id, epoch = queued.peer.agent_id, queued.epoch
+                    log.info("result_not_applied", agent_id=agent_id, command_id=result.command_id, epoch=epoch)
 
     async def write_one_by_one(
         self, acks: list[tuple[str, str, int | None]], results: list[tuple[Queued, Result]], error: Exception

@@ -141,7 +141,8 @@ class SessionDriver:
         return report
 
     async def _create(self, payload: SessionPayload) -> SessionReport:
-        assert isinstance(payload, CreateSession)
+        if not isinstance(payload, CreateSession):
+            raise TypeError(f"CREATE_SESSION with a {type(payload).__name__} payload")
         return await self.create(payload)
 
     async def report_inventory(self) -> dict[str, Any]:

@@ -2,9 +2,16 @@
 
 Per session: a container `ss-<session_id>` running the template's image (its own command) with
 labels io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id (and
-io.streamspace.template), on the network DOCKER_NETWORK (created if missing), with a named volume
+io.streamspace.template), on the network DOCKER_NETWORK, with a named volume
 `ss-<session_id>-data` mounted at /data, NanoCpus and Memory from the template's resources, PORT set
-to the first port, and that port published on DOCKER_PUBLISH_HOST with a host port the engine picks.
+to the first port, and that port alone published on DOCKER_PUBLISH_HOST (127.0.0.1 by default) with a
+host port the engine picks: the agent reaches the session there, nobody else is meant to.
+
+Isolation (docs/security.md, "## Session isolation"): DOCKER_NETWORK is a bridge of the sessions' own
+(never the engine's default `bridge`, nor `host` or `none`), made with inter-container traffic off
+(`com.docker.network.bridge.enable_icc=false`), so one session cannot reach another; a network that
+exists with it on is used, with a warning in the log. Every capability is dropped and only DOCKER_CAP_ADD
+given back; `no-new-privileges` stops setuid binaries from gaining any.
 
 hibernate and stop = stop the container; wake = start it (the engine picks a new host port, which
 the report carries); delete = remove the container and its volume. Inventory and orphans come from
@@ -15,9 +22,11 @@ hibernated or stopped (labels cannot change after creation): inventory reports b
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import aiodocker
+import structlog
 from aiodocker.exceptions import DockerError
 from aiodocker.volumes import DockerVolume
 
@@ -27,6 +36,19 @@ from streamspace_common.settings import Settings
 from .base import AGENT_LABEL, MANAGED_LABEL, SESSION_LABEL, TEMPLATE_LABEL, SessionDriver, SessionFailed
 
 DATA_PATH = "/data"
+ENGINE_NETWORKS = ("bridge", "host", "none", "default")
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
+log = structlog.get_logger("agent.docker")
+
+
+def capabilities(text: str) -> list[str]:
+    """DOCKER_CAP_ADD as a list of capability names (CAP_ prefix optional); ValueError for a bad one."""
+    names = [name.strip().upper().removeprefix("CAP_") for name in text.split(",") if name.strip()]
+    bad = [name for name in names if not CAPABILITY.match(name) or name == "ALL"]
+    if bad:
+        raise ValueError(f"DOCKER_CAP_ADD={text!r}: not capability names: {', '.join(bad)}")
+    return names
 
 
 def container_name(session_id: str) -> str:
@@ -43,8 +65,16 @@ class DockerDriver(SessionDriver):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.agent_id)
         self.url = settings.docker_host or None
+        if settings.docker_network in ENGINE_NETWORKS:
+            raise ValueError(
+                f"DOCKER_NETWORK={settings.docker_network!r} is one of the engine's own networks: "
+                "sessions need a network of their own"
+            )
         self.network = settings.docker_network
         self.publish_host = settings.docker_publish_host
+        self.cap_add = capabilities(settings.docker_cap_add)
+        if self.publish_host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("docker_sessions_published_beyond_this_host", publish_host=self.publish_host)
         self.stop_timeout = settings.docker_stop_timeout
         self._docker: aiodocker.Docker | None = None
 
@@ -103,19 +133,30 @@ class DockerDriver(SessionDriver):
                     f"image {image!r} is not on the engine and cannot be pulled: {exc.message}"
                 ) from exc
 
+    def network_config(self) -> dict[str, Any]:
+        """The sessions' network: a bridge on which containers cannot reach each other."""
+        return {
+            "Name": self.network,
+            "Driver": "bridge",
+            "Labels": {MANAGED_LABEL: "true"},
+            "Options": {ICC_OPTION: "false"},
+        }
+
     async def _ensure_network(self) -> None:
         try:
-            await self.docker.networks.get(self.network)
+            network = await self.docker.networks.get(self.network)
         except DockerError as exc:
             if exc.status != 404:
                 raise
             try:
-                await self.docker.networks.create(
-                    {"Name": self.network, "Driver": "bridge", "Labels": {MANAGED_LABEL: "true"}}
-                )
+                await self.docker.networks.create(self.network_config())
             except DockerError as race:
                 if race.status != 409:  # made by another agent meanwhile
                     raise
+            return
+        options = (await network.show()).get("Options") or {}
+        if options.get(ICC_OPTION) != "false":
+            log.warning("docker_network_lets_sessions_talk", network=self.network, option=f"{ICC_OPTION}=false")
 
     def _config(self, spec: CreateSession) -> dict[str, Any]:
         if not spec.ports:
@@ -135,6 +176,10 @@ class DockerDriver(SessionDriver):
                 "Mounts": [{"Type": "volume", "Source": volume_name(spec.session_id), "Target": DATA_PATH}],
                 "NetworkMode": self.network,
                 "RestartPolicy": {"Name": "no"},
+                "CapDrop": ["ALL"],
+                "CapAdd": self.cap_add,
+                "SecurityOpt": ["no-new-privileges:true"],
+                "Privileged": False,
             },
         }
 

@@ -2,21 +2,27 @@
 
 Per session, in KUBERNETES_NAMESPACE, all named `ss-<session_id>` and labelled
 io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id:
+- a NetworkPolicy, made first so no session pod ever runs without it: the session's pods admit
+  ingress only from the agent's own pods (KUBERNETES_AGENT_SELECTOR; in another namespace, that
+  namespace's pods of that selector) and only on the template's ports. Other sessions, the gateways and
+  every other pod are refused (docs/security.md, "## Session isolation");
 - a PersistentVolumeClaim (always one: KUBERNETES_STORAGE_SIZE, ReadWriteOnce, KUBERNETES_STORAGE_CLASS
   or the cluster's default) mounted at /data, so a hibernated session keeps its files;
 - a ClusterIP Service exposing the template's ports; the endpoint is its cluster DNS name
   (`ss-<id>.<namespace>.svc.<KUBERNETES_CLUSTER_DOMAIN>`) and the first port;
 - a Deployment (Recreate strategy, one container `session` with the image's own command, PORT set,
-  cpu/memory as both requests and limits) with replicas 1.
+  cpu/memory as both requests and limits) with replicas 1. Its pods run restricted (the Pod Security
+  Standard): as KUBERNETES_SESSION_UID, never root, no privilege escalation, every capability dropped,
+  the runtime's default seccomp profile, no service-account token and no service links.
 
 hibernate and stop = patch replicas to 0 (the annotation io.streamspace.state records which, so
-inventory can tell them apart); wake = replicas 1; delete = delete all three. Creating makes each of the
-three if missing (a 409 means it is there), so a half-made session is completed by a second CREATE.
+inventory can tell them apart); wake = replicas 1; delete = delete all four (the policy last). Creating
+makes each of the four if missing (a 409 means it is there), so a half-made session is completed by a second CREATE.
 Inventory and orphans come from label selectors. The endpoint is reported as soon as the Deployment
 asks for a pod: the driver does not wait for the pod to be ready (docs/drivers.md).
 
 The calls, and nothing else, that helm/streamspace-agent/templates/rbac.yaml grants: deployments
-create/patch/delete/list, services and persistentvolumeclaims create/delete/list.
+create/patch/delete/list, services, persistentvolumeclaims and networkpolicies create/delete/list.
 """
 
 from __future__ import annotations
@@ -43,6 +49,18 @@ def object_name(session_id: str) -> str:
     return f"ss-{session_id}"
 
 
+def parse_selector(text: str) -> dict[str, str]:
+    """KUBERNETES_AGENT_SELECTOR (`k=v,k=v`) as matchLabels; ValueError when empty or malformed."""
+    pairs = [part.strip().split("=", 1) for part in text.split(",") if part.strip()]
+    labels = {key.strip(): value.strip() for key, value in (pair for pair in pairs if len(pair) == 2)}
+    if not labels or len(labels) != len(pairs) or not all(LABEL_VALUE.match(v) for v in labels.values()):
+        raise ValueError(
+            f"KUBERNETES_AGENT_SELECTOR={text!r} must be the agent pods' labels as k=v[,k=v]: each session's "
+            "NetworkPolicy admits those pods alone"
+        )
+    return labels
+
+
 def label_value(text: str) -> str:
     """Template names may hold anything; a label value may not. Keep what fits."""
     cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", text)[:63].strip("-_.")
@@ -61,14 +79,22 @@ class KubernetesDriver(SessionDriver):
         self.storage_size = settings.kubernetes_storage_size
         self.storage_class = settings.kubernetes_storage_class
         self.cluster_domain = settings.kubernetes_cluster_domain
+        self.agent_selector = parse_selector(settings.kubernetes_agent_selector)
+        self.agent_namespace = self._namespace_file() or self.namespace
+        self.session_uid = settings.kubernetes_session_uid
         self._api: client.ApiClient | None = None
 
+    @classmethod
+    def _own_namespace(cls) -> str:
+        return cls._namespace_file() or "default"
+
     @staticmethod
-    def _own_namespace() -> str:
+    def _namespace_file() -> str:
+        """The agent pod's own namespace, "" outside a pod."""
         try:
-            return POD_NAMESPACE_FILE.read_text().strip() or "default"
+            return POD_NAMESPACE_FILE.read_text().strip()
         except OSError:
-            return "default"
+            return ""
 
     async def _client(self) -> client.ApiClient:
         """KUBERNETES_API_URL if set, else the pod's service account, else ~/.kube/config; made on first use."""
@@ -89,6 +115,9 @@ class KubernetesDriver(SessionDriver):
 
     async def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(await self._client())
+
+    async def networking(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(await self._client())
 
     async def close(self) -> None:
         if self._api is not None:
@@ -142,6 +171,7 @@ class KubernetesDriver(SessionDriver):
             "volumeMounts": [{"name": "data", "mountPath": DATA_PATH}],
         }
         volume = {"name": "data", "persistentVolumeClaim": {"claimName": object_name(spec.session_id)}}
+        pod_security, container["securityContext"] = self.pod_security()
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -152,10 +182,51 @@ class KubernetesDriver(SessionDriver):
                 "strategy": {"type": "Recreate"},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [container], "volumes": [volume]},
+                    "spec": {
+                        "containers": [container],
+                        "volumes": [volume],
+                        "securityContext": pod_security,
+                        "automountServiceAccountToken": False,  # a session has no business with the API
+                        "enableServiceLinks": False,  # nor with the addresses of every Service around it
+                    },
                 },
             },
         }
+
+    def policy_body(self, spec: CreateSession) -> Any:
+        """Ingress to the session's pods from the agent's pods alone, on the template's ports alone."""
+        agents: dict[str, Any] = {"podSelector": {"matchLabels": self.agent_selector}}
+        if self.agent_namespace != self.namespace:
+            agents["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": self.agent_namespace}}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": self._metadata(spec.session_id),
+            "spec": {
+                "podSelector": {"matchLabels": self.labels(spec.session_id)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [agents], "ports": [{"protocol": "TCP", "port": port} for port in spec.ports]}],
+            },
+        }
+
+    def pod_security(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The pod's and the container's securityContext: the "restricted" Pod Security Standard."""
+        uid = self.session_uid
+        pod = {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        container = {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        return pod, container
 
     def endpoint(self, session_id: str, port: int) -> Endpoint:
         host = f"{object_name(session_id)}.{self.namespace}.svc.{self.cluster_domain}"
@@ -168,7 +239,8 @@ class KubernetesDriver(SessionDriver):
             raise SessionFailed("the kubernetes platform runs the template's image, and this template has none")
         if not spec.ports:
             raise SessionFailed("the template has no ports; the kubernetes platform serves the first one")
-        core, apps = await self.core(), await self.apps()
+        core, apps, networking = await self.core(), await self.apps(), await self.networking()
+        await _exists_is_fine(networking.create_namespaced_network_policy(self.namespace, self.policy_body(spec)))
         await _exists_is_fine(core.create_namespaced_persistent_volume_claim(self.namespace, self.claim_body(spec)))
         await _exists_is_fine(core.create_namespaced_service(self.namespace, self.service_body(spec)))
         if await _exists_is_fine(apps.create_namespaced_deployment(self.namespace, self.deployment_body(spec))):
@@ -202,10 +274,11 @@ class KubernetesDriver(SessionDriver):
 
     async def delete(self, session_id: str) -> SessionReport:
         name = object_name(session_id)
-        core, apps = await self.core(), await self.apps()
+        core, apps, networking = await self.core(), await self.apps(), await self.networking()
         await _gone_is_fine(apps.delete_namespaced_deployment(name, self.namespace))
         await _gone_is_fine(core.delete_namespaced_service(name, self.namespace))
         await _gone_is_fine(core.delete_namespaced_persistent_volume_claim(name, self.namespace))
+        await _gone_is_fine(networking.delete_namespaced_network_policy(name, self.namespace))  # the pod is gone
         return SessionReport(session_id=session_id, state="deleted")
 
     # --- what runs -------------------------------------------------------------------------
@@ -229,13 +302,14 @@ class KubernetesDriver(SessionDriver):
         return sorted(items, key=lambda item: item.session_id)
 
     async def workload_ids(self) -> list[str]:
-        core, apps = await self.core(), await self.apps()
+        core, apps, networking = await self.core(), await self.apps(), await self.networking()
         selector = self.selector()
         ids: set[str] = set()
         for listing in (
             await apps.list_namespaced_deployment(self.namespace, label_selector=selector),
             await core.list_namespaced_service(self.namespace, label_selector=selector),
             await core.list_namespaced_persistent_volume_claim(self.namespace, label_selector=selector),
+            await networking.list_namespaced_network_policy(self.namespace, label_selector=selector),
         ):
             ids.update(item.metadata.labels[SESSION_LABEL] for item in listing.items)
         return sorted(ids)

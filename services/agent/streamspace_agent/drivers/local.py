@@ -3,7 +3,12 @@
 The process runs the template's `command` (argv; `{port}` becomes a free port, `{python}` the agent's
 interpreter) with PORT and STREAMSPACE_SESSION_ID in a minimal environment (the agent's own settings,
 its token included, are not passed on), in its own process group, with a data directory as its
-working directory and HOME. It is expected to listen on 127.0.0.1:<port>, the session's endpoint.
+working directory and HOME. It must listen on 127.0.0.1:<port>, the session's endpoint, and on no
+address but the loopback: once it listens (at create and at wake) the driver reads the TCP sockets of
+the session's process group from /proc, and a session listening on any other address (0.0.0.0, a LAN
+address, ::) is terminated and reported failed. The local platform is a single-user developer
+platform (docs/security.md, "## Session isolation"): sessions are not isolated from each other or from
+the agent's user, only kept off the network.
 
 hibernate = SIGSTOP to the group, wake = SIGCONT (or a restart if the process is gone), stop = SIGTERM
 to the group and SIGKILL after LOCAL_STOP_GRACE seconds, delete = stop and remove its directory.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -60,6 +66,59 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[19])
+
+
+TCP_LISTEN = "0A"
+LOOPBACK_V6 = "00000000000000000000000001000000"
+MAPPED_V4 = "0000000000000000FFFF0000"  # ::ffff:a.b.c.d, the IPv4 part after it
+
+
+def is_loopback(hex_address: str) -> bool:
+    """An address of /proc/net/tcp{,6} (little-endian hex words) in 127.0.0.0/8 or ::1."""
+    if len(hex_address) == 8:
+        return hex_address[6:8] == "7F"
+    return hex_address == LOOPBACK_V6 or (hex_address.startswith(MAPPED_V4) and hex_address[30:32] == "7F")
+
+
+def group_socket_inodes(pgid: int) -> set[str]:
+    """The socket inodes held open by the processes of one process group."""
+    inodes: set[str] = set()
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_path.read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
+                continue
+            links = [os.readlink(fd) for fd in stat_path.parent.joinpath("fd").iterdir()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+    return inodes
+
+
+def readable(local: str) -> str:
+    """/proc/net/tcp's `0100007F:1F90` as `127.0.0.1:8080` (IPv6 as `[::]:8080`)."""
+    address, port = local.split(":")
+    raw = bytes.fromhex(address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is little-endian
+    ip = ipaddress.ip_address(words)
+    return f"{ip}:{int(port, 16)}" if ip.version == 4 else f"[{ip}]:{int(port, 16)}"
+
+
+def exposed_listeners(pgid: int) -> list[str]:
+    """`address:port` of every TCP socket the process group listens on beyond the loopback."""
+    inodes = group_socket_inodes(pgid)
+    exposed = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == TCP_LISTEN and inode in inodes and not is_loopback(local.split(":")[0]):
+                exposed.append(readable(local))
+    return exposed
 
 
 def free_port() -> int:
@@ -145,7 +204,7 @@ class LocalDriver(SessionDriver):
     def _spawn(self, argv: list[str], env: dict[str, str], directory: Path) -> subprocess.Popen[bytes]:
         with (directory / "output.log").open("ab") as output:
             try:
-                return subprocess.Popen(
+                return subprocess.Popen(  # noqa: S603 (the template's command, no shell: the local platform runs what an admin's template says)
                     argv,
                     cwd=directory / "data",
                     env=env,
@@ -173,6 +232,13 @@ class LocalDriver(SessionDriver):
                 await asyncio.sleep(0.05)
                 continue
             writer.close()
+            exposed = exposed_listeners(record.pid)
+            if exposed:
+                await self._terminate(record)
+                raise SessionFailed(
+                    f"the process listens beyond 127.0.0.1 (on {', '.join(exposed)}): "
+                    "the local platform keeps sessions on the loopback"
+                )
             return
 
     def _tail(self, record: LocalRecord) -> str:

@@ -13,10 +13,10 @@ import msgspec
 from aiohttp import web
 
 from ..errors import ErrorResponse
-from . import agents, auth, commands, keys, sessions, streams, templates, users
+from . import agents, audit, auth, commands, keys, sessions, streams, templates, users
 from .base import JSON_VALUE_SCHEMA, ApiRoutes, Operation, encoded
 
-MODULES = (auth, users, keys, agents, commands, templates, sessions, streams)
+MODULES = (auth, users, keys, agents, commands, templates, sessions, streams, audit)
 meta = ApiRoutes()
 STATUS_TEXT = {
     400: "bad input; `field` names it",

@@ -15,11 +15,23 @@ FROM agents WHERE agent_id = $1;
 INSERT INTO agents (agent_id) VALUES ($1) ON CONFLICT (agent_id) DO NOTHING;
 
 -- name: create_agent_token
-INSERT INTO agent_tokens (agent_id, token_hash) VALUES ($1, $2)
-RETURNING id::text, agent_id, created_at;
+-- $3: seconds until it expires (NULL: never).
+INSERT INTO agent_tokens (agent_id, token_hash, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
+RETURNING id::text, agent_id, created_at, expires_at;
+
+-- name: supersede_agent_tokens
+-- Rotation (as streamspace-admin agent-token rotate does): the agent's live tokens but the new one
+-- ($3) keep working for $2 more seconds (the overlap), or until their own earlier expiry, and are
+-- marked superseded.
+UPDATE agent_tokens
+SET superseded_at = coalesce(superseded_at, now()),
+    expires_at = least(expires_at, now() + make_interval(secs => $2))
+WHERE agent_id = $1 AND token_hash <> $3 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+RETURNING id::text, agent_id, created_at, revoked_at, expires_at, superseded_at;
 
 -- name: list_agent_tokens
-SELECT id::text, agent_id, created_at, revoked_at FROM agent_tokens WHERE agent_id = $1 ORDER BY created_at, id;
+SELECT id::text, agent_id, created_at, revoked_at, expires_at, superseded_at FROM agent_tokens
+WHERE agent_id = $1 ORDER BY created_at, id;
 
 -- name: revoke_agent_token
 -- Idempotent: revoking twice keeps the first time. No row: no such token for this agent.

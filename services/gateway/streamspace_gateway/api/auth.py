@@ -19,6 +19,7 @@ from aiohttp import web
 from streamspace_common.db import load_queries
 from streamspace_common.passwords import MAX_LENGTH, verify_password
 
+from .. import audit
 from ..auth import AUTH_KEY, Caller, revoke_login
 from ..errors import ApiError, read_body
 from ..throttle import THROTTLE_KEY, Attempt, client_address
@@ -57,12 +58,15 @@ async def login(request: web.Request) -> web.Response:
     body = await read_body(request, Login)
     address = client_address(request)
     attempt = await reserve(request, body.username, address)
-    row = await pool_of(request).fetchrow(QUERIES["user_for_login"], body.username)
+    pool = pool_of(request)
+    row = await pool.fetchrow(QUERIES["user_for_login"], body.username)
     if not await verify_password(None if row is None else row["password_hash"], body.password):
         reason = "unknown_or_disabled_user" if row is None else "wrong_password"
         log.warning("login_refused", username=body.username, client=address, reason=reason)
+        await audit.record(pool, request, None, "auth.login_failed", body.username, username=body.username)
         raise ApiError(401, "unauthorized", "wrong username or password, or the account is disabled")
     await request.app[THROTTLE_KEY].release(attempt)
+    await audit.record(pool, request, None, "auth.login", row["id"], user_id=row["id"], username=body.username)
     return issue(request, row)
 
 
@@ -99,6 +103,8 @@ async def logout(request: web.Request, caller: Caller) -> web.Response:
     if caller.via != "login":
         message = "log out with a login token; revoke an API key instead"
         raise ApiError(403, "not_a_login_token", message, "Authorization")
-    await revoke_login(pool_of(request), caller)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        await revoke_login(conn, caller)
+        await audit.record(conn, request, caller, "auth.logout", caller.user_id)
     log.info("logged_out", user_id=caller.user_id, client=client_address(request))
     return no_content()

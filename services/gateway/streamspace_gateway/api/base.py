@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 import msgspec
-import structlog
 from aiohttp import web
 
 from streamspace_common.schemas import ID_PATTERN
@@ -19,14 +18,12 @@ from streamspace_common.schemas import ID_PATTERN
 from ..auth import Caller, caller_of, require_admin
 from ..errors import ApiError, field_of
 from ..store import STORE_KEY
-from ..throttle import client_address
 
 T = TypeVar("T")
 Access = Literal["public", "user", "admin"]
 Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
 PublicHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = re.compile(ID_PATTERN)
-log = structlog.get_logger("gateway.http")
 # Free text: anything but NUL, which PostgreSQL cannot store (decode_body refuses it, naming the field;
 # the pattern says so in the OpenAPI document).
 NO_NUL = "^[^\\u0000]*$"
@@ -127,29 +124,14 @@ class ApiRoutes:
         def register(handler: Handler) -> Handler:
             async def endpoint(request: web.Request) -> web.StreamResponse:
                 caller = await caller_of(request)
-                try:
-                    if access == "admin":
-                        require_admin(caller)
-                    return await handler(request, caller)
-                except ApiError as exc:
-                    if exc.status == 403:
-                        refused(request, caller, exc)
-                    raise
+                if access == "admin":
+                    require_admin(caller)
+                return await handler(request, caller)
 
             self.operations.append(Operation(method, path, endpoint, access, **spec))
             return handler
 
         return register
-
-
-def refused(request: web.Request, caller: Caller, error: ApiError) -> None:
-    log.warning(
-        "request_refused",
-        path=request.path,
-        user_id=caller.user_id,
-        client=client_address(request),
-        reason=error.body.message,
-    )
 
 
 def pool_of(request: web.Request) -> asyncpg.Pool:

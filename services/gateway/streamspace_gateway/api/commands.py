@@ -18,6 +18,7 @@ from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.schemas import ID_PATTERN, Action, CommandStatus
 
+from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
 from .base import (
@@ -127,7 +128,7 @@ class CommandFilter(msgspec.Struct, forbid_unknown_fields=True):
     params=(identifier("agent_id"),),
     errors=(404, 409),
 )
-async def create_command(request: web.Request, _: Caller) -> web.Response:
+async def create_command(request: web.Request, caller: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
     body = await read_body(request, CreateCommand)
     if body.action in RESERVED_ACTIONS:  # the agent would dial the payload's URL with its own token
@@ -142,6 +143,7 @@ async def create_command(request: web.Request, _: Caller) -> web.Response:
             body.session_id,
             body.max_attempts,
             body.timeout_seconds,
+            *audit.who(request, caller),  # its audit row is written by the same statement
         )
     except asyncpg.UniqueViolationError as exc:
         raise ApiError(409, "duplicate_command", f"command {body.command_id!r} already exists", "command_id") from exc
@@ -186,11 +188,15 @@ def not_found(command_id: str) -> ApiError:
     params=(identifier("command_id"),),
     errors=(404, 409),
 )
-async def cancel_command(request: web.Request, _: Caller) -> web.Response:
+async def cancel_command(request: web.Request, caller: Caller) -> web.Response:
     command_id = path_identifier(request, "command_id", "command_not_found")
     body = await read_body(request, CancelCommand)
     pool = pool_of(request)
-    if not await CommandLifecycle(pool).cancel(command_id, body.reason):
+    async with pool.acquire() as conn, conn.transaction():
+        cancelled = await CommandLifecycle(conn).cancel(command_id, body.reason)
+        if cancelled:
+            await audit.record(conn, request, caller, "command.cancel", command_id, {"reason": body.reason})
+    if not cancelled:
         status = await pool.fetchval(QUERIES["command_status"], command_id)
         if status is None:
             raise not_found(command_id)

@@ -15,6 +15,7 @@ from aiohttp import web
 from streamspace_common.db import load_queries
 from streamspace_common.tokens import hash_token
 
+from .. import audit
 from ..auth import Caller, key_prefix, new_api_key, require_admin, require_owner_or_admin
 from ..errors import ApiError, read_body
 from .base import (
@@ -73,9 +74,10 @@ class KeyList(msgspec.Struct):
 async def create_key(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, CreateKey)
     key = new_api_key()
-    row = await pool_of(request).fetchrow(
-        QUERIES["create_key"], caller.user_id, body.name, key_prefix(key), hash_token(key)
-    )
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["create_key"], caller.user_id, body.name, key_prefix(key), hash_token(key))
+        detail = {"name": body.name, "prefix": row["prefix"]}
+        await audit.record(conn, request, caller, "key.create", row["id"], detail)
     return encoded(KeyCreated(key=key, **dict(row)), status=201)
 
 
@@ -118,5 +120,7 @@ async def revoke_key(request: web.Request, caller: Caller) -> web.Response:
     if owner is None:
         raise ApiError(404, "key_not_found", f"no API key {key_id!r}", "key_id")
     require_owner_or_admin(caller, owner)
-    await pool.execute(QUERIES["revoke_key"], key_id)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(QUERIES["revoke_key"], key_id)
+        await audit.record(conn, request, caller, "key.revoke", key_id, {"owner": owner})
     return no_content()

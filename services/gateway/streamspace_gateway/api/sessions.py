@@ -23,6 +23,7 @@ from streamspace_common.schemas import Identifier
 from streamspace_common.sessions import (
     STATES,
     VERBS,
+    AlsoInTransaction,
     NoAgent,
     Placement,
     QuotaExceeded,
@@ -31,6 +32,7 @@ from streamspace_common.sessions import (
     Verb,
 )
 
+from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, read_query, uuid_param
@@ -179,8 +181,15 @@ async def create_session(request: web.Request, caller: Caller) -> web.Response:
         agent_id=body.agent_id,
         heartbeat_within=request.app[HEARTBEAT_WITHIN_KEY],
     )
+
+    async def audited(conn: asyncpg.Connection, session: asyncpg.Record) -> None:
+        detail = {"template": body.template, "agent_id": session["agent_id"], "platform": session["platform"]}
+        await audit.record(conn, request, caller, "session.create", str(session["id"]), detail)
+
     try:
-        row = await SessionLifecycle(pool).create(str(uuid.uuid4()), caller.user_id, request.app[QUOTA_KEY], placement)
+        row = await SessionLifecycle(pool).create(
+            str(uuid.uuid4()), caller.user_id, request.app[QUOTA_KEY], placement, audited
+        )
     except QuotaExceeded as exc:
         raise ApiError(409, "session_quota_exceeded", str(exc), "SESSION_QUOTA") from exc
     except NoAgent as exc:
@@ -235,11 +244,20 @@ async def get_session(request: web.Request, caller: Caller) -> web.Response:
     return encoded(session_view(await visible_session(request, caller)))
 
 
+def audited_verb(request: web.Request, caller: Caller, verb: Verb) -> AlsoInTransaction:
+    async def audited(conn: asyncpg.Connection, session: asyncpg.Record) -> None:
+        detail = {"command_id": session["command_id"], "owner": str(session["user_id"])}
+        await audit.record(conn, request, caller, f"session.{verb}", str(session["id"]), detail)
+
+    return audited
+
+
 async def ask(request: web.Request, caller: Caller, verb: Verb) -> web.Response:
     row = await visible_session(request, caller)
     session_id = str(row["id"])
+    lifecycle = SessionLifecycle(pool_of(request))
     try:
-        moved = await SessionLifecycle(pool_of(request)).request(session_id, verb, request.app[QUOTA_KEY])
+        moved = await lifecycle.request(session_id, verb, request.app[QUOTA_KEY], audited_verb(request, caller, verb))
     except QuotaExceeded as exc:
         raise ApiError(409, "session_quota_exceeded", str(exc), "SESSION_QUOTA") from exc
     except NoAgent as exc:  # waking: its agent is at its max_sessions
@@ -298,7 +316,9 @@ verb_route(
 )
 async def delete_session(request: web.Request, caller: Caller) -> web.Response:
     row = await visible_session(request, caller)
-    if await SessionLifecycle(pool_of(request)).request(str(row["id"]), "delete", request.app[QUOTA_KEY]) is None:
+    audited = audited_verb(request, caller, "delete")
+    moved = await SessionLifecycle(pool_of(request)).request(str(row["id"]), "delete", request.app[QUOTA_KEY], audited)
+    if moved is None:
         raise not_found(str(row["id"]))
     return web.Response(status=204)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import asyncpg
@@ -30,7 +31,7 @@ from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
 from streamspace_common.sessions import SessionLifecycle
 
-from .. import metrics
+from .. import audit, metrics
 from ..auth import Caller
 from ..errors import ApiError
 from ..revocation import OPEN_STREAMS_KEY, OpenStream
@@ -175,7 +176,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     config.browsers.add(ws)
     request.app[OPEN_STREAMS_KEY].add(opened)
     try:
-        await Stream(request, config, row, ws).run()
+        await Stream(request, config, row, ws, claims.sub).run()
     finally:
         config.browsers.discard(ws)
         request.app[OPEN_STREAMS_KEY].discard(opened)
@@ -202,8 +203,15 @@ class Stream:
     """One browser stream on this replica: set up the tunnel, pipe, keep the session marked as used."""
 
     def __init__(
-        self, request: web.Request, config: StreamConfig, row: asyncpg.Record, ws: web.WebSocketResponse
+        self,
+        request: web.Request,
+        config: StreamConfig,
+        row: asyncpg.Record,
+        ws: web.WebSocketResponse,
+        user_id: str | None = None,  # who streams (the ticket's user): the audit trail's actor
     ) -> None:
+        self.request = request
+        self.user_id = user_id
         self.pool = pool_of(request)
         self.config = config
         self.row = row
@@ -237,9 +245,12 @@ class Stream:
         metrics.TUNNEL_SETUP.observe(setup)
         metrics.STREAMS_OPEN.inc()
         self.log.info("stream_open", setup_seconds=round(setup, 4))
+        await self.audit("stream.open", {"agent_id": self.row["agent_id"]})
         watcher = asyncio.create_task(self.keep_used())
+        tally: Counter[str] = Counter()
+        code, reason = closecodes.STREAM_ERROR, "the stream's handler ended"
         try:
-            code, reason = await pipe(self.browser, agent)
+            code, reason = await pipe(self.browser, agent, tally)
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -247,7 +258,19 @@ class Stream:
                 await self.browser.close(code=closecodes.STREAM_ENDED, message=b"the session stopped running")
             await agent.close()
             metrics.STREAMS_OPEN.dec()
-        self.log.info("stream_closed", code=code, reason=reason, seconds=round(time.monotonic() - started, 3))
+            seconds = round(time.monotonic() - started, 3)
+            sent = {"to_session": tally["to_session"], "to_browser": tally["to_browser"]}  # bytes
+            await self.audit(
+                "stream.close", {"agent_id": self.row["agent_id"], "seconds": seconds, "code": code, **sent}
+            )
+        self.log.info("stream_closed", code=code, reason=reason, seconds=seconds)
+
+    async def audit(self, action: str, detail: dict[str, Any]) -> None:
+        """One row; a failure to write it is logged, never ends the stream or masks how it ended."""
+        try:
+            await audit.record(self.pool, self.request, None, action, self.session_id, detail, user_id=self.user_id)
+        except (asyncpg.PostgresError, OSError) as exc:
+            self.log.error("audit_record_failed", action=action, error=repr(exc))
 
     async def tunnel(self, token: str, dialled: asyncio.Future[web.WebSocketResponse]) -> web.WebSocketResponse:
         """Ask the agent for OPEN_TUNNEL and wait for its dial-back, its refusal, or the setup timeout."""

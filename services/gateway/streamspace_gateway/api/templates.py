@@ -19,6 +19,7 @@ from aiohttp import web
 from streamspace_common.actions import EnvName, Port
 from streamspace_common.db import load_queries
 
+from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
 from .base import NO_NUL, ApiRoutes, Param, encoded, no_content, pool_of, view
@@ -111,6 +112,11 @@ def spec_values(spec: TemplateSpec) -> tuple[object, ...]:
     )
 
 
+def spec_detail(spec: TemplateSpec) -> dict[str, object]:
+    """What the audit trail keeps of a template: what it runs, not its environment (it may hold secrets)."""
+    return {"image": spec.image, "command": spec.command, "platforms": spec.platforms, "env": sorted(spec.env)}
+
+
 @routes.route(
     "POST",
     "/api/v1/templates",
@@ -121,11 +127,13 @@ def spec_values(spec: TemplateSpec) -> tuple[object, ...]:
     body=CreateTemplate,
     errors=(409,),
 )
-async def create_template(request: web.Request, _: Caller) -> web.Response:
+async def create_template(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, CreateTemplate)
-    row = await pool_of(request).fetchrow(QUERIES["create_template"], body.name, *spec_values(body))
-    if row is None:
-        raise ApiError(409, "template_exists", f"template {body.name!r} already exists", "name")
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["create_template"], body.name, *spec_values(body))
+        if row is None:
+            raise ApiError(409, "template_exists", f"template {body.name!r} already exists", "name")
+        await audit.record(conn, request, caller, "template.create", body.name, spec_detail(body))
     return encoded(view(row, TemplateView), status=201)
 
 
@@ -164,12 +172,14 @@ async def get_template(request: web.Request, _: Caller) -> web.Response:
     params=NAME,
     errors=(404,),
 )
-async def replace_template(request: web.Request, _: Caller) -> web.Response:
+async def replace_template(request: web.Request, caller: Caller) -> web.Response:
     name = path_name(request)
     body = await read_body(request, TemplateSpec)
-    row = await pool_of(request).fetchrow(QUERIES["replace_template"], name, *spec_values(body))
-    if row is None:
-        raise not_found(name)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["replace_template"], name, *spec_values(body))
+        if row is None:
+            raise not_found(name)
+        await audit.record(conn, request, caller, "template.update", name, spec_detail(body))
     return encoded(view(row, TemplateView))
 
 
@@ -183,8 +193,10 @@ async def replace_template(request: web.Request, _: Caller) -> web.Response:
     params=NAME,
     errors=(404,),
 )
-async def delete_template(request: web.Request, _: Caller) -> web.Response:
+async def delete_template(request: web.Request, caller: Caller) -> web.Response:
     name = path_name(request)
-    if await pool_of(request).fetchval(QUERIES["delete_template"], name) is None:
-        raise not_found(name)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        if await conn.fetchval(QUERIES["delete_template"], name) is None:
+            raise not_found(name)
+        await audit.record(conn, request, caller, "template.delete", name)
     return no_content()

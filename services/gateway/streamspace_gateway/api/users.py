@@ -5,7 +5,7 @@ longer log in, and their login tokens and API keys are refused at once. DELETE e
 its API keys. An administrator cannot demote, disable or delete their own account, so the last
 administrator stays one. Every user may change their own password (POST /api/v1/users/me/password,
 with the current one, counted by the login throttle): their earlier login tokens end, the answer is a
-new one. What a change ends also closes the streams it opened (migration 0010's NOTIFY, ..revocation).
+new one. What a change ends also closes the streams it opened (migration 0012's NOTIFY, ..revocation).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from streamspace_common.db import load_queries
 from streamspace_common.passwords import MAX_LENGTH, MIN_LENGTH, hash_password, verify_password
 from streamspace_common.schemas import USERNAME_PATTERN
 
+from .. import audit
 from ..auth import Caller, Role
 from ..errors import ApiError, read_body
 from ..throttle import THROTTLE_KEY, client_address
@@ -96,20 +97,28 @@ async def me(request: web.Request, caller: Caller) -> web.Response:
 )
 async def change_own_password(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, PasswordChange)
+    current = await current_hash(request, caller, body.current_password)
+    new_hash = await hash_password(body.new_password)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["set_own_password"], caller.user_id, current, new_hash)
+        if row is None:
+            message = "the password was changed meanwhile; log in again"
+            raise ApiError(409, "password_changed", message, "current_password")
+        await audit.record(conn, request, caller, "user.password_change", caller.user_id)
+    log.info("password_changed", user_id=caller.user_id, client=client_address(request))
+    return issue(request, row)
+
+
+async def current_hash(request: web.Request, caller: Caller, password: str) -> str:
+    """The caller's password hash, once `password` is verified against it (counted as a login attempt)."""
     address = client_address(request)
     attempt = await reserve(request, caller.username, address)
-    pool = pool_of(request)
-    current = await pool.fetchval(QUERIES["own_password_hash"], caller.user_id)
-    if not await verify_password(current, body.current_password):
+    current = await pool_of(request).fetchval(QUERIES["own_password_hash"], caller.user_id)
+    if not await verify_password(current, password):
         log.warning("password_change_refused", user_id=caller.user_id, client=address, reason="wrong_password")
         raise ApiError(403, "wrong_password", "the current password is wrong", "current_password")
     await request.app[THROTTLE_KEY].release(attempt)
-    new_hash = await hash_password(body.new_password)
-    row = await pool.fetchrow(QUERIES["set_own_password"], caller.user_id, current, new_hash)
-    if row is None:
-        raise ApiError(409, "password_changed", "the password was changed meanwhile; log in again", "current_password")
-    log.info("password_changed", user_id=caller.user_id, client=address)
-    return issue(request, row)
+    return str(current)
 
 
 @routes.route(
@@ -122,12 +131,15 @@ async def change_own_password(request: web.Request, caller: Caller) -> web.Respo
     body=CreateUser,
     errors=(409,),
 )
-async def create_user(request: web.Request, _: Caller) -> web.Response:
+async def create_user(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, CreateUser)
     password_hash = await hash_password(body.password)
-    row = await pool_of(request).fetchrow(QUERIES["create_user"], body.username, password_hash, body.role)
-    if row is None:
-        raise ApiError(409, "username_taken", f"user {body.username!r} already exists", "username")
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["create_user"], body.username, password_hash, body.role)
+        if row is None:
+            raise ApiError(409, "username_taken", f"user {body.username!r} already exists", "username")
+        detail = {"username": body.username, "role": body.role}
+        await audit.record(conn, request, caller, "user.create", row["id"], detail)
     return encoded(view(row, UserView), status=201)
 
 
@@ -173,10 +185,25 @@ async def update_user(request: web.Request, caller: Caller) -> web.Response:
         field = "role" if body.role == "user" else "disabled"
         raise ApiError(409, "own_account", "an administrator cannot demote or disable their own account", field)
     password_hash = None if body.password is None else await hash_password(body.password)
-    row = await pool_of(request).fetchrow(QUERIES["update_user"], user_id, password_hash, body.role, body.disabled)
-    if row is None:
-        raise not_found(user_id)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["update_user"], user_id, password_hash, body.role, body.disabled)
+        if row is None:
+            raise not_found(user_id)
+        for action, detail in changes(body):
+            await audit.record(conn, request, caller, action, user_id, {"username": row["username"], **detail})
     return encoded(view(row, UserView))
+
+
+def changes(body: UpdateUser) -> list[tuple[str, dict[str, str]]]:
+    """The audit actions of a PATCH: one per kind of change asked for."""
+    found: list[tuple[str, dict[str, str]]] = []
+    if body.password is not None:
+        found.append(("user.password_reset", {}))
+    if body.role is not None:
+        found.append(("user.role_change", {"role": body.role}))
+    if body.disabled is not None:
+        found.append(("user.disable" if body.disabled else "user.enable", {}))
+    return found
 
 
 @routes.route(
@@ -193,6 +220,9 @@ async def delete_user(request: web.Request, caller: Caller) -> web.Response:
     user_id = path_uuid(request, "user_id", "user_not_found")
     if user_id == caller.user_id:
         raise ApiError(409, "own_account", "an administrator cannot delete their own account", "user_id")
-    if await pool_of(request).fetchval(QUERIES["delete_user"], user_id) is None:
-        raise not_found(user_id)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        username = await conn.fetchval(QUERIES["delete_user"], user_id)
+        if username is None:
+            raise not_found(user_id)
+        await audit.record(conn, request, caller, "user.delete", user_id, {"username": username})
     return no_content()

@@ -28,7 +28,7 @@ RETURNING id::text, username, role, created_at, disabled_at;
 
 -- name: delete_user
 -- Their API keys go with them (ON DELETE CASCADE). No row: no such user.
-DELETE FROM users WHERE id = $1 RETURNING id;
+DELETE FROM users WHERE id = $1 RETURNING username;
 
 -- name: own_password_hash
 -- The caller's password hash, if their account is enabled (NULL: verify against the dummy hash).

@@ -1,0 +1,426 @@
+"""The audit trail (docs/security.md "Audit trail"): who did what, from where, kept append-only.
+
+The REST events run in process (`aiohttp_client`, as tests/test_accounts.py) against the real
+PostgreSQL; sessions and streams run on real processes (a gateway, a dispatcher, a local agent and its
+byte-echo session) because a stream needs an agent to dial back. Every check reads the audit rows the
+step added, by id, so rows written by other tests of the run never count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from sessions_support import Api, new_user
+from support import Account, RunEnv, Stack, new_account, wait_for
+from test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
+from test_bad_input import assert_error
+
+from streamspace_common.admin import create_agent_token, create_user, rotate_agent_token
+from streamspace_dispatcher.retention import AuditPruner
+
+__all__ = ["gateway", "make_gateway", "user"]  # fixtures of test_accounts used here
+BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
+COLUMNS = "id::text, at, actor_id::text, actor_name, key_id::text, address, forwarded_for, action, target, detail"
+
+
+class Trail:
+    """The audit rows added since the last look."""
+
+    def __init__(self, db: asyncpg.Pool) -> None:
+        self.db = db
+        self.seen: set[str] = set()
+
+    async def start(self) -> Trail:
+        self.seen = {row["id"] for row in await self.db.fetch("SELECT id::text FROM audit_log")}
+        return self
+
+    async def new(self) -> list[dict[str, Any]]:
+        rows = [dict(r) for r in await self.db.fetch(f"SELECT {COLUMNS} FROM audit_log ORDER BY at, id")]
+        added = [row for row in rows if row["id"] not in self.seen]
+        self.seen |= {row["id"] for row in added}
+        return added
+
+    async def one(self, action: str, actor: Account | None, target: str, /, **detail: Any) -> dict[str, Any]:
+        """Exactly one row was added: this action by this actor on this target, from the test client."""
+        added = await self.new()
+        assert len(added) == 1, added
+        row = added[0]
+        assert (row["action"], row["target"]) == (action, target), row
+        if actor is not None:
+            assert (row["actor_id"], row["actor_name"]) == (actor.user_id, actor.username), row
+        assert row["address"] == "127.0.0.1", row
+        for key, value in detail.items():
+            assert row["detail"].get(key) == value, (key, row)
+        return row
+
+
+@pytest.fixture
+async def trail(db: asyncpg.Pool, admin: Account, user: Account) -> Trail:
+    """Started after the accounts are made (streamspace-admin records making them)."""
+    return await Trail(db).start()
+
+
+async def call(client: Client, method: str, path: str, credential: str, status: int, body: Any = None) -> Any:
+    async with client.request(method, path, json=body, headers=bearer(credential)) as response:
+        return await expect(response, status)
+
+
+def as_account(user_id: str, username: str) -> Account:
+    return Account(user_id, username, "", "")
+
+
+# --- each REST event, one row ---------------------------------------------------------------------
+
+
+async def test_logins_are_recorded_with_the_name_tried_and_the_address(
+    gateway: Client, trail: Trail, user: Account
+) -> None:
+    """Pins: a password-guessing run leaves no trace. Each login, right or wrong, is one row with the
+    client address (and X-Forwarded-For as sent, unverified) and the username tried."""
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+    for username, password in ((user.username, "wrong password!"), (nobody, "whatever password")):
+        attempt = {"username": username, "password": password}
+        async with gateway.post("/api/v1/auth/login", json=attempt, headers={"X-Forwarded-For": "203.0.113.9"}) as r:
+            await expect(r, 401, "unauthorized")
+        row = await trail.one("auth.login_failed", None, username)
+        assert (row["actor_id"], row["actor_name"], row["forwarded_for"]) == (None, username, "203.0.113.9")
+    await login(gateway, user.username, user.password)
+    row = await trail.one("auth.login", user, user.user_id)
+    assert row["key_id"] is None and row["forwarded_for"] is None
+
+
+async def test_user_events_are_recorded(gateway: Client, trail: Trail, admin: Account) -> None:
+    """Pins: an administrator creating, disabling, re-enabling, resetting the password of and deleting an
+    account without a trace: one row each, the administrator as actor, the user as target."""
+    name = f"audited-{uuid.uuid4().hex[:6]}"
+    created = await call(gateway, "POST", "/api/v1/users", admin.token, 201, {"username": name, "password": "pw-" * 4})
+    user_id = created["id"]
+    await trail.one("user.create", admin, user_id, username=name, role="user")
+    path = f"/api/v1/users/{user_id}"
+    for body, action in (
+        ({"disabled": True}, "user.disable"),
+        ({"disabled": False}, "user.enable"),
+        ({"password": "another password"}, "user.password_reset"),
+        ({"role": "admin"}, "user.role_change"),
+    ):
+        await call(gateway, "PATCH", path, admin.token, 200, body)
+        await trail.one(action, admin, user_id, username=name)
+    details = [row["detail"] for row in await trail.db.fetch("SELECT detail FROM audit_log WHERE target = $1", user_id)]
+    assert "another password" not in json.dumps(details) and "pw-pw-" not in json.dumps(details)  # never a password
+    await call(gateway, "DELETE", path, admin.token, 204)
+    await trail.one("user.delete", admin, user_id, username=name)
+    # refused changes (404, 409) record nothing
+    await call(gateway, "DELETE", path, admin.token, 404)
+    await call(gateway, "DELETE", f"/api/v1/users/{admin.user_id}", admin.token, 409)
+    assert await trail.new() == []
+
+
+async def test_api_key_events_name_the_key_used(gateway: Client, trail: Trail, user: Account) -> None:
+    """Pins: what an API key did is indistinguishable from its owner's login. The row names the key."""
+    first = await create_key(gateway, user.token, "first")
+    row = await trail.one("key.create", user, first["id"], name="first", prefix=first["prefix"])
+    assert row["key_id"] is None  # made with a login token
+    second = await create_key(gateway, first["key"], "second")
+    row = await trail.one("key.create", user, second["id"])
+    assert row["key_id"] == first["id"]
+    await call(gateway, "DELETE", f"/api/v1/keys/{second['id']}", first["key"], 204)
+    row = await trail.one("key.revoke", user, second["id"], owner=user.user_id)
+    assert row["key_id"] == first["id"]
+
+
+async def test_template_and_agent_token_events_are_recorded(gateway: Client, trail: Trail, admin: Account) -> None:
+    """Pins: an administrator changing what sessions run, or who may connect as an agent, unseen."""
+    name = f"audited-{uuid.uuid4().hex[:6]}"
+    spec = {"command": ["true"], "env": {"SECRET_TOKEN": "s3cret"}}
+    await call(gateway, "POST", "/api/v1/templates", admin.token, 201, {"name": name, **spec})
+    row = await trail.one("template.create", admin, name, command=["true"], env=["SECRET_TOKEN"])
+    assert "s3cret" not in json.dumps(row["detail"])  # environment values may be secrets: names only
+    await call(gateway, "PUT", f"/api/v1/templates/{name}", admin.token, 200, {"command": ["false"]})
+    await trail.one("template.update", admin, name, command=["false"])
+    await call(gateway, "DELETE", f"/api/v1/templates/{name}", admin.token, 204)
+    await trail.one("template.delete", admin, name)
+
+    agent_id = f"audited-agent-{uuid.uuid4().hex[:6]}"
+    token = await call(gateway, "POST", f"/api/v1/agents/{agent_id}/tokens", admin.token, 201)
+    await trail.one("agent_token.create", admin, token["id"], agent_id=agent_id)
+    rotated = await call(gateway, "POST", f"/api/v1/agents/{agent_id}/tokens/rotate", admin.token, 201, {})
+    await trail.one("agent_token.rotate", admin, rotated["id"], agent_id=agent_id, superseded=[token["id"]])
+    await call(gateway, "DELETE", f"/api/v1/agents/{agent_id}/tokens/{token['id']}", admin.token, 204)
+    await trail.one("agent_token.revoke", admin, token["id"], agent_id=agent_id)
+
+
+async def test_commands_created_and_cancelled_through_the_api_are_recorded(
+    gateway: Client, trail: Trail, admin: Account, db: asyncpg.Pool
+) -> None:
+    """Pins: an administrator sending an agent a command (or cancelling one) anonymously. Commands the
+    control plane makes itself (acks, results, a PING inserted by SQL) are not audited."""
+    agent_id = f"audited-agent-{uuid.uuid4().hex[:6]}"
+    await call(gateway, "POST", f"/api/v1/agents/{agent_id}/tokens", admin.token, 201)
+    await trail.new()
+    body = {"action": "PING", "payload": {"n": 1}}
+    created = await call(gateway, "POST", f"/api/v1/agents/{agent_id}/commands", admin.token, 201, body)
+    await trail.one("command.create", admin, created["command_id"], agent_id=agent_id, action="PING")
+    await call(gateway, "POST", f"/api/v1/commands/{created['command_id']}/cancel", admin.token, 200, {"reason": "x"})
+    await trail.one("command.cancel", admin, created["command_id"], reason="x")
+    await call(gateway, "POST", f"/api/v1/commands/{created['command_id']}/cancel", admin.token, 409, {})
+    await db.execute("INSERT INTO agent_commands (agent_id, action) VALUES ($1, 'PING')", agent_id)
+    assert await trail.new() == []
+
+
+async def test_the_operators_command_line_is_recorded(trail: Trail, test_env: RunEnv) -> None:
+    """Pins: an operator minting an administrator or an agent token with streamspace-admin, unseen. A
+    token registered again (compose and Helm pass the same --token at every start) adds no row."""
+    name = f"operator-made-{uuid.uuid4().hex[:6]}"
+    await create_user(test_env.database_url, name, admin=True)
+    row = await trail.new()
+    assert [(r["action"], r["detail"]) for r in row] == [("user.create", {"username": name, "role": "admin"})]
+    assert row[0]["actor_name"].startswith("streamspace-admin (") and row[0]["address"] is None
+    agent_id, token = f"operator-agent-{uuid.uuid4().hex[:6]}", f"token-{uuid.uuid4().hex}"
+    for _ in range(2):
+        await create_agent_token(test_env.database_url, agent_id, token)
+    row = await trail.new()
+    assert [(r["action"], r["detail"]) for r in row] == [("agent_token.create", {"agent_id": agent_id})]
+    first = await trail.db.fetchval("SELECT id::text FROM agent_tokens WHERE agent_id = $1", agent_id)
+    await rotate_agent_token(test_env.database_url, agent_id, overlap=60)
+    row = await trail.new()
+    assert [(r["action"], r["detail"]["superseded"]) for r in row] == [("agent_token.rotate", [first])]
+
+
+# --- reading it -----------------------------------------------------------------------------------
+
+
+async def test_only_administrators_read_the_trail(gateway: Client, user: Account) -> None:
+    """Pins: a user reading who logged in from where (or other users' actions) through /audit."""
+    key = await create_key(gateway, user.token)
+    for credential in (user.token, key["key"]):
+        assert_error(await call(gateway, "GET", "/api/v1/audit", credential, 403), "forbidden", None)
+    async with gateway.get("/api/v1/audit") as response:
+        await expect(response, 401, "unauthorized")
+
+
+async def test_filters_and_cursor(gateway: Client, admin: Account, db: asyncpg.Pool) -> None:
+    """Filters (actor by id or name, action exact or prefix, target, address, since/until) and the cursor:
+    pages newest first that together hold every match once."""
+    actor_id, actor = str(uuid.uuid4()), f"filter-{uuid.uuid4().hex[:6]}"
+    ids = []
+    for n in range(5):  # one statement each: each its own time
+        action = "session.create" if n % 2 == 0 else "session.stop"
+        ids.append(
+            await db.fetchval(
+                "INSERT INTO audit_log (actor_id, actor_name, address, action, target)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id::text",
+                actor_id,
+                actor,
+                f"192.0.2.{n}",
+                action,
+                f"target-{actor}-{n % 2}",
+            )
+        )
+    newest_first = ids[::-1]
+
+    async def page(query: str) -> dict[str, Any]:
+        body: dict[str, Any] = await call(gateway, "GET", f"/api/v1/audit?{query}", admin.token, 200)
+        return body
+
+    async def every(query: str, limit: int = 2) -> list[str]:
+        found, cursor = [], ""
+        while True:
+            body = await page(f"{query}&limit={limit}" + (f"&cursor={cursor}" if cursor else ""))
+            found += [entry["id"] for entry in body["entries"]]
+            if body["next_cursor"] is None:
+                return found
+            cursor = body["next_cursor"]
+
+    assert await every(f"actor={actor}") == newest_first
+    assert await every(f"actor={actor_id}", limit=1) == newest_first
+    assert await every(f"actor={actor}&action=session.create") == newest_first[::2]
+    assert await every(f"actor={actor}&action=session.*", limit=3) == newest_first
+    assert await every(f"target=target-{actor}-1") == [ids[3], ids[1]]
+    assert await every(f"actor={actor}&address=192.0.2.2") == [ids[2]]
+    at = {
+        row["id"]: row["at"]
+        for row in await db.fetch("SELECT id::text, at FROM audit_log WHERE actor_name = $1", actor)
+    }
+    since, until = at[ids[1]].isoformat(), at[ids[3]].isoformat()
+    assert await every(f"actor={actor}&since={since}&until={until}".replace("+", "%2B")) == [ids[2], ids[1]]
+    entry = (await page(f"actor={actor}&limit=1"))["entries"][0]
+    assert (entry["actor_id"], entry["actor_name"], entry["address"], entry["target"]) == (
+        actor_id,
+        actor,
+        "192.0.2.4",
+        f"target-{actor}-0",
+    )
+    for query, field in (
+        ("action=Session", "action"),
+        ("since=yesterday", "since"),
+        ("cursor=x", "cursor"),
+        ("limit=0", "limit"),
+    ):
+        assert_error(await call(gateway, "GET", f"/api/v1/audit?{query}", admin.token, 400), "invalid_field", field)
+
+
+# --- append-only, in the database ------------------------------------------------------------------
+
+
+async def audit_row(db: asyncpg.Pool, action: str = "user.create") -> str:
+    row_id: str = await db.fetchval(
+        "INSERT INTO audit_log (actor_name, action, target) VALUES ('tamper', $1, 'x') RETURNING id::text", action
+    )
+    return row_id
+
+
+async def test_the_database_refuses_to_rewrite_history(db: asyncpg.Pool) -> None:
+    """Pins: a bug (or an injected statement) on the application's connection rewriting or erasing audit
+    rows. UPDATE, TRUNCATE and DELETE of a row within the retention are refused by the trigger, and a
+    row cannot be back-dated into the prunable past."""
+    row_id = await audit_row(db)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await db.execute("UPDATE audit_log SET action = 'nothing' WHERE id = $1", row_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await db.execute("DELETE FROM audit_log WHERE id = $1", row_id)
+    async with db.acquire() as conn, conn.transaction():  # even declaring a retention: the row is young
+        await conn.execute("SELECT set_config('streamspace.audit_retention', '1 day', true)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="within the retention"):
+            await conn.execute("DELETE FROM audit_log WHERE id = $1", row_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await db.execute("TRUNCATE audit_log")
+    assert await db.fetchval("SELECT action FROM audit_log WHERE id = $1", row_id) == "user.create"
+    backdated = await db.fetchval(
+        "INSERT INTO audit_log (at, action) VALUES (now() - interval '10 years', 'user.create') RETURNING at"
+    )
+    assert backdated > datetime.now(UTC) - timedelta(minutes=5)
+
+
+async def backdated_row(db: asyncpg.Pool, age: timedelta) -> str:
+    """A row of `age` ago: only a superuser's replication role skips the trigger that stamps the time."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        row_id: str = await conn.fetchval(
+            "INSERT INTO audit_log (at, actor_name, action) VALUES (now() - $1::interval, 'retention', 'user.create')"
+            " RETURNING id::text",
+            age,
+        )
+    return row_id
+
+
+async def test_retention_prunes_only_rows_older_than_it(db: asyncpg.Pool) -> None:
+    """Pins: pruning that eats recent history (or never runs): rows past AUDIT_RETENTION_DAYS go, in
+    batches; younger ones stay, and a retention under a day is refused by the database."""
+    old = [await backdated_row(db, timedelta(days=days)) for days in (400, 366, 365, 365)]
+    young = [await backdated_row(db, timedelta(days=364, hours=23)), await audit_row(db)]
+    pruned = await AuditPruner(db, retention_days=365).prune(batch=1)
+    assert pruned >= 4  # batches of one: the loop went on until a batch came back short
+    left = {
+        row["id"] for row in await db.fetch("SELECT id::text FROM audit_log WHERE id = ANY($1::uuid[])", old + young)
+    }
+    assert left == set(young)
+    await backdated_row(db, timedelta(hours=2))
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('streamspace.audit_retention', '1 hour', true)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM audit_log WHERE actor_name = 'retention'")
+
+
+# --- sessions and streams, on real processes -------------------------------------------------------
+
+
+@dataclass
+class Running:
+    admin: Account
+    api: Api  # the administrator's
+    owner: Api
+    owner_id: str
+    agent_id: str
+    port: int
+
+
+@pytest.fixture(scope="module")
+async def running(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    base: Path = tmp_path_factory.mktemp("audit")
+    stack = Stack(test_env, base)
+    gateway_ = stack.gateway("gateway-audit", SESSION_QUOTA="100")
+    dispatcher = stack.dispatcher("dispatcher-audit")
+    await stack.ready(gateway_, dispatcher)
+    agent_id = f"audit-agent-{test_env.run_id}"
+    token = await create_agent_token(test_env.database_url, agent_id)
+    agent = stack.agent(agent_id, token, [gateway_], LOCAL_SESSION_DIR=str(base / "sessions"))
+    await stack.ready(agent)
+    admin = await new_account(test_env.database_url, f"audit-admin-{uuid.uuid4().hex[:6]}", admin=True)
+    api = Api(gateway_.url, admin.token)
+    body = {"name": "audit-byte-echo", "command": BYTE_ECHO, "platforms": ["local"]}
+    status, reply = await api.call("POST", "/api/v1/templates", body)
+    assert status in (201, 409), reply
+    owner = await new_user(api, "audit-owner")
+    _, me = await owner.call("GET", "/api/v1/users/me", expect=200)
+    yield Running(admin, api, owner, me["id"], agent_id, gateway_.port)
+    for session in (base / "sessions").glob("*/session.json"):  # the session processes outlive the agent
+        pid = json.loads(session.read_text())["pid"]
+        await asyncio.create_subprocess_exec("kill", "-9", f"-{pid}")
+    stack.stop_all()
+    print(stack.dump_logs())
+
+
+async def test_session_verbs_and_a_stream_are_recorded(running: Running, db: asyncpg.Pool) -> None:
+    """Pins: sessions made, stopped or deleted (by their owner or an administrator), and desktops watched,
+    with no record of who did it. Each verb is one row in the verb's own transaction; a stream is one
+    row when it opens and one when it closes, with the bytes each way and its duration."""
+    trail = await Trail(db).start()
+    owner = as_account(running.owner_id, (await running.owner.call("GET", "/api/v1/users/me"))[1]["username"])
+    session = await running.owner.create("audit-byte-echo", agent_id=running.agent_id)
+    await trail.one("session.create", owner, session["id"], template="audit-byte-echo", agent_id=running.agent_id)
+    await running.owner.until_state(session["id"], "running", timeout=30)
+
+    _, ticket = await running.owner.call("POST", f"/api/v1/sessions/{session['id']}/stream-ticket", expect=201)
+    url = f"ws://127.0.0.1:{running.port}{ticket['url']}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
+        opened = await wait_for(lambda: _new_of(trail, "stream.open"), timeout=15, interval=0.1)
+        await ws.send_bytes(b"x" * 1000)
+        echoed = b""
+        while len(echoed) < 1000:
+            echoed += await ws.receive_bytes(timeout=10)
+    assert opened["target"] == session["id"] and opened["actor_id"] == running.owner_id
+    assert opened["actor_name"] == owner.username and opened["address"] == "127.0.0.1"
+    closed = await wait_for(lambda: _new_of(trail, "stream.close"), timeout=15, interval=0.1)
+    assert (closed["target"], closed["actor_id"]) == (session["id"], running.owner_id)
+    assert closed["detail"]["to_session"] == 1000 and closed["detail"]["to_browser"] >= 1000
+    assert 0 < closed["detail"]["seconds"] < 60 and closed["detail"]["agent_id"] == running.agent_id
+    replica = await db.fetchval("SELECT replica FROM audit_log WHERE id = $1::uuid", closed["id"])
+    assert "gateway-audit" in replica
+
+    for api, verb, state in (
+        (running.owner, "hibernate", "hibernated"),
+        (running.owner, "wake", "running"),
+        (running.api, "stop", "stopped"),  # an administrator's verb names the administrator, and the owner
+    ):
+        await api.call("POST", f"/api/v1/sessions/{session['id']}/{verb}", expect=202)
+        row = await _only(trail, f"session.{verb}")
+        assert row["target"] == session["id"] and row["detail"]["owner"] == running.owner_id
+        assert row["actor_id"] == (running.admin.user_id if api is running.api else running.owner_id)
+        await api.call("POST", f"/api/v1/sessions/{session['id']}/{verb}", expect=202)  # asked again: no row
+        assert await trail.new() == []
+        await running.owner.until_state(session["id"], state, timeout=30)
+    await running.owner.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
+    row = await _only(trail, "session.delete")
+    assert (row["target"], row["actor_id"]) == (session["id"], running.owner_id)
+
+
+async def _new_of(trail: Trail, action: str) -> dict[str, Any] | None:
+    rows = [row for row in await trail.new() if row["action"] == action]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
+
+
+async def _only(trail: Trail, action: str) -> dict[str, Any]:
+    added = await trail.new()
+    assert [row["action"] for row in added] == [action], added
+    return added[0]
