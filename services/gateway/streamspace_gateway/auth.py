@@ -29,13 +29,13 @@ from typing import Literal
 
 import asyncpg
 import msgspec
-import structlog
 from aiohttp import web
 
 from streamspace_common.db import load_queries
 from streamspace_common.tokens import hash_token
 
 from .errors import ApiError
+from .request_context import USER_ID_KEY
 
 QUERIES = load_queries("streamspace_gateway", "auth.sql")
 TOKEN_PREFIX = "sst_"  # noqa: S105 (a prefix, not a secret)
@@ -215,8 +215,7 @@ async def caller_of(request: web.Request) -> Caller:
         return request[_CALLER]
     caller = await request.app[AUTH_KEY].resolve(request.headers.get("Authorization"))
     request[_CALLER] = caller
-    # every later log line of this request names the user (a refusal's `request_refused` among them)
-    structlog.contextvars.bind_contextvars(user_id=caller.user_id)
+    request[USER_ID_KEY] = caller.user_id  # a refusal's `request_refused` names the user (errors.py)
     return caller
 
 

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from streamspace_common.db import TRANSIENT_ERRORS
 
-from .request_context import request_id_of
+from .request_context import USER_ID_KEY, request_id_of
 from .throttle import client_address
 
 log = structlog.get_logger("gateway.http")
@@ -191,6 +191,7 @@ def error_answer(
             method=request.method,
             path=request.path,
             client=client_address(request),
+            user_id=request.get(USER_ID_KEY),
             reason=body.message,
         )
     return error_response(status, msgspec.structs.replace(body, request_id=request_id_of(request)), headers)
