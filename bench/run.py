@@ -133,7 +133,7 @@ async def create_tokens(dsn: str, agent_ids: list[str]) -> dict[str, str]:
         async with conn.transaction():
             await conn.executemany(ADMIN_QUERIES["ensure_agent"], [(agent_id,) for agent_id in agent_ids])
             await conn.executemany(
-                ADMIN_QUERIES["register_token"], [(agent_id, hash_token(t)) for agent_id, t in tokens.items()]
+                ADMIN_QUERIES["register_token"], [(agent_id, hash_token(t), None) for agent_id, t in tokens.items()]
             )
     finally:
         await conn.close()

@@ -87,10 +87,10 @@ CREATE FUNCTION public.streamspace_command_transition_allowed(old_status text, n
     LANGUAGE sql IMMUTABLE
     AS $$
     SELECT CASE old_status
-        WHEN 'pending'      THEN new_status IN ('sent', 'cancelled', 'failed')
+        WHEN 'pending'      THEN new_status IN ('sent', 'cancelled', 'failed', 'expired')
         WHEN 'sent'         THEN new_status IN ('pending', 'acknowledged', 'completed', 'failed', 'cancelled')
         WHEN 'acknowledged' THEN new_status IN ('pending', 'completed', 'failed', 'cancelled')
-        ELSE false  -- completed, failed and cancelled are final
+        ELSE false  -- completed, failed, cancelled and expired are final
     END
 $$;
 
@@ -264,7 +264,7 @@ BEGIN
         WHERE id = sid AND state = 'pending' AND NEW.action = 'CREATE_SESSION';
         RETURN NULL;
     END IF;
-    IF NEW.status NOT IN ('completed', 'failed', 'cancelled') THEN
+    IF NEW.status NOT IN ('completed', 'failed', 'cancelled', 'expired') THEN
         RETURN NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM agent_commands c
@@ -291,12 +291,12 @@ BEGIN
             last_activity_at = CASE WHEN reported = 'running' AND state <> 'running' THEN now()
                                     ELSE last_activity_at END,
             state_changed_at = now()
-        WHERE id = sid;
+        WHERE id = sid AND state <> 'lost';
     ELSE
         UPDATE sessions
         SET state = 'failed', endpoint_host = NULL, endpoint_port = NULL, state_changed_at = now(),
             reason = format('%s %s: %s', NEW.action, NEW.status, coalesce(NEW.error_message, 'no reason given'))
-        WHERE id = sid;
+        WHERE id = sid AND state <> 'lost';
     END IF;
     RETURN NULL;
 END $_$;
@@ -350,7 +350,8 @@ CREATE TABLE public.agent_command_attempts (
     sent_at timestamp with time zone,
     acknowledged_at timestamp with time zone,
     ended_at timestamp with time zone DEFAULT now() NOT NULL
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.05');
 
 
 --
@@ -381,9 +382,11 @@ CREATE TABLE public.agent_commands (
     timeout_seconds integer,
     retry_scheduled_at timestamp with time zone,
     epoch bigint,
-    CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[]))),
+    expires_at timestamp with time zone,
+    CONSTRAINT agent_commands_status_check CHECK (((status)::text = ANY ((ARRAY['pending'::character varying, 'sent'::character varying, 'acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying, 'expired'::character varying])::text[]))),
     CONSTRAINT agent_commands_timeout_seconds_check CHECK ((timeout_seconds > 0))
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 
 
 --
@@ -446,6 +449,7 @@ CREATE TABLE public.agents (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     max_sessions integer DEFAULT 0 NOT NULL,
+    deleted_at timestamp with time zone,
     CONSTRAINT agents_status_check CHECK (((status)::text = ANY ((ARRAY['online'::character varying, 'offline'::character varying])::text[])))
 );
 
@@ -482,7 +486,8 @@ CREATE TABLE public.audit_log (
     target text,
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
     replica text DEFAULT current_setting('application_name'::text) NOT NULL
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.05');
 
 
 --
@@ -550,7 +555,7 @@ CREATE TABLE public.sessions (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
     CONSTRAINT sessions_desired_state_check CHECK (((desired_state)::text = ANY ((ARRAY['running'::character varying, 'hibernated'::character varying, 'stopped'::character varying, 'deleted'::character varying])::text[]))),
-    CONSTRAINT sessions_state_check CHECK (((state)::text = ANY ((ARRAY['pending'::character varying, 'starting'::character varying, 'running'::character varying, 'hibernated'::character varying, 'stopping'::character varying, 'stopped'::character varying, 'failed'::character varying])::text[])))
+    CONSTRAINT sessions_state_check CHECK (((state)::text = ANY ((ARRAY['pending'::character varying, 'starting'::character varying, 'running'::character varying, 'hibernated'::character varying, 'stopping'::character varying, 'stopped'::character varying, 'failed'::character varying, 'lost'::character varying])::text[])))
 );
 
 
@@ -758,10 +763,24 @@ CREATE INDEX agent_commands_created ON public.agent_commands USING btree (create
 
 
 --
+-- Name: agent_commands_expiring; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_expiring ON public.agent_commands USING btree (expires_at) WHERE (((status)::text = 'pending'::text) AND (expires_at IS NOT NULL));
+
+
+--
 -- Name: agent_commands_in_flight; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX agent_commands_in_flight ON public.agent_commands USING btree (status, ack_deadline) WHERE ((status)::text = ANY ((ARRAY['sent'::character varying, 'acknowledged'::character varying])::text[]));
+
+
+--
+-- Name: agent_commands_inventories; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX agent_commands_inventories ON public.agent_commands USING btree (agent_id, created_at) WHERE ((action)::text = 'INVENTORY_SESSIONS'::text);
 
 
 --
@@ -887,7 +906,7 @@ CREATE TRIGGER agent_commands_record_attempt AFTER UPDATE OF status ON public.ag
 -- Name: agent_commands agent_commands_session_moved; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER agent_commands_session_moved AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW WHEN (((new.session_id IS NOT NULL) AND ((new.status)::text IS DISTINCT FROM (old.status)::text) AND ((new.status)::text = ANY ((ARRAY['acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[])) AND ((new.action)::text = ANY ((ARRAY['CREATE_SESSION'::character varying, 'STOP_SESSION'::character varying, 'HIBERNATE_SESSION'::character varying, 'WAKE_SESSION'::character varying, 'DELETE_SESSION'::character varying])::text[])))) EXECUTE FUNCTION public.streamspace_session_command_moved();
+CREATE TRIGGER agent_commands_session_moved AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW WHEN (((new.session_id IS NOT NULL) AND ((new.status)::text IS DISTINCT FROM (old.status)::text) AND ((new.status)::text = ANY ((ARRAY['acknowledged'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying, 'expired'::character varying])::text[])) AND ((new.action)::text = ANY ((ARRAY['CREATE_SESSION'::character varying, 'STOP_SESSION'::character varying, 'HIBERNATE_SESSION'::character varying, 'WAKE_SESSION'::character varying, 'DELETE_SESSION'::character varying])::text[])))) EXECUTE FUNCTION public.streamspace_session_command_moved();
 
 
 --

@@ -168,8 +168,11 @@ async def test_updated_at_moves_on_every_update_and_created_at_never(
 async def test_offline_agent_keeps_command_pending_without_spending_attempts(
     shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
 ) -> None:
+    """A command without an expiry (none asked for, COMMAND_EXPIRY=0: the default) waits for its agent as
+    long as it takes. One with an expiry ends `expired` instead: tests/test_agent_lifecycle.py."""
     gateway_a = shared_stack.services[0]
     created = await post_command(http, gateway_a.url, agent_id, action="PING")
+    assert created["expires_at"] is None
     await asyncio.sleep(3)  # three sweeps of the dispatcher (SWEEP_INTERVAL=1) pass over it
 
     waiting = await get_json(http, f"{gateway_a.url}/api/v1/commands/{created['command_id']}")

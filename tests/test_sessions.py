@@ -34,6 +34,7 @@ from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import Settings
 from streamspace_dispatcher.idle import IdleHibernator
 from streamspace_dispatcher.reconcile import Reconciler
+from streamspace_dispatcher.retention import Retention
 from streamspace_gateway.auth import sign_token, signing_secret
 
 __all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
@@ -472,9 +473,10 @@ async def test_placement_refusals(sessions_stack: Stack, admin_api: Api, test_en
     assert page == {"sessions": [], "next_cursor": None}
 
 
-async def test_the_idle_and_reconcile_loops_survive_postgresql_going_away(test_env: RunEnv) -> None:
-    """The two session loops on a database of their own: its connections are cut and refused for a
-    while, then allowed again. Each loop logs the outage once and the return once, and works after."""
+async def test_the_idle_reconcile_and_retention_loops_survive_postgresql_going_away(test_env: RunEnv) -> None:
+    """The two session loops and the retention loop on a database of their own: its connections are cut
+    and refused for a while, then allowed again. Each loop logs the outage once and the return once, and
+    works after (a session hibernated, an inventory asked for, an old finished command pruned)."""
     database = f"streamspace_loops_{test_env.run_id}"
     url = with_database(test_env.database_url, database)
     await create_database_if_missing(url)
@@ -491,6 +493,9 @@ async def test_the_idle_and_reconcile_loops_survive_postgresql_going_away(test_e
             loops = [
                 asyncio.create_task(IdleHibernator(pool, 0.2).run()),
                 asyncio.create_task(Reconciler(pool, 0.2, 3600).run()),
+                asyncio.create_task(
+                    Retention(pool, audit_days=365, command_days=30, inventory_hours=24, interval=0.2).run()
+                ),
             ]
             try:
                 await asyncio.sleep(0.5)
@@ -506,16 +511,22 @@ async def test_the_idle_and_reconcile_loops_survive_postgresql_going_away(test_e
                     "RETURNING id::text",
                     user_id,
                 )
+                old = await pool.fetchval(
+                    "INSERT INTO agent_commands (agent_id, action, status, created_at, updated_at) "
+                    "VALUES ('a', 'PING', 'completed', now() - interval '40 days', now() - interval '40 days') "
+                    "RETURNING command_id"
+                )
 
-                async def both_worked() -> bool:
+                async def all_worked() -> bool:
                     back = [entry for entry in logs if entry["event"] == "dependency_back"]
                     hibernating = await pool.fetchval(
                         "SELECT count(*) FROM agent_commands WHERE action = 'HIBERNATE_SESSION' AND session_id = $1",
                         session_id,
                     )
-                    return len(back) == 2 and hibernating == 1
+                    pruned = not await pool.fetchval("SELECT count(*) FROM agent_commands WHERE command_id = $1", old)
+                    return len(back) == 3 and hibernating == 1 and pruned
 
-                await wait_for(both_worked, timeout=30)
+                await wait_for(all_worked, timeout=30)
             finally:
                 for loop in loops:
                     loop.cancel()
@@ -527,6 +538,7 @@ async def test_the_idle_and_reconcile_loops_survive_postgresql_going_away(test_e
         assert by_loop == {
             "postgres_idle": ["dependency_down", "dependency_back"],
             "postgres_reconcile": ["dependency_down", "dependency_back"],
+            "postgres_retention": ["dependency_down", "dependency_back"],
         }, by_loop
         assert await pool.fetchval("SELECT desired_state FROM sessions WHERE id = $1::uuid", session_id) == "hibernated"
         assert await pool.fetchval("SELECT count(*) FROM agent_commands WHERE action = 'INVENTORY_SESSIONS'") == 1

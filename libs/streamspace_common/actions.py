@@ -23,6 +23,11 @@ INVENTORY_SESSIONS = "INVENTORY_SESSIONS"
 # A stream's data path (docs/streams.md): the agent connects to the session's endpoint and dials a data
 # WebSocket back to the gateway replica that holds the browser, with a single-use tunnel token.
 OPEN_TUNNEL = "OPEN_TUNNEL"
+# Stop a command that runs on the agent (POST /api/v1/commands/{id}/cancel on one sent or acknowledged):
+# the agent cancels its handler's task, and remembers the id so that a late delivery of it does not run.
+# Inserted only by the cancel (commands.sql `cancel`), for agents that advertise it as a capability; it is
+# delivered, signed, like every command. Its result: {"command_id", "state": running | finished | unknown}.
+CANCEL_COMMAND = "CANCEL_COMMAND"
 
 # A session id is used as-is in platform names: a Docker container name, a Kubernetes object name and
 # label value (a DNS label of at most 63 characters, "ss-" prepended). A UUID fits.
@@ -72,6 +77,13 @@ class OpenTunnel(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     port: Port
     url: Annotated[str, msgspec.Meta(pattern=r"^wss?://[^\s]+$(?!\n)", max_length=2000)]
     token: Annotated[str, msgspec.Meta(min_length=16, max_length=200)]
+
+
+class CancelCommand(msgspec.Struct, frozen=True):
+    """CANCEL_COMMAND's payload (unknown fields ignored: a later control plane may add one)."""
+
+    command_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
 
 
 class SessionAction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -141,6 +141,8 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None, 
     try:
         async with conn.transaction():
             await conn.execute(QUERIES["ensure_agent"], agent_id)
+            if await conn.fetchval(QUERIES["agent_deleted_at"], agent_id) is not None:
+                raise AdminError(f"agent {agent_id!r} was deleted (drained): use a new agent id")
             row = await conn.fetchrow(QUERIES["register_token"], agent_id, hash_token(token), expiry(expires_in))
             if row["agent_id"] != agent_id:  # raised inside the transaction, so the new agent row is rolled back too
                 raise AdminError("that token is already registered to another agent")
@@ -165,6 +167,8 @@ async def rotate_agent_token(
         async with conn.transaction():
             if await conn.fetchval(QUERIES["agent_exists"], agent_id) is None:
                 raise AdminError(f"no agent {agent_id!r} is registered (agent-token create registers one)")
+            if await conn.fetchval(QUERIES["agent_deleted_at"], agent_id) is not None:
+                raise AdminError(f"agent {agent_id!r} was deleted (drained): use a new agent id")
             row = await conn.fetchrow(QUERIES["register_token"], agent_id, token_hash, expiry(expires_in))
             superseded = await conn.fetch(QUERIES["supersede_tokens"], agent_id, overlap, token_hash)
             detail = {"agent_id": agent_id, "superseded": [r["id"] for r in superseded], "overlap_seconds": overlap}

@@ -4,6 +4,7 @@ SERVICE_RESTART = 1012  # gateway shutting down: reconnect to another replica at
 BAD_FRAME = 4400  # not JSON, unknown type, or wrong fields
 TOKEN_REVOKED = 4401  # the agent token this socket authenticated with was revoked, or has expired
 FORBIDDEN = 4403  # hello names an agent the token does not belong to
+AGENT_DELETED = 4404  # the agent id was deleted (drained, DELETE /api/v1/agents/{id}): retired for good
 HELLO_TIMEOUT = 4408  # no hello within the handshake deadline
 REPLACED = 4409  # a newer socket registered with the same agent id on this replica
 STALE = 4410  # no frame for 3 heartbeat intervals

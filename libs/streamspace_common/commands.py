@@ -1,6 +1,7 @@
 """The command lifecycle (§2): its states, the moves allowed between them, and every statement that makes one.
 
     pending -> sent -> acknowledged -> completed | failed      (plus cancelled, and back to pending to retry)
+    pending -> expired                                         (still pending at its expires_at)
 
 Every move is a guarded UPDATE (`WHERE status = <expected>`), so a late or duplicate message can never
 move a row backwards; the database refuses any other move (migration 0003, whose table of allowed moves
@@ -22,14 +23,15 @@ from .schemas import CommandStatus, Result
 
 QUERIES = load_queries("streamspace_common", "commands.sql")
 OPEN_STATUSES: tuple[CommandStatus, ...] = ("pending", "sent", "acknowledged")
-FINAL_STATUSES: tuple[CommandStatus, ...] = ("completed", "failed", "cancelled")
+FINAL_STATUSES: tuple[CommandStatus, ...] = ("completed", "failed", "cancelled", "expired")
 TRANSITIONS: dict[CommandStatus, frozenset[CommandStatus]] = {
-    "pending": frozenset({"sent", "cancelled", "failed"}),
+    "pending": frozenset({"sent", "cancelled", "failed", "expired"}),
     "sent": frozenset({"pending", "acknowledged", "completed", "failed", "cancelled"}),
     "acknowledged": frozenset({"pending", "completed", "failed", "cancelled"}),
     "completed": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),
+    "expired": frozenset(),
 }
 log = structlog.get_logger("commands")
 _json = msgspec.json.Encoder()
@@ -104,9 +106,22 @@ class CommandLifecycle:
         rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["requeue_other_epochs"], agent_id, epoch)
         return rows
 
-    async def cancel(self, command_id: str, reason: str) -> bool:
-        """pending | sent | acknowledged -> cancelled; False if the command is not open (or not there)."""
-        return await self.db.fetchrow(QUERIES["cancel"], command_id, reason) is not None
+    async def cancel(self, command_id: str, reason: str) -> asyncpg.Record | None:
+        """pending | sent | acknowledged -> cancelled; None if the command is not open (or not there). A
+        command that was sent or acknowledged to an agent that runs CANCEL_COMMAND gets one (`cancel_id`):
+        it reaches the agent through the delivery path, signed like any delivery, and stops the handler."""
+        row: asyncpg.Record | None = await self.db.fetchrow(QUERIES["cancel"], command_id, reason)
+        return row
+
+    async def cancel_for_agent(self, agent_id: str, reason: str) -> list[str]:
+        """Every open command of an agent that is being drained -> cancelled, with `reason`."""
+        rows = await self.db.fetch(QUERIES["cancel_for_agent"], agent_id, reason)
+        return [row["command_id"] for row in rows]
+
+    async def expire_pending(self, limit: int) -> list[asyncpg.Record]:
+        """pending past its expires_at -> expired, up to `limit` rows (SKIP LOCKED: replicas share it)."""
+        rows: list[asyncpg.Record] = await self.db.fetch(QUERIES["expire_pending"], limit)
+        return rows
 
 
 def _log_unmoved(move: str, count: int, **context: str) -> None:

@@ -160,10 +160,59 @@ RETURNING c.command_id, c.agent_id, c.status, c.attempts, expired.was;
 -- name: cancel
 -- pending | sent | acknowledged -> cancelled, by an operator ($2: the reason). It is never delivered
 -- again, and a late ack or result matches nothing (their moves are guarded by sent/acknowledged).
+-- A command that was sent or acknowledged may be running on its agent: if the agent advertises the
+-- CANCEL_COMMAND capability, a CANCEL_COMMAND command naming it is inserted in the same statement and
+-- goes the way of every command (claimed, signed, forwarded), so the agent stops the handler. It
+-- expires if still pending after 10 minutes (the agent is away: it has nothing to stop when it comes
+-- back, having lost the command with its socket or answering from its journal). An agent of an earlier
+-- release advertises no such capability: it runs the command to completion, its result discarded.
+WITH target AS (
+    SELECT id, status AS was FROM agent_commands
+    WHERE command_id = $1 AND status IN ('pending', 'sent', 'acknowledged')
+    FOR UPDATE
+), cancelled AS (
+    UPDATE agent_commands c
+    SET status = 'cancelled', completed_at = now(), next_attempt_at = NULL, ack_deadline = NULL, error_message = $2
+    FROM target
+    WHERE c.id = target.id
+    RETURNING c.command_id, c.agent_id, c.status, target.was
+), told AS (
+    INSERT INTO agent_commands (agent_id, action, payload, max_attempts, timeout_seconds, expires_at)
+    SELECT cancelled.agent_id, 'CANCEL_COMMAND', jsonb_build_object('command_id', cancelled.command_id, 'reason', $2),
+           3, 60, now() + interval '10 minutes'
+    FROM cancelled JOIN agents a USING (agent_id)
+    WHERE cancelled.was IN ('sent', 'acknowledged') AND a.capabilities ? 'CANCEL_COMMAND' AND a.deleted_at IS NULL
+    RETURNING command_id
+)
+SELECT cancelled.command_id, cancelled.status, cancelled.was, (SELECT command_id FROM told) AS cancel_id
+FROM cancelled;
+
+-- name: cancel_for_agent
+-- Draining an agent ($1): every open command of it -> cancelled with the reason $2. No CANCEL_COMMAND
+-- is sent: the agent's tokens are revoked in the same transaction and its sockets close.
 UPDATE agent_commands
 SET status = 'cancelled', completed_at = now(), next_attempt_at = NULL, ack_deadline = NULL, error_message = $2
-WHERE command_id = $1 AND status IN ('pending', 'sent', 'acknowledged')
-RETURNING command_id, status;
+WHERE agent_id = $1 AND status IN ('pending', 'sent', 'acknowledged')
+RETURNING command_id;
+
+-- name: expire_pending
+-- Pending past its expires_at -> expired, up to $1 rows a round (the dispatchers' sweep; SKIP LOCKED
+-- lets replicas run it at once), with a reason naming the agent and whether it ever reached it.
+WITH due AS (
+    SELECT id FROM agent_commands
+    WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_commands c
+SET status = 'expired', completed_at = now(), next_attempt_at = NULL, ack_deadline = NULL,
+    error_message = format('expired at %s while pending for agent %s (%s attempt(s) made)',
+                           to_char(c.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), c.agent_id,
+                           c.attempts)
+FROM due
+WHERE c.id = due.id
+RETURNING c.command_id, c.agent_id, c.attempts;
 
 -- name: requeue_other_epochs
 -- An HA agent's new active replica took the lease at epoch $2: its commands sent or acknowledged under

@@ -3,6 +3,10 @@
 -- name: ensure_agent
 INSERT INTO agents (agent_id) VALUES ($1) ON CONFLICT (agent_id) DO NOTHING;
 
+-- name: agent_deleted_at
+-- A deleted (drained) agent's id is retired: no token is made for it.
+SELECT deleted_at FROM agents WHERE agent_id = $1;
+
 -- name: register_token
 -- Idempotent for the same agent; returns the owner so a token can never be moved to another agent,
 -- the token's id, and whether this call registered it. $3: when it expires (NULL: never).

@@ -23,7 +23,7 @@ Long = Annotated[str, msgspec.Meta(max_length=255)]
 # No NUL: PostgreSQL text cannot hold one, and a frame naming such an id must be refused at the edge
 # (4400), not reach the batched writer whose statement it would make PostgreSQL refuse.
 CommandId = Annotated[str, msgspec.Meta(max_length=255, pattern="^[^\x00]*$")]
-CommandStatus = Literal["pending", "sent", "acknowledged", "completed", "failed", "cancelled"]
+CommandStatus = Literal["pending", "sent", "acknowledged", "completed", "failed", "cancelled", "expired"]
 FinalStatus = Literal["completed", "failed"]
 
 

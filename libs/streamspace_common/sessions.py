@@ -2,6 +2,7 @@
 
     pending -> starting -> running <-> hibernated        (stop -> stopping -> stopped; wake -> starting)
                                     \\-> failed           (with the reason)
+    any of them -> lost      (its agent was deleted, or gone past AGENT_LOST_AFTER: final, deleted by its user)
 
 Two kinds of move, one home. What the control plane asks for is here and in `sessions.sql`: placing
 a new session (one transaction: the session and its CREATE_SESSION command), a verb (stop, hibernate,
@@ -27,8 +28,17 @@ from .actions import DELETE_SESSION, HIBERNATE_SESSION, INVENTORY_SESSIONS, STOP
 from .db import load_queries
 
 QUERIES = load_queries("streamspace_common", "sessions.sql")
-SessionStateName = Literal["pending", "starting", "running", "hibernated", "stopping", "stopped", "failed"]
-STATES: tuple[SessionStateName, ...] = ("pending", "starting", "running", "hibernated", "stopping", "stopped", "failed")
+SessionStateName = Literal["pending", "starting", "running", "hibernated", "stopping", "stopped", "failed", "lost"]
+STATES: tuple[SessionStateName, ...] = (
+    "pending",
+    "starting",
+    "running",
+    "hibernated",
+    "stopping",
+    "stopped",
+    "failed",
+    "lost",
+)
 Verb = Literal["stop", "hibernate", "wake", "delete"]
 log = structlog.get_logger("sessions")
 # Run inside a move's transaction with the moved row (the gateway's audit record: it commits with the move)
@@ -132,6 +142,12 @@ class SessionLifecycle:
         the same transaction when the verb moved the session."""
         rule = VERBS[verb]
         async with self.pool.acquire() as conn, conn.transaction():
+            if verb == "delete":  # a lost session has no agent to ask: its row goes at once
+                lost: asyncpg.Record | None = await conn.fetchrow(QUERIES["delete_lost"], session_id)
+                if lost is not None:
+                    if also is not None:
+                        await also(conn, lost)
+                    return lost
             if verb == "wake":
                 await conn.execute(QUERIES["lock_placement"])
                 room = await conn.fetchrow(QUERIES["room_to_wake"], session_id)
@@ -150,10 +166,28 @@ class SessionLifecycle:
         row: asyncpg.Record | None = await self.pool.fetchrow(QUERIES["touch_activity"], session_id)
         return row
 
+    async def count_by_state(self) -> dict[str, int]:
+        """Sessions not deleted, by state: every state of STATES, 0 where none."""
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        counts.update({row["state"]: row["count"] for row in await self.pool.fetch(QUERIES["sessions_by_state"])})
+        return counts
+
     async def hibernate_idle(self, limit: int) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(QUERIES["hibernate_idle"], limit)
         for row in rows:
             log.info("session_idle", session_id=row["id"], agent_id=row["agent_id"], idle=row["idle_timeout_seconds"])
+        return rows
+
+    async def lose_agent_sessions(self, conn: asyncpg.Connection, agent_id: str, reason: str) -> list[str]:
+        """Draining an agent (in its transaction, after its commands were cancelled): its sessions are lost."""
+        rows = await conn.fetch(QUERIES["lose_agent_sessions"], agent_id, reason)
+        return [row["id"] for row in rows]
+
+    async def lose_gone_agents_sessions(self, lost_after: float, limit: int) -> list[asyncpg.Record]:
+        """Live sessions of agents gone longer than `lost_after` seconds are lost (with the reason)."""
+        rows: list[asyncpg.Record] = await self.pool.fetch(QUERIES["lose_gone_agents_sessions"], lost_after, limit)
+        for row in rows:
+            log.warning("session_lost", session_id=row["id"], agent_id=row["agent_id"], lost_after=lost_after)
         return rows
 
     async def request_inventories(self, timeout_seconds: int, heartbeat_within: float) -> list[str]:

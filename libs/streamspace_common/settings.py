@@ -35,8 +35,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     send_window: Annotated[int, msgspec.Meta(gt=0)] = 1000
     idle_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # how often idle sessions are looked for
     reconcile_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # how often every agent's inventory is asked for
+    # seconds an agent may be gone (offline, or no heartbeat) before its sessions are marked lost (reconcile round)
+    agent_lost_after: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    # seconds a command created through the API without expires_in_seconds/expires_at may stay pending
+    # before it ends expired; 0: never (it waits for its agent)
+    command_expiry: Annotated[int, msgspec.Meta(ge=0)] = 0
     # days the audit trail keeps a row; older rows are pruned by the dispatchers (the database refuses under 1)
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100 * 365)] = 365
+    # days a finished command (completed, failed, cancelled) and its attempts are kept; a live session's
+    # newest command is kept regardless (docs/operations.md "Data lifecycle")
+    command_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100 * 365)] = 30
+    # hours a finished INVENTORY_SESSIONS command is kept; each agent's newest completed one is kept regardless
+    inventory_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=100 * 365 * 24)] = 24
+    prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 600.0  # seconds between retention rounds
     # Keys signing deliveries from dispatchers to gateways (HMAC-SHA256), "kid2:secret2,kid1:secret1": the first
     # signs, all verify (docs/security.md "Deliveries"). Empty: the dispatchers and gateways share one generated
     # at first start and stored in PostgreSQL (table auth_secrets), like AUTH_SECRET's.

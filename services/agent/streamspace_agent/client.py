@@ -31,6 +31,7 @@ the earlier way, on the same gateway.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import deque
 
@@ -39,7 +40,7 @@ import msgspec
 import structlog
 
 from streamspace_common import closecodes
-from streamspace_common.actions import OPEN_TUNNEL
+from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -165,6 +166,7 @@ class AgentClient:
         self.executor = executor
         self.instance_id = uuid.uuid4().hex
         self.connected_to: str | None = None
+        self.disconnected_at: float | None = None  # monotonic time the last registered socket closed
         self.role: str = "active"  # HA: what the gateway said last; "active" for a gateway without HA
         self.epoch = 0  # HA: the newest lease epoch a gateway told this process (it never goes back)
         self.fenced = False  # the gateway of this socket speaks HA: every command must carry a current epoch
@@ -176,8 +178,9 @@ class AgentClient:
         """The actions the driver runs, plus "max_sessions=N" when a session capacity is set (an older
         gateway stores it as one more capability string: no new hello field)."""
         extra = [f"max_sessions={self.max_sessions}"] if self.max_sessions > 0 else []
+        # CANCEL_COMMAND: the executor stops a running command (the control plane sends it to agents that list it)
         tunnels = [OPEN_TUNNEL] if self.executor.tunnels is not None else []
-        return [*self.executor.driver.actions, *tunnels, *extra]
+        return [*self.executor.driver.actions, *tunnels, CANCEL_COMMAND, *extra]
 
     @property
     def connected(self) -> bool:
@@ -253,6 +256,9 @@ class AgentClient:
             self.connected_to = welcome.pod
             metrics.CONNECTED.set(1)
             metrics.CONNECTS.inc()
+            if self.disconnected_at is not None:
+                metrics.RECONNECT_SECONDS.observe(time.monotonic() - self.disconnected_at)
+                self.disconnected_at = None
             confirms = FEATURE_CONFIRM in welcome.features
             self.fenced = FEATURE_HA in welcome.features
             self.role = "standby" if self.fenced else "active"  # until a role frame says
@@ -261,6 +267,7 @@ class AgentClient:
                 await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms))
             finally:
                 self.connected_to = None
+                self.disconnected_at = time.monotonic()
                 metrics.CONNECTED.set(0)
             log.info("disconnected", url=url, close_code=ws.close_code)
             return ws.close_code

@@ -6,6 +6,13 @@ with its earlier result, a running one simply finishes. Every result is written 
 it committed the result, so neither a socket dying nor the agent restarting loses it; a restarted
 agent answers from the journal too. A retryable failure is reported like any result but is no
 answer for a redelivery: the retry runs the command again.
+
+CANCEL_COMMAND (a cancel of a command this agent may be running, delivered like any command) cancels
+the handler's task: the driver stops where an await lets it (a SLEEP at once; a container or process
+being started is not rolled back: the session's reconciliation handles what it leaves). The cancelled
+command ends with a failed result (its row is cancelled already: the result is discarded and
+confirmed). A cancel that arrives before its command is journaled as that command's answer, so a late
+delivery of it never runs.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
+import msgspec
 import structlog
 
-from streamspace_common.actions import OPEN_TUNNEL
+from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL, CancelCommand
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.schemas import Command, Result
 
@@ -39,6 +47,7 @@ class Executor:
         self.journal = journal
         self.results: OrderedDict[str, Result] = OrderedDict()  # answers for redeliveries
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.cancelling: dict[str, str] = {}  # running commands a CANCEL_COMMAND cancelled, with its reason
         self.unconfirmed: OrderedDict[str, Result] = OrderedDict()  # durable, not confirmed by a gateway
         self.to_journal: OrderedDict[str, Result] = OrderedDict()  # produced, not durable yet
         self.to_confirm: list[str] = []
@@ -80,9 +89,19 @@ class Executor:
         try:
             if command.action == OPEN_TUNNEL and self.tunnels is not None:
                 value = await self.tunnels.open(command)
+            elif command.action == CANCEL_COMMAND:
+                value = self.cancel(command)
             else:
                 value = await self.driver.execute(command)
             result = Result(command_id=command.command_id, status="completed", result=value)
+        except asyncio.CancelledError:
+            reason = self.cancelling.pop(command.command_id, None)
+            if reason is None:  # shutdown: it runs again on redelivery
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            result = Result(command_id=command.command_id, status="failed", error=f"cancelled on the agent: {reason}")
         except CommandFailed as exc:
             result = Result(command_id=command.command_id, status="failed", error=str(exc), retryable=exc.retryable)
         except Exception as exc:  # a driver bug must still answer, or the command waits for retries
@@ -97,6 +116,30 @@ class Executor:
         del self.running[command.command_id]
         self.to_journal[command.command_id] = result
         self.journal_work.set()
+
+    def cancel(self, command: Command) -> dict[str, Any]:
+        """CANCEL_COMMAND: cancel the named command's task if it runs here; if it never arrived, journal a
+        failed answer for it, so a late delivery is answered instead of run."""
+        try:
+            payload = msgspec.convert(command.payload, CancelCommand)
+        except msgspec.ValidationError as exc:
+            raise CommandFailed(f"invalid CANCEL_COMMAND payload: {exc}") from exc
+        target, reason = payload.command_id, payload.reason or "cancelled"
+        task = self.running.get(target)
+        if task is not None:
+            self.cancelling[target] = reason
+            task.cancel()
+            state = "running"
+        elif target in self.results or target in self.to_journal:
+            state = "finished"
+        else:
+            state = "unknown"
+            self.to_journal[target] = Result(
+                command_id=target, status="failed", error=f"cancelled before it ran: {reason}"
+            )
+            self.journal_work.set()
+        log.info("command_cancel", command_id=target, cancel_id=command.command_id, state=state, reason=reason)
+        return {"command_id": target, "state": state}
 
     def _remember(self, result: Result) -> None:
         if result.retryable:  # not an answer: a redelivery is the retry, and runs again

@@ -1,6 +1,6 @@
 """Prometheus metrics of the agent."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTED = Gauge("streamspace_agent_connected", "1 while a gateway socket is registered")
 CONNECTS = Counter("streamspace_agent_connects_total", "Successful registrations with a gateway")
@@ -21,4 +21,9 @@ TUNNEL_BYTES = Counter(
 )  # to_gateway: from the session; to_session: from the browser
 STALE_COMMANDS = Counter(
     "streamspace_agent_stale_commands_total", "Commands refused: their lease epoch is older than the newest told"
+)
+RECONNECT_SECONDS = Histogram(
+    "streamspace_agent_reconnect_seconds",
+    "From a registered gateway socket closing to the next one registered (welcomed), any gateway",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )

@@ -38,6 +38,7 @@ from .retries import RetryScheduler
 from .streaks import Streak
 
 STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command wakes nobody's streak
+BACKLOG_TOP_AGENTS = 10  # agents in the backlog gauge (its only label is agent_id: kept few)
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 QUERIES = load_queries("streamspace_dispatcher")
@@ -217,11 +218,16 @@ class Dispatcher:
         if time.monotonic() < self.counted_at + self.sweep_interval:
             return
         self.counted_at = time.monotonic()
-        counts = {status: 0 for status in OPEN_STATUSES}
+        counts = {status: (0, 0.0) for status in OPEN_STATUSES}
         rows = await self.pool.fetch(QUERIES["open_commands_by_status"])
-        counts.update({row["status"]: row["count"] for row in rows})
-        for status, count in counts.items():
+        counts.update({row["status"]: (row["count"], max(0.0, row["oldest"])) for row in rows})
+        for status, (count, oldest) in counts.items():
             metrics.COMMANDS_OPEN.labels(status).set(count)
+            metrics.COMMANDS_OLDEST.labels(status).set(oldest)
+        top = await self.pool.fetch(QUERIES["pending_backlog_top"], BACKLOG_TOP_AGENTS)
+        metrics.BACKLOG_TOP.clear()  # at most BACKLOG_TOP_AGENTS series at any time
+        for row in top:
+            metrics.BACKLOG_TOP.labels(row["agent_id"]).set(row["count"])
 
     async def routes(self, agent_ids: list[str]) -> tuple[DeliveryBus, dict[str, str]]:
         """The path to use now, and the agents it can reach."""
@@ -262,7 +268,8 @@ class Dispatcher:
     # --- ack and completion deadlines -------------------------------------------------------
 
     async def run_expiry(self) -> None:
-        """Every deadline interval: commands past their ack or completion deadline wait for a retry or fail."""
+        """Every deadline interval: commands past their ack or completion deadline wait for a retry or fail,
+        and pending ones past their expiry end expired."""
         await forever(self.expire_round, Outage("expiry", log))
 
     async def expire_round(self) -> None:
@@ -281,4 +288,18 @@ class Dispatcher:
             metrics.DEADLINES_PASSED.labels(deadline, row["status"]).inc()
         if any(row["status"] == "pending" for row in rows):
             self.wake_retries()
+        await self.expire_pending()
         await self.count_open_commands()
+
+    async def expire_pending(self) -> None:
+        """Pending commands past their expires_at end `expired`, a batch at a time, instead of waiting for
+        their agent forever."""
+        while True:
+            rows = await self.commands.expire_pending(self.batch_size)
+            for row in rows:
+                log.info(
+                    "command_expired", command_id=row["command_id"], agent_id=row["agent_id"], attempts=row["attempts"]
+                )
+            metrics.COMMANDS_EXPIRED.inc(len(rows))
+            if len(rows) < self.batch_size:
+                return

@@ -4,7 +4,8 @@ Every IDLE_CHECK_INTERVAL one statement (sessions.sql `hibernate_idle`) finds ru
 last activity (POST /sessions/{id}/activity, or becoming running) is older than their idle timeout and
 that have no command in flight, sets their desired state to hibernated and inserts their
 HIBERNATE_SESSION commands; the agent's report then moves the session (migration 0008). SKIP LOCKED
-lets dispatcher replicas run it at the same time. PostgreSQL away: logged once, retried with backoff,
+lets dispatcher replicas run it at the same time. Each round also refreshes the sessions-by-state gauge
+(one COUNT ... GROUP BY). PostgreSQL away: logged once, retried with backoff,
 its return logged once; the loop never spins (it sleeps an interval before every round).
 """
 
@@ -36,4 +37,8 @@ class IdleHibernator:
         await asyncio.sleep(self.interval)
         while len(hibernated := await self.sessions.hibernate_idle(IDLE_BATCH)) == IDLE_BATCH:
             metrics.SESSIONS_IDLE_HIBERNATED.inc(len(hibernated))
+        for state, count in (await self.sessions.count_by_state()).items():
+            metrics.SESSIONS.labels(state).set(count)
         metrics.SESSIONS_IDLE_HIBERNATED.inc(len(hibernated))
+        for state, count in (await self.sessions.count_by_state()).items():
+            metrics.SESSIONS.labels(state).set(count)

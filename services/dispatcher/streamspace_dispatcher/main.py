@@ -20,7 +20,7 @@ from streamspace_common.web import add_health_routes, background, serve
 from .dispatcher import Dispatcher
 from .idle import IdleHibernator
 from .reconcile import Reconciler
-from .retention import AuditPruner
+from .retention import Retention
 from .retries import RetryScheduler
 
 DEFAULT_PORT = 8090
@@ -61,8 +61,14 @@ def create_app(settings: Settings) -> web.Application:
         loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
         sessions = (
             IdleHibernator(pool, settings.idle_check_interval).run(),
-            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval).run(),
-            AuditPruner(pool, settings.audit_retention_days).run(),
+            Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval, settings.agent_lost_after).run(),
+            Retention(
+                pool,
+                audit_days=settings.audit_retention_days,
+                command_days=settings.command_retention_days,
+                inventory_hours=settings.inventory_retention_hours,
+                interval=settings.prune_interval,
+            ).run(),
         )
         async with background(*loops, *sessions, retries.run_connection(), retries.run_scheduler()):
             yield

@@ -32,6 +32,12 @@ COMMANDS_OPEN = Gauge(
     "Commands pending, sent or acknowledged now (every sweep interval)",
     ["status"],
 )
+COMMANDS_OLDEST = Gauge(
+    "streamspace_dispatcher_commands_oldest_seconds",
+    "Seconds the longest-open command of each open status has been in it (pending: since its last change); "
+    "0 with none (every sweep interval)",
+    ["status"],
+)
 SESSIONS_IDLE_HIBERNATED = Counter(
     "streamspace_dispatcher_sessions_idle_hibernated_total", "Running sessions asked to hibernate for idleness"
 )
@@ -40,4 +46,28 @@ INVENTORIES_REQUESTED = Counter(
 )
 AUDIT_PRUNED = Counter(
     "streamspace_dispatcher_audit_pruned_total", "Audit trail rows deleted for being older than AUDIT_RETENTION_DAYS"
+)
+BACKLOG_TOP = Gauge(
+    "streamspace_dispatcher_agent_backlog",
+    "Pending commands of the agents with the most (the top 10 only, every sweep interval; an agent that "
+    "drops out of the top 10 drops out of the gauge)",
+    ["agent_id"],
+)
+SESSIONS = Gauge("streamspace_sessions", "Sessions (not deleted) by state, every idle check interval", ["state"])
+ROWS_PRUNED = Counter(
+    "streamspace_dispatcher_rows_pruned_total",
+    "Rows deleted for being past their retention, by table (inventories: INVENTORY_SESSIONS commands)",
+    ["table"],
+)
+OLDEST_RETAINED = Gauge(
+    "streamspace_dispatcher_oldest_retained_seconds",
+    "Age of the oldest audit row (audit_log) and finished command (agent_commands) still stored, after each "
+    "retention round; 0 when there is none",
+    ["table"],
+)
+COMMANDS_EXPIRED = Counter(
+    "streamspace_dispatcher_commands_expired_total", "Pending commands that reached their expires_at (ended expired)"
+)
+SESSIONS_LOST = Counter(
+    "streamspace_dispatcher_sessions_lost_total", "Sessions marked lost: their agent was gone past AGENT_LOST_AFTER"
 )

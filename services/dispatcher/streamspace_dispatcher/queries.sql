@@ -25,8 +25,18 @@ WHERE a.status = 'online'
 LIMIT $1;
 
 -- name: open_commands_by_status
--- For the commands-by-status gauge; open statuses only (their partial indexes keep it cheap).
-SELECT status, count(*) FROM agent_commands WHERE status IN ('pending', 'sent', 'acknowledged') GROUP BY status;
+-- For the commands-by-status gauges; open statuses only (their partial indexes keep it cheap). `oldest`:
+-- seconds since the longest-open command of the status entered it (pending: its last change).
+SELECT status, count(*),
+       extract(epoch FROM now() - min(CASE status WHEN 'sent' THEN coalesce(sent_at, updated_at)
+                                                  WHEN 'acknowledged' THEN coalesce(acknowledged_at, updated_at)
+                                                  ELSE updated_at END))::float8 AS oldest
+FROM agent_commands WHERE status IN ('pending', 'sent', 'acknowledged') GROUP BY status;
+
+-- name: pending_backlog_top
+-- For the backlog gauge: the $1 agents with the most pending commands (due or waiting for a retry).
+SELECT agent_id, count(*) FROM agent_commands WHERE status = 'pending'
+GROUP BY agent_id ORDER BY count(*) DESC, agent_id LIMIT $1;
 
 -- name: keep_streak
 -- This dispatcher claims round after round: creating commits need not NOTIFY until $2 seconds from

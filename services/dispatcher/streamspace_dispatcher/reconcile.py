@@ -6,6 +6,8 @@ migration 0008 does the same whenever an agent that held sessions (re)connects. 
 with what its platform holds; when that result is stored, the migration's trigger fails each session
 believed running that the agent lacks (with the reason) and sends DELETE_SESSION for every workload
 carrying our labels that no session owns. So nothing here reads results: the loop only asks.
+The same round marks `lost` the live sessions of agents gone (no heartbeat) longer than
+AGENT_LOST_AFTER, with the reason: their endpoints are dead and nothing would ever move them.
 PostgreSQL away: logged once, retried with backoff, its return logged once; never a hot loop.
 """
 
@@ -22,14 +24,18 @@ from streamspace_common.settings import STALE_AFTER_INTERVALS
 
 from . import metrics
 
+LOST_BATCH = 1000  # sessions marked lost per statement
 INVENTORY_TIMEOUT = 120  # seconds from the agent's ack to its inventory before the command is retried
 log = structlog.get_logger("dispatcher.reconcile")
 
 
 class Reconciler:
-    def __init__(self, pool: asyncpg.Pool, interval: float, heartbeat_interval: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, interval: float, heartbeat_interval: float, lost_after: float = 3600.0
+    ) -> None:
         self.sessions = SessionLifecycle(pool)
         self.interval = interval
+        self.lost_after = lost_after
         self.heartbeat_within = STALE_AFTER_INTERVALS * heartbeat_interval
 
     async def run(self) -> None:
@@ -41,3 +47,6 @@ class Reconciler:
         metrics.INVENTORIES_REQUESTED.inc(len(agents))
         if agents:
             log.debug("inventories_requested", agents=len(agents))
+        while len(lost := await self.sessions.lose_gone_agents_sessions(self.lost_after, LOST_BATCH)) == LOST_BATCH:
+            metrics.SESSIONS_LOST.inc(len(lost))
+        metrics.SESSIONS_LOST.inc(len(lost))

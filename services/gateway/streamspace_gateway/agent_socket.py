@@ -44,9 +44,10 @@ def decode_frame(message: WSMessage) -> AgentFrame:
         raise FrameRejected(closecodes.BAD_FRAME, f"frame is not valid JSON: {exc}") from exc
 
 
-async def authenticate(request: web.Request, store: Store) -> tuple[str, str]:
-    """The agent id the bearer token belongs to, and the token's hash (the socket keeps it: a revoked or
-    expired token closes its sockets). An old token inside its rotation overlap works, with a warning."""
+async def authenticate(request: web.Request, store: Store) -> tuple[str, str, bool]:
+    """The agent id the bearer token belongs to, the token's hash (the socket keeps it: a revoked or
+    expired token closes its sockets) and whether the agent was deleted (its socket is refused after
+    hello, 4404). An old token inside its rotation overlap works, with a warning."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -66,14 +67,14 @@ async def authenticate(request: web.Request, store: Store) -> tuple[str, str]:
             expires_at=None if row["expires_at"] is None else row["expires_at"].isoformat(),
             hint="an old agent token was used: give the agent its new token before the overlap ends",
         )
-    return agent_id, token_hash
+    return agent_id, token_hash, row["deleted_at"] is not None
 
 
 async def agent_connect(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     if hub.closing:
         raise ApiError(503, "shutting_down", "this gateway replica is shutting down")
-    token_agent_id, token_hash = await authenticate(request, hub.store)
+    token_agent_id, token_hash, deleted = await authenticate(request, hub.store)
     # No server-side pings: the agent's heartbeat frames show it is alive (4410 after 3 intervals without
     # a frame) and its own pings find a dead gateway. At 10,000 idle sockets the gateway's pings were a
     # sixth of its CPU, and their pong deadline (half an interval) closed the sockets of agents whose
@@ -83,6 +84,8 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     bound = log.bind(agent_id=token_agent_id, pod=hub.pod)
     try:
         hello = await receive_hello(ws, token_agent_id)
+        if deleted:
+            raise FrameRejected(closecodes.AGENT_DELETED, "this agent was deleted (drained): its id is retired")
     except FrameRejected as exc:
         return await reject(ws, exc, bound)
     conn = AgentConnection(hello=hello, ws=ws, token_hash=token_hash)

@@ -44,6 +44,7 @@ ACTIONS = {
     "agent_token.create": "agent token id",
     "agent_token.rotate": "the new agent token's id",
     "agent_token.revoke": "agent token id",
+    "agent.delete": "agent id",
     "session.create": "session id",
     "session.hibernate": "session id",
     "session.wake": "session id",

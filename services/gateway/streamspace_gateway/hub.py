@@ -110,7 +110,9 @@ class AgentConnection:
         return self.hello.instance_id
 
     def mark_seen(self) -> None:
-        self.last_seen = time.monotonic()
+        now = time.monotonic()
+        metrics.HEARTBEAT_GAP.observe(now - self.last_seen)
+        self.last_seen = now
 
     def send_confirm(self, frame: Confirm) -> None:
         self.send_later(frame)  # if closed, the agent resends what it has not had confirmed on its next socket
@@ -466,8 +468,11 @@ class AgentHub:
         return [*self.connections.values(), *standbys]
 
     async def upkeep_once(self) -> None:
-        deadline = time.monotonic() - STALE_AFTER_INTERVALS * self.heartbeat_interval
-        for conn in self.all_sockets():
+        now = time.monotonic()
+        deadline = now - STALE_AFTER_INTERVALS * self.heartbeat_interval
+        sockets = self.all_sockets()
+        metrics.HEARTBEAT_AGE_MAX.set(max((now - conn.last_seen for conn in sockets), default=0.0))
+        for conn in sockets:
             if conn.last_seen < deadline:
                 log.info("agent_stale", agent_id=conn.agent_id, instance_id=conn.instance_id)
                 metrics.STALE_CLOSES.inc()

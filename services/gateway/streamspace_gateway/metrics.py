@@ -54,3 +54,13 @@ TUNNEL_SETUP = Histogram(
 STREAMS_REFUSED = Counter(
     "streamspace_gateway_streams_refused_total", "Streams closed before any byte flowed", ["reason"]
 )
+HEARTBEAT_AGE_MAX = Gauge(
+    "streamspace_gateway_heartbeat_age_max_seconds",
+    "Seconds since the last frame of the quietest agent socket on this replica (every heartbeat interval; "
+    "0 with no socket). Past 3 intervals the socket is closed as stale",
+)
+HEARTBEAT_GAP = Histogram(
+    "streamspace_gateway_heartbeat_gap_seconds",
+    "Time between two frames (heartbeats or any other) read from one agent socket",
+    buckets=(0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120),
+)

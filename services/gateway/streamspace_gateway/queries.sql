@@ -3,8 +3,10 @@
 -- name: agent_for_token
 -- The agent a live token (not revoked, not expired) belongs to; superseded_at and expires_at say
 -- whether it is an old token inside its rotation overlap (the gateway logs a warning for those).
-SELECT agent_id, superseded_at, expires_at FROM agent_tokens
-WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now());
+-- deleted_at: the agent was deleted (drained); its socket is refused after hello (4404).
+SELECT t.agent_id, t.superseded_at, t.expires_at, a.deleted_at
+FROM agent_tokens t LEFT JOIN agents a USING (agent_id)
+WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now());
 
 -- name: revoked_tokens
 -- Those of these token hashes that are no longer live (revoked, expired or gone), and whether it

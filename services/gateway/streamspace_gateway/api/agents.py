@@ -6,9 +6,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
+import structlog
 from aiohttp import web
 
+from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries
+from streamspace_common.sessions import SessionLifecycle
 from streamspace_common.tokens import hash_token, new_token
 
 from .. import audit
@@ -29,6 +32,7 @@ from .base import (
 )
 
 QUERIES = load_queries("streamspace_gateway.api", "agents.sql")
+log = structlog.get_logger("gateway.agents")
 routes = ApiRoutes()
 
 
@@ -43,6 +47,15 @@ class AgentView(msgspec.Struct):
     instance_id: str | None
     last_heartbeat: datetime | None
     connected_at: datetime | None
+    deleted_at: datetime | None = None  # drained through DELETE: kept for history, never placed on again
+
+
+class AgentDrained(msgspec.Struct):
+    agent_id: str
+    deleted_at: datetime
+    commands_cancelled: list[str]  # its open commands, now cancelled
+    sessions_lost: list[str]  # its sessions, now lost
+    tokens_revoked: list[str]  # ids of the tokens revoked now (its sockets close within a heartbeat interval)
 
 
 class InstanceView(msgspec.Struct):
@@ -126,9 +139,11 @@ async def get_agent(request: web.Request, _: Caller) -> web.Response:
     "/api/v1/agents/{agent_id}/tokens",
     "admin",
     summary="Register the agent if new and a token for it (the token is in this answer only)",
+    description="409 `agent_deleted` for an agent that was deleted (drained): its id is retired.",
     status=201,
     reply=AgentTokenCreated,
     params=(identifier("agent_id"),),
+    errors=(409,),
 )
 async def create_agent_token(request: web.Request, caller: Caller) -> web.Response:
     agent_id = request.match_info["agent_id"]
@@ -136,7 +151,8 @@ async def create_agent_token(request: web.Request, caller: Caller) -> web.Respon
         raise ApiError(400, "invalid_field", "use letters, digits, '.', '_', ':' or '-' (255 at most)", "agent_id")
     token = new_token()
     async with pool_of(request).acquire() as conn, conn.transaction():
-        await conn.execute(QUERIES["ensure_agent"], agent_id)
+        if await conn.fetchval(QUERIES["ensure_agent"], agent_id) is not None:
+            raise deleted(agent_id)
         row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, hash_token(token), None)
         await audit.record(conn, request, caller, "agent_token.create", row["id"], {"agent_id": agent_id})
     return encoded(AgentTokenCreated(token=token, **dict(row)), status=201)
@@ -153,7 +169,7 @@ async def create_agent_token(request: web.Request, caller: Caller) -> web.Respon
     reply=AgentTokenRotated,
     body=RotateAgentToken,
     params=(identifier("agent_id"),),
-    errors=(404,),
+    errors=(404, 409),
 )
 async def rotate_agent_token(request: web.Request, caller: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
@@ -161,8 +177,11 @@ async def rotate_agent_token(request: web.Request, caller: Caller) -> web.Respon
     token = new_token()
     token_hash = hash_token(token)
     async with pool_of(request).acquire() as conn, conn.transaction():
-        if await conn.fetchrow(QUERIES["get_agent"], agent_id) is None:
+        agent = await conn.fetchrow(QUERIES["get_agent"], agent_id)
+        if agent is None:
             raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
+        if agent["deleted_at"] is not None:
+            raise deleted(agent_id)
         row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, token_hash, body.expires_in_seconds)
         old = await conn.fetch(QUERIES["supersede_agent_tokens"], agent_id, body.overlap_seconds, token_hash)
         detail = {"agent_id": agent_id, "superseded": [r["id"] for r in old], "overlap_seconds": body.overlap_seconds}
@@ -208,3 +227,38 @@ async def revoke_agent_token(request: web.Request, caller: Caller) -> web.Respon
             raise ApiError(404, "token_not_found", f"agent {agent_id!r} has no token {token_id!r}", "token_id")
         await audit.record(conn, request, caller, "agent_token.revoke", token_id, {"agent_id": agent_id})
     return no_content()
+
+
+def deleted(agent_id: str) -> ApiError:
+    return ApiError(409, "agent_deleted", f"agent {agent_id!r} was deleted (drained): use a new agent id", "agent_id")
+
+
+@routes.route(
+    "DELETE",
+    "/api/v1/agents/{agent_id}",
+    "admin",
+    summary="Delete (drain) an agent: nothing is placed on it again, its open commands are cancelled, its "
+    "sessions lost, its tokens revoked",
+    description="In one transaction; idempotent (asking again cancels, loses and revokes whatever is left). "
+    "The row stays for history with its `deleted_at`. Its sockets close within a heartbeat interval (4401), "
+    "and a socket naming it later is refused (4404).",
+    status=200,
+    reply=AgentDrained,
+    params=(identifier("agent_id"),),
+    errors=(404,),
+)
+async def delete_agent(request: web.Request, caller: Caller) -> web.Response:
+    agent_id = path_identifier(request, "agent_id", "agent_not_found")
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        deleted_at = await conn.fetchval(QUERIES["mark_agent_deleted"], agent_id)
+        if deleted_at is None:
+            raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
+        reason = f"agent {agent_id} was deleted (drained) by {caller.username}"
+        cancelled = await CommandLifecycle(conn).cancel_for_agent(agent_id, reason)
+        lost = await SessionLifecycle(pool_of(request)).lose_agent_sessions(conn, agent_id, reason)
+        tokens = [row["id"] for row in await conn.fetch(QUERIES["revoke_agent_tokens"], agent_id)]
+        detail = {"commands_cancelled": len(cancelled), "sessions_lost": len(lost), "tokens_revoked": tokens}
+        await audit.record(conn, request, caller, "agent.delete", agent_id, detail)
+    log.warning("agent_deleted", agent_id=agent_id, by=caller.username, **detail)
+    drained = AgentDrained(agent_id, deleted_at, cancelled, lost, tokens)
+    return encoded(drained)

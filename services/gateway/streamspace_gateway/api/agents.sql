@@ -2,17 +2,37 @@
 -- is written by the agent socket, not here.
 
 -- name: list_agents
+-- Deleted (drained) agents too, with their deleted_at: the rows stay for history.
 SELECT agent_id, status, gateway_pod, platform, version, capabilities, concurrency, instance_id,
-       last_heartbeat, connected_at
+       last_heartbeat, connected_at, deleted_at
 FROM agents ORDER BY agent_id;
 
 -- name: get_agent
 SELECT agent_id, status, gateway_pod, platform, version, capabilities, concurrency, instance_id,
-       last_heartbeat, connected_at
+       last_heartbeat, connected_at, deleted_at
 FROM agents WHERE agent_id = $1;
 
 -- name: ensure_agent
-INSERT INTO agents (agent_id) VALUES ($1) ON CONFLICT (agent_id) DO NOTHING;
+-- The agent's row, made if new; its deleted_at (a deleted agent gets no new token).
+WITH made AS (
+    INSERT INTO agents (agent_id) VALUES ($1) ON CONFLICT (agent_id) DO NOTHING RETURNING deleted_at
+)
+SELECT deleted_at FROM made
+UNION ALL
+SELECT deleted_at FROM agents WHERE agent_id = $1;
+
+-- name: mark_agent_deleted
+-- Draining: the row stays (commands and sessions refer to it) with its deleted_at, the first one kept
+-- when asked again. No row: no such agent.
+UPDATE agents SET deleted_at = coalesce(deleted_at, now()) WHERE agent_id = $1
+RETURNING deleted_at;
+
+-- name: revoke_agent_tokens
+-- Draining: every token of the agent not yet revoked; the gateways close their sockets (4401) within
+-- a heartbeat interval.
+UPDATE agent_tokens SET revoked_at = now()
+WHERE agent_id = $1 AND revoked_at IS NULL
+RETURNING id::text;
 
 -- name: create_agent_token
 -- $3: seconds until it expires (NULL: never).

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET, UnsetType
 
-from streamspace_common.actions import OPEN_TUNNEL
+from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
 from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.schemas import ID_PATTERN, Action, CommandStatus
@@ -40,7 +40,17 @@ T = TypeVar("T")
 CURSOR_PATTERN = "[0-9]{1,17}-[0-9a-f]{32}"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATUS_LIST = f"^{_STATUS}(,{_STATUS})*$(?!\\n)"
-RESERVED_ACTIONS = (OPEN_TUNNEL,)
+RESERVED_ACTIONS = (OPEN_TUNNEL, CANCEL_COMMAND)
+MAX_EXPIRY = 365 * 86400
+COMMAND_EXPIRY_KEY = web.AppKey("command_expiry", int)  # COMMAND_EXPIRY: seconds, 0 = never
+# An RFC 3339 time with its zone, as a pattern only real calendar dates match (but 29 February of a common
+# year), so a string the schema allows is one the handler reads: a schema-valid request is never a 400.
+_DAY = r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-9]))"
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+RFC3339_PATTERN = rf"^[1-9][0-9]{{3}}-{_DAY}T{_TIME}(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)"
+RFC3339 = Annotated[
+    str, msgspec.Meta(pattern=RFC3339_PATTERN, extra_json_schema={"format": "date-time"}, description="RFC 3339")
+]
 routes = ApiRoutes()
 
 
@@ -52,6 +62,9 @@ class CreateCommand(msgspec.Struct, forbid_unknown_fields=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     # seconds from the agent's ack to its result before a retry; None: the dispatchers' COMMAND_TIMEOUT
     timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] | None = None
+    # still pending then, it ends `expired` instead of waiting for its agent; neither: COMMAND_EXPIRY (0: never)
+    expires_in_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_EXPIRY)] | None = None
+    expires_at: RFC3339 | None = None  # with both, the earlier one applies; one in the past: at the next sweep
 
 
 class CommandView(msgspec.Struct):
@@ -67,6 +80,7 @@ class CommandView(msgspec.Struct):
     attempts: int
     max_attempts: int
     timeout_seconds: int | None
+    expires_at: datetime | None
     next_attempt_at: datetime | None
     dispatched_by: str | None
     delivered_via_pod: str | None
@@ -93,6 +107,13 @@ class AttemptView(msgspec.Struct):
 
 class CommandDetail(CommandView):
     attempt_history: list[AttemptView] = []
+
+
+class CancelledCommand(CommandView):
+    # the CANCEL_COMMAND sent to stop it on its agent (it was sent or acknowledged, and the agent runs
+    # CANCEL_COMMAND); None: nothing runs it there, or the agent's release cannot stop it (it finishes,
+    # and its result is discarded)
+    cancel_command_id: str | None = None
 
 
 class CommandPage(msgspec.Struct):
@@ -131,8 +152,9 @@ class CommandFilter(msgspec.Struct, forbid_unknown_fields=True):
 async def create_command(request: web.Request, caller: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
     body = await read_body(request, CreateCommand)
-    if body.action in RESERVED_ACTIONS:  # the agent would dial the payload's URL with its own token
-        raise ApiError(400, "invalid_field", f"{body.action} is asked only by the gateway (a stream)", "action")
+    if body.action in RESERVED_ACTIONS:  # OPEN_TUNNEL: the agent would dial the payload's URL with its own token
+        raise ApiError(400, "invalid_field", f"{body.action} is asked only by the gateway itself", "action")
+    expires_at = expiry(body, request.app[COMMAND_EXPIRY_KEY])
     try:
         row = await pool_of(request).fetchrow(
             QUERIES["create_command"],
@@ -144,12 +166,32 @@ async def create_command(request: web.Request, caller: Caller) -> web.Response:
             body.max_attempts,
             body.timeout_seconds,
             *audit.who(request, caller),  # its audit row is written by the same statement
+            expires_at,
         )
     except asyncpg.UniqueViolationError as exc:
         raise ApiError(409, "duplicate_command", f"command {body.command_id!r} already exists", "command_id") from exc
     if row is None:
+        if await pool_of(request).fetchval(QUERIES["agent_deleted_at"], agent_id) is not None:
+            raise ApiError(409, "agent_deleted", f"agent {agent_id!r} was deleted (drained)", "agent_id")
         raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
     return encoded(view(row, CommandView), status=201)
+
+
+def expiry(body: CreateCommand, default_seconds: int) -> datetime | None:
+    """When the command expires if still pending: the earlier of those asked for (seconds from now, a
+    time), else COMMAND_EXPIRY from now (0: never)."""
+    now = datetime.now(UTC)
+    asked = []
+    if body.expires_in_seconds is not None:
+        asked.append(now + timedelta(seconds=body.expires_in_seconds))
+    if body.expires_at is not None:
+        try:
+            asked.append(msgspec.convert(body.expires_at, datetime))
+        except msgspec.ValidationError as exc:  # 29 February of a common year
+            raise ApiError(400, "invalid_field", f"expires_at is not a date: {exc}", "expires_at") from exc
+    if asked:
+        return min(asked)
+    return now + timedelta(seconds=default_seconds) if default_seconds > 0 else None
 
 
 @routes.route(
@@ -181,9 +223,11 @@ def not_found(command_id: str) -> ApiError:
     "/api/v1/commands/{command_id}/cancel",
     "admin",
     summary="Cancel a command that is pending or in flight",
-    description="It is never delivered again; if an agent is already running it, its result is discarded.",
+    description="It is never delivered again. One sent or acknowledged to an agent that runs CANCEL_COMMAND "
+    "gets a CANCEL_COMMAND (`cancel_command_id`) that stops its handler on the agent where the driver can; "
+    "an agent of an earlier release runs it to completion, and its result is discarded.",
     status=200,
-    reply=CommandView,
+    reply=CancelledCommand,
     body=CancelCommand,
     params=(identifier("command_id"),),
     errors=(404, 409),
@@ -194,15 +238,16 @@ async def cancel_command(request: web.Request, caller: Caller) -> web.Response:
     pool = pool_of(request)
     async with pool.acquire() as conn, conn.transaction():
         cancelled = await CommandLifecycle(conn).cancel(command_id, body.reason)
-        if cancelled:
-            await audit.record(conn, request, caller, "command.cancel", command_id, {"reason": body.reason})
-    if not cancelled:
+        if cancelled is not None:
+            detail = {"reason": body.reason, "was": cancelled["was"], "cancel_command_id": cancelled["cancel_id"]}
+            await audit.record(conn, request, caller, "command.cancel", command_id, detail)
+    if cancelled is None:
         status = await pool.fetchval(QUERIES["command_status"], command_id)
         if status is None:
             raise not_found(command_id)
         raise ApiError(409, "command_finished", f"command {command_id!r} is already {status}", "command_id")
     row = await pool.fetchrow(QUERIES["get_command"], command_id)
-    return encoded(view(row, CommandView))
+    return encoded(msgspec.structs.replace(view(row, CancelledCommand), cancel_command_id=cancelled["cancel_id"]))
 
 
 @routes.route(

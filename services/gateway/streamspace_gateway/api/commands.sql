@@ -4,12 +4,14 @@
 -- Inserts nothing (and returns no row) when the agent is unknown. The command's audit row (who: $8-$12,
 -- audit.who()) goes in the same statement: a create is one round trip and one commit, audited or not
 -- (a transaction around it and audit.record() cost 0.4 ms more per create, docs/security.md).
+-- Nor for an agent that was deleted (drained). $13: its expiry (NULL: none, it waits for its agent).
 WITH created AS (
-    INSERT INTO agent_commands (agent_id, command_id, action, payload, session_id, max_attempts, timeout_seconds)
-    SELECT $1::text, coalesce($2::text, gen_random_uuid()::text), $3, $4, $5, $6, $7
-    WHERE EXISTS (SELECT 1 FROM agents WHERE agent_id = $1)
+    INSERT INTO agent_commands (agent_id, command_id, action, payload, session_id, max_attempts, timeout_seconds,
+                                expires_at)
+    SELECT $1::text, coalesce($2::text, gen_random_uuid()::text), $3, $4, $5, $6, $7, $13::timestamptz
+    WHERE EXISTS (SELECT 1 FROM agents WHERE agent_id = $1 AND deleted_at IS NULL)
     RETURNING id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
-              attempts, max_attempts, timeout_seconds, next_attempt_at, dispatched_by, delivered_via_pod, created_at,
+              attempts, max_attempts, timeout_seconds, expires_at, next_attempt_at, dispatched_by, delivered_via_pod, created_at,
               sent_at, acknowledged_at, completed_at, updated_at
 ), audited AS (
     INSERT INTO audit_log (actor_id, actor_name, key_id, address, forwarded_for, action, target, detail)
@@ -21,7 +23,7 @@ SELECT * FROM created;
 
 -- name: get_command
 SELECT id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
-       attempts, max_attempts, timeout_seconds, next_attempt_at, dispatched_by, delivered_via_pod, created_at, sent_at,
+       attempts, max_attempts, timeout_seconds, expires_at, next_attempt_at, dispatched_by, delivered_via_pod, created_at, sent_at,
        acknowledged_at, completed_at, updated_at
 FROM agent_commands WHERE command_id = $1;
 
@@ -36,7 +38,7 @@ FROM agent_command_attempts WHERE command_id = $1 ORDER BY attempt;
 -- name: list_commands
 -- Newest first; every filter optional (NULL). $6/$7: the cursor, the (created_at, id) of the last row seen.
 SELECT id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
-       attempts, max_attempts, timeout_seconds, next_attempt_at, dispatched_by, delivered_via_pod, created_at,
+       attempts, max_attempts, timeout_seconds, expires_at, next_attempt_at, dispatched_by, delivered_via_pod, created_at,
        sent_at, acknowledged_at, completed_at, updated_at
 FROM agent_commands
 WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
@@ -47,3 +49,7 @@ WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $8;
+
+-- name: agent_deleted_at
+-- Why a create found no agent: NULL row (unknown) or its deleted_at.
+SELECT deleted_at FROM agents WHERE agent_id = $1;
