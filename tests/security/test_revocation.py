@@ -2,7 +2,7 @@
 
 The stack is tests/test_streams.py's (two gateways, a dispatcher, a local agent connected to gateway A
 only): every stream is opened on gateway B and every revocation is made through gateway A, so the close
-crosses replicas (migration 0012's NOTIFY wakes B's round; B re-reads the rows itself). The sessions run
+crosses replicas (migration 0014's NOTIFY wakes B's round; B re-reads the rows itself). The sessions run
 the byte-echo app, so a stream that is still open answers what it is sent.
 """
 

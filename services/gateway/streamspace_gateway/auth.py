@@ -220,6 +220,6 @@ async def caller_of(request: web.Request) -> Caller:
 
 
 async def revoke_login(pool: asyncpg.Pool | asyncpg.Connection, caller: Caller) -> None:
-    """Log the caller's login token out (the NOTIFY of migration 0012 wakes every replica's stream round)."""
+    """Log the caller's login token out (the NOTIFY of migration 0014 wakes every replica's stream round)."""
     login = caller.credential
     await pool.execute(QUERIES["revoke_login_token"], login.id, caller.user_id, float(login.exp))

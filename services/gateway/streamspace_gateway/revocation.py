@@ -7,7 +7,7 @@ at most three queries for all of them, the users, API keys and logged-out tokens
 closes with 4004 every stream whose credential no longer admits its user (disabled or deleted, role or
 password changed, logged out, key revoked) or whose user may no longer watch the session (neither its
 owner nor an admin any more). The round runs every STREAM_ACCESS_CHECK seconds, and at once when
-PostgreSQL NOTIFYs keys.ACCESS_CHANNEL (migration 0012's triggers fire on any such change, whichever
+PostgreSQL NOTIFYs keys.ACCESS_CHANNEL (migration 0014's triggers fire on any such change, whichever
 replica or tool made it); the round re-reads the rows itself, so a lost NOTIFY only delays a close.
 """
 

@@ -5,7 +5,7 @@ longer log in, and their login tokens and API keys are refused at once. DELETE e
 its API keys. An administrator cannot demote, disable or delete their own account, so the last
 administrator stays one. Every user may change their own password (POST /api/v1/users/me/password,
 with the current one, counted by the login throttle): their earlier login tokens end, the answer is a
-new one. What a change ends also closes the streams it opened (migration 0012's NOTIFY, ..revocation).
+new one. What a change ends also closes the streams it opened (migration 0014's NOTIFY, ..revocation).
 """
 
 from __future__ import annotations
