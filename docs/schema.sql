@@ -16,6 +16,23 @@ SET client_min_messages = warning;
 SET row_security = off;
 
 --
+-- Name: streamspace_access_revoked(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_access_revoked() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'users' THEN
+        PERFORM pg_notify('streamspace_access_revoked', OLD.id::text);
+    ELSE
+        PERFORM pg_notify('streamspace_access_revoked', NEW.user_id::text);
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+--
 -- Name: streamspace_agent_max_sessions(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -495,6 +512,18 @@ CREATE UNLOGGED TABLE public.dispatcher_streaks (
 
 
 --
+-- Name: revoked_login_tokens; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.revoked_login_tokens (
+    token_hash text NOT NULL,
+    user_id uuid NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
 -- Name: schema_migrations; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -671,6 +700,14 @@ ALTER TABLE ONLY public.dispatcher_streaks
 
 
 --
+-- Name: revoked_login_tokens revoked_login_tokens_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.revoked_login_tokens
+    ADD CONSTRAINT revoked_login_tokens_pkey PRIMARY KEY (token_hash);
+
+
+--
 -- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -803,6 +840,13 @@ CREATE INDEX audit_log_target ON public.audit_log USING btree (target, at DESC, 
 
 
 --
+-- Name: revoked_login_tokens_expiry; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX revoked_login_tokens_expiry ON public.revoked_login_tokens USING btree (expires_at);
+
+
+--
 -- Name: sessions_agent; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -901,6 +945,13 @@ CREATE TRIGGER agents_touch BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE 
 
 
 --
+-- Name: api_keys api_keys_revoked; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER api_keys_revoked AFTER UPDATE ON public.api_keys FOR EACH ROW WHEN (((old.revoked_at IS NULL) AND (new.revoked_at IS NOT NULL))) EXECUTE FUNCTION public.streamspace_access_revoked();
+
+
+--
 -- Name: audit_log audit_log_append_only; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -915,6 +966,13 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON public.audit_log FOR EAC
 
 
 --
+-- Name: revoked_login_tokens login_tokens_revoked; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER login_tokens_revoked AFTER INSERT ON public.revoked_login_tokens FOR EACH ROW EXECUTE FUNCTION public.streamspace_access_revoked();
+
+
+--
 -- Name: sessions sessions_touch; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -926,6 +984,20 @@ CREATE TRIGGER sessions_touch BEFORE UPDATE ON public.sessions FOR EACH ROW EXEC
 --
 
 CREATE TRIGGER templates_touch BEFORE UPDATE ON public.templates FOR EACH ROW EXECUTE FUNCTION public.streamspace_touch_updated_at();
+
+
+--
+-- Name: users users_access_revoked; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_access_revoked AFTER UPDATE ON public.users FOR EACH ROW WHEN (((old.password_hash IS DISTINCT FROM new.password_hash) OR ((old.role)::text IS DISTINCT FROM (new.role)::text) OR ((old.disabled_at IS NULL) AND (new.disabled_at IS NOT NULL)))) EXECUTE FUNCTION public.streamspace_access_revoked();
+
+
+--
+-- Name: users users_deleted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_deleted AFTER DELETE ON public.users FOR EACH ROW EXECUTE FUNCTION public.streamspace_access_revoked();
 
 
 --
@@ -974,6 +1046,14 @@ ALTER TABLE ONLY public.agent_tokens
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+
+--
+-- Name: revoked_login_tokens revoked_login_tokens_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.revoked_login_tokens
+    ADD CONSTRAINT revoked_login_tokens_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
 
 
 --

@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 
 from streamspace_common.admin import create_user
-from streamspace_gateway.auth import sign_token, signing_secret
+from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
 
 SAMPLE_IMAGE = "streamspace/echo:dev"  # the docker tests' image (scripts/build-sample-images; conftest builds it)
 
@@ -80,6 +80,9 @@ class RunEnv:
             "LOG_FORMAT": "console",
             "LOG_LEVEL": "info",
             "HOST": "127.0.0.1",
+            # every test client logs in from 127.0.0.1 and the run's Redis prefix is shared by all its tests
+            # (schemathesis alone sends hundreds of logins): the per-address login limit is for its own tests
+            "LOGIN_ADDRESS_LIMIT": "1000000",
         }
 
 
@@ -256,12 +259,13 @@ async def new_account(database_url: str, username: str, admin: bool = False) -> 
     password = await create_user(database_url, username, admin=admin)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
-        user_id = str(await pool.fetchval("SELECT id FROM users WHERE username = $1", username))
+        row = await pool.fetchrow("SELECT id::text, password_hash FROM users WHERE username = $1", username)
         secret = await signing_secret(pool, "")
     finally:
         await pool.close()
-    token = sign_token(secret, user_id, "admin" if admin else "user", int(time.time()) + 3600 * 6)
-    return Account(user_id, username, password, token)
+    fingerprint = password_fingerprint(secret, row["password_hash"])
+    token = sign_token(secret, row["id"], "admin" if admin else "user", int(time.time()) + 3600 * 6, fingerprint)
+    return Account(row["id"], username, password, token)
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:

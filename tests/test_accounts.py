@@ -24,14 +24,14 @@ from test_bad_input import assert_error, hello
 
 from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.migrate import create_database_if_missing, migrate
-from streamspace_common.settings import load_settings
+from streamspace_common.settings import Settings, load_settings
 from streamspace_gateway.api import openapi_document, operations
-from streamspace_gateway.api.auth import LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW
 from streamspace_gateway.auth import sign_token, signing_secret
 from streamspace_gateway.main import create_app
 
 Client = TestClient[web.Request, web.Application]
 MakeGateway = Callable[..., Awaitable[Client]]
+LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW = Settings().login_failure_limit, Settings().login_failure_window
 TABLES = ("users", "api_keys", "agents", "agent_tokens", "agent_commands")
 
 

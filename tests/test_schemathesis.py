@@ -1,5 +1,8 @@
 """Schemathesis (property-based, from the OpenAPI document) against a real gateway process, as an admin.
 
+The fuzzer calls with an admin's API key, not a login token: POST /api/v1/auth/logout with a login token
+would end it, and every later call would be a 401 (with a key it answers 403 `not_a_login_token`).
+
 Every check schemathesis has runs: no 5xx for any input, every status and body as the document says,
 405 with Allow for undeclared methods, authentication enforced, deleted things gone. The gateway gets
 a database of its own, so the users, keys and agents the fuzzer makes touch no other test's rows.
@@ -16,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from support import RunEnv, Stack, new_account, with_database
@@ -52,12 +56,18 @@ async def test_schemathesis_finds_nothing(fuzz_env: RunEnv, tmp_path: Path) -> N
         gateway = stack.gateway("gateway-fuzz")
         await stack.ready(gateway)
         admin = await new_account(fuzz_env.database_url, "fuzz-admin", admin=True)
+        async with (
+            aiohttp.ClientSession(headers=admin.headers) as http,
+            http.post(gateway.url + "/api/v1/keys", json={"name": "schemathesis"}) as created,
+        ):
+            assert created.status == 201, await created.text()
+            key = (await created.json())["key"]
         process = await asyncio.create_subprocess_exec(
             str(SCHEMATHESIS),
             "run",
             f"{gateway.url}/api/v1/openapi.json",
             "--header",
-            f"Authorization: Bearer {admin.token}",
+            f"Authorization: Bearer {key}",
             "--checks",
             "all",
             "--max-examples",

@@ -46,11 +46,13 @@ class StreamStack:
 async def streams(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StreamStack]:
     base = tmp_path_factory.mktemp("streams")
     stack = Stack(test_env, base)
-    a = stack.gateway("gateway-sa", STREAM_TICKET_TTL="2", SESSION_QUOTA="100")
-    b = stack.gateway("gateway-sb", STREAM_TICKET_TTL="2", SESSION_QUOTA="100")
-    dispatcher = stack.dispatcher("dispatcher-st", IDLE_CHECK_INTERVAL="0.5")
+    # names of this stack's own: tests/security/test_revocation.py starts one too, in the same run
+    tag = uuid.uuid4().hex[:6]
+    a = stack.gateway(f"gateway-sa-{tag}", STREAM_TICKET_TTL="2", SESSION_QUOTA="100")
+    b = stack.gateway(f"gateway-sb-{tag}", STREAM_TICKET_TTL="2", SESSION_QUOTA="100")
+    dispatcher = stack.dispatcher(f"dispatcher-st-{tag}", IDLE_CHECK_INTERVAL="0.5")
     await stack.ready(a, b, dispatcher)
-    agent_id = f"stream-agent-{test_env.run_id}"
+    agent_id = f"stream-agent-{test_env.run_id}-{tag}"
     token = await create_agent_token(test_env.database_url, agent_id)
     sessions = base / "sessions"
     # GATEWAY_URLS names both (the agent dials tunnels back only to its own gateways); it connects to the

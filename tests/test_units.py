@@ -30,9 +30,9 @@ from streamspace_common.resilience import Backoff, Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import AgentFrame, Command, Result
 from streamspace_common.settings import Settings, SettingsError, load_settings
-from streamspace_gateway.api.auth import LoginThrottle
 from streamspace_gateway.api.commands import CreateCommand
 from streamspace_gateway.errors import field_of
+from streamspace_gateway.throttle import LocalCounter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -660,18 +660,19 @@ async def test_the_database_allows_exactly_the_moves_of_the_lifecycle(
 
 
 def test_login_throttle_opens_again_as_failures_leave_the_window_and_forgets_the_stalest_names() -> None:
-    throttle = LoginThrottle(limit=3, window=60.0, max_names=2)
+    """The per-replica stand-in the login throttle counts with while Redis is unreachable."""
+    counter = LocalCounter(window=60.0, max_keys=2)
     for at in (0.0, 10.0, 20.0):
-        assert throttle.retry_after("ann", at) == 0.0
-        throttle.failed("ann", at)
-    assert throttle.retry_after("ann", 30.0) == 30.0  # until the failure at 0 s leaves the window
-    assert throttle.retry_after("ann", 60.0) == 0.0
-    throttle.failed("ann", 61.0)
-    assert throttle.retry_after("ann", 62.0) == 8.0  # failures at 10, 20, 61: the one at 10 s goes at 70 s
-    throttle.succeeded("ann")
-    assert throttle.retry_after("ann", 62.0) == 0.0
+        assert counter.wait("ann", 3, at) == 0.0
+        counter.add("ann", at)
+    assert counter.wait("ann", 3, 30.0) == 30.0  # until the attempt at 0 s leaves the window
+    assert counter.wait("ann", 3, 60.0) == 0.0
+    counter.add("ann", 61.0)
+    assert counter.wait("ann", 3, 62.0) == 8.0  # attempts at 10, 20, 61: the one at 10 s goes at 70 s
+    counter.remove("ann")  # a successful attempt is given back
+    assert counter.wait("ann", 3, 62.0) == 0.0
     for name in ("bob", "cy", "dee"):
         for at in (0.0, 1.0, 2.0):
-            throttle.failed(name, at)
-    assert throttle.retry_after("bob", 3.0) == 0.0  # forgotten: only the 2 most recent names are kept
-    assert throttle.retry_after("dee", 3.0) > 0
+            counter.add(name, at)
+    assert counter.wait("bob", 3, 3.0) == 0.0  # forgotten: only the 2 most recent keys are kept
+    assert counter.wait("dee", 3, 3.0) > 0

@@ -29,7 +29,7 @@ import structlog
 
 from .db import load_queries
 from .delivery_auth import DeliverySigner, DeliveryVerifier
-from .keys import LEASE_CHANNEL, POD_CHANNEL_PREFIX, pod_notify_channel
+from .keys import ACCESS_CHANNEL, LEASE_CHANNEL, POD_CHANNEL_PREFIX, pod_notify_channel
 from .resilience import Outage, forever
 from .routing import RoutingTable
 from .schemas import Command, Delivery, HandOver
@@ -128,7 +128,8 @@ def hand_over_chunks(commands: list[tuple[str, int]]) -> list[list[tuple[str, in
 
 class PostgresListener:
     """A gateway's end of the PostgreSQL path: LISTENs on its pod's channel and delivers what it is handed.
-    The same connection also hears of released HA leases (keys.LEASE_CHANNEL) for `on_lease_released`."""
+    The same connection also hears of released HA leases (keys.LEASE_CHANNEL) for `on_lease_released`, and
+    of ended credentials (keys.ACCESS_CHANNEL) for `on_access_revoked`."""
 
     def __init__(
         self,
@@ -138,6 +139,7 @@ class PostgresListener:
         deliver: Callable[[Delivery], Awaitable[None]],
         verifier: DeliveryVerifier,
         on_lease_released: Callable[[str], None] | None = None,
+        on_access_revoked: Callable[[str], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
@@ -145,6 +147,7 @@ class PostgresListener:
         self.channel = pod_notify_channel(pod)
         self.deliver = deliver
         self.on_lease_released = on_lease_released
+        self.on_access_revoked = on_access_revoked
         self.listening = False
         self.outage = Outage("postgres_listen", log)
         self._decoder = msgspec.json.Decoder(HandOver)
@@ -163,6 +166,9 @@ class PostgresListener:
             if self.on_lease_released is not None:
                 released = self.on_lease_released
                 await conn.add_listener(LEASE_CHANNEL, lambda *args: released(args[3]))
+            if self.on_access_revoked is not None:
+                revoked = self.on_access_revoked
+                await conn.add_listener(ACCESS_CHANNEL, lambda *args: revoked(args[3]))
             self.listening = True
             self.outage.recovered()
             while (payload := await handed.get()) is not None:

@@ -18,3 +18,4 @@ STREAM_ENDED = 4000  # the session closed its end (it stopped, was deleted or ki
 STREAM_IDLE = 4001  # no byte either way for STREAM_IDLE_TIMEOUT
 STREAM_ERROR = 4002  # the agent could not connect or pipe; the reason says why
 STREAM_REFUSED = 4003  # no tunnel: the agent refused (a limit) or did not dial back in time
+STREAM_REVOKED = 4004  # the credential that opened it ended: user disabled, password changed, logout, key revoked

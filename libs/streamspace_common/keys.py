@@ -21,6 +21,11 @@ DISPATCH_CREATORS_LOCK = "streamspace_dispatch_creators"
 # the gateways holding standby replicas of that agent try to take it at once.
 LEASE_CHANNEL = "streamspace_lease_released"
 
+# PostgreSQL NOTIFY channel on which a gateway says a credential ended (payload: the user id): a user
+# disabled, deleted, demoted or given a new password, an API key revoked, a login token logged out. Every
+# gateway wakes its round over the streams it holds and closes those the credential opened.
+ACCESS_CHANNEL = "streamspace_access_revoked"
+
 POD_CHANNEL_PREFIX = "streamspace_pod_"
 
 
@@ -64,3 +69,8 @@ class RedisKeys:
         replicas. Expires when the ticket does. Not a credential: the ticket's signature is checked
         first, so writing one of these opens nothing (docs/streams.md)."""
         return f"{self.prefix}stream-ticket-used:{ticket_id}"
+
+    def login_attempts(self, dimension: str, value: str) -> str:
+        """Login attempts within the current window for one username (dimension "user") or one client
+        address ("address"): a counter that expires with its window (LOGIN_FAILURE_WINDOW)."""
+        return f"{self.prefix}login-attempts:{dimension}:{value}"

@@ -4,8 +4,10 @@ Every command the gateway and the dispatcher send, and every key and channel the
 
 - gateway: its agents' routing mappings (`agent:*:pod`, `agent:*:connected`): SET in a MULTI/EXEC
   (register), the two scripts of routing.py (EVALSHA, loaded with SCRIPT LOAD after SCRIPT EXISTS; inside
-  them GET, SET, DEL); stream tickets' used marks (`stream-ticket-used:*`): SET NX PX; its own pod channel
-  (`pod:<POD_NAME>:commands`): SUBSCRIBE, UNSUBSCRIBE. It never publishes.
+  them GET, SET, DEL); stream tickets' used marks (`stream-ticket-used:*`): SET NX PX; login attempt
+  counters (`login-attempts:*`, throttle.py): INCRBY, DECRBY (what redis-py sends for INCR and DECR),
+  PEXPIRE NX, PTTL in a MULTI/EXEC; its own pod channel (`pod:<POD_NAME>:commands`): SUBSCRIBE,
+  UNSUBSCRIBE. It never publishes.
 - dispatcher: the mappings: MGET (lookup) and the remove-if-owner script (GET, DEL); the pod channels:
   PUBLISH. It never subscribes and never sees a stream ticket.
 - both: PING (redis-py's health checks), SELECT (the database of REDIS_URL), DISCARD (a failed pipeline).
@@ -32,7 +34,8 @@ Role = Literal["gateway", "dispatcher", "healthcheck", "sentinel"]
 _COMMON = "+ping +select +discard"
 _SCRIPTS = "+evalsha +script|load +script|exists"
 COMMANDS: dict[Role, str] = {
-    "gateway": f"{_COMMON} +get +set +del +multi +exec {_SCRIPTS} +subscribe +unsubscribe",
+    "gateway": f"{_COMMON} +get +set +del +incrby +decrby +pexpire +pttl +multi +exec {_SCRIPTS}"
+    " +subscribe +unsubscribe",
     "dispatcher": f"{_COMMON} +get +del +mget {_SCRIPTS} +publish",
     "healthcheck": "+ping",
     "sentinel": "+multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname"
@@ -62,7 +65,7 @@ def rules(user: RedisUser, prefix: str) -> str:
     p = glob_escape(prefix)
     pod = "*" if user.pod == "*" else glob_escape(user.pod)
     patterns = {
-        "gateway": f"~{p}agent:* ~{p}stream-ticket-used:* &{p}pod:{pod}:commands",
+        "gateway": f"~{p}agent:* ~{p}stream-ticket-used:* ~{p}login-attempts:* &{p}pod:{pod}:commands",
         "dispatcher": f"~{p}agent:* &{p}pod:*:commands",
         "healthcheck": "",
         "sentinel": "&__sentinel__:hello",

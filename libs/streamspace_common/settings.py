@@ -100,6 +100,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # stored in PostgreSQL (table auth_secrets), so every replica accepts every other's tokens.
     auth_secret: str = ""
     auth_token_ttl: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600.0  # seconds a login token is valid
+    # gateway, logins and revocation (docs/security.md)
+    # login attempts per username per LOGIN_FAILURE_WINDOW, on all replicas together (counted in Redis from
+    # before the password check; a successful one is given back)
+    login_failure_limit: Annotated[int, msgspec.Meta(ge=1)] = 10
+    login_address_limit: Annotated[int, msgspec.Meta(ge=1)] = 50  # login attempts per client address per window
+    login_failure_window: Annotated[float, msgspec.Meta(gt=0)] = 300.0  # seconds; the login attempt counters' window
+    # comma-separated addresses or CIDRs of the proxies in front of the gateways; only a request from one
+    # of them has its client address taken from X-Forwarded-For; empty: the peer's address is the client's
+    trusted_proxies: str = ""
+    # MiB argon2 may hold at once: password hashes in flight = this / argon2's 64 MiB (at least 1), the rest queue
+    password_hash_memory: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # seconds between the rounds closing open streams whose credential ended (a NOTIFY wakes one at once)
+    stream_access_check: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # gateway, streams (docs/streams.md)
     stream_ticket_ttl: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0  # seconds a stream ticket is valid
     stream_setup_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # seconds for the agent to dial back

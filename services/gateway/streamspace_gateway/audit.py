@@ -24,8 +24,7 @@ from streamspace_common.db import load_queries
 from .auth import Caller
 
 QUERIES = load_queries("streamspace_gateway", "audit.sql")
-# What each action is done to (its `target`). auth.logout and user.password_change are for the
-# endpoints of the login work (docs/security.md).
+# What each action is done to (its `target`).
 ACTIONS = {
     "auth.login": "user id",
     "auth.login_failed": "the username tried",

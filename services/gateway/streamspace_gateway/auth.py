@@ -4,9 +4,12 @@ Two kinds of bearer credential, told apart by their prefix:
 
 - a login token ``sst_<claims>.<signature>`` from POST /api/v1/auth/login: the claims (user id, role,
   expiry, password fingerprint) are signed with HMAC-SHA256, so any replica checks one without a lookup
-  of the token; the user is still read (one indexed row) so a disabled user, a changed role or a changed
-  password ends the token at once;
+  of the token; the user is still read (one indexed row, with whether the token was logged out) so a
+  disabled user, a changed role, a changed password or a logout ends the token at once;
 - an API key ``ssk_<random>``, stored as its SHA-256 like agent tokens, revocable.
+
+The Caller carries the Credential it authenticated with, so what that credential opens (a stream)
+can be ended when the credential ends (``login_refusal``, ``streamspace_gateway.revocation``).
 
 A route says who may call it with ``api.base.ApiRoutes`` (``access="user"`` or ``"admin"``); inside a
 handler the owner checks are one line: ``require_owner_or_admin(caller, row.user_id)``.
@@ -32,6 +35,7 @@ from streamspace_common.db import load_queries
 from streamspace_common.tokens import hash_token
 
 from .errors import ApiError
+from .request_context import USER_ID_KEY
 
 QUERIES = load_queries("streamspace_gateway", "auth.sql")
 TOKEN_PREFIX = "sst_"  # noqa: S105 (a prefix, not a secret)
@@ -40,13 +44,31 @@ Role = Literal["admin", "user"]
 Via = Literal["login", "api_key"]
 
 
+class Credential(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What a caller authenticated with: enough to tell later whether it still admits them, and no secret."""
+
+    kind: Via
+    id: str  # login: SHA-256 of the token; api_key: the key's row id
+    role: str = ""  # login: the role its claims name
+    pwd: str = ""  # login: the password fingerprint its claims name
+    exp: int = 0  # login: its expiry (unix seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     user_id: str
     username: str
     role: Role
-    via: Via
-    key_id: str | None = None  # the API key's id, when via == "api_key" (the audit trail names it)
+    credential: Credential
+
+    @property
+    def via(self) -> Via:
+        return self.credential.kind
+
+    @property
+    def key_id(self) -> str | None:
+        """The API key's id, when via == "api_key" (the audit trail names it)."""
+        return self.credential.id if self.credential.kind == "api_key" else None
 
     @property
     def is_admin(self) -> bool:
@@ -57,8 +79,11 @@ class Claims(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     sub: str  # user id
     role: Role
     exp: int  # unix seconds
-    # password_fingerprint() of the hash the user had at login; "" in tokens of an earlier release
+    # password_fingerprint() of the hash the user had at login; "" in tokens of an earlier release, which
+    # are refused (a password change could not end them)
     pwd: str = ""
+    # random: two logins of one user in the same second are two tokens, each logged out on its own
+    jti: str = ""
 
 
 def unauthorized(message: str) -> ApiError:
@@ -90,7 +115,8 @@ def password_fingerprint(secret: bytes, password_hash: str) -> str:
 
 def sign_token(secret: bytes, user_id: str, role: Role, expires: int, password: str = "") -> str:
     """`password`: the password_fingerprint() the token is bound to ("" binds it to none)."""
-    claims = _b64(msgspec.json.encode(Claims(sub=user_id, role=role, exp=expires, pwd=password)))
+    claim = Claims(sub=user_id, role=role, exp=expires, pwd=password, jti=secrets.token_urlsafe(12))
+    claims = _b64(msgspec.json.encode(claim))
     signature = hmac.new(secret, claims.encode(), hashlib.sha256).digest()
     return f"{TOKEN_PREFIX}{claims}.{_b64(signature)}"
 
@@ -109,6 +135,20 @@ def read_token(secret: bytes, token: str, now: float) -> Claims:
     if decoded.exp <= now:
         raise unauthorized("login token expired; log in again")
     return decoded
+
+
+def login_refusal(secret: bytes, credential: Credential, user: asyncpg.Record | None, revoked: bool) -> str | None:
+    """Why a login token no longer admits its user, or None if it still does. `user`: the user's row
+    (role, password_hash) if enabled; `revoked`: whether the token was logged out."""
+    if user is None:
+        return "this login token's user is disabled or deleted; log in again"
+    if user["role"] != credential.role:
+        return "this login token's user changed role; log in again"
+    if credential.pwd != password_fingerprint(secret, user["password_hash"]):
+        return "the password changed since this login token was issued (or it predates fingerprints); log in again"
+    if revoked:
+        return "this login token was logged out"
+    return None
 
 
 def new_api_key() -> str:
@@ -153,15 +193,15 @@ class Authenticator:
             row = await self.pool.fetchrow(QUERIES["user_for_api_key"], hash_token(credential))
             if row is None:
                 raise unauthorized("unknown or revoked API key")
-            return Caller(row["user_id"], row["username"], row["role"], "api_key", row["key_id"])
+            return Caller(row["user_id"], row["username"], row["role"], Credential("api_key", row["key_id"]))
         if credential.startswith(TOKEN_PREFIX):
             claims = read_token(self.secret, credential, time.time())
-            row = await self.pool.fetchrow(QUERIES["user_for_token"], claims.sub)
-            if row is None or row["role"] != claims.role:
-                raise unauthorized("this login token's user is disabled or changed role; log in again")
-            if claims.pwd and claims.pwd != password_fingerprint(self.secret, row["password_hash"]):
-                raise unauthorized("the password changed since this login token was issued; log in again")
-            return Caller(row["user_id"], row["username"], row["role"], "login")
+            login = Credential("login", hash_token(credential), claims.role, claims.pwd, claims.exp)
+            row = await self.pool.fetchrow(QUERIES["user_for_token"], claims.sub, login.id)
+            refusal = login_refusal(self.secret, login, row, row is not None and row["revoked"])
+            if refusal is not None or row is None:
+                raise unauthorized(refusal or "this login token's user is disabled or deleted; log in again")
+            return Caller(row["user_id"], row["username"], row["role"], login)
         raise unauthorized("unknown credential: expected a login token (sst_...) or an API key (ssk_...)")
 
 
@@ -175,4 +215,11 @@ async def caller_of(request: web.Request) -> Caller:
         return request[_CALLER]
     caller = await request.app[AUTH_KEY].resolve(request.headers.get("Authorization"))
     request[_CALLER] = caller
+    request[USER_ID_KEY] = caller.user_id  # a refusal's `request_refused` names the user (errors.py)
     return caller
+
+
+async def revoke_login(pool: asyncpg.Pool | asyncpg.Connection, caller: Caller) -> None:
+    """Log the caller's login token out (the NOTIFY of migration 0014 wakes every replica's stream round)."""
+    login = caller.credential
+    await pool.execute(QUERIES["revoke_login_token"], login.id, caller.user_id, float(login.exp))

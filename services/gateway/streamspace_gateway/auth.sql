@@ -16,8 +16,18 @@ LIMIT 1;
 SELECT secret FROM auth_secrets WHERE name = 'token_signing';
 
 -- name: user_for_token
--- The user a login token names, if still enabled (with the password hash its fingerprint is checked against).
-SELECT id::text AS user_id, username, role, password_hash FROM users WHERE id = $1 AND disabled_at IS NULL;
+-- The user a login token names, if still enabled (with the password hash its fingerprint is checked against),
+-- and whether the token ($2: its SHA-256) was logged out.
+SELECT id::text AS user_id, username, role, password_hash,
+       EXISTS (SELECT 1 FROM revoked_login_tokens WHERE token_hash = $2) AS revoked
+FROM users WHERE id = $1 AND disabled_at IS NULL;
+
+-- name: revoke_login_token
+-- Logout: the token ($1: its SHA-256) is refused from now on, until $3 (its expiry, unix seconds); rows
+-- of tokens that have expired anyway go at the same time.
+WITH expired AS (DELETE FROM revoked_login_tokens WHERE expires_at < now())
+INSERT INTO revoked_login_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, to_timestamp($3))
+ON CONFLICT (token_hash) DO NOTHING;
 
 -- name: user_for_api_key
 -- The owner of a live API key; last_used_at moves at most once a minute (not a write per request).

@@ -17,7 +17,8 @@ from aiohttp.typedefs import Handler
 
 from streamspace_common.db import TRANSIENT_ERRORS
 
-from .request_context import request_id_of
+from .request_context import USER_ID_KEY, request_id_of
+from .throttle import client_address
 
 log = structlog.get_logger("gateway.http")
 T = TypeVar("T")
@@ -183,6 +184,14 @@ def error_answer(
     """The error response, with the request id in its body; a 4xx is logged here (5xx where it arose)."""
     if status < 500:
         log.info(
-            "request_refused", status=status, code=body.code, field=body.field, method=request.method, path=request.path
+            "request_refused",
+            status=status,
+            code=body.code,
+            field=body.field,
+            method=request.method,
+            path=request.path,
+            client=client_address(request),
+            user_id=request.get(USER_ID_KEY),
+            reason=body.message,
         )
     return error_response(status, msgspec.structs.replace(body, request_id=request_id_of(request)), headers)

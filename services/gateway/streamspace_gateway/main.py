@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+from redis.asyncio import Redis
 
 from streamspace_common.bus import PostgresListener
 from streamspace_common.db import create_pool, server_settings
 from streamspace_common.delivery_auth import DeliveryVerifier, load_delivery_keys, parse_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
+from streamspace_common.passwords import configure as configure_passwords
 from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background, metrics_listener, serve
@@ -27,7 +29,9 @@ from .console import add_console_routes
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
 from .request_context import add_headers, request_context
+from .revocation import OPEN_STREAMS_KEY, OpenStreams
 from .store import STORE_KEY, Store
+from .throttle import ADDRESSES_KEY, THROTTLE_KEY, ClientAddresses, LoginThrottle
 from .tunnels import TUNNEL_PATH, TunnelBroker
 
 DEFAULT_PORT = 8000
@@ -48,6 +52,8 @@ def create_app(settings: Settings) -> web.Application:
     app[QUOTA_KEY] = settings.session_quota
     app[COMMAND_EXPIRY_KEY] = settings.command_expiry
     app[HEARTBEAT_WITHIN_KEY] = STALE_AFTER_INTERVALS * settings.heartbeat_interval
+    app[ADDRESSES_KEY] = ClientAddresses(settings.trusted_proxies)
+    configure_passwords(settings.password_hash_memory)
 
     def is_ready() -> bool:
         """Not while stopping; otherwise while commands can reach us by either path. Not tied to Redis
@@ -74,6 +80,8 @@ def create_app(settings: Settings) -> web.Application:
         hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval, verifier)
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
+        app[THROTTLE_KEY] = login_throttle(settings, redis, routing.keys)
+        open_streams = app[OPEN_STREAMS_KEY] = OpenStreams(pool, secret, settings.stream_access_check)
         listener = PostgresListener(
             settings.database_url,
             pool,
@@ -81,12 +89,14 @@ def create_app(settings: Settings) -> web.Application:
             hub.forward,
             verifier,
             on_lease_released=hub.on_lease_released,
+            on_access_revoked=open_streams.wake,
         )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
         app[STREAMS_KEY] = StreamConfig(
             redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout, secret
         )
-        async with background(hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run()):
+        loops = (hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run(), open_streams.run())
+        async with background(*loops):
             yield
         await redis.aclose()
         await pool.close()
@@ -101,6 +111,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+def login_throttle(settings: Settings, redis: Redis, keys: RedisKeys) -> LoginThrottle:
+    limits = settings.login_failure_limit, settings.login_address_limit
+    return LoginThrottle(redis, keys, *limits, settings.login_failure_window)
 
 
 def refused_delivery(path: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+USER_ID_KEY = web.RequestKey("user_id", str)  # the caller's user id, once its credential is resolved (auth.py)
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$(?!\n)")
 
 # The console's pages load only their own modules and style sheet, and noVNC from /novnc/ (same origin);

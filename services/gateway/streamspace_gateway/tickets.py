@@ -18,6 +18,8 @@ import secrets
 
 import msgspec
 
+from .auth import Credential
+
 TICKET_PREFIX = "sstk_"
 TICKET_PATTERN = r"^sstk_[A-Za-z0-9_-]{1,600}\.[A-Za-z0-9_-]{43}$"
 KEY_LABEL = b"streamspace stream ticket v1"  # derives the ticket key from the signing secret
@@ -28,6 +30,9 @@ class TicketClaims(msgspec.Struct, forbid_unknown_fields=True):
     sid: str  # the session it opens
     sub: str  # the user it was issued to
     exp: float  # unix seconds
+    # what the ticket was asked with: its end closes the stream (..revocation); None in a ticket of an
+    # earlier release, which opens nothing
+    crd: Credential | None = None
 
 
 class TicketRefused(Exception):
@@ -58,9 +63,9 @@ class TicketSigner:
     def _sign(self, claims: str) -> bytes:
         return hmac.new(self.key, claims.encode(), hashlib.sha256).digest()
 
-    def issue(self, session_id: str, user_id: str, expires: float) -> str:
-        """A new ticket for `user_id` to open `session_id` until `expires` (unix seconds)."""
-        claims = TicketClaims(tid=secrets.token_urlsafe(16), sid=session_id, sub=user_id, exp=expires)
+    def issue(self, session_id: str, user_id: str, expires: float, credential: Credential) -> str:
+        """A new ticket for `user_id` to open `session_id` until `expires` (unix seconds), asked with `credential`."""
+        claims = TicketClaims(tid=secrets.token_urlsafe(16), sid=session_id, sub=user_id, exp=expires, crd=credential)
         encoded = _b64(msgspec.json.encode(claims))
         return f"{TICKET_PREFIX}{encoded}.{_b64(self._sign(encoded))}"
 

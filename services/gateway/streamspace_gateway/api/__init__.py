@@ -43,7 +43,6 @@ def operations() -> list[Operation]:
 
 
 def add_api_routes(app: web.Application) -> None:
-    app[auth.THROTTLE_KEY] = auth.LoginThrottle()
     for operation in operations():
         app.router.add_route(operation.method, operation.router_path(), operation.handler)
 

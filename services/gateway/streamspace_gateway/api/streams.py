@@ -34,6 +34,8 @@ from streamspace_common.sessions import SessionLifecycle
 from .. import audit, metrics
 from ..auth import Caller
 from ..errors import ApiError
+from ..revocation import OPEN_STREAMS_KEY, OpenStream
+from ..throttle import client_address
 from ..tickets import TICKET_PATTERN, TicketClaims, TicketRefused, TicketSigner
 from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, uuid_param
@@ -77,8 +79,8 @@ class StreamConfig:
         for ws in list(self.browsers):
             await ws.close(code=closecodes.SERVICE_RESTART, message=b"gateway restarting: reconnect")
 
-    def issue(self, session_id: str, user_id: str) -> str:
-        return self.signer.issue(session_id, user_id, time.time() + self.ticket_ttl)
+    def issue(self, session_id: str, caller: Caller) -> str:
+        return self.signer.issue(session_id, caller.user_id, time.time() + self.ticket_ttl, caller.credential)
 
     async def redeem(self, ticket: str, session_id: str) -> TicketClaims:
         """The claims of a ticket we signed, unexpired, for this session, used for the first time (any
@@ -128,7 +130,7 @@ async def stream_ticket(request: web.Request, caller: Caller) -> web.Response:
     row = await visible_session(request, caller)
     require_running(row)
     config = request.app[STREAMS_KEY]
-    ticket = config.issue(str(row["id"]), caller.user_id)
+    ticket = config.issue(str(row["id"]), caller)
     url = f"/api/v1/sessions/{row['id']}/stream?ticket={ticket}"
     return encoded(StreamTicket(ticket=ticket, expires_in_seconds=config.ticket_ttl, url=url), status=201)
 
@@ -139,9 +141,10 @@ async def stream_ticket(request: web.Request, caller: Caller) -> web.Response:
     summary="The session's stream: a WebSocket of binary frames (websockify-compatible, subprotocol `binary`)",
     description=(
         "Authenticated by `ticket` (POST .../stream-ticket), not by a header. 101 and the stream; 401 for a "
-        "missing, used, expired or foreign ticket; 404 for no such session; 409 `session_not_running`; 400 when "
-        "the request is not a WebSocket upgrade. Closed with 4000 when the session ends, 4001 when idle, "
-        "4002/4003 when no tunnel could be made (the reason says why)."
+        "missing, used, expired or foreign ticket, or one whose credential ended; 404 for no such session; 409 "
+        "`session_not_running`; 400 when the request is not a WebSocket upgrade. Closed with 4000 when the "
+        "session ends, 4001 when idle, 4002/4003 when no tunnel could be made, 4004 when the credential the "
+        "ticket was asked with ended (the reason says why)."
     ),
     status=101,
     reply=None,
@@ -168,13 +171,32 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "this endpoint is a WebSocket: send an upgrade request", "Upgrade")
+    opened = await admitted(request, claims, str(row["user_id"]), ws)
     await ws.prepare(request)
     config.browsers.add(ws)
+    request.app[OPEN_STREAMS_KEY].add(opened)
     try:
         await Stream(request, config, row, ws, claims.sub).run()
     finally:
         config.browsers.discard(ws)
+        request.app[OPEN_STREAMS_KEY].discard(opened)
     return ws
+
+
+async def admitted(request: web.Request, claims: TicketClaims, owner: str, ws: web.WebSocketResponse) -> OpenStream:
+    """The stream to register; 401 if the credential the ticket was asked with ended since (logout, disable,
+    revoked key...)."""
+    if claims.crd is None:
+        raise ApiError(401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket")
+    opened = OpenStream(ws, claims.sub, claims.crd, owner, claims.sid, client_address(request))
+    reason = await request.app[OPEN_STREAMS_KEY].refusal(opened)
+    if reason is not None:
+        metrics.STREAMS_REFUSED.labels("revoked").inc()
+        log.warning(
+            "stream_refused", user_id=opened.user_id, client=opened.client, session_id=claims.sid, reason=reason
+        )
+        raise ApiError(401, "unauthorized", f"the credential this ticket was asked with ended: {reason}", "ticket")
+    return opened
 
 
 class Stream:

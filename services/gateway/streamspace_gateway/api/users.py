@@ -3,7 +3,9 @@
 PATCH {"disabled": true} disables an account (reversible; its name stays taken): a disabled user can no
 longer log in, and their login tokens and API keys are refused at once. DELETE erases the account and
 its API keys. An administrator cannot demote, disable or delete their own account, so the last
-administrator stays one.
+administrator stays one. Every user may change their own password (POST /api/v1/users/me/password,
+with the current one, counted by the login throttle): their earlier login tokens end, the answer is a
+new one. What a change ends also closes the streams it opened (migration 0014's NOTIFY, ..revocation).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import msgspec
 from aiohttp import web
 
 from streamspace_common.db import load_queries
-from streamspace_common.passwords import MAX_LENGTH, MIN_LENGTH, hash_password
+from streamspace_common.passwords import MAX_LENGTH, MIN_LENGTH, hash_password, verify_password
 from streamspace_common.schemas import USERNAME_PATTERN
 
 from .. import audit
 from ..auth import Caller, Role
 from ..errors import ApiError, read_body
+from ..throttle import THROTTLE_KEY, client_address
+from .auth import LoginToken, issue, log, reserve
 from .base import NO_NUL, ApiRoutes, encoded, no_content, path_uuid, pool_of, uuid_param, view
 
 QUERIES = load_queries("streamspace_gateway.api", "users.sql")
@@ -42,6 +46,11 @@ class UpdateUser(msgspec.Struct, forbid_unknown_fields=True):
     password: Password | None = None
     role: Role | None = None
     disabled: bool | None = None
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LENGTH, pattern=NO_NUL)]
+    new_password: Password
 
 
 class UserView(msgspec.Struct):
@@ -69,6 +78,47 @@ async def me(request: web.Request, caller: Caller) -> web.Response:
     if row is None:  # deleted since the caller was resolved
         raise ApiError(401, "unauthorized", "this account no longer exists", "Authorization")
     return encoded(view(row, UserView))
+
+
+@routes.route(
+    "POST",
+    "/api/v1/users/me/password",
+    "user",
+    summary="Change one's own password (the current one is asked); answers a new login token",
+    description=(
+        "Every login token issued before ends (on every replica), and so do the streams they opened; API keys "
+        "stay. 403 `wrong_password` (field `current_password`) for a wrong current password; attempts count "
+        "against the same limits as logins (429 `too_many_attempts`, Retry-After)."
+    ),
+    status=200,
+    reply=LoginToken,
+    body=PasswordChange,
+    errors=(403, 409, 429),
+)
+async def change_own_password(request: web.Request, caller: Caller) -> web.Response:
+    body = await read_body(request, PasswordChange)
+    current = await current_hash(request, caller, body.current_password)
+    new_hash = await hash_password(body.new_password)
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(QUERIES["set_own_password"], caller.user_id, current, new_hash)
+        if row is None:
+            message = "the password was changed meanwhile; log in again"
+            raise ApiError(409, "password_changed", message, "current_password")
+        await audit.record(conn, request, caller, "user.password_change", caller.user_id)
+    log.info("password_changed", user_id=caller.user_id, client=client_address(request))
+    return issue(request, row)
+
+
+async def current_hash(request: web.Request, caller: Caller, password: str) -> str:
+    """The caller's password hash, once `password` is verified against it (counted as a login attempt)."""
+    address = client_address(request)
+    attempt = await reserve(request, caller.username, address)
+    current = await pool_of(request).fetchval(QUERIES["own_password_hash"], caller.user_id)
+    if not await verify_password(current, password):
+        log.warning("password_change_refused", user_id=caller.user_id, client=address, reason="wrong_password")
+        raise ApiError(403, "wrong_password", "the current password is wrong", "current_password")
+    await request.app[THROTTLE_KEY].release(attempt)
+    return str(current)
 
 
 @routes.route(

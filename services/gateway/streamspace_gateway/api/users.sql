@@ -29,3 +29,13 @@ RETURNING id::text, username, role, created_at, disabled_at;
 -- name: delete_user
 -- Their API keys go with them (ON DELETE CASCADE). No row: no such user.
 DELETE FROM users WHERE id = $1 RETURNING username;
+
+-- name: own_password_hash
+-- The caller's password hash, if their account is enabled (NULL: verify against the dummy hash).
+SELECT password_hash FROM users WHERE id = $1 AND disabled_at IS NULL;
+
+-- name: set_own_password
+-- Only over the hash just verified ($2): a concurrent change wins, this one finds no row.
+UPDATE users SET password_hash = $3
+WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL
+RETURNING id::text, role, password_hash;
