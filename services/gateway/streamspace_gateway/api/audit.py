@@ -18,7 +18,7 @@ from streamspace_common.db import load_queries
 
 from ..auth import Caller
 from .base import NO_NUL, ApiRoutes, Param, encoded, pool_of, read_query, view
-from .commands import CURSOR_PATTERN, read_cursor, rfc3339, unset_as_none, write_cursor
+from .commands import PAGE_PARAMS, read_cursor, rfc3339, unset_as_none, write_cursor
 
 QUERIES = load_queries("streamspace_gateway.api", "audit.sql")
 ACTION_PATTERN = r"^[a-z_]{1,32}(\.[a-z_]{1,32}|\.\*)?$(?!\n)"
@@ -74,8 +74,7 @@ TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": NO
         Param("address", "query", TEXT_SCHEMA, "the client address"),
         Param("since", "query", {"type": "string", "format": "date-time"}, "inclusive"),
         Param("until", "query", {"type": "string", "format": "date-time"}, "exclusive"),
-        Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-        Param("cursor", "query", {"type": "string", "pattern": f"^{CURSOR_PATTERN}$"}, "next_cursor of the last page"),
+        *PAGE_PARAMS,
     ),
 )
 async def list_audit(request: web.Request, _: Caller) -> web.Response:

@@ -38,6 +38,11 @@ QUERIES = load_queries("streamspace_gateway.api", "commands.sql")
 _STATUS = "(" + "|".join(get_args(CommandStatus)) + ")"
 T = TypeVar("T")
 CURSOR_PATTERN = "[0-9]{1,17}-[0-9a-f]{32}"
+# The paging parameters of every list endpoint (commands, sessions, audit): a page size and the cursor.
+PAGE_PARAMS = (
+    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
+    Param("cursor", "query", {"type": "string", "pattern": f"^{CURSOR_PATTERN}$"}, "next_cursor of the last page"),
+)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATUS_LIST = f"^{_STATUS}(,{_STATUS})*$(?!\\n)"
 RESERVED_ACTIONS = (OPEN_TUNNEL, CANCEL_COMMAND)
@@ -263,8 +268,7 @@ async def cancel_command(request: web.Request, caller: Caller) -> web.Response:
         Param("session_id", "query", {"type": "string", "minLength": 1, "maxLength": 255, "pattern": NO_NUL}),
         Param("created_after", "query", {"type": "string", "format": "date-time"}, "inclusive"),
         Param("created_before", "query", {"type": "string", "format": "date-time"}, "exclusive"),
-        Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-        Param("cursor", "query", {"type": "string", "pattern": f"^{CURSOR_PATTERN}$"}, "next_cursor of the last page"),
+        *PAGE_PARAMS,
     ),
 )
 async def list_commands(request: web.Request, _: Caller) -> web.Response:

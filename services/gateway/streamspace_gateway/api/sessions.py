@@ -36,7 +36,7 @@ from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, read_query, uuid_param
-from .commands import CURSOR_PATTERN, read_cursor, write_cursor
+from .commands import PAGE_PARAMS, read_cursor, write_cursor
 from .templates import Platform, TemplateName
 
 QUERIES = load_queries("streamspace_gateway.api", "sessions.sql")
@@ -207,8 +207,7 @@ async def create_session(request: web.Request, caller: Caller) -> web.Response:
     reply=SessionPage,
     params=(
         Param("state", "query", {"type": "string", "pattern": STATE_LIST}, "one or more, comma-separated"),
-        Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-        Param("cursor", "query", {"type": "string", "pattern": f"^{CURSOR_PATTERN}$"}, "next_cursor of the last page"),
+        *PAGE_PARAMS,
     ),
 )
 async def list_sessions(request: web.Request, caller: Caller) -> web.Response:
