@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 from streamspace_common.admin import create_user
 from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
@@ -104,6 +105,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app (a stand-in peer: a fake API, a scripted gateway) on a free loopback port;
+    the caller ends it with `runner.cleanup()`."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
 
 
 async def wait_for(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0, interval: float = 0.05) -> T:

@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from fake_kubernetes import FakeKubernetes, Recorded
-from support import free_port
+from support import serve_locally
 from test_deploy_static import only, render
 
 from streamspace_agent.drivers import create_driver
@@ -35,10 +34,7 @@ AGENT_SELECTOR = "app.kubernetes.io/name=streamspace-agent,app.kubernetes.io/ins
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeKubernetes, str]]:
     server = FakeKubernetes()
-    runner = web.AppRunner(server.app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_locally(server.app)
     yield server, f"http://127.0.0.1:{port}"
     await runner.cleanup()
 

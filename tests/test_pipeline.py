@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
-from support import RunEnv, Service, Stack, free_port, wait_for
+from support import RunEnv, Service, Stack, serve_locally, wait_for
 
 from streamspace_common import closecodes
 from streamspace_common.schemas import FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
@@ -536,10 +536,7 @@ async def test_a_command_running_when_its_socket_closed_is_acknowledged_on_the_n
 
     app = web.Application()
     app.router.add_get(CONNECT_PATH, connect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_locally(app)
     settings = {"AGENT_ID": "agent-ack-after-close", "AGENT_TOKEN": "not-checked", "AGENT_STATE_DIR": str(tmp_path)}
     try:
         agent = stack.start(

@@ -25,7 +25,7 @@ import msgspec
 import pytest
 import structlog
 from aiohttp import web
-from support import RunEnv, Service, Stack, free_port, get_json, wait_for
+from support import RunEnv, Service, Stack, get_json, serve_locally, wait_for
 from test_end_to_end import post_command, wait_status
 from test_ha import decode, lease_epoch, next_frame
 from test_pipeline import count_event
@@ -278,10 +278,7 @@ async def test_the_agent_refuses_a_command_of_a_stale_epoch(stack: Stack, tmp_pa
 
     app = web.Application()
     app.router.add_get(CONNECT_PATH, connect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_locally(app)
     settings = {"AGENT_ID": "agent-stale-epoch", "AGENT_TOKEN": "not-checked", "AGENT_STATE_DIR": str(tmp_path)}
     try:
         agent = stack.start(

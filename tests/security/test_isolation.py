@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from fake_kubernetes import FakeKubernetes
-from support import free_port
+from support import serve_locally
 from test_deploy_static import only, render
 
 from streamspace_agent.drivers.docker import DockerDriver
@@ -47,10 +46,7 @@ def create_command(session_id: str, **spec: Any) -> Command:
 @pytest.fixture
 async def fake_api() -> AsyncIterator[tuple[FakeKubernetes, str]]:
     server = FakeKubernetes()
-    runner = web.AppRunner(server.app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_locally(server.app)
     yield server, f"http://127.0.0.1:{port}"
     await runner.cleanup()
 
