@@ -7,6 +7,8 @@ and channel prefix, and its own RabbitMQ vhost, so concurrent runs never see eac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -105,6 +107,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def kill_sessions(sessions: Path) -> None:
+    """End the processes of local sessions under `sessions` (LOCAL_SESSION_DIR): they run in process groups
+    of their own and outlive their killed agent. A session removed or rewritten meanwhile is skipped."""
+    for state in sessions.glob("*/session.json"):
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
 
 
 async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:

@@ -10,7 +10,6 @@ STREAM_MAX_PER_SESSION=2 (the limit test opens a third).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 from sessions_support import Api, new_user
-from support import RunEnv, Service, Stack, new_account, wait_for
+from support import RunEnv, Service, Stack, kill_sessions, new_account, wait_for
 
 from streamspace_common.admin import create_agent_token
 
@@ -65,13 +64,6 @@ async def streams(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) ->
     stack.stop_all()
     kill_sessions(sessions)
     print(stack.dump_logs())
-
-
-def kill_sessions(sessions: Path) -> None:
-    """The session processes (their own process groups) outlive the killed agent: end them too."""
-    for state in sessions.glob("*/session.json"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

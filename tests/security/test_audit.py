@@ -8,7 +8,6 @@ step added, by id, so rows written by other tests of the run never count.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 from sessions_support import Api, new_user
-from support import Account, RunEnv, Stack, new_account, wait_for
+from support import Account, RunEnv, Stack, kill_sessions, new_account, wait_for
 from test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
 from test_bad_input import assert_error
 
@@ -363,10 +362,8 @@ async def running(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) ->
     owner = await new_user(api, "audit-owner")
     _, me = await owner.call("GET", "/api/v1/users/me", expect=200)
     yield Running(admin, api, owner, me["id"], agent_id, gateway_.port)
-    for session in (base / "sessions").glob("*/session.json"):  # the session processes outlive the agent
-        pid = json.loads(session.read_text())["pid"]
-        await asyncio.create_subprocess_exec("kill", "-9", f"-{pid}")
     stack.stop_all()
+    kill_sessions(base / "sessions")
     print(stack.dump_logs())
 
 

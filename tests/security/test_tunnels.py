@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,7 +28,7 @@ import asyncpg
 import pytest
 import redis.asyncio
 from sessions_support import Api, new_user
-from support import RunEnv, Service, Stack, free_port, new_account, wait_for
+from support import RunEnv, Service, Stack, free_port, kill_sessions, new_account, wait_for
 
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.tunnels import Tunnels
@@ -123,9 +120,7 @@ async def tunnels(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) ->
     yield TunnelStack(a, b, agent, agent_id, token, spy)
     stack.stop_all()
     await spy.close()
-    for state in (base / "sessions").glob("*/session.json"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
+    kill_sessions(base / "sessions")
     print(stack.dump_logs())
 
 
