@@ -341,7 +341,7 @@ async def test_running_and_the_endpoint_only_once_the_pod_is_ready(
 
 async def test_a_pod_never_ready_fails_the_session_with_the_reason(fake: tuple[FakeKubernetes, str]) -> None:
     api, url = fake
-    driver = create_driver(driver_settings(url, session_ready_timeout=1))
+    driver = KubernetesDriver(driver_settings(url, session_ready_timeout=1))
     try:
         session_id = new_session_id()
         api.unready.add(f"ss-{session_id}")
