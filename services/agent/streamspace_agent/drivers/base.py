@@ -99,13 +99,14 @@ async def port_answers(host: str, port: int, hold: float = PROBE_HOLD) -> bool:
     A connection closed (or reset) within `hold` seconds without a byte is what a forwarder with
     nobody behind it does (the engine's docker-proxy accepts on a published port and drops the
     connection when the container does not listen), so it does not count; a server that speaks first
-    (VNC's `RFB 003.008`) or waits for the client (HTTP) does."""
+    (VNC's `RFB 003.008`) or waits for the client (HTTP) does. `hold` 0: the connect alone counts
+    (nothing forwards in between)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=max(hold, 2.0))
     except (OSError, TimeoutError):
         return False
     try:
-        return await asyncio.wait_for(reader.read(1), timeout=hold) != b""
+        return hold <= 0 or await asyncio.wait_for(reader.read(1), timeout=hold) != b""
     except TimeoutError:
         return True  # held open: a listener waiting for the client to speak
     except OSError:
@@ -114,11 +115,17 @@ async def port_answers(host: str, port: int, hold: float = PROBE_HOLD) -> bool:
         writer.close()
 
 
-async def until_ready(endpoint: Endpoint, port: int, within: float, alive: Callable[[], Awaitable[str | None]]) -> None:
+async def until_ready(
+    endpoint: Endpoint,
+    port: int,
+    within: float,
+    alive: Callable[[], Awaitable[str | None]],
+    hold: float = PROBE_HOLD,
+) -> None:
     """Probe the endpoint until it answers; SessionFailed after `within` seconds (SESSION_READY_TIMEOUT),
     naming the session's own `port` (the template's), or as soon as `alive` gives a reason (it died)."""
     deadline = time.monotonic() + within
-    while not await port_answers(endpoint.host, endpoint.port):
+    while not await port_answers(endpoint.host, endpoint.port, hold):
         if dead := await alive():
             raise SessionFailed(dead)
         if time.monotonic() > deadline:

@@ -50,9 +50,11 @@ from aiodocker.volumes import DockerVolume
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
 from streamspace_common.settings import Settings
 
+from . import CommandFailed
 from .base import (
     AGENT_LABEL,
     MANAGED_LABEL,
+    PROBE_HOLD,
     SESSION_LABEL,
     TEMPLATE_LABEL,
     SessionDriver,
@@ -62,6 +64,8 @@ from .base import (
 
 DATA_PATH = "/data"
 PORT_LABEL = "io.streamspace.port"  # the template's first port: the session's endpoint
+PAUSE_ATTEMPTS = 3
+PAUSE_RETRY_DELAY = 0.5  # seconds
 ENGINE_NETWORKS = ("bridge", "host", "none", "default")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
@@ -264,7 +268,8 @@ class DockerDriver(SessionDriver):
             raise SessionFailed(f"the container has no endpoint (DOCKER_ENDPOINT={self.endpoint_mode})")
         try:
             port = int(data["Config"]["Labels"][PORT_LABEL])
-            await until_ready(endpoint, port, self.ready_timeout, lambda: self._exited(session_id))
+            hold = PROBE_HOLD if self.endpoint_mode == "published" else 0  # docker-proxy only when published
+            await until_ready(endpoint, port, self.ready_timeout, lambda: self._exited(session_id), hold)
         except SessionFailed:
             await self._halt(session_id)  # a failed session holds no CPU; its logs and volume stay
             raise
@@ -313,8 +318,22 @@ class DockerDriver(SessionDriver):
         if not data["State"]["Running"]:
             return SessionReport(session_id=session_id, state="stopped")  # nothing in memory to keep
         if not data["State"]["Paused"]:
-            await self.docker.containers.container(container_name(session_id)).pause()
+            await self._pause(session_id)
         return SessionReport(session_id=session_id, state="hibernated")
+
+    async def _pause(self, session_id: str) -> None:
+        """`docker pause`, tried PAUSE_ATTEMPTS times: the freezer can fail on a busy host ("unable to
+        freeze"); then the command fails retryable (the control plane retries it), the session runs on."""
+        container = self.docker.containers.container(container_name(session_id))
+        for attempt in range(1, PAUSE_ATTEMPTS + 1):
+            try:
+                await container.pause()
+                return
+            except DockerError as exc:
+                log.warning("docker_pause_failed", session_id=session_id, attempt=attempt, error=exc.message)
+                if attempt == PAUSE_ATTEMPTS:
+                    raise CommandFailed(f"cannot pause the container: {exc.message}", retryable=True) from exc
+                await asyncio.sleep(PAUSE_RETRY_DELAY)
 
     async def stop(self, session_id: str) -> SessionReport:
         data = await self._inspect(session_id)
