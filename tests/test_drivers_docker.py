@@ -359,12 +359,14 @@ async def test_running_only_once_the_port_answers(
     assert "body=at once" in await answers_at_once(woken["endpoint"])
 
 
+@pytest.mark.parametrize("endpoint", ["published", "address"])
 async def test_a_port_that_never_answers_fails_the_session_with_the_reason(
-    sample_image: str, network: str, variants: dict[str, str], engine: aiodocker.Docker
+    sample_image: str, network: str, variants: dict[str, str], engine: aiodocker.Docker, endpoint: str
 ) -> None:
     """A container that runs but never listens: failed after SESSION_READY_TIMEOUT with the reason, its
-    container stopped (volume and logs kept for a look); one that exits meanwhile: failed at once."""
-    driver = DockerDriver(driver_settings(network, session_ready_timeout=3))
+    container stopped (volume and logs kept for a look); one that exits meanwhile: failed at once.
+    Published, the engine's docker-proxy accepts the connect on the host port and drops it: not an answer."""
+    driver = DockerDriver(driver_settings(network, session_ready_timeout=3, docker_endpoint=endpoint))
     try:
         silent, exits = new_session_id(), new_session_id()
         started = time.monotonic()

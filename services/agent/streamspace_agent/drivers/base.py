@@ -89,7 +89,7 @@ async def poll_until(done: Callable[[], bool], within: float, interval: float = 
     return True
 
 
-PROBE_HOLD = 0.25  # seconds a connection must stay open (or bring bytes) to count as answered
+PROBE_HOLD = 0.5  # seconds a connection must stay open (or bring bytes) to count as answered (loaded host: generous)
 PROBE_INTERVAL = 0.2  # seconds between two readiness probes
 
 
