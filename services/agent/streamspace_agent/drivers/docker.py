@@ -7,8 +7,10 @@ io.streamspace.template), on the network DOCKER_NETWORK, with a named volume
 to the first port. How the agent reaches the session (its endpoint) is DOCKER_ENDPOINT's choice:
 `published` (default): that port alone published on DOCKER_PUBLISH_HOST (127.0.0.1 by default) with a
 host port the engine picks; `address`: nothing published, the endpoint is the container's IP address on
-DOCKER_NETWORK and the template's port, for an agent that sits on that network itself (compose) or on
-the engine's host. Either way the agent reaches the session, nobody else is meant to.
+DOCKER_NETWORK and the template's port, for an agent in the engine host's network namespace (a process
+on the host, or compose's agents with `network_mode: host`). Not for an agent in a container on
+DOCKER_NETWORK: inter-container traffic is off there, for the agent's traffic too. Either way the agent
+reaches the session, nobody else is meant to.
 
 Isolation (docs/security.md, "## Session isolation"): DOCKER_NETWORK is a bridge of the sessions' own
 (never the engine's default `bridge`, nor `host` or `none`), made with inter-container traffic off
