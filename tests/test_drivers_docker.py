@@ -339,6 +339,11 @@ async def test_hibernated_and_stopped_stay_apart_in_the_inventory_of_a_restarted
         assert await run(restarted, "STOP_SESSION", session_id=asleep) == {"session_id": asleep, "state": "stopped"}
         data = await inspect(engine, asleep)
         assert data is not None and not data["State"]["Running"] and not data["State"]["Paused"]
+
+        await run(restarted, "WAKE_SESSION", session_id=asleep)
+        await run(restarted, "HIBERNATE_SESSION", session_id=asleep)
+        assert await run(restarted, "DELETE_SESSION", session_id=asleep) == {"session_id": asleep, "state": "deleted"}
+        assert await inspect(engine, asleep) is None and not await volume_exists(engine, asleep)  # paused: gone too
     finally:
         await restarted.close()
 
