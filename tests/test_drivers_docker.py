@@ -19,8 +19,9 @@ import aiodocker
 import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
-from support import SAMPLE_IMAGE, wait_for
+from support import SAMPLE_IMAGE, free_port, wait_for
 
+from streamspace_agent.drivers.base import port_answers
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings, SettingsError, load_settings
@@ -487,3 +488,40 @@ async def test_address_endpoint_after_a_stop_is_what_inspect_says_after_the_star
     assert data is not None
     assert woken["endpoint"] == {"host": data["NetworkSettings"]["Networks"][network]["IPAddress"], "port": 8080}
     assert "body=at once" in await answers_at_once(woken["endpoint"])
+
+
+async def test_the_readiness_probe_counts_a_listener_not_a_forwarder_with_nobody_behind() -> None:
+    """port_answers, against local sockets (no engine needed): a server that waits for the client or
+    speaks first answers; one that accepts and drops the connection at once (what docker-proxy does on
+    a published port when the container does not listen) does not, unless the hold is 0; no listener
+    does not either."""
+
+    async def serve(handler: Any) -> tuple[asyncio.Server, int]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
+
+    async def waits(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3)
+        writer.close()
+
+    async def speaks(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"RFB 003.008\n")
+        await writer.drain()
+        await asyncio.sleep(3)
+        writer.close()
+
+    async def drops(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    servers = [await serve(handler) for handler in (waits, speaks, drops)]
+    try:
+        (_, waiting), (_, speaking), (_, dropping) = servers
+        assert await port_answers("127.0.0.1", waiting)
+        assert await port_answers("127.0.0.1", speaking)
+        assert not await port_answers("127.0.0.1", dropping)
+        assert await port_answers("127.0.0.1", dropping, hold=0)  # DOCKER_ENDPOINT=address: nothing in between
+    finally:
+        for server, _ in servers:
+            server.close()
+    closed = free_port()
+    assert not await port_answers("127.0.0.1", closed) and not await port_answers("127.0.0.1", closed, hold=0)
