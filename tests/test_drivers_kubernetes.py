@@ -1,8 +1,10 @@
 """The kubernetes driver against a FAKE Kubernetes API server (tests/fake_kubernetes.py).
 
 No cluster can run on this machine, so these tests check what the driver asks the API for (paths,
-verbs, bodies: labels, replicas, resources, ports, storage) and what it makes of the answers. They
-cannot show a pod running or answering HTTP: that is for a real cluster (docs/drivers.md).
+verbs, bodies: labels, replicas, resources, ports, storage, the readiness probe) and what it makes of
+the answers, readiness included: the fake writes the Deployment's status as the controller would
+(Ready count, observed generation), and a test holds a pod unready. They cannot show a pod running or
+answering HTTP, nor the kubelet's probe connecting: that is for a real cluster (docs/drivers.md).
 """
 
 from __future__ import annotations
