@@ -19,6 +19,7 @@ import aiodocker
 import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
+from prometheus_client import REGISTRY
 from support import SAMPLE_IMAGE, free_port, wait_for
 
 from streamspace_agent.drivers.base import port_answers
@@ -355,6 +356,7 @@ async def test_running_only_once_the_port_answers(
     """An image whose server listens 3 s after the start: create and wake report `running` only when
     one request, sent at once, is answered (before, they reported it the moment the container started)."""
     session_id = new_session_id()
+    count, total = ready_metric("ready", "count"), ready_metric("ready", "sum")
     created = await create(driver, session_id, image=variants["late"])
     assert created["state"] == "running", created
     assert "body=at once" in await answers_at_once(created["endpoint"])
@@ -363,6 +365,13 @@ async def test_running_only_once_the_port_answers(
     woken = await run(driver, "WAKE_SESSION", session_id=session_id)
     assert woken["state"] == "running", woken
     assert "body=at once" in await answers_at_once(woken["endpoint"])
+    assert ready_metric("ready", "count") == count + 2  # the waits, in streamspace_agent_session_ready_seconds
+    assert ready_metric("ready", "sum") - total > 2 * 2.5  # each about the 3 s the server sleeps first
+
+
+def ready_metric(outcome: str, sample: str) -> float:
+    name = f"streamspace_agent_session_ready_seconds_{sample}"
+    return REGISTRY.get_sample_value(name, {"platform": "docker", "outcome": outcome}) or 0.0
 
 
 @pytest.mark.parametrize("endpoint", ["published", "address"])
@@ -375,6 +384,7 @@ async def test_a_port_that_never_answers_fails_the_session_with_the_reason(
     driver = DockerDriver(driver_settings(network, session_ready_timeout=3, docker_endpoint=endpoint))
     try:
         silent, exits = new_session_id(), new_session_id()
+        timeouts, exited = ready_metric("timeout", "count"), ready_metric("exited", "count")
         started = time.monotonic()
         report = await create(driver, silent, image=variants["silent"])
         assert report == {"session_id": silent, "state": "failed", "reason": "port 8080 did not answer within 3 s"}
@@ -386,6 +396,7 @@ async def test_a_port_that_never_answers_fails_the_session_with_the_reason(
         report = await create(driver, exits, image=variants["exits"])
         assert report["state"] == "failed"
         assert report["reason"] == "container exited with code 3 before its port answered", report
+        assert (ready_metric("timeout", "count"), ready_metric("exited", "count")) == (timeouts + 1, exited + 1)
     finally:
         await driver.remove_orphans([])
         await driver.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from fake_kubernetes import FakeKubernetes, Recorded
+from prometheus_client import REGISTRY
 from support import serve_locally
 from test_deploy_static import only, render
 
@@ -322,6 +323,7 @@ async def test_running_and_the_endpoint_only_once_the_pod_is_ready(
     session_id = new_session_id()
     name = f"ss-{session_id}"
     api.unready.add(name)
+    ready = ready_metric("ready")
     creating = asyncio.create_task(create(driver, session_id))
     assert await pending(creating)
     [item] = await driver.inventory()
@@ -339,6 +341,12 @@ async def test_running_and_the_endpoint_only_once_the_pod_is_ready(
     assert await pending(waking)
     api.behind.discard(name)
     assert await asyncio.wait_for(waking, 30) == created
+    assert ready_metric("ready") == ready + 2  # streamspace_agent_session_ready_seconds, per wait
+
+
+def ready_metric(outcome: str) -> float:
+    labels = {"platform": "kubernetes", "outcome": outcome}
+    return REGISTRY.get_sample_value("streamspace_agent_session_ready_seconds_count", labels) or 0.0
 
 
 async def test_a_pod_never_ready_fails_the_session_with_the_reason(fake: tuple[FakeKubernetes, str]) -> None:
@@ -347,8 +355,10 @@ async def test_a_pod_never_ready_fails_the_session_with_the_reason(fake: tuple[F
     try:
         session_id = new_session_id()
         api.unready.add(f"ss-{session_id}")
+        timeouts = ready_metric("timeout")
         report = await asyncio.wait_for(create(driver, session_id), 30)
         assert report == {"session_id": session_id, "state": "failed", "reason": "port 8080 did not answer within 1 s"}
+        assert ready_metric("timeout") == timeouts + 1
     finally:
         await driver.close()
 

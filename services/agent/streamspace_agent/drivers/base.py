@@ -35,6 +35,7 @@ from streamspace_common.actions import (
 )
 from streamspace_common.schemas import Command
 
+from .. import metrics
 from . import CommandFailed
 
 log = structlog.get_logger("agent.driver")
@@ -120,17 +121,26 @@ async def until_ready(
     port: int,
     within: float,
     alive: Callable[[], Awaitable[str | None]],
+    platform: str,
     hold: float = PROBE_HOLD,
 ) -> None:
     """Probe the endpoint until it answers; SessionFailed after `within` seconds (SESSION_READY_TIMEOUT),
     naming the session's own `port` (the template's), or as soon as `alive` gives a reason (it died)."""
-    deadline = time.monotonic() + within
+    started = time.monotonic()
     while not await port_answers(endpoint.host, endpoint.port, hold):
         if dead := await alive():
+            observe_ready(platform, started, "exited")
             raise SessionFailed(dead)
-        if time.monotonic() > deadline:
+        if time.monotonic() > started + within:
+            observe_ready(platform, started, "timeout")
             raise SessionFailed(not_ready_reason(port, within))
         await asyncio.sleep(PROBE_INTERVAL)
+    observe_ready(platform, started, "ready")
+
+
+def observe_ready(platform: str, started: float, outcome: str) -> None:
+    """streamspace_agent_session_ready_seconds: how long a readiness wait took, and how it ended."""
+    metrics.SESSION_READY_SECONDS.labels(platform=platform, outcome=outcome).observe(time.monotonic() - started)
 
 
 def not_ready_reason(port: int, within: float) -> str:

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import re
+from functools import partial
 from typing import Any
 
 import aiodocker
@@ -271,7 +272,8 @@ class DockerDriver(SessionDriver):
         try:
             port = int(data["Config"]["Labels"][PORT_LABEL])
             hold = PROBE_HOLD if self.endpoint_mode == "published" else 0  # docker-proxy only when published
-            await until_ready(endpoint, port, self.ready_timeout, lambda: self._exited(session_id), hold)
+            alive = partial(self._exited, session_id)
+            await until_ready(endpoint, port, self.ready_timeout, alive, self.platform, hold)
         except SessionFailed:
             await self._halt(session_id)  # a failed session holds no CPU; its logs and volume stay
             raise

@@ -55,6 +55,7 @@ from .base import (
     SessionDriver,
     SessionFailed,
     not_ready_reason,
+    observe_ready,
 )
 
 STATE_ANNOTATION = "io.streamspace.state"
@@ -286,11 +287,13 @@ class KubernetesDriver(SessionDriver):
 
     async def _ready(self, session_id: str, port: int) -> SessionReport:
         """`running`, with the endpoint, once the Deployment counts its pod Ready; else failed."""
-        deadline = time.monotonic() + self.ready_timeout
+        started = time.monotonic()
         while not is_ready(await self._deployment(session_id)):
-            if time.monotonic() > deadline:
+            if time.monotonic() > started + self.ready_timeout:
+                observe_ready(self.platform, started, "timeout")
                 raise SessionFailed(not_ready_reason(port, self.ready_timeout))
             await asyncio.sleep(READY_POLL)
+        observe_ready(self.platform, started, "ready")
         return SessionReport(session_id=session_id, state="running", endpoint=self.endpoint(session_id, port))
 
     async def _deployment(self, session_id: str) -> Any:
