@@ -41,7 +41,6 @@ async function login(event) {
 
 async function act(session, action) {
   if (action === "open") { location.href = `/sessions/${session.id}/view`; return; }
-  if (action === "delete" && !confirm(`Delete ${session.name || session.id}?`)) return;
   try {
     if (action === "delete") await api("DELETE", `/api/v1/sessions/${session.id}`);
     else await api("POST", `/api/v1/sessions/${session.id}/${action}`);
@@ -75,10 +74,19 @@ function card(session) {
   const state = el("span", { className: `state state-${session.state}`, textContent: session.state, dataset: { field: "state" } });
   const reason = session.reason ? el("p", { className: "reason", textContent: session.reason, dataset: { field: "reason" } }) : null;
   const thumb = el("div", { className: "thumb", dataset: { field: "thumbnail" } });
+  if (session.state === "running") {
+    thumb.tabIndex = 0;
+    thumb.title = "Click to take a new screenshot";
+    thumb.setAttribute("role", "button");
+    thumb.setAttribute("aria-label", `New screenshot of ${title}`);
+    const again = () => thumbnail(session, thumb, true);
+    thumb.addEventListener("click", again);
+    thumb.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") again(); });
+  }
   const item = el("li", { className: "card", dataset: { sessionId: session.id, state: session.state } },
     thumb, el("div", { className: "body" },
       el("h3", { className: "name", textContent: title, dataset: { field: "name" } }), state, meta, reason, actions(session)));
-  if (session.state === "running") thumbnail(session.id, thumb);
+  if (session.state === "running") thumbnail(session, thumb);
   return item;
 }
 
@@ -87,7 +95,7 @@ let lastShown = "";
 export async function refresh() {
   if (!token()) return show();
   const page = await api("GET", "/api/v1/sessions?limit=100");
-  const shown = JSON.stringify(page.sessions.map((s) => [s.id, s.state, s.name, s.reason, s.last_activity_at]));
+  const shown = JSON.stringify(page.sessions.map((s) => [s.id, s.state, s.name, s.reason, s.state_changed_at]));
   $("sessions-empty").hidden = page.sessions.length > 0;
   if (shown === lastShown) { refreshTimes(page.sessions); return; }
   lastShown = shown;
@@ -99,7 +107,9 @@ function refreshTimes(sessions) {
     const item = document.querySelector(`[data-session-id="${session.id}"]`);
     if (!item) continue;
     item.querySelector("[data-field=age]").textContent = ago(session.created_at);
-    item.querySelector("[data-field=activity]").textContent = ago(session.last_activity_at);
+    const activity = item.querySelector("[data-field=activity]");
+    activity.textContent = ago(session.last_activity_at);
+    activity.title = session.last_activity_at;
   }
 }
 

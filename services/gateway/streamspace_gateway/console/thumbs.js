@@ -1,25 +1,31 @@
 // Thumbnails of running desktops, taken through the stream path like any viewer: a fresh stream ticket,
 // a view-only noVNC connection, a snapshot of its canvas once the first frame is drawn, then disconnect.
+// An open stream is use (it resets the idle clock, docs/streams.md), so a snapshot is taken once per
+// running period (keyed by the time the session became running) and again only when asked (a click).
 import RFB from "/novnc/core/rfb.js";
 import { streamUrl } from "./api.js";
 
-const MAX_AGE_MS = 60000; // one snapshot a minute per session at most
-const taken = new Map(); // session id -> { at, url }
+const taken = new Map(); // session id -> { key, url }
 const busy = new Set();
 
-export function thumbnail(sessionId, slot) {
+export function thumbnail(session, slot, again = false) {
+  const sessionId = session.id;
   const last = taken.get(sessionId);
   if (last) slot.replaceChildren(image(last.url));
-  if ((last && Date.now() - last.at < MAX_AGE_MS) || busy.has(sessionId)) return;
+  if ((last && last.key === session.state_changed_at && !again) || busy.has(sessionId)) return;
   busy.add(sessionId);
+  slot.setAttribute("aria-busy", "true");
   snapshot(sessionId)
     .then((url) => {
-      taken.set(sessionId, { at: Date.now(), url });
+      taken.set(sessionId, { key: session.state_changed_at, url });
       const current = document.querySelector(`[data-session-id="${sessionId}"] [data-field=thumbnail]`);
       current?.replaceChildren(image(url));
     })
     .catch(() => {})
-    .finally(() => busy.delete(sessionId));
+    .finally(() => {
+      busy.delete(sessionId);
+      document.querySelector(`[data-session-id="${sessionId}"] [data-field=thumbnail]`)?.removeAttribute("aria-busy");
+    });
 }
 
 function image(url) {
