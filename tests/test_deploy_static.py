@@ -421,8 +421,11 @@ def image_service(service: dict[str, Any]) -> str:
 
 def python_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The services built from our Python Dockerfiles (services/*/Dockerfile; not the sample images)."""
-    return {name: svc for name, svc in compose.items() if "build" in svc and "dockerfile" in svc["build"]
-            and svc["build"]["dockerfile"].startswith("services/")}
+    return {
+        name: svc
+        for name, svc in compose.items()
+        if "build" in svc and "dockerfile" in svc["build"] and svc["build"]["dockerfile"].startswith("services/")
+    }
 
 
 def test_compose_config_is_valid(compose_bin: Path) -> None:
