@@ -20,7 +20,7 @@ from support import SAMPLE_IMAGE, wait_for
 
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings
+from streamspace_common.settings import Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.docker
 IMAGE = SAMPLE_IMAGE
@@ -34,12 +34,25 @@ def network() -> Iterator[str]:
     subprocess.run(["docker", "network", "rm", name], capture_output=True)
 
 
+def driver_settings(network: str, **changes: Any) -> Settings:
+    agent_id = f"docker-test-{uuid.uuid4().hex[:8]}"
+    return Settings(agent_id=agent_id, docker_network=network, docker_stop_timeout=2, **changes)
+
+
 @pytest.fixture
 async def driver(sample_image: str, network: str) -> AsyncIterator[DockerDriver]:
-    settings = Settings(agent_id=f"docker-test-{uuid.uuid4().hex[:8]}", docker_network=network, docker_stop_timeout=2)
-    docker_driver = DockerDriver(settings)
+    docker_driver = DockerDriver(driver_settings(network))
     yield docker_driver
     await docker_driver.remove_orphans([])  # nothing of this test outlives it
+    await docker_driver.close()
+
+
+@pytest.fixture
+async def address_driver(sample_image: str, network: str) -> AsyncIterator[DockerDriver]:
+    """DOCKER_ENDPOINT=address: nothing published, the container's address on the network."""
+    docker_driver = DockerDriver(driver_settings(network, docker_endpoint="address"))
+    yield docker_driver
+    await docker_driver.remove_orphans([])
     await docker_driver.close()
 
 
@@ -263,3 +276,28 @@ async def test_sessions_are_isolated_from_each_other_and_run_without_privileges(
     assert "streamspace echo app" in own.stdout, own  # the request works in there
     across = in_session(one, "sh", "-c", http_get(address))
     assert "streamspace echo app" not in across.stdout, across  # but not from one session to the other
+
+
+def test_docker_endpoint_is_published_or_address() -> None:
+    assert load_settings({}).docker_endpoint == "published"  # today's behaviour by default
+    assert load_settings({"DOCKER_ENDPOINT": "address"}).docker_endpoint == "address"
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"DOCKER_ENDPOINT": "host"})
+    assert "docker_endpoint" in str(raised.value)
+
+
+async def test_address_endpoint_publishes_nothing_and_reports_the_container_address(
+    address_driver: DockerDriver, engine: aiodocker.Docker, network: str
+) -> None:
+    """DOCKER_ENDPOINT=address: no host port; the endpoint is the container's IP on DOCKER_NETWORK and
+    the template's port, in the report and in the inventory, and the agent (on this host) reaches it."""
+    session_id = new_session_id()
+    created = await create(address_driver, session_id)
+    data = await inspect(engine, session_id)
+    assert data is not None and created["state"] == "running"
+    address = data["NetworkSettings"]["Networks"][network]["IPAddress"]
+    assert created["endpoint"] == {"host": address, "port": 8080}
+    assert not data["HostConfig"]["PortBindings"] and not data["NetworkSettings"]["Ports"].get("8080/tcp")
+    assert "body=hello docker" in await answers(created["endpoint"])
+    [item] = await address_driver.inventory()
+    assert item.endpoint is not None and (item.endpoint.host, item.endpoint.port) == (address, 8080)

@@ -67,6 +67,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     docker_host: str = ""  # "": aiodocker's default (the local socket)
     docker_network: str = "streamspace-sessions"
     docker_publish_host: str = "127.0.0.1"
+    # how the agent reaches a session: `published` (the first port published on DOCKER_PUBLISH_HOST, a host
+    # port the engine picks) or `address` (nothing published: the container's address on DOCKER_NETWORK and
+    # the template's port; for an agent that itself sits on that network, e.g. compose's)
+    docker_endpoint: Literal["published", "address"] = "published"
     # capabilities given back to session containers after dropping all (comma-separated; "": none):
     # what a desktop image's entrypoint needs to hand /data to its user and drop to it
     docker_cap_add: str = "CHOWN,SETUID,SETGID"

@@ -4,8 +4,11 @@ Per session: a container `ss-<session_id>` running the template's image (its own
 labels io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id (and
 io.streamspace.template), on the network DOCKER_NETWORK, with a named volume
 `ss-<session_id>-data` mounted at /data, NanoCpus and Memory from the template's resources, PORT set
-to the first port, and that port alone published on DOCKER_PUBLISH_HOST (127.0.0.1 by default) with a
-host port the engine picks: the agent reaches the session there, nobody else is meant to.
+to the first port. How the agent reaches the session (its endpoint) is DOCKER_ENDPOINT's choice:
+`published` (default): that port alone published on DOCKER_PUBLISH_HOST (127.0.0.1 by default) with a
+host port the engine picks; `address`: nothing published, the endpoint is the container's IP address on
+DOCKER_NETWORK and the template's port, for an agent that sits on that network itself (compose) or on
+the engine's host. Either way the agent reaches the session, nobody else is meant to.
 
 Isolation (docs/security.md, "## Session isolation"): DOCKER_NETWORK is a bridge of the sessions' own
 (never the engine's default `bridge`, nor `host` or `none`), made with inter-container traffic off
@@ -36,6 +39,7 @@ from streamspace_common.settings import Settings
 from .base import AGENT_LABEL, MANAGED_LABEL, SESSION_LABEL, TEMPLATE_LABEL, SessionDriver, SessionFailed
 
 DATA_PATH = "/data"
+PORT_LABEL = "io.streamspace.port"  # the template's first port: the session's endpoint
 ENGINE_NETWORKS = ("bridge", "host", "none", "default")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
@@ -72,8 +76,9 @@ class DockerDriver(SessionDriver):
             )
         self.network = settings.docker_network
         self.publish_host = settings.docker_publish_host
+        self.endpoint_mode = settings.docker_endpoint
         self.cap_add = capabilities(settings.docker_cap_add)
-        if self.publish_host not in ("127.0.0.1", "::1", "localhost"):
+        if self.endpoint_mode == "published" and self.publish_host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("docker_sessions_published_beyond_this_host", publish_host=self.publish_host)
         self.stop_timeout = settings.docker_stop_timeout
         self._docker: aiodocker.Docker | None = None
@@ -113,13 +118,33 @@ class DockerDriver(SessionDriver):
             raise SessionFailed(f"container {container_name(session_id)} exists but is not this agent's")
         return data
 
+    def _address(self, labels: dict[str, str], networks: dict[str, Any]) -> Endpoint | None:
+        """DOCKER_ENDPOINT=address: the container's address on the sessions' network, the template's port."""
+        address = (networks.get(self.network) or {}).get("IPAddress")
+        port = int(labels.get(PORT_LABEL, "0"))
+        return Endpoint(host=address, port=port) if address and port else None
+
     def _endpoint(self, data: dict[str, Any]) -> Endpoint | None:
-        """The published host port of the container's first exposed port, from an inspect result."""
-        first = data.get("Config", {}).get("Labels", {}).get("io.streamspace.port")
-        bindings = (data.get("NetworkSettings", {}).get("Ports") or {}).get(f"{first}/tcp") or []
+        """Where the agent reaches the session, from an inspect result (DOCKER_ENDPOINT)."""
+        labels = data.get("Config", {}).get("Labels", {})
+        settings = data.get("NetworkSettings", {})
+        if self.endpoint_mode == "address":
+            return self._address(labels, settings.get("Networks") or {})
+        bindings = (settings.get("Ports") or {}).get(f"{labels.get(PORT_LABEL)}/tcp") or []
         for binding in bindings:
             if binding.get("HostPort"):
                 return Endpoint(host=self.publish_host, port=int(binding["HostPort"]))
+        return None
+
+    def _listed_endpoint(self, data: dict[str, Any]) -> Endpoint | None:
+        """The same as `_endpoint`, from a container list entry (which has another shape)."""
+        labels = data.get("Labels") or {}
+        if self.endpoint_mode == "address":
+            return self._address(labels, (data.get("NetworkSettings") or {}).get("Networks") or {})
+        first = int(labels.get(PORT_LABEL, "0"))
+        for port in data.get("Ports") or []:
+            if port.get("PrivatePort") == first and port.get("PublicPort"):
+                return Endpoint(host=self.publish_host, port=int(port["PublicPort"]))
         return None
 
     async def _ensure_image(self, image: str) -> None:
@@ -162,7 +187,8 @@ class DockerDriver(SessionDriver):
         if not spec.ports:
             raise SessionFailed("the template has no ports; the docker platform publishes the first one")
         port = f"{spec.ports[0]}/tcp"
-        labels = {**self.labels(spec.session_id), TEMPLATE_LABEL: spec.name, "io.streamspace.port": str(spec.ports[0])}
+        labels = {**self.labels(spec.session_id), TEMPLATE_LABEL: spec.name, PORT_LABEL: str(spec.ports[0])}
+        published = {port: [{"HostIp": self.publish_host, "HostPort": ""}]} if self.endpoint_mode == "published" else {}
         env = {**spec.env, "PORT": str(spec.ports[0]), "STREAMSPACE_SESSION_ID": spec.session_id}
         return {
             "Image": spec.image,
@@ -172,7 +198,7 @@ class DockerDriver(SessionDriver):
             "HostConfig": {
                 "NanoCpus": int(spec.resources.cpu * 1e9),
                 "Memory": spec.resources.memory * 1024 * 1024,
-                "PortBindings": {port: [{"HostIp": self.publish_host, "HostPort": ""}]},
+                "PortBindings": published,
                 "Mounts": [{"Type": "volume", "Source": volume_name(spec.session_id), "Target": DATA_PATH}],
                 "NetworkMode": self.network,
                 "RestartPolicy": {"Name": "no"},
@@ -250,11 +276,7 @@ class DockerDriver(SessionDriver):
         for data in await self._containers():
             session_id = data["Labels"][SESSION_LABEL]
             if data["State"] == "running":
-                endpoint = None
-                first = int(data["Labels"].get("io.streamspace.port", "0"))
-                for port in data.get("Ports", []):
-                    if port.get("PrivatePort") == first and port.get("PublicPort"):
-                        endpoint = Endpoint(host=self.publish_host, port=int(port["PublicPort"]))
+                endpoint = self._listed_endpoint(data)
                 items.append(SessionInventoryItem(session_id=session_id, state="running", endpoint=endpoint))
             elif data["State"] == "paused":
                 items.append(SessionInventoryItem(session_id=session_id, state="hibernated"))
