@@ -160,6 +160,7 @@ def test_a_desktop_from_compose_in_the_browser(desktop_stack: Stack) -> None:
             wait_until(lambda: docker("exec", f"ss-{session_id}", "test", "-f", typed).returncode == 0, 30, typed)
             owner = docker("exec", f"ss-{session_id}", "stat", "-c", "%u", typed).stdout.strip()
             assert owner == "10001", f"the desktop runs as {owner}, not the image's non-root user"
+            memory = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", f"ss-{session_id}").stdout.strip()
             page.wait_for_timeout(1000)  # the next frame shows the command line
             canvas.screenshot(path=str(ARTIFACTS / "compose-desktop.png"))
             page.screenshot(path=str(ARTIFACTS / "compose-viewer-page.png"))
@@ -208,6 +209,6 @@ def test_a_desktop_from_compose_in_the_browser(desktop_stack: Stack) -> None:
             raise
         finally:
             browser.close()
-    print(f"remote resize: 1280x800 -> {resized}; hibernated container: {hibernated}")
+    print(f"remote resize: 1280x800 -> {resized}; hibernated container: {hibernated}; desktop memory: {memory}")
     print(f"timings (s): { {k: round(v, 1) for k, v in timings.items()} }")
     print(f"screenshots: {ARTIFACTS}/compose-console.png, compose-admin.png, compose-desktop.png")
