@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
     agent_max_sessions: Annotated[int, msgspec.Meta(ge=0)] = 0  # sessions it takes, advertised; 0: no limit
+    # seconds a docker or kubernetes session's first port has to answer (a TCP connect from the agent; on
+    # kubernetes the pod's tcpSocket readiness probe) after create or wake before the session is failed
+    session_ready_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # agent, AGENT_PLATFORM=local (docs/drivers.md)
     local_session_dir: str = ""  # state files and data of sessions; "": <tmp>/streamspace-sessions/<agent_id>
     local_stop_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # SIGTERM, then SIGKILL after this many seconds
@@ -69,12 +72,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     docker_publish_host: str = "127.0.0.1"
     # how the agent reaches a session: `published` (the first port published on DOCKER_PUBLISH_HOST, a host
     # port the engine picks) or `address` (nothing published: the container's address on DOCKER_NETWORK and
-    # the template's port; for an agent that itself sits on that network, e.g. compose's)
+    # the template's port; for an agent in the engine host's network namespace, e.g. compose's agents on the
+    # host network: a container on DOCKER_NETWORK cannot reach sessions, inter-container traffic is off)
     docker_endpoint: Literal["published", "address"] = "published"
     # capabilities given back to session containers after dropping all (comma-separated; "": none):
     # what a desktop image's entrypoint needs to hand /data to its user and drop to it
     docker_cap_add: str = "CHOWN,SETUID,SETGID"
     docker_stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10  # seconds before the engine kills
+    # seconds pulling an image missing on the engine may take before the session fails; 0: never pull (the
+    # images must be on the engine already)
+    docker_pull_timeout: Annotated[float, msgspec.Meta(ge=0)] = 120.0
     # agent, AGENT_PLATFORM=kubernetes
     kubernetes_namespace: str = ""  # "": the agent pod's own namespace, else "default"
     kubernetes_api_url: str = ""  # "": in-cluster service account, else ~/.kube/config
