@@ -174,7 +174,7 @@ async def test_console_creates_a_named_desktop_and_drives_it_with_the_buttons(
     await thumbnail.wait_for(timeout=30_000)
     assert str(await thumbnail.get_attribute("src")).startswith("data:image/png;base64,")
     assert "stream_open" in console.b.log()  # taken through the stream path, on the replica it was asked
-    await page.screenshot(path=str(ARTIFACTS / "console.png"))
+    await page.screenshot(path=str(ARTIFACTS / "console-sessions.png"))
 
     await page.click(f"{selector} button[data-action=hibernate]")
     await until_card_state(page, session_id, "hibernated")
@@ -242,7 +242,7 @@ async def test_admin_area_lists_and_manages(console: ConsoleStack, browser: Any,
     _, template = await console.admin.call("GET", f"/api/v1/templates/{DESKTOP_T}", expect=200)
     assert template["description"] == f"edited {TAG}" and template["memory"] == 320
     assert template["command"] == DESKTOP and template["platforms"] == ["local"]  # the rest kept
-    await page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / "console-admin.png"), full_page=True)
     assert page.refused == []
     await page.context.close()
     await console.admin.call("DELETE", f"/api/v1/sessions/{made['id']}", expect=204)
@@ -323,7 +323,7 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
     if shutil.which("xdpyinfo"):
         await type_in_xterm(page, "xdpyinfo | grep dimensions > dims.txt")
         assert want in await file_text(data / "dims.txt"), want
-    await page.screenshot(path=str(ARTIFACTS / "viewer.png"))
+    await page.screenshot(path=str(ARTIFACTS / "console-viewer.png"))
 
     # clipboard, browser -> desktop: the panel's Send (noVNC's clipboardPasteFrom) -> Xvnc's selection
     words = f"pasted-{TAG}"
@@ -368,8 +368,7 @@ async def test_viewer_reconnects_after_its_gateway_restarts(console: ConsoleStac
         "PORT": str(old.port),
     }
     console.b = console.stack.start(f"{old.name}-again", "streamspace_gateway", settings)
-    await console.stack.ready(console.b)
     await page.wait_for_selector("#status:text-is('connected')", timeout=90_000)
-    await page.screenshot(path=str(ARTIFACTS / "viewer-reconnected.png"))
+    await page.screenshot(path=str(ARTIFACTS / "console-viewer-reconnected.png"))
     await page.context.close()
     await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
