@@ -100,7 +100,14 @@ async def logged_in(browser: Any, console: ConsoleStack, username: str, password
     page.refused = []
     page.on("console", lambda m: page.refused.append(m.text) if "Content Security Policy" in m.text else None)
     page.on("dialog", lambda dialog: None)  # each test that expects one accepts it itself
+    page.problems = []  # said when a wait fails: what the page could not load or run
+    page.on("pageerror", lambda error: page.problems.append(f"error: {error}"))
+    page.on("requestfailed", lambda request: page.problems.append(f"failed: {request.url} {request.failure}"))
     await page.goto(console.b.url + "/")
+    try:
+        await page.wait_for_selector("#login:not([hidden])", timeout=30_000)
+    except Exception as exc:
+        raise AssertionError(f"no login form: {page.problems}") from exc
     await page.fill("#login input[name=username]", username)
     await page.fill("#login input[name=password]", password)
     await page.click("#login button[type=submit]")
@@ -328,6 +335,8 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
     # clipboard, browser -> desktop: the panel's Send (noVNC's clipboardPasteFrom) -> Xvnc's selection
     words = f"pasted-{TAG}"
     await page.click("#clipboard")
+    await page.screenshot(path=str(ARTIFACTS / "console-viewer-clipboard.png"))
+    await page.wait_for_selector("#clipboard-panel:not([hidden])", timeout=5_000)
     await page.fill("#clipboard-text", words)
     await page.click("#clipboard-send")
     if shutil.which("xclip"):

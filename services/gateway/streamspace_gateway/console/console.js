@@ -2,11 +2,12 @@
 // viewer; administrators also get the admin area (admin.js). Everything goes through the public REST API.
 import { ago, api, el, setToken, token } from "./api.js";
 import { refreshAdmin, showAdmin } from "./admin.js";
-import { thumbnail } from "./thumbs.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 const ADMIN_POLL_MS = 5000;
+// noVNC is loaded only when there is a desktop to take a thumbnail of: the console works without it
+const thumbnail = (...args) => import("./thumbs.js").then((module) => module.thumbnail(...args)).catch(() => {});
 
 // The buttons each state offers (the API's verb rules, docs/sessions.md); nothing else is shown.
 export const ACTIONS = {
@@ -14,7 +15,7 @@ export const ACTIONS = {
   starting: ["delete"],
   running: ["open", "hibernate", "stop", "delete"],
   hibernated: ["wake", "stop", "delete"],
-  stopping: [],
+  stopping: ["delete"],
   stopped: ["wake", "delete"],
   failed: ["wake", "delete"],
   lost: ["delete"],
