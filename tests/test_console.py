@@ -312,6 +312,7 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
     assert await page.text_content("#session-name") == f"Viewer {TAG}"
     assert await page.text_content("#session-template") == DESKTOP_T
     assert await page.get_attribute("#status", "data-state") == "connected"
+    assert await page.locator("#reconnect").is_hidden() and await page.locator("#wake").is_hidden()
 
     await page.click("#fullscreen")
     await page.wait_for_selector("#fullscreen[aria-pressed=true]")
