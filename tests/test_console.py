@@ -266,10 +266,16 @@ async def ok_login(console: ConsoleStack, username: str, password: str) -> bool 
 
 
 @needs_desktop
-async def test_a_user_does_not_see_the_admin_area(console: ConsoleStack, browser: Any) -> None:
+async def test_a_user_does_not_see_the_admin_area(console: ConsoleStack, browser: Any, test_env: RunEnv) -> None:
+    """The same page an administrator gets with the admin area's link shows a user none, even at #admin."""
+    admin = await new_account(test_env.database_url, f"adm-{uuid.uuid4().hex[:6]}", admin=True)
+    page = await logged_in(browser, console, admin.username, admin.password)
+    await page.wait_for_selector("[data-nav=admin]", state="visible")
+    await page.context.close()
     username, password, _ = await new_person(console, "plain")
     page = await logged_in(browser, console, username, password)
     await page.wait_for_selector("#who:has-text('" + username + "')")
+    await page.wait_for_selector("[data-nav=admin]", state="attached")
     assert await page.locator("[data-nav=admin]").is_hidden()
     await page.goto(console.b.url + "/#admin")
     await page.wait_for_selector("#console:not([hidden])")
