@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,12 +165,14 @@ async def test_console_creates_a_named_desktop_and_drives_it_with_the_buttons(
     await page.wait_for_selector(f"#templates option[value='{DESKTOP_T}']", state="attached")
     await page.select_option("#templates", DESKTOP_T)
     await page.fill("#create input[name=name]", name)
+    started = time.monotonic()
     await page.click("#create button[type=submit]")
     card = page.locator("[data-session-id]").first
     await card.wait_for()
     session_id = str(await card.get_attribute("data-session-id"))
     assert (await user.session(session_id))["name"] == name
     await until_card_state(page, session_id, "running")
+    running = time.monotonic()
     selector = CARD.format(session_id)
     assert await page.text_content(f"{selector} [data-field=name]") == name
     assert await page.text_content(f"{selector} [data-field=template]") == DESKTOP_T
@@ -179,6 +182,7 @@ async def test_console_creates_a_named_desktop_and_drives_it_with_the_buttons(
     # the thumbnail: a view-only stream through gateway B, its canvas drawn into an image
     thumbnail = page.locator(f"{selector} [data-field=thumbnail] img")
     await thumbnail.wait_for(timeout=30_000)
+    print(f"create -> card running: {running - started:.2f} s; -> thumbnail: {time.monotonic() - started:.2f} s")
     assert str(await thumbnail.get_attribute("src")).startswith("data:image/png;base64,")
     assert "stream_open" in console.b.log()  # taken through the stream path, on the replica it was asked
     await page.screenshot(path=str(ARTIFACTS / "console-sessions.png"))
@@ -313,8 +317,10 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
     await user.until_state(session["id"], "running", timeout=40)
     data = console.sessions / session["id"] / "data"
     page = await logged_in(browser, console, username, password)
+    opened = time.monotonic()
     await page.goto(f"{console.b.url}/sessions/{session['id']}/view")
     await page.wait_for_selector("#status:text-is('connected')", timeout=30_000)
+    print(f"viewer page -> connected: {time.monotonic() - opened:.2f} s")
     assert await page.text_content("#session-name") == f"Viewer {TAG}"
     assert await page.text_content("#session-template") == DESKTOP_T
     assert await page.get_attribute("#status", "data-state") == "connected"
@@ -374,6 +380,7 @@ async def test_viewer_reconnects_after_its_gateway_restarts(console: ConsoleStac
     await page.goto(f"{console.b.url}/sessions/{session['id']}/view")
     await page.wait_for_selector("#status:text-is('connected')", timeout=30_000)
     old = console.b
+    stopped = time.monotonic()
     old.terminate()
     await page.wait_for_selector("#status[data-state=reconnecting]", timeout=20_000)
     assert "reconnecting in" in str(await page.text_content("#status"))
@@ -385,6 +392,7 @@ async def test_viewer_reconnects_after_its_gateway_restarts(console: ConsoleStac
     }
     console.b = console.stack.start(f"{old.name}-again", "streamspace_gateway", settings)
     await page.wait_for_selector("#status:text-is('connected')", timeout=90_000)
+    print(f"gateway B stopped -> viewer connected again: {time.monotonic() - stopped:.2f} s")
     await page.screenshot(path=str(ARTIFACTS / "console-viewer-reconnected.png"))
     await page.context.close()
     await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
