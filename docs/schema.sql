@@ -554,7 +554,9 @@ CREATE TABLE public.sessions (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
+    name text,
     CONSTRAINT sessions_desired_state_check CHECK (((desired_state)::text = ANY ((ARRAY['running'::character varying, 'hibernated'::character varying, 'stopped'::character varying, 'deleted'::character varying])::text[]))),
+    CONSTRAINT sessions_name_check CHECK (((name IS NULL) OR ((char_length(name) <= 64) AND (name ~ '^[A-Za-z0-9]([A-Za-z0-9 ._-]*[A-Za-z0-9._-])?$'::text)))),
     CONSTRAINT sessions_state_check CHECK (((state)::text = ANY ((ARRAY['pending'::character varying, 'starting'::character varying, 'running'::character varying, 'hibernated'::character varying, 'stopping'::character varying, 'stopped'::character varying, 'failed'::character varying, 'lost'::character varying])::text[])))
 );
 

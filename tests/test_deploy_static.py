@@ -316,7 +316,9 @@ def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> Non
 
     # Runtime stage: the virtualenv from the build stage and the migrations; no sources, no pip install.
     runtime_copies = [ins.args for ins in runtime if ins.keyword == "COPY"]
-    assert runtime_copies == ["--from=build /opt/streamspace /opt/streamspace", "migrations /app/migrations"]
+    # The gateway's also holds Debian's noVNC files, which its viewer page loads (NOVNC_DIR).
+    novnc = ["--from=build /tmp/novnc/root/usr/share/novnc /usr/share/novnc"] if service == "gateway" else []
+    assert runtime_copies == ["--from=build /opt/streamspace /opt/streamspace", *novnc, "migrations /app/migrations"]
     assert not pip_installs(runtime)
     assert dockerfile_env(runtime).get("PATH", "").startswith("/opt/streamspace/bin:")
 
@@ -418,7 +420,12 @@ def image_service(service: dict[str, Any]) -> str:
 
 
 def python_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in compose.items() if "build" in svc}
+    """The services built from our Python Dockerfiles (services/*/Dockerfile; not the sample images)."""
+    return {
+        name: svc
+        for name, svc in compose.items()
+        if "build" in svc and "dockerfile" in svc["build"] and svc["build"]["dockerfile"].startswith("services/")
+    }
 
 
 def test_compose_config_is_valid(compose_bin: Path) -> None:
@@ -492,19 +499,56 @@ AGENTS = ("agent-1", "agent-2")
 
 @pytest.mark.parametrize("agent", AGENTS)
 def test_compose_agent_reaches_both_gateways(compose: dict[str, Any], agent: str) -> None:
+    """The agents run on the host's network (docs/deploy.md, "The docker platform under compose"): they
+    reach each gateway on its published port, and each gateway's TUNNEL_URL (where streams are dialled
+    back) is one of the agent's GATEWAY_URLS, so the agent accepts the dial-back."""
     agent_env = env_of(compose[agent])
-    assert agent_env["AGENT_PLATFORM"] == "local"
     urls = agent_env["GATEWAY_URLS"].split(",")
+    by_port = {host: name for name in GATEWAYS for host in published(compose[name])}
     targets: set[str] = set()
     for url in urls:
         parts = urlsplit(url)
         assert parts.scheme == "http" and parts.path in {"", "/"}, f"{url}: base URL expected"
-        assert parts.hostname in compose, f"{url}: no such compose service"
-        gateway = compose[parts.hostname]
-        assert gateway["command"] == ["streamspace-gateway"]
-        assert parts.port == int(env_of(gateway).get("PORT", "8000"))
-        targets.add(parts.hostname)
-    assert targets == {"gateway-a", "gateway-b"}
+        assert parts.hostname == "127.0.0.1" and parts.port in by_port, f"{url}: no gateway's published port"
+        gateway = by_port[parts.port]
+        tunnel = urlsplit(env_of(compose[gateway])["TUNNEL_URL"])
+        assert (tunnel.scheme, tunnel.hostname, tunnel.port) == ("ws", "127.0.0.1", parts.port), gateway
+        targets.add(gateway)
+    assert targets == set(GATEWAYS)
+
+
+GATEWAYS = ("gateway-a", "gateway-b")
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_compose_agents_run_sessions_on_the_docker_platform(compose: dict[str, Any], agent: str) -> None:
+    """compose's agents drive the host's engine (the socket, read-write: the API has no read-only mode),
+    from the host's network (a session bridge with icc off lets no container reach its sessions, the
+    host reaches all), their own health port on 127.0.0.1 only; sessions get no host port."""
+    svc = compose[agent]
+    env = env_of(svc)
+    assert env["AGENT_PLATFORM"] == "docker"
+    assert env["DOCKER_NETWORK"] and env["DOCKER_NETWORK"] not in {"bridge", "host", "none", "default"}
+    assert env.get("DOCKER_ENDPOINT") == "address"
+    assert svc["network_mode"] == "host" and not svc.get("ports")
+    assert env["HOST"] == "127.0.0.1"
+    sockets = [v for v in svc["volumes"] if v["target"] == "/var/run/docker.sock"]
+    assert [(v["type"], v["source"]) for v in sockets] == [("bind", "/var/run/docker.sock")]
+    assert svc["depends_on"]["desktop-image"]["condition"] == "service_completed_successfully"
+    ports = {env_of(compose[a])["PORT"] for a in AGENTS}
+    assert len(ports) == 2, "two agents on one host network need two health ports"
+
+
+def test_compose_builds_the_desktop_image(compose: dict[str, Any]) -> None:
+    """The image the `desktop` sample template names is built by compose from images/desktop."""
+    from streamspace_common.admin import SAMPLE_TEMPLATES
+
+    svc = compose["desktop-image"]
+    [desktop] = [t for t in SAMPLE_TEMPLATES if t.name == "desktop"]
+    assert svc["image"] == desktop.image
+    assert Path(svc["build"]["context"]).resolve() == ROOT / "images" / "desktop"
+    assert (ROOT / "images" / "desktop" / svc["build"].get("dockerfile", "Dockerfile")).is_file()
+    assert svc["command"] == ["true"] and svc.get("restart", "no") == "no"
 
 
 def test_compose_ha_agent_pair_dispatcher_pair_and_named_volumes(compose_bin: Path, compose: dict[str, Any]) -> None:
@@ -636,7 +680,8 @@ def test_compose_publishes_nothing_beyond_localhost_but_the_gateways(compose: di
             assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
     for infra in ("postgres", "redis"):
         assert not compose[infra].get("ports"), infra
-    assert {p["host_ip"] for a in AGENTS for p in compose[a]["ports"]} == {"127.0.0.1"}
+    for agent in AGENTS:  # the host's network: no ports to publish, the health port binds 127.0.0.1
+        assert compose[agent]["network_mode"] == "host" and env_of(compose[agent])["HOST"] == "127.0.0.1"
 
 
 def test_compose_ships_no_default_secret(compose: dict[str, Any]) -> None:
@@ -651,6 +696,9 @@ def test_compose_ships_no_default_secret(compose: dict[str, Any]) -> None:
         assert not re.search(r"[a-z+]+://[^/\s:@]+:[^/\s@]+@", source), "a URL with a password"
     for name, svc in compose.items():
         for var in env_of(svc):
+            if var == "TUNNEL_URL":  # where agents dial back: no credential in it (checked below)
+                assert "@" not in env_of(svc)[var], f"{name}: {var}"
+                continue
             if re.search(r"PASSWORD|TOKEN|SECRET|_URL$|_PASS$", var) and not var.endswith("_FILE"):
                 raise AssertionError(f"{name} sets {var} in its environment")
     assert not re.search(r"\$\{[A-Z_]*(PASSWORD|TOKEN|SECRET)[A-Z_]*:-", text), "a default for a secret variable"

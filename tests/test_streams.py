@@ -366,11 +366,11 @@ async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api
             await page.wait_for_selector(f"#templates option[value={DESKTOP_T}]", state="attached")
             await page.select_option("#templates", DESKTOP_T)
             await page.click("#create button[type=submit]")
-            await page.wait_for_selector("td.state-running", timeout=30_000)
+            await page.wait_for_selector("[data-session-id][data-state=running]", timeout=30_000)
             await page.screenshot(path=str(ARTIFACTS / "console.png"))
-            session_id = await page.get_attribute("tr[data-session]", "data-session")
+            session_id = await page.get_attribute("[data-session-id]", "data-session-id")
             assert session_id
-            await page.click("a.view")
+            await page.click("[data-session-id] button[data-action=open]")
             # a selector, not a JS predicate: the page's CSP forbids eval (docs/security.md)
             await page.wait_for_selector("#status:text-is('connected')", timeout=30_000)
             canvas = page.locator("#screen canvas")
@@ -427,14 +427,14 @@ async def test_the_stream_benchmark_runs(tmp_path: Path) -> None:
 
 async def drive_from_the_console(page: Any, base: str, session_id: str) -> None:
     """Hibernate (the viewer then says the session is not running), wake and delete, with the console's buttons."""
-    row = f"tr[data-session='{session_id}']"
+    row = f"[data-session-id='{session_id}']"
     await page.goto(base + "/")
     await page.click(f"{row} button[data-action=hibernate]")
-    await page.wait_for_selector(f"{row} td.state-hibernated", timeout=30_000)
+    await page.wait_for_selector(f"{row}[data-state=hibernated]", timeout=30_000)
     await page.goto(f"{base}/sessions/{session_id}/view")
     await page.wait_for_selector("#status:has-text('not running')")
     await page.goto(base + "/")
     await page.click(f"{row} button[data-action=wake]")
-    await page.wait_for_selector(f"{row} td.state-running", timeout=30_000)
+    await page.wait_for_selector(f"{row}[data-state=running]", timeout=30_000)
     await page.click(f"{row} button[data-action=delete]")
     await page.wait_for_selector(row, state="detached", timeout=30_000)

@@ -89,15 +89,28 @@ SAMPLE_TEMPLATES = (
     ),
     SampleTemplate(
         name="desktop",
-        description="A desktop over VNC (TigerVNC's Xvnc and an xterm, RFB on the session's port, watched through "
-        "the viewer at /sessions/<id>/view). local: the agent's streamspace_agent.desktop, which needs Xvnc on the "
-        "agent's host (scripts/desktop-packages); docker, kubernetes: an image streamspace/desktop:dev serving VNC on "
-        "5901 (not built here).",
+        description="A desktop over VNC, watched through the viewer at /sessions/<id>/view. docker, kubernetes: "
+        "streamspace/desktop:dev (images/desktop: TigerVNC's Xvnc on 5901, openbox and a panel, a terminal, "
+        "Firefox ESR; built by scripts/build-sample-images and docker compose). local: the agent's "
+        "streamspace_agent.desktop (Xvnc and an xterm on the agent's host, scripts/desktop-packages).",
         image="streamspace/desktop:dev",
         command=["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}", "--geometry", "1280x800"],
         ports=[5901],
         cpu=1.0,
         memory=1024,
+        idle_timeout_seconds=900,
+    ),
+    SampleTemplate(
+        name="firefox",
+        description="Firefox ESR alone (a single-application session of streamspace/desktop:dev: "
+        "SESSION_APP, maximised, no panel; the session ends when Firefox is closed). docker, kubernetes.",
+        image="streamspace/desktop:dev",
+        command=[],
+        ports=[5901],
+        cpu=1.0,
+        memory=1024,
+        env={"SESSION_APP": "firefox-esr"},
+        platforms=["docker", "kubernetes"],
         idle_timeout_seconds=900,
     ),
 )

@@ -98,6 +98,7 @@ class Placement:
     platform: str | None = None  # asked for by the caller
     agent_id: str | None = None  # asked for by the caller
     heartbeat_within: float = 30.0  # seconds: an agent without a heartbeat since is not placed on
+    name: str | None = None  # what the owner calls the session (None: no name)
 
 
 class SessionLifecycle:
@@ -126,6 +127,7 @@ class SessionLifecycle:
                 agent["platform"],
                 placement.idle_timeout_seconds,
                 placement.payload,
+                placement.name,
             )
             if also is not None:
                 await also(conn, row)

@@ -54,10 +54,11 @@ WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $
   AND ($3::text IS NULL OR a.agent_id = $3);
 
 -- name: create_session
--- The session and its CREATE_SESSION command, in one statement ($7: the payload without session_id).
+-- The session and its CREATE_SESSION command, in one statement ($7: the payload without session_id;
+-- $8: the session's name, NULL: none).
 WITH made AS (
-    INSERT INTO sessions (id, user_id, template, agent_id, platform, idle_timeout_seconds)
-    VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)
+    INSERT INTO sessions (id, user_id, template, agent_id, platform, idle_timeout_seconds, name)
+    VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $8)
     RETURNING *
 ), command AS (
     INSERT INTO agent_commands (agent_id, action, payload, session_id)

@@ -46,6 +46,14 @@ HEARTBEAT_WITHIN_KEY = web.AppKey("placement_heartbeat_within", float)
 _STATE = "(" + "|".join(STATES) + ")"
 STATE_LIST = f"^{_STATE}(,{_STATE})*$(?!\\n)"
 SESSION_ID = (uuid_param("session_id"),)
+SessionName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?$(?!\n)",
+        description="1-64 characters: letters, digits, space, '.', '_', '-'; starts with a letter or digit, "
+        "no trailing space",
+    ),
+]
 routes = ApiRoutes()
 
 
@@ -53,6 +61,7 @@ class CreateSessionBody(msgspec.Struct, forbid_unknown_fields=True):
     template: TemplateName
     platform: Platform | None = None  # only agents of this platform
     agent_id: Identifier | None = None  # only this agent
+    name: SessionName | None = None  # what the owner calls it (shown by the console and the viewer)
 
 
 class Endpoint(msgspec.Struct):
@@ -62,6 +71,7 @@ class Endpoint(msgspec.Struct):
 
 class SessionView(msgspec.Struct):
     id: str
+    name: str | None  # what the owner calls it (None: not named)
     user_id: str
     template: str
     agent_id: str
@@ -94,6 +104,7 @@ def session_view(row: asyncpg.Record) -> SessionView:
         endpoint = Endpoint(host=row["endpoint_host"], port=row["endpoint_port"])
     return SessionView(
         id=str(row["id"]),
+        name=row["name"],
         user_id=str(row["user_id"]),
         template=row["template"],
         agent_id=row["agent_id"],
@@ -180,10 +191,13 @@ async def create_session(request: web.Request, caller: Caller) -> web.Response:
         platform=body.platform,
         agent_id=body.agent_id,
         heartbeat_within=request.app[HEARTBEAT_WITHIN_KEY],
+        name=body.name,
     )
 
     async def audited(conn: asyncpg.Connection, session: asyncpg.Record) -> None:
         detail = {"template": body.template, "agent_id": session["agent_id"], "platform": session["platform"]}
+        if body.name is not None:
+            detail["name"] = body.name
         await audit.record(conn, request, caller, "session.create", str(session["id"]), detail)
 
     try:
