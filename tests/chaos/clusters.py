@@ -72,6 +72,7 @@ class PatroniCluster:
         self.etcd: subprocess.Popen[bytes] | None = None
         self.members: list[subprocess.Popen[bytes] | None] = [None] * self.MEMBERS
         self.killed: list[int] = []
+        self.killed_at = 0.0  # wall clock of the last kill signal
 
     @property
     def url(self) -> str:
@@ -186,6 +187,7 @@ class PatroniCluster:
 
     def kill_member(self, member: int) -> None:
         self.killed.append(member)
+        self.killed_at = time.time()
         postmaster = self.base / f"m{member}" / "data" / "postmaster.pid"
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(postmaster.read_text().split()[0])
@@ -216,6 +218,7 @@ class SentinelRedis:
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.servers: dict[int, subprocess.Popen[bytes]] = {}
         self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.killed_at = 0.0
 
     @property
     def url(self) -> str:
@@ -284,6 +287,7 @@ class SentinelRedis:
         """kill -9 the master (it never comes back); returns its port."""
         port = self.master_port()
         process = self.servers.pop(port)
+        self.killed_at = time.time()
         process.kill()
         process.wait()
         return port
@@ -342,7 +346,6 @@ class RabbitNode:
         pid = int(self.pid_file.read_text().strip())
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not Path(f"/proc/{pid}").exists(), f"{self.node} gone", 30)
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError, ValueError):
@@ -357,6 +360,7 @@ class RabbitCluster:
         tag = uuid.uuid4().hex[:6]
         self.nodes = [RabbitNode(self.base, f"chaos{tag}n{i}") for i in range(3)]
         self.killed: list[RabbitNode] = []
+        self.killed_at = 0.0
 
     def url(self, vhost: str) -> str:
         return ",".join(f"amqp://guest:guest@127.0.0.1:{node.port}/{vhost}" for node in self.nodes)
@@ -376,6 +380,7 @@ class RabbitCluster:
         self.nodes[0].ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
 
     def kill_node(self, index: int = 0) -> None:
+        self.killed_at = time.time()
         self.nodes[index].kill()
         self.killed.append(self.nodes[index])
 

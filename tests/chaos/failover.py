@@ -25,6 +25,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -98,6 +99,12 @@ def services_of(run: FailoverRun, setting: str) -> tuple[Service, ...]:
     return (run.d1, run.d2) if setting == "RABBITMQ_URL" else (run.g1, run.g2, run.d1, run.d2)
 
 
+def last_back(service: Service, dependency: str) -> float:
+    """When the service last logged the dependency back (the console log's ISO time stamp)."""
+    lines = [line for line in service.log().splitlines() if "dependency_back" in line and dependency in line]
+    return datetime.fromisoformat(lines[-1].split()[0]).timestamp()
+
+
 def downs(dependency: str, services: tuple[Service, ...]) -> list[int]:
     return [count(service, "dependency_down", dependency) for service in services]
 
@@ -111,7 +118,7 @@ async def watch_back(run: FailoverRun, dependency: str, services: tuple[Service,
         now = downs(dependency, services)
         backs = [count(service, "dependency_back", dependency) for service in services]
         if all(d > before for d, before in zip(now, downs_before, strict=True)) and now == backs:
-            run.back_after = time.time() - run.fault_at
+            run.back_after = max(last_back(service, dependency) for service in services) - run.fault_at
             return
         await asyncio.sleep(0.1)
 
@@ -121,7 +128,7 @@ async def kill_postgres_leader(run: FailoverRun) -> None:
     services = services_of(run, "DATABASE_URL")
     before = downs("postgres", services)
     run.killed_node = f"leader m{await asyncio.to_thread(cluster.kill_leader)}"
-    run.fault_at = time.time()  # the kill done: what is measured from the fault starts here
+    run.fault_at = cluster.killed_at  # what is measured from the fault starts at the kill signal
     await watch_back(run, "postgres", services, before)
 
 
@@ -130,7 +137,7 @@ async def kill_redis_master(run: FailoverRun) -> None:
     services = services_of(run, "REDIS_URL")
     before = downs("redis", services)
     run.killed_node = f"master :{await asyncio.to_thread(cluster.kill_master)}"
-    run.fault_at = time.time()
+    run.fault_at = cluster.killed_at
     await watch_back(run, "redis", services, before)
 
 
@@ -142,7 +149,7 @@ async def kill_rabbit_node(run: FailoverRun) -> None:
     services = services_of(run, "RABBITMQ_URL")
     before = downs("rabbitmq", services)
     await asyncio.to_thread(cluster.kill_node, 0)
-    run.fault_at = time.time()
+    run.fault_at = cluster.killed_at
     run.killed_node = cluster.nodes[0].node
     watching = asyncio.create_task(watch_back(run, "rabbitmq", services, before))
     until = time.monotonic() + WITHHOLD_SECONDS
