@@ -24,7 +24,7 @@ import re
 import time
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -54,7 +54,6 @@ class FailoverRun(ChaosRun):
     first_completed: float | None = None  # fault -> first command created after it completed (PostgreSQL)
     killed_node: str = ""
     retries_at_fault: float = 0.0
-    times: dict[str, float] = field(default_factory=dict)
 
     def failover_note(self) -> str:
         def seconds(value: float | None) -> str:
