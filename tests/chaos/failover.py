@@ -40,6 +40,7 @@ from .servers import Servers
 BACK_TIMEOUT = 90.0  # seconds the services get to find the engine again after the kill
 WITHHOLD_SECONDS = 18.0  # scenario 15: agent-2's frames held back 3 s of every 6, so ack deadlines pass
 
+LOOP_EVENT = re.compile(r"^(\S+) \[[^\]]*\] (dependency_down|dependency_back)\s+dependency=(\S+)")
 RETRIES_ARRIVED = re.compile(r"^streamspace_dispatcher_retry_lateness_seconds_count (\S+)$", re.MULTILINE)
 
 Cluster = PatroniCluster | SentinelRedis | RabbitCluster
@@ -98,26 +99,33 @@ def services_of(run: FailoverRun, setting: str) -> tuple[Service, ...]:
     return (run.d1, run.d2) if setting == "RABBITMQ_URL" else (run.g1, run.g2, run.d1, run.d2)
 
 
-def last_back(service: Service, dependency: str) -> float:
-    """When the service last logged the dependency back (the console log's ISO time stamp)."""
-    lines = [line for line in service.log().splitlines() if "dependency_back" in line and dependency in line]
-    return datetime.fromisoformat(lines[-1].split()[0]).timestamp()
+def log_lines(services: tuple[Service, ...]) -> list[int]:
+    """How many lines each service has logged so far (the baseline taken before the kill)."""
+    return [len(service.log().splitlines()) for service in services]
 
 
-def downs(dependency: str, services: tuple[Service, ...]) -> list[int]:
-    return [count(service, "dependency_down", dependency) for service in services]
+def loop_states(service: Service, baseline: int) -> dict[str, tuple[str, float]]:
+    """Per background loop (its Outage name) that logged going down or coming back after the first
+    `baseline` lines of the service's log: the last such event and its time stamp."""
+    states: dict[str, tuple[str, float]] = {}
+    for line in service.log().splitlines()[baseline:]:
+        found = LOOP_EVENT.match(line)
+        if found is not None:
+            stamp, event, loop = found.groups()
+            states[loop] = (event, datetime.fromisoformat(stamp).timestamp())
+    return states
 
 
-async def watch_back(run: FailoverRun, dependency: str, services: tuple[Service, ...], downs_before: list[int]) -> None:
-    """From the kill until every service logged the dependency down since `downs_before` (counted
-    before the kill) and has every loop back (as many `dependency_back` as `dependency_down` lines);
-    sets run.back_after, or leaves it None."""
+async def watch_back(run: FailoverRun, services: tuple[Service, ...], baselines: list[int]) -> None:
+    """From the kill until every service has logged a loop down since `baselines` and every loop that
+    went down has logged `dependency_back` since; sets run.back_after (from the services' own time
+    stamps of the last of those), or leaves it None after BACK_TIMEOUT."""
     deadline = time.monotonic() + BACK_TIMEOUT
     while time.monotonic() < deadline:
-        now = downs(dependency, services)
-        backs = [count(service, "dependency_back", dependency) for service in services]
-        if all(d > before for d, before in zip(now, downs_before, strict=True)) and now == backs:
-            run.back_after = max(last_back(service, dependency) for service in services) - run.fault_at
+        states = [loop_states(service, baseline) for service, baseline in zip(services, baselines, strict=True)]
+        events = [state for service in states for state in service.values()]
+        if all(states) and all(event == "dependency_back" for event, _ in events):
+            run.back_after = max(at for _, at in events) - run.fault_at
             return
         await asyncio.sleep(0.1)
 
@@ -125,19 +133,19 @@ async def watch_back(run: FailoverRun, dependency: str, services: tuple[Service,
 async def kill_postgres_leader(run: FailoverRun) -> None:
     cluster = cluster_of(run, PatroniCluster)
     services = services_of(run, "DATABASE_URL")
-    before = downs("postgres", services)
+    before = log_lines(services)
     run.killed_node = f"leader m{await asyncio.to_thread(cluster.kill_leader)}"
     run.fault_at = cluster.killed_at  # what is measured from the fault starts at the kill signal
-    await watch_back(run, "postgres", services, before)
+    await watch_back(run, services, before)
 
 
 async def kill_redis_master(run: FailoverRun) -> None:
     cluster = cluster_of(run, SentinelRedis)
     services = services_of(run, "REDIS_URL")
-    before = downs("redis", services)
+    before = log_lines(services)
     run.killed_node = f"master :{await asyncio.to_thread(cluster.kill_master)}"
     run.fault_at = cluster.killed_at
-    await watch_back(run, "redis", services, before)
+    await watch_back(run, services, before)
 
 
 async def kill_rabbit_node(run: FailoverRun) -> None:
@@ -146,11 +154,11 @@ async def kill_rabbit_node(run: FailoverRun) -> None:
     assert run.proxy is not None
     run.retries_at_fault = await retries_arrived(run)
     services = services_of(run, "RABBITMQ_URL")
-    before = downs("rabbitmq", services)
+    before = log_lines(services)
     await asyncio.to_thread(cluster.kill_node, 0)
     run.fault_at = cluster.killed_at
     run.killed_node = cluster.nodes[0].node
-    watching = asyncio.create_task(watch_back(run, "rabbitmq", services, before))
+    watching = asyncio.create_task(watch_back(run, services, before))
     until = time.monotonic() + WITHHOLD_SECONDS
     while time.monotonic() < until:
         run.proxy.hold_upstream()

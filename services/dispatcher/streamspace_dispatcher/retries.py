@@ -172,8 +172,14 @@ class RetryScheduler:
         async def one_round() -> None:
             await self.wake.wait()
             self.wake.clear()  # before the round, so a wake during it causes another
-            if self.connected and await self.schedule() >= SCHEDULE_BATCH:
+            try:
+                if self.connected and await self.schedule() >= SCHEDULE_BATCH:
+                    self.wake.set()
+            except BaseException:
+                # its waits are still unscheduled (the marks rolled back): the round after the backoff
+                # takes them, and logs PostgreSQL back, rather than waiting for the next wait to come
                 self.wake.set()
+                raise
 
         await forever(one_round, Outage("retry_scheduling", log), cap=1.0)
 
