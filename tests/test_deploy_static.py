@@ -1217,11 +1217,18 @@ def test_charts_refuse_the_well_known_default_passwords(helm: ModuleType, servic
     chart = f"streamspace-{service}"
     for field, url in (
         ("rabbitmqUrl", "amqp://guest:guest@rabbitmq:5672/"),
+        ("rabbitmqUrl", "amqp://streamspace@rmq-0:5672/,amqp://guest:guest@rmq-1:5672/"),  # any node of a cluster
         ("databaseUrl", "postgresql://streamspace:streamspace@postgresql:5432/streamspace"),
     ):
         with pytest.raises(helm.HelmValuesError, match=field):
             render(helm, chart, {"connection": {field: url}})
     render(helm, chart, {"connection": {"rabbitmqUrl": "amqps://streamspace:Zq9-x@rabbitmq:5671/?cafile=/ca.crt"}})
+    cluster = {  # HA clusters (docs/deploy.md): every member in the URL
+        "databaseUrl": "postgresql://streamspace@pg-0:5432,pg-1:5432,pg-2:5432/streamspace?target_session_attrs=read-write",
+        "redisUrl": "redis+sentinel://s-0:26379,s-1:26379,s-2:26379/streamspace/1",
+        "rabbitmqUrl": "amqp://streamspace@rmq-0:5672/,amqp://streamspace@rmq-1:5672/,amqp://streamspace@rmq-2:5672/",
+    }
+    render(helm, chart, {"connection": cluster})
 
 
 def test_umbrella_redis_acl_is_the_shipped_rules_and_each_service_has_its_own_user(

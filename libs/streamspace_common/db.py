@@ -40,7 +40,9 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 # Errors that say "PostgreSQL is unavailable for now", not "this statement is wrong": the same
 # statement may succeed later. Class 08 (connection), 57 (admin/crash shutdown, cannot connect now),
-# 53 (too many connections, out of memory) and 40 (serialization failure, deadlock).
+# 53 (too many connections, out of memory) and 40 (serialization failure, deadlock). Under a failover
+# (Patroni: a multi-host DATABASE_URL with target_session_attrs=read-write) also: no host is the primary
+# yet (asyncpg's TargetServerAttributeNotMatched), or a write reached a server just demoted (25006).
 TRANSIENT_ERRORS = (
     OSError,
     asyncio.TimeoutError,
@@ -49,6 +51,8 @@ TRANSIENT_ERRORS = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.TransactionRollbackError,
+    asyncpg.TargetServerAttributeNotMatched,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 

@@ -2,6 +2,8 @@
 
     scripts/chaos                      # 1,000 commands per scenario, the load test at 20,000
     scripts/chaos --commands 2000 --only 1 8 12 --load 0
+    scripts/chaos --only 13 14 15 --load 0                    # the engines' failover (clusters)
+    scripts/chaos --only 13 14 15 --load 0 --single-endpoint  # the control: each must fail
 
 A failing scenario is marked in the table and the run goes on; the exit status is 1 if any failed.
 Logs of every process stay under the printed directory.
@@ -17,12 +19,40 @@ import time
 import traceback
 from pathlib import Path
 
+from .failover import FAILOVER_SCENARIOS, run_failover
 from .harness import LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
 from .scenarios import SCENARIOS, ScenarioFailed, run_scenario
 from .servers import Servers
 
 
-async def main(commands: int, load: int, only: list[int]) -> int:
+async def failovers(
+    servers: Servers, root: Path, commands: int, only: list[int], single_endpoint: bool
+) -> tuple[list[Counts], list[str]]:
+    """Scenarios 13-15 (failover.py): each on a cluster of its own; rows and failures as main's."""
+    rows: list[Counts] = []
+    failures: list[str] = []
+    for scenario in FAILOVER_SCENARIOS:
+        if only and scenario.number not in only:
+            continue
+        log_dir = root / f"{scenario.number:02d}"
+        log_dir.mkdir()
+        began = time.monotonic()
+        try:
+            run, counts = await run_failover(servers, scenario, log_dir, commands, single_endpoint)
+            rows.append(counts)
+            print(f"{scenario.title}: passed in {time.monotonic() - began:.0f} s; {run.note}", flush=True)
+            print(table(rows[-1:]), flush=True)
+        except ScenarioFailed as exc:
+            rows.append(exc.counts)
+            failures.append(str(exc))
+            print(f"{scenario.title}: FAILED in {time.monotonic() - began:.0f} s: {exc}", flush=True)
+        except Exception:
+            failures.append(f"{scenario.title}: {traceback.format_exc()}")
+            print(f"{scenario.title}: ERROR in {time.monotonic() - began:.0f} s", flush=True)
+    return rows, failures
+
+
+async def main(commands: int, load: int, only: list[int], single_endpoint: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="chaos-run-"))
     print(f"logs under {root}", flush=True)
     servers = Servers()
@@ -51,6 +81,9 @@ async def main(commands: int, load: int, only: list[int]) -> int:
             print(f"{scenario.title}: {status} in {time.monotonic() - began:.0f} s", flush=True)
             if rows and status == "passed":
                 print(table(rows[-1:]), flush=True)
+        more_rows, more_failures = await failovers(servers, root, commands, only, single_endpoint)
+        rows += more_rows
+        failures += more_failures
         if load:
             log_dir = root / "load"
             log_dir.mkdir()
@@ -80,5 +113,10 @@ if __name__ == "__main__":
     parser.add_argument("--commands", type=int, default=1000, help="commands per scenario (default 1000)")
     parser.add_argument("--load", type=int, default=20_000, help="commands of the load test (0: skip it)")
     parser.add_argument("--only", type=int, nargs="*", default=[], help="scenario numbers to run (default all)")
+    parser.add_argument(
+        "--single-endpoint",
+        action="store_true",
+        help="scenarios 13-15: give the services the first node's URL only (the control: each must fail)",
+    )
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(main(arguments.commands, arguments.load, arguments.only)))
+    sys.exit(asyncio.run(main(arguments.commands, arguments.load, arguments.only, arguments.single_endpoint)))

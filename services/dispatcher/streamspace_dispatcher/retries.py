@@ -22,6 +22,10 @@ mark back. While RabbitMQ is down nothing is marked; once it is back every unmar
 scheduled (those already due have been claimed by the sweep meanwhile). The connection is one of our
 own `resilience.forever` loops rather than aio-pika's robust connection, so RabbitMQ is logged and
 retried like every other dependency, and the consumer is re-declared on every reconnect.
+
+RABBITMQ_URL may list the nodes of a cluster, comma-separated: each connect tries them in turn,
+starting with the one last connected, so a dead node is passed over for a living one (every queue
+is a quorum queue, replicated on the cluster's nodes: docs/operations.md "High availability").
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ import aio_pika
 import asyncpg
 import msgspec
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aiormq.abc import FieldTable
 
 from streamspace_common.db import load_queries
 from streamspace_common.keys import RETRY_EXCHANGE, RETRY_READY_QUEUE, retry_wait_queue
 from streamspace_common.resilience import Outage, forever
+from streamspace_common.settings import SettingsError
 
 from . import metrics
 
@@ -47,6 +52,8 @@ STEPS_MS = tuple(50 * 2**k for k in range(10))  # 50 ms ... 25.6 s
 READY_ROUTING_KEY = "ready"
 SCHEDULE_BATCH = 1000
 PREFETCH = 500
+# what a node that is down, unreachable or still starting answers a connect with: try the next node
+CONNECT_ERRORS = (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError)
 # Ready messages handled at once, each holding a pool connection for its statements: without a bound,
 # 500 prefetched arrivals queued for the pool's 10 connections ahead of the claimer, so a burst of
 # retries (or a table lock that stalls them) starved the claims (the chaos suite's scenario 7 saw it).
@@ -65,9 +72,18 @@ def next_step_ms(wait_seconds: float) -> int | None:
     return fitting[-1] if fitting else None
 
 
+def amqp_urls(value: str) -> list[str]:
+    """The URLs of RABBITMQ_URL: one, or several comma-separated (the nodes of a cluster)."""
+    urls = [url.strip() for url in value.split(",") if url.strip()]
+    if not urls:
+        raise SettingsError("bad environment: RABBITMQ_URL names no URL")
+    return urls
+
+
 class RetryScheduler:
     def __init__(self, url: str, pool: asyncpg.Pool, wake_claimer: Callable[[], None]) -> None:
-        self.url = url
+        self.urls = amqp_urls(url)
+        self.current = 0  # the URL tried first: the one last connected
         self.pool = pool
         self.wake_claimer = wake_claimer
         self.outage = Outage("rabbitmq", log)
@@ -89,7 +105,7 @@ class RetryScheduler:
 
     async def _connected(self) -> None:
         """Hold one connection: declare the topology, consume the ready queue, until the link is lost."""
-        connection = await aio_pika.connect(self.url, timeout=5)
+        connection = await self._connect()
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
         try:
@@ -107,6 +123,23 @@ class RetryScheduler:
             self.channel = self.exchange = None
             if not connection.is_closed:
                 await connection.close()
+
+    async def _connect(self) -> AbstractConnection:
+        """A connection to the first of the URLs that answers, starting with the one last connected;
+        if none does, the last one's error."""
+        error: BaseException = ConnectionError("RABBITMQ_URL names no URL")
+        for offset in range(len(self.urls)):
+            index = (self.current + offset) % len(self.urls)
+            try:
+                connection = await aio_pika.connect(self.urls[index], timeout=5)
+            except CONNECT_ERRORS as exc:
+                error = exc
+                continue
+            if index != self.current:
+                log.info("rabbitmq_node_changed", node=index, nodes=len(self.urls))
+            self.current = index
+            return connection
+        raise error
 
     async def _declare(self, channel: AbstractChannel) -> AbstractExchange:
         quorum: FieldTable = {"x-queue-type": "quorum"}
@@ -139,8 +172,14 @@ class RetryScheduler:
         async def one_round() -> None:
             await self.wake.wait()
             self.wake.clear()  # before the round, so a wake during it causes another
-            if self.connected and await self.schedule() >= SCHEDULE_BATCH:
+            try:
+                if self.connected and await self.schedule() >= SCHEDULE_BATCH:
+                    self.wake.set()
+            except BaseException:
+                # its waits are still unscheduled (the marks rolled back): the round after the backoff
+                # takes them, and logs PostgreSQL back, rather than waiting for the next wait to come
                 self.wake.set()
+                raise
 
         await forever(one_round, Outage("retry_scheduling", log), cap=1.0)
 

@@ -159,6 +159,7 @@ class AgentHub:
         self.closing = False
         self.redis_outage = Outage("redis", log)
         self.db_outage = Outage("postgres", log)
+        self.lease_outage = Outage("postgres_leases", log)  # its own: back even with no active socket here
         self.writer = FrameWriter(store.pool, pod)
         self._background: set[asyncio.Task[None]] = set()
         self._promoting: set[str] = set()  # agents whose standbys here are trying to take the lease
@@ -480,8 +481,9 @@ class AgentHub:
         try:
             await self.keep_leases()
             await self.close_revoked()
+            self.lease_outage.recovered()
         except TRANSIENT_ERRORS as exc:
-            self.db_outage.failed(exc)
+            self.lease_outage.failed(exc)
         live = [agent_id for agent_id, conn in self.connections.items() if not conn.ws.closed]
         if not live:
             return
