@@ -1,13 +1,16 @@
 """The docker driver against a real Docker Engine (scripts/docker-engine) and a locally built image.
 
 The sample image `streamspace/echo:dev` (scripts/build-sample-images: busybox httpd) answers GET / with
-a page and GET/POST /cgi-bin/echo with what it received. Skipped, saying why, only when no engine can
-be started on this machine.
+a page and GET/POST /cgi-bin/echo with what it received. Three variants of it are built here (FROM it,
+another command): `late` listens only after 3 s, `silent` never listens, `exits` ends with code 3.
+Skipped, saying why, only when no engine can be started on this machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -35,8 +38,8 @@ def network() -> Iterator[str]:
 
 
 def driver_settings(network: str, **changes: Any) -> Settings:
-    agent_id = f"docker-test-{uuid.uuid4().hex[:8]}"
-    return Settings(agent_id=agent_id, docker_network=network, docker_stop_timeout=2, **changes)
+    fields: dict[str, Any] = {"agent_id": f"docker-test-{uuid.uuid4().hex[:8]}", "docker_stop_timeout": 2, **changes}
+    return Settings(docker_network=network, **fields)
 
 
 @pytest.fixture
@@ -54,6 +57,25 @@ async def address_driver(sample_image: str, network: str) -> AsyncIterator[Docke
     yield docker_driver
     await docker_driver.remove_orphans([])
     await docker_driver.close()
+
+
+VARIANTS = {
+    "late": 'CMD ["/bin/sh", "-c", "sleep 3; exec /bin/httpd -f -p ${PORT} -h /www"]',
+    "silent": 'CMD ["/bin/sleep", "3600"]',
+    "exits": 'CMD ["/bin/sh", "-c", "sleep 1; exit 3"]',
+}
+
+
+@pytest.fixture(scope="module")
+def variants(sample_image: str) -> dict[str, str]:
+    """The echo image with another command (kept between runs, like the sample image itself)."""
+    images = {}
+    for name, command in VARIANTS.items():
+        images[name] = image = f"streamspace/echo-{name}:test"
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+            dockerfile = f"FROM {sample_image}\n{command}\n"
+            subprocess.run(["docker", "build", "-q", "-t", image, "-"], input=dockerfile, text=True, check=True)
+    return images
 
 
 @pytest.fixture
@@ -99,6 +121,16 @@ async def answers(endpoint: dict[str, Any]) -> str:
             return None
 
     return await wait_for(probe, timeout=20)
+
+
+async def answers_at_once(endpoint: dict[str, Any]) -> str:
+    """One request, no retry: what a viewer does the moment a session is reported running."""
+    url = f"http://{endpoint['host']}:{endpoint['port']}/cgi-bin/echo"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.post(url, data="at once") as response,
+    ):
+        return await response.text()
 
 
 async def refused(endpoint: dict[str, Any]) -> bool:
@@ -163,21 +195,28 @@ async def test_session_life_create_hibernate_wake_stop_delete(
         "state": "hibernated",
     }
     data = await inspect(engine, session_id)
-    assert data is not None and not data["State"]["Running"]
-    assert await refused(created["endpoint"])
+    assert data is not None and data["State"]["Paused"]  # docker pause: memory kept (docs/drivers.md)
     [item] = await driver.inventory()
-    assert (item.session_id, item.state, item.endpoint) == (session_id, "stopped", None)  # see docs/drivers.md
+    assert (item.session_id, item.state, item.endpoint) == (session_id, "hibernated", None)
 
     woken = await run(driver, "WAKE_SESSION", session_id=session_id)
-    assert woken["state"] == "running"
-    assert "body=hello docker" in await answers(woken["endpoint"])  # on the new host port it reports
+    assert woken == created  # unpaused: the same endpoint
+    assert "body=at once" in await answers_at_once(woken["endpoint"])
     [item] = await driver.inventory()
     assert item.state == "running" and item.endpoint is not None and item.endpoint.port == woken["endpoint"]["port"]
 
     assert await run(driver, "STOP_SESSION", session_id=session_id) == {"session_id": session_id, "state": "stopped"}
     data = await inspect(engine, session_id)
     assert data is not None and not data["State"]["Running"]
+    assert await refused(created["endpoint"])
     assert await volume_exists(engine, session_id)
+    [item] = await driver.inventory()
+    assert (item.state, item.endpoint) == ("stopped", None)
+
+    restarted = await run(driver, "WAKE_SESSION", session_id=session_id)
+    assert restarted["state"] == "running"  # on the host port the engine picked now, which it reports
+    assert "body=at once" in await answers_at_once(restarted["endpoint"])
+    await run(driver, "STOP_SESSION", session_id=session_id)
 
     assert await run(driver, "DELETE_SESSION", session_id=session_id) == {"session_id": session_id, "state": "deleted"}
     assert await inspect(engine, session_id) is None
@@ -235,9 +274,133 @@ async def test_orphans_with_our_labels_are_removed(driver: DockerDriver, engine:
 
 async def test_an_image_the_engine_cannot_get_reports_failed(driver: DockerDriver, engine: aiodocker.Docker) -> None:
     session_id = new_session_id()
-    report = await create(driver, session_id, image="streamspace/no-such-image:never")
-    assert report["state"] == "failed" and "no-such-image" in report["reason"]
-    assert await inspect(engine, session_id) is None
+    report = await asyncio.wait_for(create(driver, session_id, image="streamspace/no-such-image:never"), 60)
+    assert report["state"] == "failed"
+    assert report["reason"].startswith("image streamspace/no-such-image:never not found on the engine"), report
+    assert await inspect(engine, session_id) is None and not await volume_exists(engine, session_id)
+
+
+async def test_a_pull_that_hangs_ends_in_failed_within_docker_pull_timeout(
+    sample_image: str, network: str, engine: aiodocker.Docker
+) -> None:
+    """A registry that accepts connections and never answers (a socket of ours): the pull is given up
+    after DOCKER_PULL_TIMEOUT, the session failed with the reason; with 0 nothing is pulled at all."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)
+
+    registry = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = registry.sockets[0].getsockname()[1]
+    driver = DockerDriver(driver_settings(network, docker_pull_timeout=2))
+    never = DockerDriver(driver_settings(network, docker_pull_timeout=0))
+    try:
+        image = f"127.0.0.1:{port}/streamspace/x:dev"
+        started = time.monotonic()
+        report = await asyncio.wait_for(create(driver, new_session_id(), image=image), 60)
+        assert report["state"] == "failed", report
+        assert report["reason"] == f"image {image} not found on the engine, and pulling it did not end within 2 s"
+        assert time.monotonic() - started < 30
+        report = await asyncio.wait_for(create(never, new_session_id(), image=image), 60)
+        assert (
+            report["reason"] == f"image {image} not found on the engine (DOCKER_PULL_TIMEOUT=0: images are not pulled)"
+        )
+    finally:
+        registry.close()
+        for writer in hung:
+            writer.close()
+        for each in (driver, never):
+            await each.remove_orphans([])
+            await each.close()
+
+
+async def test_hibernated_and_stopped_stay_apart_in_the_inventory_of_a_restarted_agent(
+    driver: DockerDriver, engine: aiodocker.Docker, network: str
+) -> None:
+    """Hibernate pauses, stop stops: the engine's own states, which an agent started afresh (a new
+    driver, same AGENT_ID) reads back; the hibernated one wakes on the same endpoint."""
+    asleep, stopped = new_session_id(), new_session_id()
+    before = await create(driver, asleep)
+    await create(driver, stopped)
+    await run(driver, "HIBERNATE_SESSION", session_id=asleep)
+    await run(driver, "STOP_SESSION", session_id=stopped)
+
+    restarted = DockerDriver(driver_settings(network, agent_id=driver.agent_id))
+    try:
+        found = {item.session_id: item.state for item in await restarted.inventory()}
+        assert found == {asleep: "hibernated", stopped: "stopped"}
+        assert await run(restarted, "HIBERNATE_SESSION", session_id=stopped) == {
+            "session_id": stopped,
+            "state": "stopped",
+        }
+        woken = await run(restarted, "WAKE_SESSION", session_id=asleep)
+        assert woken == before and "body=at once" in await answers_at_once(woken["endpoint"])
+        await run(restarted, "HIBERNATE_SESSION", session_id=asleep)
+        assert await run(restarted, "STOP_SESSION", session_id=asleep) == {"session_id": asleep, "state": "stopped"}
+        data = await inspect(engine, asleep)
+        assert data is not None and not data["State"]["Running"] and not data["State"]["Paused"]
+    finally:
+        await restarted.close()
+
+
+async def test_running_only_once_the_port_answers(
+    driver: DockerDriver, variants: dict[str, str], engine: aiodocker.Docker
+) -> None:
+    """An image whose server listens 3 s after the start: create and wake report `running` only when
+    one request, sent at once, is answered (before, they reported it the moment the container started)."""
+    session_id = new_session_id()
+    created = await create(driver, session_id, image=variants["late"])
+    assert created["state"] == "running", created
+    assert "body=at once" in await answers_at_once(created["endpoint"])
+
+    await run(driver, "STOP_SESSION", session_id=session_id)
+    woken = await run(driver, "WAKE_SESSION", session_id=session_id)
+    assert woken["state"] == "running", woken
+    assert "body=at once" in await answers_at_once(woken["endpoint"])
+
+
+async def test_a_port_that_never_answers_fails_the_session_with_the_reason(
+    sample_image: str, network: str, variants: dict[str, str], engine: aiodocker.Docker
+) -> None:
+    """A container that runs but never listens: failed after SESSION_READY_TIMEOUT with the reason, its
+    container stopped (volume and logs kept for a look); one that exits meanwhile: failed at once."""
+    driver = DockerDriver(driver_settings(network, session_ready_timeout=3))
+    try:
+        silent, exits = new_session_id(), new_session_id()
+        started = time.monotonic()
+        report = await create(driver, silent, image=variants["silent"])
+        assert report == {"session_id": silent, "state": "failed", "reason": "port 8080 did not answer within 3 s"}
+        assert time.monotonic() - started < 30
+        data = await inspect(engine, silent)
+        assert data is not None and not data["State"]["Running"]
+        assert await volume_exists(engine, silent)
+
+        report = await create(driver, exits, image=variants["exits"])
+        assert report["state"] == "failed"
+        assert report["reason"] == "container exited with code 3 before its port answered", report
+    finally:
+        await driver.remove_orphans([])
+        await driver.close()
+
+
+async def test_resources_and_the_volume(driver: DockerDriver, engine: aiodocker.Docker) -> None:
+    """cpu and memory from the template are the container's limits (inspect, and the cgroup inside);
+    a file written in /data outlives hibernate, stop and wake; delete removes the volume."""
+    session_id = new_session_id()
+    await create(driver, session_id)
+    data = await inspect(engine, session_id)
+    assert data is not None
+    assert (data["HostConfig"]["NanoCpus"], data["HostConfig"]["Memory"]) == (500_000_000, 64 * 1024 * 1024)
+    limit = in_session(session_id, "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert str(64 * 1024 * 1024) in limit.stdout, limit
+
+    assert in_session(session_id, "sh", "-c", "echo kept > /data/note").returncode == 0
+    for action in ("HIBERNATE_SESSION", "WAKE_SESSION", "STOP_SESSION", "WAKE_SESSION"):
+        assert (await run(driver, action, session_id=session_id))["state"] != "failed"
+    assert in_session(session_id, "cat", "/data/note").stdout == "kept\n"
+
+    await run(driver, "DELETE_SESSION", session_id=session_id)
+    assert await inspect(engine, session_id) is None and not await volume_exists(engine, session_id)
 
 
 def in_session(session_id: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -301,3 +464,19 @@ async def test_address_endpoint_publishes_nothing_and_reports_the_container_addr
     assert "body=hello docker" in await answers(created["endpoint"])
     [item] = await address_driver.inventory()
     assert item.endpoint is not None and (item.endpoint.host, item.endpoint.port) == (address, 8080)
+
+
+async def test_address_endpoint_after_a_stop_is_what_inspect_says_after_the_start(
+    address_driver: DockerDriver, engine: aiodocker.Docker, network: str
+) -> None:
+    """DOCKER_ENDPOINT=address: a stopped container gives its address back; another session may take
+    it meanwhile; the wake reports the address the container has after its start, and it answers."""
+    first, second = new_session_id(), new_session_id()
+    await create(address_driver, first)
+    await run(address_driver, "STOP_SESSION", session_id=first)
+    await create(address_driver, second)
+    woken = await run(address_driver, "WAKE_SESSION", session_id=first)
+    data = await inspect(engine, first)
+    assert data is not None
+    assert woken["endpoint"] == {"host": data["NetworkSettings"]["Networks"][network]["IPAddress"], "port": 8080}
+    assert "body=at once" in await answers_at_once(woken["endpoint"])

@@ -117,11 +117,12 @@ async def test_a_docker_session_whole_life_through_the_api(
     hibernated = await user.until_state(session_id, "hibernated", "failed", timeout=30)
     assert hibernated["state"] == "hibernated", hibernated
     info = await container(engine, session_id)
-    assert info is not None and not info["State"]["Running"]
+    assert info is not None and info["State"]["Paused"]  # hibernate = docker pause (docs/drivers.md)
 
     await user.call("POST", f"/api/v1/sessions/{session_id}/wake", expect=202)
     woken = await user.until_state(session_id, "running", "failed", timeout=30)
     assert woken["state"] == "running", woken
+    assert woken["endpoint"] == running["endpoint"]  # unpaused: the same endpoint
     assert "body=via api" in await page(woken["endpoint"])
 
     await user.call("POST", f"/api/v1/sessions/{session_id}/stop", expect=202)

@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
     agent_max_sessions: Annotated[int, msgspec.Meta(ge=0)] = 0  # sessions it takes, advertised; 0: no limit
+    # seconds a docker or kubernetes session's first port has to answer (a TCP connect from the agent; on
+    # kubernetes the pod's tcpSocket readiness probe) after create or wake before the session is failed
+    session_ready_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # agent, AGENT_PLATFORM=local (docs/drivers.md)
     local_session_dir: str = ""  # state files and data of sessions; "": <tmp>/streamspace-sessions/<agent_id>
     local_stop_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # SIGTERM, then SIGKILL after this many seconds
@@ -75,6 +78,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # what a desktop image's entrypoint needs to hand /data to its user and drop to it
     docker_cap_add: str = "CHOWN,SETUID,SETGID"
     docker_stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10  # seconds before the engine kills
+    # seconds pulling an image missing on the engine may take before the session fails; 0: never pull (the
+    # images must be on the engine already)
+    docker_pull_timeout: Annotated[float, msgspec.Meta(ge=0)] = 120.0
     # agent, AGENT_PLATFORM=kubernetes
     kubernetes_namespace: str = ""  # "": the agent pod's own namespace, else "default"
     kubernetes_api_url: str = ""  # "": in-cluster service account, else ~/.kube/config

@@ -26,6 +26,7 @@ from streamspace_common.actions import (
     WAKE_SESSION,
     CreateSession,
     DeleteSession,
+    Endpoint,
     InventoryReport,
     SessionInventoryItem,
     SessionPayload,
@@ -86,6 +87,48 @@ async def poll_until(done: Callable[[], bool], within: float, interval: float = 
             return False
         await asyncio.sleep(interval)
     return True
+
+
+PROBE_HOLD = 0.25  # seconds a connection must stay open (or bring bytes) to count as answered
+PROBE_INTERVAL = 0.2  # seconds between two readiness probes
+
+
+async def port_answers(host: str, port: int, hold: float = PROBE_HOLD) -> bool:
+    """One readiness probe: a TCP connect that the peer neither refuses nor closes at once.
+
+    A connection closed (or reset) within `hold` seconds without a byte is what a forwarder with
+    nobody behind it does (the engine's docker-proxy accepts on a published port and drops the
+    connection when the container does not listen), so it does not count; a server that speaks first
+    (VNC's `RFB 003.008`) or waits for the client (HTTP) does."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=max(hold, 2.0))
+    except (OSError, TimeoutError):
+        return False
+    try:
+        return await asyncio.wait_for(reader.read(1), timeout=hold) != b""
+    except TimeoutError:
+        return True  # held open: a listener waiting for the client to speak
+    except OSError:
+        return False
+    finally:
+        writer.close()
+
+
+async def until_ready(endpoint: Endpoint, port: int, within: float, alive: Callable[[], Awaitable[str | None]]) -> None:
+    """Probe the endpoint until it answers; SessionFailed after `within` seconds (SESSION_READY_TIMEOUT),
+    naming the session's own `port` (the template's), or as soon as `alive` gives a reason (it died)."""
+    deadline = time.monotonic() + within
+    while not await port_answers(endpoint.host, endpoint.port):
+        if dead := await alive():
+            raise SessionFailed(dead)
+        if time.monotonic() > deadline:
+            raise SessionFailed(not_ready_reason(port, within))
+        await asyncio.sleep(PROBE_INTERVAL)
+
+
+def not_ready_reason(port: int, within: float) -> str:
+    """The one wording of a readiness failure, on every platform."""
+    return f"port {port} did not answer within {within:g} s"
 
 
 class SessionDriver:

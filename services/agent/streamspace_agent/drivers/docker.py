@@ -16,14 +16,28 @@ Isolation (docs/security.md, "## Session isolation"): DOCKER_NETWORK is a bridge
 exists with it on is used, with a warning in the log. Every capability is dropped and only DOCKER_CAP_ADD
 given back; `no-new-privileges` stops setuid binaries from gaining any.
 
-hibernate and stop = stop the container; wake = start it (the engine picks a new host port, which
-the report carries); delete = remove the container and its volume. Inventory and orphans come from
-the labels, so they survive the agent restarting. A stopped container cannot say whether it was
-hibernated or stopped (labels cannot change after creation): inventory reports both as "stopped".
+hibernate = pause the container (`docker pause`: the cgroup freezer; memory kept, CPU none); stop =
+stop it (SIGTERM, DOCKER_STOP_TIMEOUT, SIGKILL; memory freed, the volume kept); wake = unpause or start
+it; delete = remove the container and its volume. Why pause: the engine itself keeps the state
+(`paused` vs `exited`), so inventory tells hibernated from stopped even after the agent restarts, with no
+marker to keep in step (labels cannot change after creation); a woken desktop is exactly as it was left
+(windows, unsaved text) at once, on the same endpoint. The cost is the memory a hibernated session keeps:
+stop is what frees it. After a start the endpoint may be new (another host port; with
+DOCKER_ENDPOINT=address possibly another address): the report carries what inspect says after the start.
+
+`running` only once the session answers: create and wake probe the endpoint from the agent (a TCP
+connect the peer keeps open or answers: base.port_answers) until SESSION_READY_TIMEOUT; past it the
+session is failed ("port 5901 did not answer within 60 s") and its container stopped (logs and volume
+kept); a container that exits meanwhile fails it at once with its exit code. An image missing on the
+engine is pulled for at most DOCKER_PULL_TIMEOUT seconds (0: never): otherwise the session is failed
+("image streamspace/x:dev not found on the engine, ..."), nothing made. Inventory and orphans come from
+the labels, so they survive the agent restarting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from typing import Any
@@ -36,7 +50,15 @@ from aiodocker.volumes import DockerVolume
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
 from streamspace_common.settings import Settings
 
-from .base import AGENT_LABEL, MANAGED_LABEL, SESSION_LABEL, TEMPLATE_LABEL, SessionDriver, SessionFailed
+from .base import (
+    AGENT_LABEL,
+    MANAGED_LABEL,
+    SESSION_LABEL,
+    TEMPLATE_LABEL,
+    SessionDriver,
+    SessionFailed,
+    until_ready,
+)
 
 DATA_PATH = "/data"
 PORT_LABEL = "io.streamspace.port"  # the template's first port: the session's endpoint
@@ -63,6 +85,15 @@ def volume_name(session_id: str) -> str:
     return f"ss-{session_id}-data"
 
 
+def not_running(session_id: str, data: dict[str, Any] | None) -> str | None:
+    """Why a container (an inspect result) does not run; None when it does."""
+    if data is None:
+        return f"container {container_name(session_id)} was removed while starting"
+    if not data["State"]["Running"]:
+        return f"container exited with code {data['State'].get('ExitCode')} before its port answered"
+    return None
+
+
 class DockerDriver(SessionDriver):
     platform = "docker"
 
@@ -81,6 +112,8 @@ class DockerDriver(SessionDriver):
         if self.endpoint_mode == "published" and self.publish_host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("docker_sessions_published_beyond_this_host", publish_host=self.publish_host)
         self.stop_timeout = settings.docker_stop_timeout
+        self.pull_timeout = settings.docker_pull_timeout
+        self.ready_timeout = settings.session_ready_timeout
         self._docker: aiodocker.Docker | None = None
 
     @property
@@ -148,15 +181,23 @@ class DockerDriver(SessionDriver):
         return None
 
     async def _ensure_image(self, image: str) -> None:
+        """The image on the engine, pulled if missing for at most DOCKER_PULL_TIMEOUT seconds (0: never)."""
         try:
             await self.docker.images.inspect(image)
-        except DockerError:
-            try:
+            return
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+        missing = f"image {image} not found on the engine"
+        if not self.pull_timeout:
+            raise SessionFailed(f"{missing} (DOCKER_PULL_TIMEOUT=0: images are not pulled)")
+        try:
+            async with asyncio.timeout(self.pull_timeout):
                 await self.docker.images.pull(image)
-            except DockerError as exc:
-                raise SessionFailed(
-                    f"image {image!r} is not on the engine and cannot be pulled: {exc.message}"
-                ) from exc
+        except TimeoutError as exc:
+            raise SessionFailed(f"{missing}, and pulling it did not end within {self.pull_timeout:g} s") from exc
+        except DockerError as exc:
+            raise SessionFailed(f"{missing}, and pulling it failed: {exc.message}") from exc
 
     def network_config(self) -> dict[str, Any]:
         """The sessions' network: a bridge on which containers cannot reach each other."""
@@ -209,16 +250,29 @@ class DockerDriver(SessionDriver):
             },
         }
 
-    async def _start(self, session_id: str) -> SessionReport:
-        container = await self.docker.containers.get(container_name(session_id))
+    async def _exited(self, session_id: str) -> str | None:
+        """Why the session's container no longer runs (None while it does): ends a readiness wait early."""
+        return not_running(session_id, await self._inspect(session_id))
+
+    async def _ready(self, session_id: str) -> SessionReport:
+        """`running` once the endpoint inspect reports now (new after a start) answers; else failed, stopped."""
+        data = await self._inspect(session_id)
+        if data is None or not data["State"]["Running"]:
+            raise SessionFailed(not_running(session_id, data) or "")
+        endpoint = self._endpoint(data)
+        if endpoint is None:
+            raise SessionFailed(f"the container has no endpoint (DOCKER_ENDPOINT={self.endpoint_mode})")
         try:
-            await container.start()
-        except DockerError as exc:
-            raise SessionFailed(f"container did not start: {exc.message}") from exc
-        data = await container.show()
-        if not data["State"]["Running"]:
-            raise SessionFailed(f"container exited at once with code {data['State'].get('ExitCode')}")
-        return SessionReport(session_id=session_id, state="running", endpoint=self._endpoint(data))
+            port = int(data["Config"]["Labels"][PORT_LABEL])
+            await until_ready(endpoint, port, self.ready_timeout, lambda: self._exited(session_id))
+        except SessionFailed:
+            await self._halt(session_id)  # a failed session holds no CPU; its logs and volume stay
+            raise
+        return SessionReport(session_id=session_id, state="running", endpoint=endpoint)
+
+    async def _halt(self, session_id: str) -> None:
+        with contextlib.suppress(DockerError):
+            await self.docker.containers.container(container_name(session_id)).stop(t=self.stop_timeout)
 
     async def create(self, spec: CreateSession) -> SessionReport:
         if not spec.image:
@@ -237,25 +291,40 @@ class DockerDriver(SessionDriver):
         return await self.wake(spec.session_id)
 
     async def wake(self, session_id: str) -> SessionReport:
+        """Unpause a hibernated container, start a stopped one; `running` once its port answers."""
         data = await self._inspect(session_id)
         if data is None:
             raise SessionFailed(f"no session {session_id} on this agent")
-        if data["State"]["Running"]:
-            return SessionReport(session_id=session_id, state="running", endpoint=self._endpoint(data))
-        return await self._start(session_id)
-
-    async def _stop(self, session_id: str, state: str) -> SessionReport:
-        if await self._inspect(session_id) is None:
-            raise SessionFailed(f"no session {session_id} on this agent")
-        container = await self.docker.containers.get(container_name(session_id))
-        await container.stop(t=self.stop_timeout)  # a stopped container: a no-op (304)
-        return SessionReport(session_id=session_id, state="hibernated" if state == "hibernated" else "stopped")
+        container = self.docker.containers.container(container_name(session_id))
+        try:
+            if data["State"]["Paused"]:
+                await container.unpause()
+            elif not data["State"]["Running"]:
+                await container.start()
+        except DockerError as exc:
+            raise SessionFailed(f"container did not start: {exc.message}") from exc
+        return await self._ready(session_id)
 
     async def hibernate(self, session_id: str) -> SessionReport:
-        return await self._stop(session_id, "hibernated")
+        """Pause the container (its memory kept): the engine's own state, read back by inventory."""
+        data = await self._inspect(session_id)
+        if data is None:
+            raise SessionFailed(f"no session {session_id} on this agent")
+        if not data["State"]["Running"]:
+            return SessionReport(session_id=session_id, state="stopped")  # nothing in memory to keep
+        if not data["State"]["Paused"]:
+            await self.docker.containers.container(container_name(session_id)).pause()
+        return SessionReport(session_id=session_id, state="hibernated")
 
     async def stop(self, session_id: str) -> SessionReport:
-        return await self._stop(session_id, "stopped")
+        data = await self._inspect(session_id)
+        if data is None:
+            raise SessionFailed(f"no session {session_id} on this agent")
+        container = self.docker.containers.container(container_name(session_id))
+        if data["State"]["Paused"]:
+            await container.unpause()  # so that the session gets its SIGTERM, not only the kill
+        await container.stop(t=self.stop_timeout)  # a stopped container: a no-op (304)
+        return SessionReport(session_id=session_id, state="stopped")
 
     async def delete(self, session_id: str) -> SessionReport:
         for data in await self._containers(session_id):

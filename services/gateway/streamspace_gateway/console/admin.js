@@ -120,7 +120,7 @@ async function saveTemplate(event) {
 
 async function commands() {
   const { commands: list } = await api("GET", "/api/v1/commands?limit=25");
-  $("commands").tBodies[0].replaceChildren(...list.map((c) => el("tr", { dataset: { commandId: c.command_id, status: c.status } },
+  $("commands").tBodies[0].replaceChildren(...list.map((c) => el("tr", { dataset: { commandId: c.command_id, status: c.status, commandSession: c.session_id || "" } },
     cell(ago(c.created_at), { title: c.created_at }), cell(c.action), cell(c.agent_id),
     cell(c.session_id ? c.session_id.slice(0, 8) : "", { title: c.session_id || "" }),
     cell(c.status, { className: `status-${c.status}`, dataset: { field: "status" } }),
