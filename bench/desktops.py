@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -57,7 +58,7 @@ from aiodocker.exceptions import DockerError
 from harness import BENCH_DIR, summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Account, Stack, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_for
+from support import Account, Stack, free_port, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_for
 
 from streamspace_common.admin import create_agent_token, install_samples
 from streamspace_common.migrate import create_database_if_missing, migrate
@@ -102,6 +103,13 @@ Object.defineProperty(window, "rfb", {
 """
 
 
+# What the hook saw, and when the page's HTML and module scripts (view.js, noVNC's) were loaded and run.
+PAGE_TIMES = """() => window.__bench && {
+  ...window.__bench,
+  loaded: performance.timeOrigin + (performance.getEntriesByType("navigation")[0]?.domContentLoadedEventStart || 0),
+}"""
+
+
 @dataclass
 class Desktop:
     """One desktop's figures (seconds), or why it failed."""
@@ -111,10 +119,12 @@ class Desktop:
     first_frame: float = 0.0
     running_to_frame: float = 0.0
     connected: float = 0.0
-    # running -> first frame, in steps: the bench sees `running` and opens a page; the page loads, reads
-    # the session, takes a ticket and opens the stream; the tunnel and the RFB handshake; the first update
+    # running -> first frame, in steps: the bench sees `running` and opens the page; the page and its
+    # modules load; it reads the session, takes a ticket and opens the stream; the tunnel and the RFB
+    # handshake; the first update
     running_to_page: float = 0.0
-    page_to_stream: float = 0.0
+    page_to_loaded: float = 0.0
+    loaded_to_stream: float = 0.0
     stream_to_connect: float = 0.0
     connect_to_frame: float = 0.0
     failure: str = ""
@@ -136,13 +146,15 @@ class Round:
             "desktops": len(self.desktops),
             "failures": [d.failure for d in self.desktops if d.failure],
             "seconds": round(self.seconds, 2),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             "post_to_running_ms": ms("to_running"),
             "post_to_first_frame_ms": ms("first_frame"),
             "running_to_first_frame_ms": ms("running_to_frame"),
             "post_to_rfb_connect_ms": ms("connected"),
             "steps_ms": {
                 "running_to_page_opened": ms("running_to_page"),
-                "page_opened_to_stream_opened": ms("page_to_stream"),
+                "page_opened_to_loaded": ms("page_to_loaded"),
+                "page_loaded_to_stream_opened": ms("loaded_to_stream"),
                 "stream_opened_to_rfb_connect": ms("stream_to_connect"),
                 "rfb_connect_to_first_frame": ms("connect_to_frame"),
             },
@@ -186,11 +198,11 @@ class Bench:
         await page.goto(f"{self.url}/sessions/{session_id}/view")
         deadline = time.monotonic() + self.args.timeout
         while True:
-            bench = await page.evaluate("() => window.__bench")
+            bench = await page.evaluate(PAGE_TIMES)
             if bench and bench["hook"]:
                 raise RuntimeError(bench["hook"])
             if bench and bench["frame"]:
-                return {key: bench[key] / 1000 for key in ("opened", "stream", "connected", "frame")}
+                return {key: bench[key] / 1000 for key in ("opened", "loaded", "stream", "connected", "frame")}
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no frame within {self.args.timeout} s: {bench}")
             await asyncio.sleep(0.05)
@@ -212,7 +224,8 @@ class Bench:
         desktop.running_to_frame = page["frame"] - running_seen
         desktop.connected = page["connected"] - started
         desktop.running_to_page = page["opened"] - running_seen
-        desktop.page_to_stream = page["stream"] - page["opened"]
+        desktop.page_to_loaded = page["loaded"] - page["opened"]
+        desktop.loaded_to_stream = page["stream"] - page["loaded"]
         desktop.stream_to_connect = page["connected"] - page["stream"]
         desktop.connect_to_frame = page["frame"] - page["connected"]
         return desktop
@@ -322,6 +335,67 @@ async def remove_docker_leftovers(agent_id: str, network: str) -> None:
             await (await engine.networks.get(network)).delete()
 
 
+async def rfb_banner(port: int, timeout: float) -> None:
+    """Until 127.0.0.1:port says `RFB ` (the VNC server is up, not only a forwarder in front of it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, TimeoutError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                if (await asyncio.wait_for(reader.read(4), timeout=1)) == b"RFB ":
+                    return
+            finally:
+                writer.close()
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"no RFB banner on {port} within {timeout} s")
+
+
+async def floor_docker(agent_id: str, timeout: float) -> float:
+    """The engine alone: `docker run` of the image with its port published, until Xvnc says `RFB `."""
+    config: dict[str, Any] = {
+        "Image": IMAGE,
+        "Labels": {AGENT_LABEL: agent_id},
+        "ExposedPorts": {"5901/tcp": {}},
+        "HostConfig": {"PortBindings": {"5901/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}},
+    }
+    async with aiodocker.Docker() as engine:
+        started = time.perf_counter()
+        container = await engine.containers.run(config, name=f"{agent_id}-floor-{uuid.uuid4().hex[:6]}")
+        try:
+            data = await container.show()
+            port = int(data["NetworkSettings"]["Ports"]["5901/tcp"][0]["HostPort"])
+            await rfb_banner(port, timeout)
+            return time.perf_counter() - started
+        finally:
+            await container.delete(force=True, v=True)
+
+
+async def floor_local(timeout: float) -> float:
+    """The desktop process alone (the local template's command), until Xvnc says `RFB `."""
+    port = free_port()
+    argv = [sys.executable, "-m", "streamspace_agent.desktop", "--port", str(port), "--geometry", "1280x800"]
+    started = time.perf_counter()
+    quiet = asyncio.subprocess.DEVNULL
+    process = await asyncio.create_subprocess_exec(*argv, start_new_session=True, stdout=quiet, stderr=quiet)
+    try:
+        await rfb_banner(port, timeout)
+        return time.perf_counter() - started
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+async def floor(args: argparse.Namespace, agent_id: str) -> dict[str, float]:
+    """Start -> `RFB ` without StreamSpace, `--floor` times one at a time (ms): what the platform costs."""
+    seconds = []
+    for _ in range(args.floor):
+        if args.platform == "docker":
+            seconds.append(await floor_docker(agent_id, args.timeout))
+        else:
+            seconds.append(await floor_local(args.timeout))
+    return {k: round(v, 1) for k, v in summary([s * 1000 for s in seconds]).items()}
+
+
 def check_prerequisites(platform: str) -> None:
     missing = [name for name in ("chromium",) if shutil.which(name) is None]
     if not Path("/usr/share/novnc/core/rfb.js").is_file():
@@ -389,6 +463,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             bench.http, bench.agent_id = http, agent_id
             if args.platform == "local":
                 bench.sessions_dir = work / "sessions"
+            if args.floor:
+                results["floor_start_to_rfb_ms"] = await floor(args, agent_id)
+                print(f"--- floor, start -> RFB banner without StreamSpace: {results['floor_start_to_rfb_ms']}")
             async with async_playwright() as playwright:
                 chromium = await playwright.chromium.launch(executable_path=shutil.which("chromium"), args=BROWSER_ARGS)
                 bench.context = await chromium.new_context(viewport={"width": 1280, "height": 900})
@@ -427,7 +504,8 @@ def goals(results: dict[str, Any], count: int) -> dict[str, Any]:
 
 STEPS = [
     ("  running -> page opened", "running_to_page_opened"),
-    ("  page -> stream opened", "page_opened_to_stream_opened"),
+    ("  page opened -> loaded", "page_opened_to_loaded"),
+    ("  loaded -> stream opened", "page_loaded_to_stream_opened"),
     ("  stream -> RFB connect", "stream_opened_to_rfb_connect"),
     ("  RFB connect -> 1st frame", "rfb_connect_to_first_frame"),
 ]
@@ -458,6 +536,10 @@ def print_table(summary_: dict[str, Any]) -> None:
     for round_name in ("one_at_a_time", "at_once"):
         figures = summary_[round_name]
         print(f"{round_name}: {len(figures['failures'])} failure(s) {figures['failures'][:3]}; {figures['seconds']} s")
+    floor_ms = summary_.get("floor_start_to_rfb_ms")
+    if floor_ms:
+        figures = f"p50 {floor_ms['p50']:.0f} ms, p99 {floor_ms['p99']:.0f} ms"
+        print(f"floor (the platform alone, start -> RFB banner): {figures}")
     print(f"all {summary_['count']} desktops at once: {summary_['at_once']['memory_all_desktops_mib']} MiB")
     print(f"goals: {summary_['goals']}")
 
@@ -468,6 +550,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20, help="desktops one at a time, then at once")
     parser.add_argument("--timeout", type=float, default=180, help="s for running, and for the first frame")
     parser.add_argument("--settle", type=float, default=10, help="s before memory is read with all running")
+    parser.add_argument("--floor", type=int, default=5, help="starts without StreamSpace (0: none)")
     parser.add_argument("--json", help="the summary file (default bench/results/<time>-desktops-<platform>.json)")
     parser.add_argument("--logs", action="store_true", help="print the services' logs at the end")
     args = parser.parse_args()
