@@ -60,8 +60,12 @@ from harness import BENCH_DIR, summary
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import Account, Stack, free_port, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_for
 
-from streamspace_common.admin import create_agent_token, install_samples
+from streamspace_agent.drivers import create_driver
+from streamspace_agent.drivers.base import SessionDriver
+from streamspace_common.actions import CreateSession, Resources
+from streamspace_common.admin import SAMPLE_TEMPLATES, create_agent_token, install_samples
 from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_common.settings import Settings
 
 IMAGE = "streamspace/desktop:dev"
 AGENT_LABEL = "io.streamspace.agent_id"
@@ -74,13 +78,14 @@ FROM sessions WHERE id = $1::uuid
 # Runs in the viewer page before its scripts: the login token, and the first-frame hook on window.rfb.
 FRAME_HOOK = """
 sessionStorage.setItem("streamspace.token", %s);
-window.__bench = { opened: performance.timeOrigin, stream: null, connected: null, frame: null, hook: null };
+window.__bench = { opened: performance.timeOrigin, stream: null, connected: null, frame: null, hook: null, opens: 0 };
 let held = null;
 Object.defineProperty(window, "rfb", {
   configurable: true,
   get: () => held,
   set: (client) => {
     held = client;
+    if (client && !window.__bench.frame) window.__bench.opens += 1;  // the viewer made a new client: it (re)connects
     if (!client || window.__bench.frame) return;
     window.__bench.stream ??= Date.now();
     client.addEventListener("connect", () => { window.__bench.connected ??= Date.now(); });
@@ -127,6 +132,7 @@ class Desktop:
     loaded_to_stream: float = 0.0
     stream_to_connect: float = 0.0
     connect_to_frame: float = 0.0
+    reconnects: int = 0  # streams the viewer opened again before its first frame (its retries)
     failure: str = ""
 
 
@@ -149,6 +155,7 @@ class Round:
             "seconds": round(self.seconds, 2),
             "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             "navigations_retried_err_network_changed": self.network_changed,
+            "viewer_reconnects_before_first_frame": sum(d.reconnects for d in good),
             "post_to_running_ms": ms("to_running"),
             "post_to_first_frame_ms": ms("first_frame"),
             "running_to_first_frame_ms": ms("running_to_frame"),
@@ -218,7 +225,8 @@ class Bench:
             if bench and bench["hook"]:
                 raise RuntimeError(bench["hook"])
             if bench and bench["frame"]:
-                return {key: bench[key] / 1000 for key in ("opened", "loaded", "stream", "connected", "frame")}
+                times = {key: bench[key] / 1000 for key in ("opened", "loaded", "stream", "connected", "frame")}
+                return {**times, "reconnects": bench["opens"] - 1}
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no frame within {self.args.timeout} s: {bench}")
             await asyncio.sleep(0.05)
@@ -244,6 +252,7 @@ class Bench:
         desktop.loaded_to_stream = page["stream"] - page["loaded"]
         desktop.stream_to_connect = page["connected"] - page["stream"]
         desktop.connect_to_frame = page["frame"] - page["connected"]
+        desktop.reconnects = int(page["reconnects"])
         return desktop
 
     async def close_pages(self) -> None:
@@ -404,15 +413,56 @@ async def floor_local(timeout: float) -> float:
         await process.wait()
 
 
-async def floor(args: argparse.Namespace, agent_id: str) -> dict[str, float]:
-    """Start -> `RFB ` without StreamSpace, `--floor` times one at a time (ms): what the platform costs."""
-    seconds = []
-    for _ in range(args.floor):
-        if args.platform == "docker":
-            seconds.append(await floor_docker(agent_id, args.timeout))
-        else:
-            seconds.append(await floor_local(args.timeout))
-    return {k: round(v, 1) for k, v in summary([s * 1000 for s in seconds]).items()}
+async def floor_once(args: argparse.Namespace, agent_id: str) -> float:
+    if args.platform == "docker":
+        return await floor_docker(agent_id, args.timeout)
+    return await floor_local(args.timeout)
+
+
+async def driver_once(driver: SessionDriver) -> float:
+    """The agent's driver called directly: create(the desktop template) -> its `running` report (s)."""
+    sample = next(sample for sample in SAMPLE_TEMPLATES if sample.name == "desktop")
+    spec = CreateSession(
+        session_id=str(uuid.uuid4()),
+        name=sample.name,
+        image=sample.image,
+        command=sample.command,
+        ports=sample.ports,
+        resources=Resources(cpu=sample.cpu, memory=sample.memory),
+    )
+    started = time.perf_counter()
+    report = await driver.create(spec)
+    elapsed = time.perf_counter() - started
+    await driver.delete(spec.session_id)
+    if report.state != "running":
+        raise RuntimeError(f"the driver reported {report.state}: {report}")
+    return elapsed
+
+
+async def baselines(args: argparse.Namespace, agent_id: str, network: str, work: Path) -> dict[str, Any]:
+    """`--floor` times each, alternating (the machine's load drifts): the platform alone (start -> `RFB `
+    banner) and the agent's driver alone (create -> `running`, no control plane), in ms."""
+    settings = Settings(
+        agent_id=agent_id,
+        agent_platform=args.platform,
+        docker_network=network,
+        local_session_dir=str(work / "driver-sessions"),
+    )
+    driver = create_driver(settings)
+    assert isinstance(driver, SessionDriver)
+    platform, driven = [], []
+    try:
+        for _ in range(args.floor):
+            platform.append(await floor_once(args, agent_id))
+            driven.append(await driver_once(driver))
+    finally:
+        await driver.close()
+        kill_sessions(work / "driver-sessions")
+
+    def ms(seconds: list[float]) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in summary([s * 1000 for s in seconds]).items()}
+
+    return {"floor_start_to_rfb_ms": ms(platform), "driver_create_to_running_ms": ms(driven)}
 
 
 def check_prerequisites(platform: str) -> None:
@@ -483,8 +533,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             if args.platform == "local":
                 bench.sessions_dir = work / "sessions"
             if args.floor:
-                results["floor_start_to_rfb_ms"] = await floor(args, agent_id)
+                results.update(await baselines(args, agent_id, network, work))
                 print(f"--- floor, start -> RFB banner without StreamSpace: {results['floor_start_to_rfb_ms']}")
+                print(f"--- the driver alone, create -> running: {results['driver_create_to_running_ms']}")
             async with async_playwright() as playwright:
                 chromium = await playwright.chromium.launch(executable_path=shutil.which("chromium"), args=BROWSER_ARGS)
                 bench.context = await chromium.new_context(viewport={"width": 1280, "height": 900})
@@ -556,11 +607,18 @@ def print_table(summary_: dict[str, Any]) -> None:
         figures = summary_[round_name]
         retried = figures["navigations_retried_err_network_changed"]
         failures = f"{len(figures['failures'])} failure(s) {figures['failures'][:3]}"
-        print(f"{round_name}: {failures}; {figures['seconds']} s; {retried} navigation(s) retried (network changed)")
+        reconnects = figures["viewer_reconnects_before_first_frame"]
+        print(
+            f"{round_name}: {failures}; {figures['seconds']} s; {reconnects} viewer reconnect(s) before a first frame"
+        )
+        print(f"  {retried} navigation(s) retried (Chromium: network changed)")
     floor_ms = summary_.get("floor_start_to_rfb_ms")
     if floor_ms:
         figures = f"p50 {floor_ms['p50']:.0f} ms, p99 {floor_ms['p99']:.0f} ms"
         print(f"floor (the platform alone, start -> RFB banner): {figures}")
+        driver_ms = summary_["driver_create_to_running_ms"]
+        figures = f"p50 {driver_ms['p50']:.0f} ms, p99 {driver_ms['p99']:.0f} ms"
+        print(f"the agent's driver alone (create -> its running report): {figures}")
     print(f"all {summary_['count']} desktops at once: {summary_['at_once']['memory_all_desktops_mib']} MiB")
     print(f"goals: {summary_['goals']}")
 
