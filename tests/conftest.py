@@ -139,5 +139,5 @@ def sample_image() -> str:
     if engine.returncode != 0:
         pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")
     env = {**os.environ, "IMAGE": SAMPLE_IMAGE}
-    subprocess.run(["bash", str(root / "scripts/build-sample-images")], check=True, env=env)
+    subprocess.run(["bash", str(root / "scripts/build-sample-images"), "echo"], check=True, env=env)
     return SAMPLE_IMAGE

@@ -6,7 +6,12 @@ create, list (by label selector), patch (merge) and delete of Deployments, and c
 delete of Services, PersistentVolumeClaims and NetworkPolicies, namespaced, answering 404 and 409 as the real server
 does. Every request is recorded (method, path, query, content type, JSON body) so tests can check
 what the driver asked for. Nothing here schedules pods: a Deployment is a stored object, not a
-running workload.
+running workload. Readiness is modelled on the Deployment's status, as the deployment controller
+writes it: `metadata.generation` counts spec changes, and a read gives `status.observedGeneration`
+(that generation) and `readyReplicas` = the replicas asked for, unless the Deployment's name is in
+`unready` (its pod runs but its readiness probe fails: the port does not answer), where the field is
+left out as the real server leaves out a zero. A name in `behind` has a controller that has not seen
+the last spec change yet: `observedGeneration` one short, the rest as if it had.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class FakeKubernetes:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (resource, namespace, name) -> object
         self.requests: list[Recorded] = []
+        self.unready: set[str] = set()  # Deployments whose pods are never Ready, until a test removes them
+        self.behind: set[str] = set()  # Deployments whose status describes the spec before the last change
         self._versions = itertools.count(1)
         self.app = web.Application(middlewares=[self._record])
         for resource, (prefix, _, _) in RESOURCES.items():
@@ -85,8 +92,24 @@ class FakeKubernetes:
         metadata = stored.setdefault("metadata", {})
         metadata.update(namespace=namespace, resourceVersion=str(next(self._versions)))
         metadata.setdefault("uid", f"uid-{metadata['resourceVersion']}")
-        self.objects[(resource, namespace, metadata["name"])] = stored
+        key = (resource, namespace, metadata["name"])
+        if resource == "deployments":
+            before = self.objects.get(key, {})
+            changed = before.get("spec") != stored.get("spec")
+            metadata["generation"] = before.get("metadata", {}).get("generation", 0) + (1 if changed else 0)
+        self.objects[key] = stored
         return stored
+
+    def observed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A Deployment as read back: its status as the controller would have written it by now."""
+        if body["kind"] != "Deployment":
+            return body
+        replicas = body.get("spec", {}).get("replicas", 1)
+        generation = body["metadata"]["generation"] - (1 if body["metadata"]["name"] in self.behind else 0)
+        status: dict[str, Any] = {"observedGeneration": generation, "replicas": replicas}
+        if replicas and body["metadata"]["name"] not in self.unready:
+            status["readyReplicas"] = replicas
+        return {**body, "status": status}
 
     def names(self, resource: str) -> list[str]:
         return sorted(name for (kind, _, name) in self.objects if kind == resource)
@@ -95,7 +118,7 @@ class FakeKubernetes:
         namespace = request.match_info["namespace"]
         wanted = [pair.split("=", 1) for pair in request.query.get("labelSelector", "").split(",") if pair]
         items = [
-            body
+            self.observed(body)
             for (kind, space, _), body in sorted(self.objects.items())
             if kind == resource
             and space == namespace
@@ -109,7 +132,7 @@ class FakeKubernetes:
         name = body["metadata"]["name"]
         if (resource, namespace, name) in self.objects:
             return status(409, "AlreadyExists", f'{resource} "{name}" already exists')
-        return web.json_response(self.put(resource, namespace, body), status=201)
+        return web.json_response(self.observed(self.put(resource, namespace, body)), status=201)
 
     async def delete(self, resource: str, request: web.Request) -> web.Response:
         key = (resource, request.match_info["namespace"], request.match_info["name"])
@@ -124,4 +147,4 @@ class FakeKubernetes:
         if key not in self.objects:
             return status(404, "NotFound", f'deployments "{key[2]}" not found')
         patched = merge(self.objects[key], await request.json())
-        return web.json_response(self.put("deployments", key[1], patched))
+        return web.json_response(self.observed(self.put("deployments", key[1], patched)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,7 +101,14 @@ async def logged_in(browser: Any, console: ConsoleStack, username: str, password
     page.refused = []
     page.on("console", lambda m: page.refused.append(m.text) if "Content Security Policy" in m.text else None)
     page.on("dialog", lambda dialog: None)  # each test that expects one accepts it itself
+    page.problems = []  # said when a wait fails: what the page could not load or run
+    page.on("pageerror", lambda error: page.problems.append(f"error: {error}"))
+    page.on("requestfailed", lambda request: page.problems.append(f"failed: {request.url} {request.failure}"))
     await page.goto(console.b.url + "/")
+    try:
+        await page.wait_for_selector("#login:not([hidden])", timeout=30_000)
+    except Exception as exc:
+        raise AssertionError(f"no login form: {page.problems}") from exc
     await page.fill("#login input[name=username]", username)
     await page.fill("#login input[name=password]", password)
     await page.click("#login button[type=submit]")
@@ -157,12 +165,14 @@ async def test_console_creates_a_named_desktop_and_drives_it_with_the_buttons(
     await page.wait_for_selector(f"#templates option[value='{DESKTOP_T}']", state="attached")
     await page.select_option("#templates", DESKTOP_T)
     await page.fill("#create input[name=name]", name)
+    started = time.monotonic()
     await page.click("#create button[type=submit]")
     card = page.locator("[data-session-id]").first
     await card.wait_for()
     session_id = str(await card.get_attribute("data-session-id"))
     assert (await user.session(session_id))["name"] == name
     await until_card_state(page, session_id, "running")
+    running = time.monotonic()
     selector = CARD.format(session_id)
     assert await page.text_content(f"{selector} [data-field=name]") == name
     assert await page.text_content(f"{selector} [data-field=template]") == DESKTOP_T
@@ -172,9 +182,10 @@ async def test_console_creates_a_named_desktop_and_drives_it_with_the_buttons(
     # the thumbnail: a view-only stream through gateway B, its canvas drawn into an image
     thumbnail = page.locator(f"{selector} [data-field=thumbnail] img")
     await thumbnail.wait_for(timeout=30_000)
+    print(f"create -> card running: {running - started:.2f} s; -> thumbnail: {time.monotonic() - started:.2f} s")
     assert str(await thumbnail.get_attribute("src")).startswith("data:image/png;base64,")
     assert "stream_open" in console.b.log()  # taken through the stream path, on the replica it was asked
-    await page.screenshot(path=str(ARTIFACTS / "console.png"))
+    await page.screenshot(path=str(ARTIFACTS / "console-sessions.png"))
 
     await page.click(f"{selector} button[data-action=hibernate]")
     await until_card_state(page, session_id, "hibernated")
@@ -242,7 +253,7 @@ async def test_admin_area_lists_and_manages(console: ConsoleStack, browser: Any,
     _, template = await console.admin.call("GET", f"/api/v1/templates/{DESKTOP_T}", expect=200)
     assert template["description"] == f"edited {TAG}" and template["memory"] == 320
     assert template["command"] == DESKTOP and template["platforms"] == ["local"]  # the rest kept
-    await page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / "console-admin.png"), full_page=True)
     assert page.refused == []
     await page.context.close()
     await console.admin.call("DELETE", f"/api/v1/sessions/{made['id']}", expect=204)
@@ -259,10 +270,16 @@ async def ok_login(console: ConsoleStack, username: str, password: str) -> bool 
 
 
 @needs_desktop
-async def test_a_user_does_not_see_the_admin_area(console: ConsoleStack, browser: Any) -> None:
+async def test_a_user_does_not_see_the_admin_area(console: ConsoleStack, browser: Any, test_env: RunEnv) -> None:
+    """The same page an administrator gets with the admin area's link shows a user none, even at #admin."""
+    admin = await new_account(test_env.database_url, f"adm-{uuid.uuid4().hex[:6]}", admin=True)
+    page = await logged_in(browser, console, admin.username, admin.password)
+    await page.wait_for_selector("[data-nav=admin]", state="visible")
+    await page.context.close()
     username, password, _ = await new_person(console, "plain")
     page = await logged_in(browser, console, username, password)
     await page.wait_for_selector("#who:has-text('" + username + "')")
+    await page.wait_for_selector("[data-nav=admin]", state="attached")
     assert await page.locator("[data-nav=admin]").is_hidden()
     await page.goto(console.b.url + "/#admin")
     await page.wait_for_selector("#console:not([hidden])")
@@ -300,11 +317,14 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
     await user.until_state(session["id"], "running", timeout=40)
     data = console.sessions / session["id"] / "data"
     page = await logged_in(browser, console, username, password)
+    opened = time.monotonic()
     await page.goto(f"{console.b.url}/sessions/{session['id']}/view")
     await page.wait_for_selector("#status:text-is('connected')", timeout=30_000)
+    print(f"viewer page -> connected: {time.monotonic() - opened:.2f} s")
     assert await page.text_content("#session-name") == f"Viewer {TAG}"
     assert await page.text_content("#session-template") == DESKTOP_T
     assert await page.get_attribute("#status", "data-state") == "connected"
+    assert await page.locator("#reconnect").is_hidden() and await page.locator("#wake").is_hidden()
 
     await page.click("#fullscreen")
     await page.wait_for_selector("#fullscreen[aria-pressed=true]")
@@ -323,11 +343,13 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
     if shutil.which("xdpyinfo"):
         await type_in_xterm(page, "xdpyinfo | grep dimensions > dims.txt")
         assert want in await file_text(data / "dims.txt"), want
-    await page.screenshot(path=str(ARTIFACTS / "viewer.png"))
+    await page.screenshot(path=str(ARTIFACTS / "console-viewer.png"))
 
     # clipboard, browser -> desktop: the panel's Send (noVNC's clipboardPasteFrom) -> Xvnc's selection
     words = f"pasted-{TAG}"
     await page.click("#clipboard")
+    await page.screenshot(path=str(ARTIFACTS / "console-viewer-clipboard.png"))
+    await page.wait_for_selector("#clipboard-panel:not([hidden])", timeout=5_000)
     await page.fill("#clipboard-text", words)
     await page.click("#clipboard-send")
     if shutil.which("xclip"):
@@ -358,6 +380,7 @@ async def test_viewer_reconnects_after_its_gateway_restarts(console: ConsoleStac
     await page.goto(f"{console.b.url}/sessions/{session['id']}/view")
     await page.wait_for_selector("#status:text-is('connected')", timeout=30_000)
     old = console.b
+    stopped = time.monotonic()
     old.terminate()
     await page.wait_for_selector("#status[data-state=reconnecting]", timeout=20_000)
     assert "reconnecting in" in str(await page.text_content("#status"))
@@ -368,8 +391,8 @@ async def test_viewer_reconnects_after_its_gateway_restarts(console: ConsoleStac
         "PORT": str(old.port),
     }
     console.b = console.stack.start(f"{old.name}-again", "streamspace_gateway", settings)
-    await console.stack.ready(console.b)
     await page.wait_for_selector("#status:text-is('connected')", timeout=90_000)
-    await page.screenshot(path=str(ARTIFACTS / "viewer-reconnected.png"))
+    print(f"gateway B stopped -> viewer connected again: {time.monotonic() - stopped:.2f} s")
+    await page.screenshot(path=str(ARTIFACTS / "console-viewer-reconnected.png"))
     await page.context.close()
     await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)

@@ -6,7 +6,8 @@ docker platform on this engine and compose builds streamspace/desktop:dev (image
 people would: an administrator from `docker compose exec`, the sample templates; a user logs into the
 console on gateway-b in headless Chromium (Debian's, through Playwright), creates a `desktop`, opens
 the viewer (noVNC connected through the agent's tunnel), types `touch <file>` into the desktop's
-terminal, and the file is read inside the session's container with `docker exec`; hibernate (the
+terminal, and the file is read inside the session's container with `docker exec`; the viewer's
+"resize the desktop to the window" changes the remote screen's size (RandR); hibernate (the
 container paused or stopped, as docs/drivers.md says), wake (the viewer connects again, the file is
 still there: the per-session volume), delete (container and volume gone). Screenshots of the console,
 the admin area and the desktop go to test-artifacts/ (TEST_ARTIFACTS overrides; git-ignored).
@@ -27,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_compose_real import Stack, compose_up, http, wait_until
+from test_compose_real import AGENT_ID, Stack, compose_up, http, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-AGENT_ID = f"desktop-{uuid.uuid4().hex[:8]}"
 TEMPLATE = "desktop"
 WAIT_MS = 120_000  # a desktop container starting on a loaded 2-core machine
 
@@ -87,6 +87,16 @@ def admin_and_user(stack: Stack) -> tuple[tuple[str, str], tuple[str, str]]:
     return (admin, admin_password), (user, password)
 
 
+def new_page(browser: Any, problems: list[str]) -> Any:
+    """A page in a context of its own, whose script errors and failed requests are noted in `problems`."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url} {request.failure}"))
+    return page
+
+
 def log_in(page: Any, base: str, username: str, password: str) -> None:
     page.goto(base + "/")
     page.fill("#login input[name=username]", username)
@@ -114,17 +124,18 @@ def test_a_desktop_from_compose_in_the_browser(desktop_stack: Stack) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     marker = f"typed-{uuid.uuid4().hex[:8]}"
     timings: dict[str, float] = {}
+    problems: list[str] = []  # what the pages reported going wrong: printed when a step fails
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=BROWSER_ARGS)
         try:
             # The administrator's area: agents (the docker platform), users, templates, commands.
-            admin_page = browser.new_page(viewport={"width": 1280, "height": 900})
+            admin_page = new_page(browser, problems)
             log_in(admin_page, base, admin, admin_password)
             admin_page.click("[data-nav=admin]")
             admin_page.wait_for_selector(f"text={AGENT_ID}", timeout=30_000)
             admin_page.screenshot(path=str(ARTIFACTS / "compose-admin.png"), full_page=True)
 
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = new_page(browser, problems)
             log_in(page, base, user, password)
             page.wait_for_selector(f"#templates option[value={TEMPLATE}]", state="attached")
             page.select_option("#templates", TEMPLATE)
@@ -149,9 +160,19 @@ def test_a_desktop_from_compose_in_the_browser(desktop_stack: Stack) -> None:
             wait_until(lambda: docker("exec", f"ss-{session_id}", "test", "-f", typed).returncode == 0, 30, typed)
             owner = docker("exec", f"ss-{session_id}", "stat", "-c", "%u", typed).stdout.strip()
             assert owner == "10001", f"the desktop runs as {owner}, not the image's non-root user"
+            memory = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", f"ss-{session_id}").stdout.strip()
             page.wait_for_timeout(1000)  # the next frame shows the command line
             canvas.screenshot(path=str(ARTIFACTS / "compose-desktop.png"))
             page.screenshot(path=str(ARTIFACTS / "compose-viewer-page.png"))
+
+            # Remote resize (RandR): the viewer asks for its window's size and Xvnc changes the screen's;
+            # noVNC's canvas is as large as the remote screen (scaling is done by style only).
+            # The page is as wide as the screen (1280) and less high: the height changes.
+            assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("1280", "800")
+            page.select_option("#scaling", "remote")
+            page.wait_for_selector("#screen canvas:not([height='800'])", timeout=30_000)
+            resized = f"{canvas.get_attribute('width')}x{canvas.get_attribute('height')}"
+            page.select_option("#scaling", "scale")
 
             # Hibernate: the console's button; the container is paused or stopped, its volume kept.
             row = f"[data-session-id='{session_id}']"
@@ -180,7 +201,14 @@ def test_a_desktop_from_compose_in_the_browser(desktop_stack: Stack) -> None:
                 "the session's container and volume removed",
                 interval=1,
             )
+        except BaseException:
+            for index, context in enumerate(browser.contexts):
+                for tab in context.pages:
+                    tab.screenshot(path=str(ARTIFACTS / f"compose-failure-{index}.png"))
+            print("the pages reported:", *problems, sep="\n  ")
+            raise
         finally:
             browser.close()
-    print(f"hibernated container: {hibernated}; timings (s): { {k: round(v, 1) for k, v in timings.items()} }")
+    print(f"remote resize: 1280x800 -> {resized}; hibernated container: {hibernated}; desktop memory: {memory}")
+    print(f"timings (s): { {k: round(v, 1) for k, v in timings.items()} }")
     print(f"screenshots: {ARTIFACTS}/compose-console.png, compose-admin.png, compose-desktop.png")

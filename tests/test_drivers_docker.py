@@ -19,8 +19,10 @@ import aiodocker
 import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
-from support import SAMPLE_IMAGE, wait_for
+from prometheus_client import REGISTRY
+from support import SAMPLE_IMAGE, free_port, wait_for
 
+from streamspace_agent.drivers.base import port_answers
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings, SettingsError, load_settings
@@ -339,6 +341,11 @@ async def test_hibernated_and_stopped_stay_apart_in_the_inventory_of_a_restarted
         assert await run(restarted, "STOP_SESSION", session_id=asleep) == {"session_id": asleep, "state": "stopped"}
         data = await inspect(engine, asleep)
         assert data is not None and not data["State"]["Running"] and not data["State"]["Paused"]
+
+        await run(restarted, "WAKE_SESSION", session_id=asleep)
+        await run(restarted, "HIBERNATE_SESSION", session_id=asleep)
+        assert await run(restarted, "DELETE_SESSION", session_id=asleep) == {"session_id": asleep, "state": "deleted"}
+        assert await inspect(engine, asleep) is None and not await volume_exists(engine, asleep)  # paused: gone too
     finally:
         await restarted.close()
 
@@ -349,6 +356,7 @@ async def test_running_only_once_the_port_answers(
     """An image whose server listens 3 s after the start: create and wake report `running` only when
     one request, sent at once, is answered (before, they reported it the moment the container started)."""
     session_id = new_session_id()
+    count, total = ready_metric("ready", "count"), ready_metric("ready", "sum")
     created = await create(driver, session_id, image=variants["late"])
     assert created["state"] == "running", created
     assert "body=at once" in await answers_at_once(created["endpoint"])
@@ -357,16 +365,26 @@ async def test_running_only_once_the_port_answers(
     woken = await run(driver, "WAKE_SESSION", session_id=session_id)
     assert woken["state"] == "running", woken
     assert "body=at once" in await answers_at_once(woken["endpoint"])
+    assert ready_metric("ready", "count") == count + 2  # the waits, in streamspace_agent_session_ready_seconds
+    assert ready_metric("ready", "sum") - total > 2 * 2.5  # each about the 3 s the server sleeps first
 
 
+def ready_metric(outcome: str, sample: str) -> float:
+    name = f"streamspace_agent_session_ready_seconds_{sample}"
+    return REGISTRY.get_sample_value(name, {"platform": "docker", "outcome": outcome}) or 0.0
+
+
+@pytest.mark.parametrize("endpoint", ["published", "address"])
 async def test_a_port_that_never_answers_fails_the_session_with_the_reason(
-    sample_image: str, network: str, variants: dict[str, str], engine: aiodocker.Docker
+    sample_image: str, network: str, variants: dict[str, str], engine: aiodocker.Docker, endpoint: str
 ) -> None:
     """A container that runs but never listens: failed after SESSION_READY_TIMEOUT with the reason, its
-    container stopped (volume and logs kept for a look); one that exits meanwhile: failed at once."""
-    driver = DockerDriver(driver_settings(network, session_ready_timeout=3))
+    container stopped (volume and logs kept for a look); one that exits meanwhile: failed at once.
+    Published, the engine's docker-proxy accepts the connect on the host port and drops it: not an answer."""
+    driver = DockerDriver(driver_settings(network, session_ready_timeout=3, docker_endpoint=endpoint))
     try:
         silent, exits = new_session_id(), new_session_id()
+        timeouts, exited = ready_metric("timeout", "count"), ready_metric("exited", "count")
         started = time.monotonic()
         report = await create(driver, silent, image=variants["silent"])
         assert report == {"session_id": silent, "state": "failed", "reason": "port 8080 did not answer within 3 s"}
@@ -378,6 +396,7 @@ async def test_a_port_that_never_answers_fails_the_session_with_the_reason(
         report = await create(driver, exits, image=variants["exits"])
         assert report["state"] == "failed"
         assert report["reason"] == "container exited with code 3 before its port answered", report
+        assert (ready_metric("timeout", "count"), ready_metric("exited", "count")) == (timeouts + 1, exited + 1)
     finally:
         await driver.remove_orphans([])
         await driver.close()
@@ -480,3 +499,40 @@ async def test_address_endpoint_after_a_stop_is_what_inspect_says_after_the_star
     assert data is not None
     assert woken["endpoint"] == {"host": data["NetworkSettings"]["Networks"][network]["IPAddress"], "port": 8080}
     assert "body=at once" in await answers_at_once(woken["endpoint"])
+
+
+async def test_the_readiness_probe_counts_a_listener_not_a_forwarder_with_nobody_behind() -> None:
+    """port_answers, against local sockets (no engine needed): a server that waits for the client or
+    speaks first answers; one that accepts and drops the connection at once (what docker-proxy does on
+    a published port when the container does not listen) does not, unless the hold is 0; no listener
+    does not either."""
+
+    async def serve(handler: Any) -> tuple[asyncio.Server, int]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
+
+    async def waits(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3)
+        writer.close()
+
+    async def speaks(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"RFB 003.008\n")
+        await writer.drain()
+        await asyncio.sleep(3)
+        writer.close()
+
+    async def drops(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    servers = [await serve(handler) for handler in (waits, speaks, drops)]
+    try:
+        (_, waiting), (_, speaking), (_, dropping) = servers
+        assert await port_answers("127.0.0.1", waiting)
+        assert await port_answers("127.0.0.1", speaking)
+        assert not await port_answers("127.0.0.1", dropping)
+        assert await port_answers("127.0.0.1", dropping, hold=0)  # DOCKER_ENDPOINT=address: nothing in between
+    finally:
+        for server, _ in servers:
+            server.close()
+    closed = free_port()
+    assert not await port_answers("127.0.0.1", closed) and not await port_answers("127.0.0.1", closed, hold=0)

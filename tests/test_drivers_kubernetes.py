@@ -1,18 +1,22 @@
 """The kubernetes driver against a FAKE Kubernetes API server (tests/fake_kubernetes.py).
 
 No cluster can run on this machine, so these tests check what the driver asks the API for (paths,
-verbs, bodies: labels, replicas, resources, ports, storage) and what it makes of the answers. They
-cannot show a pod running or answering HTTP: that is for a real cluster (docs/drivers.md).
+verbs, bodies: labels, replicas, resources, ports, storage, the readiness probe) and what it makes of
+the answers, readiness included: the fake writes the Deployment's status as the controller would
+(Ready count, observed generation), and a test holds a pod unready. They cannot show a pod running or
+answering HTTP, nor the kubelet's probe connecting: that is for a real cluster (docs/drivers.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from fake_kubernetes import FakeKubernetes, Recorded
+from prometheus_client import REGISTRY
 from support import serve_locally
 from test_deploy_static import only, render
 
@@ -29,6 +33,7 @@ SERVICES = f"/api/v1/namespaces/{NAMESPACE}/services"
 CLAIMS = f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims"
 POLICIES = f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies"
 AGENT_SELECTOR = "app.kubernetes.io/name=streamspace-agent,app.kubernetes.io/instance=edge"
+SELECTOR = f"io.streamspace.managed=true,io.streamspace.agent_id={AGENT}"
 
 
 @pytest.fixture
@@ -44,18 +49,22 @@ async def api(fake: tuple[FakeKubernetes, str]) -> FakeKubernetes:
     return fake[0]
 
 
-@pytest.fixture
-async def driver(fake: tuple[FakeKubernetes, str]) -> AsyncIterator[KubernetesDriver]:
-    settings = Settings(
+def driver_settings(url: str, **changes: Any) -> Settings:
+    return Settings(
         agent_id=AGENT,
         agent_platform="kubernetes",
         kubernetes_namespace=NAMESPACE,
-        kubernetes_api_url=fake[1],
+        kubernetes_api_url=url,
         kubernetes_storage_size="2Gi",
         kubernetes_storage_class="fast",
         kubernetes_agent_selector=AGENT_SELECTOR,
+        **changes,
     )
-    kubernetes = create_driver(settings)
+
+
+@pytest.fixture
+async def driver(fake: tuple[FakeKubernetes, str]) -> AsyncIterator[KubernetesDriver]:
+    kubernetes = create_driver(driver_settings(fake[1]))
     assert isinstance(kubernetes, KubernetesDriver)
     yield kubernetes
     await kubernetes.close()
@@ -97,9 +106,17 @@ async def test_session_life_sends_the_right_objects(driver: KubernetesDriver, ap
         "state": "running",
         "endpoint": {"host": f"{name}.{NAMESPACE}.svc.cluster.local", "port": 8080},
     }
-    # the NetworkPolicy first: no session pod ever runs without it (tests/security/test_isolation.py)
-    assert calls(api.requests) == [("POST", POLICIES), ("POST", CLAIMS), ("POST", SERVICES), ("POST", DEPLOYMENTS)]
-    _, claim, service, deployment = (request.body for request in api.requests)
+    # the NetworkPolicy first: no session pod ever runs without it (tests/security/test_isolation.py);
+    # then the Deployment's status is read until it counts the pod Ready
+    assert calls(api.requests) == [
+        ("POST", POLICIES),
+        ("POST", CLAIMS),
+        ("POST", SERVICES),
+        ("POST", DEPLOYMENTS),
+        ("GET", DEPLOYMENTS),
+    ]
+    assert api.requests[-1].query == {"labelSelector": f"{SELECTOR},io.streamspace.session_id={session_id}"}
+    _, claim, service, deployment, _ = (request.body for request in api.requests)
 
     assert claim["metadata"] == {"name": name, "labels": labels}
     assert claim["spec"] == {
@@ -128,6 +145,8 @@ async def test_session_life_sends_the_right_objects(driver: KubernetesDriver, ap
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env == {"GREETING": "hello", "PORT": "8080", "STREAMSPACE_SESSION_ID": session_id}
     assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    probe = {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 3}
+    assert container["readinessProbe"] == probe  # Ready = the first port answers a connect
     assert spec["template"]["spec"]["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": name}}]
 
     for action, replicas, state in (
@@ -138,7 +157,8 @@ async def test_session_life_sends_the_right_objects(driver: KubernetesDriver, ap
         before = len(api.requests)
         report = await run(driver, action, session_id=session_id)
         assert report["state"] == state
-        [patch] = api.requests[before:]
+        patch, *reads = api.requests[before:]
+        assert calls(reads) == ([("GET", DEPLOYMENTS)] if state == "running" else [])
         assert (patch.method, patch.path) == ("PATCH", f"{DEPLOYMENTS}/{name}")
         assert patch.content_type == "application/strategic-merge-patch+json"
         assert patch.body == {
@@ -185,8 +205,9 @@ async def test_create_twice_makes_one_deployment_and_scales_it_up(
         ("POST", SERVICES),
         ("POST", DEPLOYMENTS),
         ("PATCH", f"{DEPLOYMENTS}/ss-{session_id}"),
+        ("GET", DEPLOYMENTS),
     ]
-    assert api.requests[-1].body["spec"] == {"replicas": 1}
+    assert api.requests[-2].body["spec"] == {"replicas": 1}
     assert (
         api.names("deployments")
         == api.names("services")
@@ -285,6 +306,61 @@ async def test_the_chart_grants_exactly_the_calls_the_driver_makes(
         for verb in rule["verbs"]
     }
     assert granted == used
+
+
+async def pending(task: asyncio.Task[Any]) -> bool:
+    """The task still waits after a while (generous: the machine is loaded)."""
+    await asyncio.sleep(1.5)
+    return not task.done()
+
+
+async def test_running_and_the_endpoint_only_once_the_pod_is_ready(
+    driver: KubernetesDriver, api: FakeKubernetes
+) -> None:
+    """Create and wake wait for the Deployment to count its pod Ready (its tcpSocket probe answered),
+    and for a status of the current generation; meanwhile inventory lists it running without an
+    endpoint, so no stream is opened to a pod that does not listen yet."""
+    session_id = new_session_id()
+    name = f"ss-{session_id}"
+    api.unready.add(name)
+    ready = ready_metric("ready")
+    creating = asyncio.create_task(create(driver, session_id))
+    assert await pending(creating)
+    [item] = await driver.inventory()
+    assert (item.state, item.endpoint) == ("running", None)
+
+    api.unready.discard(name)
+    created = await asyncio.wait_for(creating, 30)
+    assert created["state"] == "running" and created["endpoint"]["port"] == 8080
+    [item] = await driver.inventory()
+    assert item.endpoint is not None and item.endpoint.host == created["endpoint"]["host"]
+
+    await run(driver, "HIBERNATE_SESSION", session_id=session_id)
+    api.behind.add(name)  # the controller has not seen the wake's spec change: its Ready count is stale
+    waking = asyncio.create_task(run(driver, "WAKE_SESSION", session_id=session_id))
+    assert await pending(waking)
+    api.behind.discard(name)
+    assert await asyncio.wait_for(waking, 30) == created
+    assert ready_metric("ready") == ready + 2  # streamspace_agent_session_ready_seconds, per wait
+
+
+def ready_metric(outcome: str) -> float:
+    labels = {"platform": "kubernetes", "outcome": outcome}
+    return REGISTRY.get_sample_value("streamspace_agent_session_ready_seconds_count", labels) or 0.0
+
+
+async def test_a_pod_never_ready_fails_the_session_with_the_reason(fake: tuple[FakeKubernetes, str]) -> None:
+    api, url = fake
+    driver = KubernetesDriver(driver_settings(url, session_ready_timeout=1))
+    try:
+        session_id = new_session_id()
+        api.unready.add(f"ss-{session_id}")
+        timeouts = ready_metric("timeout")
+        report = await asyncio.wait_for(create(driver, session_id), 30)
+        assert report == {"session_id": session_id, "state": "failed", "reason": "port 8080 did not answer within 1 s"}
+        assert ready_metric("timeout") == timeouts + 1
+    finally:
+        await driver.close()
 
 
 def test_the_agent_id_must_be_a_label_value() -> None:

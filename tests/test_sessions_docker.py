@@ -16,13 +16,14 @@ import pytest
 from aiodocker.exceptions import DockerError
 from sessions_support import Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
 from support import SAMPLE_IMAGE, RunEnv, Service, Stack, wait_for
+from test_drivers_docker import variants
 
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.actions import CreateSession
 from streamspace_common.admin import create_agent_token
 from streamspace_common.settings import Settings
 
-__all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
+__all__ = ["admin_api", "sessions_stack", "variants"]  # fixtures, imported to be used
 pytestmark = pytest.mark.docker
 IMAGE = SAMPLE_IMAGE
 
@@ -49,6 +50,7 @@ async def docker_agent(
         AGENT_PLATFORM="docker",
         DOCKER_NETWORK=settings.docker_network,
         DOCKER_STOP_TIMEOUT="2",
+        SESSION_READY_TIMEOUT="5",
     )
     await stack.ready(agent)
     await wait_agent_online(db, agent_id)
@@ -173,3 +175,36 @@ async def test_docker_reconciliation(
         return await container(engine, session["id"]) is None
 
     await wait_for(deleted, timeout=30)
+
+
+async def test_a_session_that_cannot_run_ends_failed_with_the_reason(
+    docker_agent: tuple[str, Settings], admin_api: Api, variants: dict[str, str], engine: aiodocker.Docker
+) -> None:
+    """Through the API, a template whose image is on no engine and one whose container never listens:
+    each session ends `failed` with the driver's reason, quickly, and is deleted like any other."""
+    suffix = uuid.uuid4().hex[:6]
+    missing, silent = f"missing-{suffix}", f"silent-{suffix}"
+    for name, image in ((missing, "streamspace/none:dev"), (silent, variants["silent"])):
+        template = {"name": name, "image": image, "ports": [8080], "platforms": ["docker"]}
+        await admin_api.call("POST", "/api/v1/templates", template, expect=201)
+    user = await new_user(admin_api, "docker-fail")
+
+    absent = await user.create(missing, platform="docker")
+    failed = await user.until_state(absent["id"], "failed", "running", timeout=60)
+    assert failed["state"] == "failed", failed
+    assert failed["reason"].startswith("image streamspace/none:dev not found on the engine"), failed
+    assert await container(engine, absent["id"]) is None
+
+    quiet = await user.create(silent, platform="docker")
+    failed = await user.until_state(quiet["id"], "failed", "running", timeout=60)
+    assert (failed["state"], failed["reason"]) == ("failed", "port 8080 did not answer within 5 s"), failed
+    info = await container(engine, quiet["id"])
+    assert info is not None and not info["State"]["Running"]  # stopped, kept for a look until deleted
+
+    for session in (absent, quiet):
+        await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
+
+    async def gone() -> bool:
+        return await container(engine, quiet["id"]) is None and not await volume_exists(engine, quiet["id"])
+
+    await wait_for(gone, timeout=30)

@@ -72,7 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     docker_publish_host: str = "127.0.0.1"
     # how the agent reaches a session: `published` (the first port published on DOCKER_PUBLISH_HOST, a host
     # port the engine picks) or `address` (nothing published: the container's address on DOCKER_NETWORK and
-    # the template's port; for an agent that itself sits on that network, e.g. compose's)
+    # the template's port; for an agent in the engine host's network namespace, e.g. compose's agents on the
+    # host network: a container on DOCKER_NETWORK cannot reach sessions, inter-container traffic is off)
     docker_endpoint: Literal["published", "address"] = "published"
     # capabilities given back to session containers after dropping all (comma-separated; "": none):
     # what a desktop image's entrypoint needs to hand /data to its user and drop to it

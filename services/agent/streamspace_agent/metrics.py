@@ -27,3 +27,10 @@ RECONNECT_SECONDS = Histogram(
     "From a registered gateway socket closing to the next one registered (welcomed), any gateway",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+SESSION_READY_SECONDS = Histogram(
+    "streamspace_agent_session_ready_seconds",
+    "docker, kubernetes: from a session's start (or unpause) to its port answering (outcome=ready), or to giving "
+    "up: SESSION_READY_TIMEOUT passed (timeout) or the workload died meanwhile (exited)",
+    ["platform", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

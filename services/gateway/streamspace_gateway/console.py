@@ -1,7 +1,9 @@
 """The web console (docs/streams.md): a few static pages for people, on top of the REST API.
 
-    /                          log in; my sessions with their states; create, hibernate, wake, stop, delete
-    /sessions/{id}/view        the viewer: noVNC on the session's stream (ticket from the REST API)
+    /                          log in; my sessions as cards (name, template, state, times, thumbnail) with
+                               the actions their state allows; create with a name; the admin area (#admin)
+    /sessions/{id}/view        the viewer: noVNC on the session's stream (ticket from the REST API), with
+                               display modes, full screen, keys, clipboard and reconnection
     /console/...               the console's own modules (plain ES modules, no build step)
     /novnc/...                 the noVNC library, served from NOVNC_DIR (Debian's `novnc` package)
 

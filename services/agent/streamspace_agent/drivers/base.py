@@ -35,6 +35,7 @@ from streamspace_common.actions import (
 )
 from streamspace_common.schemas import Command
 
+from .. import metrics
 from . import CommandFailed
 
 log = structlog.get_logger("agent.driver")
@@ -89,7 +90,7 @@ async def poll_until(done: Callable[[], bool], within: float, interval: float = 
     return True
 
 
-PROBE_HOLD = 0.25  # seconds a connection must stay open (or bring bytes) to count as answered
+PROBE_HOLD = 0.5  # seconds a connection must stay open (or bring bytes) to count as answered (loaded host: generous)
 PROBE_INTERVAL = 0.2  # seconds between two readiness probes
 
 
@@ -99,13 +100,14 @@ async def port_answers(host: str, port: int, hold: float = PROBE_HOLD) -> bool:
     A connection closed (or reset) within `hold` seconds without a byte is what a forwarder with
     nobody behind it does (the engine's docker-proxy accepts on a published port and drops the
     connection when the container does not listen), so it does not count; a server that speaks first
-    (VNC's `RFB 003.008`) or waits for the client (HTTP) does."""
+    (VNC's `RFB 003.008`) or waits for the client (HTTP) does. `hold` 0: the connect alone counts
+    (nothing forwards in between)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=max(hold, 2.0))
     except (OSError, TimeoutError):
         return False
     try:
-        return await asyncio.wait_for(reader.read(1), timeout=hold) != b""
+        return hold <= 0 or await asyncio.wait_for(reader.read(1), timeout=hold) != b""
     except TimeoutError:
         return True  # held open: a listener waiting for the client to speak
     except OSError:
@@ -114,16 +116,31 @@ async def port_answers(host: str, port: int, hold: float = PROBE_HOLD) -> bool:
         writer.close()
 
 
-async def until_ready(endpoint: Endpoint, port: int, within: float, alive: Callable[[], Awaitable[str | None]]) -> None:
+async def until_ready(
+    endpoint: Endpoint,
+    port: int,
+    within: float,
+    alive: Callable[[], Awaitable[str | None]],
+    platform: str,
+    hold: float = PROBE_HOLD,
+) -> None:
     """Probe the endpoint until it answers; SessionFailed after `within` seconds (SESSION_READY_TIMEOUT),
     naming the session's own `port` (the template's), or as soon as `alive` gives a reason (it died)."""
-    deadline = time.monotonic() + within
-    while not await port_answers(endpoint.host, endpoint.port):
+    started = time.monotonic()
+    while not await port_answers(endpoint.host, endpoint.port, hold):
         if dead := await alive():
+            observe_ready(platform, started, "exited")
             raise SessionFailed(dead)
-        if time.monotonic() > deadline:
+        if time.monotonic() > started + within:
+            observe_ready(platform, started, "timeout")
             raise SessionFailed(not_ready_reason(port, within))
         await asyncio.sleep(PROBE_INTERVAL)
+    observe_ready(platform, started, "ready")
+
+
+def observe_ready(platform: str, started: float, outcome: str) -> None:
+    """streamspace_agent_session_ready_seconds: how long a readiness wait took, and how it ended."""
+    metrics.SESSION_READY_SECONDS.labels(platform=platform, outcome=outcome).observe(time.monotonic() - started)
 
 
 def not_ready_reason(port: int, within: float) -> str:

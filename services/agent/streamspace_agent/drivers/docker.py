@@ -7,8 +7,10 @@ io.streamspace.template), on the network DOCKER_NETWORK, with a named volume
 to the first port. How the agent reaches the session (its endpoint) is DOCKER_ENDPOINT's choice:
 `published` (default): that port alone published on DOCKER_PUBLISH_HOST (127.0.0.1 by default) with a
 host port the engine picks; `address`: nothing published, the endpoint is the container's IP address on
-DOCKER_NETWORK and the template's port, for an agent that sits on that network itself (compose) or on
-the engine's host. Either way the agent reaches the session, nobody else is meant to.
+DOCKER_NETWORK and the template's port, for an agent in the engine host's network namespace (a process
+on the host, or compose's agents with `network_mode: host`). Not for an agent in a container on
+DOCKER_NETWORK: inter-container traffic is off there, for the agent's traffic too. Either way the agent
+reaches the session, nobody else is meant to.
 
 Isolation (docs/security.md, "## Session isolation"): DOCKER_NETWORK is a bridge of the sessions' own
 (never the engine's default `bridge`, nor `host` or `none`), made with inter-container traffic off
@@ -40,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import re
+from functools import partial
 from typing import Any
 
 import aiodocker
@@ -50,9 +53,11 @@ from aiodocker.volumes import DockerVolume
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
 from streamspace_common.settings import Settings
 
+from . import CommandFailed
 from .base import (
     AGENT_LABEL,
     MANAGED_LABEL,
+    PROBE_HOLD,
     SESSION_LABEL,
     TEMPLATE_LABEL,
     SessionDriver,
@@ -62,6 +67,8 @@ from .base import (
 
 DATA_PATH = "/data"
 PORT_LABEL = "io.streamspace.port"  # the template's first port: the session's endpoint
+PAUSE_ATTEMPTS = 3
+PAUSE_RETRY_DELAY = 0.5  # seconds
 ENGINE_NETWORKS = ("bridge", "host", "none", "default")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
@@ -264,7 +271,9 @@ class DockerDriver(SessionDriver):
             raise SessionFailed(f"the container has no endpoint (DOCKER_ENDPOINT={self.endpoint_mode})")
         try:
             port = int(data["Config"]["Labels"][PORT_LABEL])
-            await until_ready(endpoint, port, self.ready_timeout, lambda: self._exited(session_id))
+            hold = PROBE_HOLD if self.endpoint_mode == "published" else 0  # docker-proxy only when published
+            alive = partial(self._exited, session_id)
+            await until_ready(endpoint, port, self.ready_timeout, alive, self.platform, hold)
         except SessionFailed:
             await self._halt(session_id)  # a failed session holds no CPU; its logs and volume stay
             raise
@@ -313,8 +322,22 @@ class DockerDriver(SessionDriver):
         if not data["State"]["Running"]:
             return SessionReport(session_id=session_id, state="stopped")  # nothing in memory to keep
         if not data["State"]["Paused"]:
-            await self.docker.containers.container(container_name(session_id)).pause()
+            await self._pause(session_id)
         return SessionReport(session_id=session_id, state="hibernated")
+
+    async def _pause(self, session_id: str) -> None:
+        """`docker pause`, tried PAUSE_ATTEMPTS times: the freezer can fail on a busy host ("unable to
+        freeze"); then the command fails retryable (the control plane retries it), the session runs on."""
+        container = self.docker.containers.container(container_name(session_id))
+        for attempt in range(1, PAUSE_ATTEMPTS + 1):
+            try:
+                await container.pause()
+                return
+            except DockerError as exc:
+                log.warning("docker_pause_failed", session_id=session_id, attempt=attempt, error=exc.message)
+                if attempt == PAUSE_ATTEMPTS:
+                    raise CommandFailed(f"cannot pause the container: {exc.message}", retryable=True) from exc
+                await asyncio.sleep(PAUSE_RETRY_DELAY)
 
     async def stop(self, session_id: str) -> SessionReport:
         data = await self._inspect(session_id)

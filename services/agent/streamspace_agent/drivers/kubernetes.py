@@ -11,15 +11,23 @@ io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id:
 - a ClusterIP Service exposing the template's ports; the endpoint is its cluster DNS name
   (`ss-<id>.<namespace>.svc.<KUBERNETES_CLUSTER_DOMAIN>`) and the first port;
 - a Deployment (Recreate strategy, one container `session` with the image's own command, PORT set,
-  cpu/memory as both requests and limits) with replicas 1. Its pods run restricted (the Pod Security
-  Standard): as KUBERNETES_SESSION_UID, never root, no privilege escalation, every capability dropped,
-  the runtime's default seccomp profile, no service-account token and no service links.
+  cpu/memory as both requests and limits, a tcpSocket readiness probe on the first port) with replicas
+  1. Its pods run restricted (the Pod Security Standard): as KUBERNETES_SESSION_UID, never root, no
+  privilege escalation, every capability dropped, the runtime's default seccomp profile, no
+  service-account token and no service links.
 
 hibernate and stop = patch replicas to 0 (the annotation io.streamspace.state records which, so
 inventory can tell them apart); wake = replicas 1; delete = delete all four (the policy last). Creating
 makes each of the four if missing (a 409 means it is there), so a half-made session is completed by a second CREATE.
-Inventory and orphans come from label selectors. The endpoint is reported as soon as the Deployment
-asks for a pod: the driver does not wait for the pod to be ready (docs/drivers.md).
+Inventory and orphans come from label selectors.
+
+`running` only once the session's port answers, the rule of every platform: the kubelet's tcpSocket
+probe connects to it, and create and wake wait (SESSION_READY_TIMEOUT) for the Deployment's status to
+count the pod Ready (`readyReplicas`, of the current generation); past the timeout the session is
+failed ("port 5901 did not answer within 60 s"). The endpoint is reported, and listed by inventory,
+only for a Deployment whose pod is Ready. Tested against a fake API (tests/fake_kubernetes.py, which
+models that status), never a real cluster: an image that cannot be pulled shows here only as a pod
+that never becomes Ready.
 
 The calls, and nothing else, that helm/streamspace-agent/templates/rbac.yaml grants: deployments
 create/patch/delete/list, services, persistentvolumeclaims and networkpolicies create/delete/list.
@@ -27,7 +35,9 @@ create/patch/delete/list, services, persistentvolumeclaims and networkpolicies c
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +47,21 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport, SessionState
 from streamspace_common.settings import Settings
 
-from .base import AGENT_LABEL, MANAGED_LABEL, SESSION_LABEL, TEMPLATE_LABEL, SessionDriver, SessionFailed
+from .base import (
+    AGENT_LABEL,
+    MANAGED_LABEL,
+    SESSION_LABEL,
+    TEMPLATE_LABEL,
+    SessionDriver,
+    SessionFailed,
+    not_ready_reason,
+    observe_ready,
+)
 
 STATE_ANNOTATION = "io.streamspace.state"
+# the kubelet's probe of the session's first port: every second, 2 s to connect, unready after 3 misses
+READINESS = {"periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 3}
+READY_POLL = 0.5  # seconds between two reads of the Deployment's status while waiting for Ready
 DATA_PATH = "/data"
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -82,6 +104,7 @@ class KubernetesDriver(SessionDriver):
         self.agent_selector = parse_selector(settings.kubernetes_agent_selector)
         self.agent_namespace = self._namespace_file() or self.namespace
         self.session_uid = settings.kubernetes_session_uid
+        self.ready_timeout = settings.session_ready_timeout
         self._api: client.ApiClient | None = None
 
     @classmethod
@@ -169,6 +192,7 @@ class KubernetesDriver(SessionDriver):
             "ports": [{"containerPort": port, "protocol": "TCP"} for port in spec.ports],
             "resources": {"requests": amounts, "limits": amounts},
             "volumeMounts": [{"name": "data", "mountPath": DATA_PATH}],
+            "readinessProbe": {"tcpSocket": {"port": spec.ports[0]}, **READINESS},
         }
         volume = {"name": "data", "persistentVolumeClaim": {"claimName": object_name(spec.session_id)}}
         pod_security, container["securityContext"] = self.pod_security()
@@ -245,9 +269,7 @@ class KubernetesDriver(SessionDriver):
         await _exists_is_fine(core.create_namespaced_service(self.namespace, self.service_body(spec)))
         if await _exists_is_fine(apps.create_namespaced_deployment(self.namespace, self.deployment_body(spec))):
             return await self.wake(spec.session_id)  # it was there: make sure it runs
-        return SessionReport(
-            session_id=spec.session_id, state="running", endpoint=self.endpoint(spec.session_id, spec.ports[0])
-        )
+        return await self._ready(spec.session_id, spec.ports[0])
 
     async def _scale(self, session_id: str, replicas: int, state: str) -> Any:
         patch = {"metadata": {"annotations": {STATE_ANNOTATION: state}}, "spec": {"replicas": replicas}}
@@ -261,8 +283,26 @@ class KubernetesDriver(SessionDriver):
 
     async def wake(self, session_id: str) -> SessionReport:
         deployment = await self._scale(session_id, 1, "running")
-        port = deployment.spec.template.spec.containers[0].ports[0].container_port
+        return await self._ready(session_id, first_port(deployment))
+
+    async def _ready(self, session_id: str, port: int) -> SessionReport:
+        """`running`, with the endpoint, once the Deployment counts its pod Ready; else failed."""
+        started = time.monotonic()
+        while not is_ready(await self._deployment(session_id)):
+            if time.monotonic() > started + self.ready_timeout:
+                observe_ready(self.platform, started, "timeout")
+                raise SessionFailed(not_ready_reason(port, self.ready_timeout))
+            await asyncio.sleep(READY_POLL)
+        observe_ready(self.platform, started, "ready")
         return SessionReport(session_id=session_id, state="running", endpoint=self.endpoint(session_id, port))
+
+    async def _deployment(self, session_id: str) -> Any:
+        """The session's Deployment as the API has it now (status included); SessionFailed if gone."""
+        selector = f"{self.selector()},{SESSION_LABEL}={session_id}"
+        listed = await (await self.apps()).list_namespaced_deployment(self.namespace, label_selector=selector)
+        if not listed.items:
+            raise SessionFailed(f"no session {session_id} on this agent")
+        return listed.items[0]
 
     async def hibernate(self, session_id: str) -> SessionReport:
         await self._scale(session_id, 0, "hibernated")
@@ -289,12 +329,8 @@ class KubernetesDriver(SessionDriver):
         for deployment in listed.items:
             session_id = deployment.metadata.labels[SESSION_LABEL]
             if deployment.spec.replicas:
-                port = deployment.spec.template.spec.containers[0].ports[0].container_port
-                items.append(
-                    SessionInventoryItem(
-                        session_id=session_id, state="running", endpoint=self.endpoint(session_id, port)
-                    )
-                )
+                endpoint = self.endpoint(session_id, first_port(deployment)) if is_ready(deployment) else None
+                items.append(SessionInventoryItem(session_id=session_id, state="running", endpoint=endpoint))
             else:
                 wanted = (deployment.metadata.annotations or {}).get(STATE_ANNOTATION)
                 state: SessionState = "hibernated" if wanted == "hibernated" else "stopped"
@@ -313,6 +349,19 @@ class KubernetesDriver(SessionDriver):
         ):
             ids.update(item.metadata.labels[SESSION_LABEL] for item in listing.items)
         return sorted(ids)
+
+
+def first_port(deployment: Any) -> int:
+    port: int = deployment.spec.template.spec.containers[0].ports[0].container_port
+    return port
+
+
+def is_ready(deployment: Any) -> bool:
+    """The Deployment's status counts a Ready pod, and describes its current spec (not an older one)."""
+    status, generation = deployment.status, deployment.metadata.generation or 0
+    if status is None or (status.observed_generation or 0) < generation:
+        return False
+    return bool(status.ready_replicas)
 
 
 async def _exists_is_fine(call: Any) -> bool:

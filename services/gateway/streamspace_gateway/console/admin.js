@@ -11,6 +11,11 @@ export async function showAdmin() {
   await Promise.all([agents(), users(), templates(), commands()]);
 }
 
+// what changes on its own (agents' heartbeats and instances, commands' status) is read again while shown
+export async function refreshAdmin() {
+  await Promise.all([agents(), commands()]);
+}
+
 async function agents() {
   const [{ agents: list }, { sessions }] = await Promise.all([
     api("GET", "/api/v1/agents"), api("GET", "/api/v1/sessions?limit=1000"),
@@ -20,7 +25,7 @@ async function agents() {
   const details = await Promise.all(list.map((a) => api("GET", `/api/v1/agents/${encodeURIComponent(a.agent_id)}`).catch(() => a)));
   $("agents").tBodies[0].replaceChildren(...details.map((agent) => el("tr", { dataset: { agentId: agent.agent_id } },
     cell(agent.agent_id), cell(agent.status, { className: `status-${agent.status}` }), cell(agent.platform),
-    cell(`${load.get(agent.agent_id) || 0} session(s), concurrency ${agent.concurrency}`, { dataset: { field: "load" } }),
+    cell(`${load.get(agent.agent_id) || 0} session(s)`, { dataset: { field: "load" } }),
     cell((agent.instances || []).map((i) => `${i.instance_id.slice(0, 8)} ${i.role} on ${i.gateway_pod}`).join("; ") || "none",
       { dataset: { field: "instances" } }),
     cell(ago(agent.last_heartbeat), { title: agent.last_heartbeat || "" }))));

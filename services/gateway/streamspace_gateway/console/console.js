@@ -1,11 +1,13 @@
 // The web console: log in, see my sessions as cards (live), create one with a name, drive it, open its
 // viewer; administrators also get the admin area (admin.js). Everything goes through the public REST API.
 import { ago, api, el, setToken, token } from "./api.js";
-import { showAdmin } from "./admin.js";
-import { thumbnail } from "./thumbs.js";
+import { refreshAdmin, showAdmin } from "./admin.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
+const ADMIN_POLL_MS = 5000;
+// noVNC is loaded only when there is a desktop to take a thumbnail of: the console works without it
+const thumbnail = (...args) => import("./thumbs.js").then((module) => module.thumbnail(...args)).catch(() => {});
 
 // The buttons each state offers (the API's verb rules, docs/sessions.md); nothing else is shown.
 export const ACTIONS = {
@@ -13,7 +15,7 @@ export const ACTIONS = {
   starting: ["delete"],
   running: ["open", "hibernate", "stop", "delete"],
   hibernated: ["wake", "stop", "delete"],
-  stopping: [],
+  stopping: ["delete"],
   stopped: ["wake", "delete"],
   failed: ["wake", "delete"],
   lost: ["delete"],
@@ -161,4 +163,5 @@ $("create").addEventListener("submit", create);
 $("logout").addEventListener("click", () => { setToken(null); location.hash = ""; show(); });
 window.addEventListener("hashchange", route);
 setInterval(() => token() && !$("console").hidden && refresh().catch(() => {}), POLL_MS);
+setInterval(() => token() && !$("admin").hidden && refreshAdmin().catch(() => {}), ADMIN_POLL_MS);
 show();
