@@ -24,7 +24,9 @@ Two rounds: `--count` desktops one at a time (each deleted before the next) and 
 POSTed together, each viewer opened as its desktop runs). Memory per running desktop once all of the
 second round show their first frame and have settled (`--settle` s): docker, the container's cgroup
 memory as `docker stats` shows it (usage - inactive file); local, the PSS of the session's process tree
-(the desktop wrapper, Xvnc, xterm). Every desktop, container, volume and network it made is removed.
+(the desktop wrapper, Xvnc, xterm). Before the rounds, `--floor` times each (alternating): the platform
+alone (start -> the `RFB ` banner, no StreamSpace) and the agent's driver alone (create -> `running`, no
+control plane). Every desktop, container, volume and network it made is removed.
 
     .venv/bin/python bench/desktops.py --platform docker --count 20 [--json FILE]
 

@@ -24,7 +24,7 @@ if not Path("/usr/share/novnc/core/rfb.js").is_file():
 @pytest.mark.timeout(600)
 def test_desktop_bench_sees_the_first_frame_of_each_desktop(tmp_path: Path) -> None:
     out = tmp_path / "desktops.json"
-    argv = [sys.executable, str(ROOT / "bench" / "desktops.py"), "--platform", "local", "--count", "2"]
+    argv = [sys.executable, str(ROOT / "bench" / "desktops.py"), "--platform", "local", "--count", "2", "--floor", "1"]
     done = subprocess.run([*argv, "--settle", "1", "--json", str(out)], capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-10000:]
     summary = json.loads(out.read_text())
@@ -40,5 +40,7 @@ def test_desktop_bench_sees_the_first_frame_of_each_desktop(tmp_path: Path) -> N
         assert all(steps[step]["n"] == 2 and steps[step]["p50"] >= 0 for step in steps), steps
         assert figures["memory_per_desktop_mib"]["n"] == 2
         assert 5 < figures["memory_per_desktop_mib"]["p50"] < 2000  # Xvnc and an xterm: tens of MiB
+    for baseline in ("floor_start_to_rfb_ms", "driver_create_to_running_ms"):
+        assert summary[baseline]["n"] == 1 and summary[baseline]["p50"] > 0
     assert summary["goals"]["2_at_once_without_a_failure"] is True
     assert "POST -> first frame" in done.stdout
