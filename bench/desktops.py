@@ -1,7 +1,8 @@
 """Desktops in the browser (issue 24): POST /api/v1/sessions -> `running` -> the first framebuffer update
 drawn by the viewer's noVNC in headless Chromium; memory per running desktop. One platform a run:
 
-- docker: the agent (AGENT_PLATFORM=docker, DOCKER_ENDPOINT=published, a sessions network of its own)
+- docker: the agent (AGENT_PLATFORM=docker, DOCKER_ENDPOINT=published or `--endpoint address` as compose
+  runs it, a sessions network of its own)
   on the host's Docker Engine (scripts/docker-engine) with streamspace/desktop:dev present
   (scripts/build-sample-images desktop): Xvnc, openbox, tint2 and an xterm in a container;
 - local: the agent's `streamspace_agent.desktop` on this host: Xvnc and an xterm (scripts/desktop-packages).
@@ -448,6 +449,7 @@ async def baselines(args: argparse.Namespace, agent_id: str, network: str, work:
         agent_id=agent_id,
         agent_platform=args.platform,
         docker_network=network,
+        docker_endpoint=args.endpoint,
         local_session_dir=str(work / "driver-sessions"),
     )
     driver = create_driver(settings)
@@ -504,9 +506,9 @@ async def isolated_env() -> AsyncIterator[Any]:
             await conn.close()
 
 
-def agent_settings(platform: str, work: Path, network: str) -> dict[str, str]:
-    if platform == "docker":
-        return {"AGENT_PLATFORM": "docker", "DOCKER_NETWORK": network, "DOCKER_ENDPOINT": "published"}
+def agent_settings(args: argparse.Namespace, work: Path, network: str) -> dict[str, str]:
+    if args.platform == "docker":
+        return {"AGENT_PLATFORM": "docker", "DOCKER_NETWORK": network, "DOCKER_ENDPOINT": args.endpoint}
     return {"AGENT_PLATFORM": "local", "LOCAL_SESSION_DIR": str(work / "sessions")}
 
 
@@ -525,7 +527,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             dispatcher = stack.dispatcher(f"dispatcher-{tag}", **PRODUCTION)
             await stack.ready(gateway, dispatcher)
             token = await create_agent_token(env.database_url, agent_id)
-            settings = agent_settings(args.platform, work, network)
+            settings = agent_settings(args, work, network)
             agent = stack.agent(agent_id, token, [gateway], **settings, **PRODUCTION)
             await stack.ready(agent)
             await wait_for(lambda: agent_online(db, agent_id), timeout=60)
@@ -628,6 +630,9 @@ def print_table(summary_: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--platform", choices=["docker", "local"], default="docker")
+    parser.add_argument(
+        "--endpoint", choices=["published", "address"], default="published", help="docker: DOCKER_ENDPOINT"
+    )
     parser.add_argument("--count", type=int, default=20, help="desktops one at a time, then at once")
     parser.add_argument("--timeout", type=float, default=180, help="s for running, and for the first frame")
     parser.add_argument("--settle", type=float, default=10, help="s before memory is read with all running")
@@ -648,12 +653,14 @@ def main() -> None:
         "started": started.isoformat(timespec="seconds"),
         "machine_cores": os.cpu_count(),
         "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+        "docker_endpoint": args.endpoint if args.platform == "docker" else None,
         "image": IMAGE if args.platform == "docker" else "local: streamspace_agent.desktop (Xvnc + xterm)",
         **results,
         "goals": goals(results, args.count),
     }
     print_table(report)
-    out = Path(args.json or BENCH_DIR / "results" / f"{started:%Y-%m-%dT%H%M%SZ}-desktops-{args.platform}.json")
+    variant = args.platform if args.platform == "local" or args.endpoint == "published" else "docker-address"
+    out = Path(args.json or BENCH_DIR / "results" / f"{started:%Y-%m-%dT%H%M%SZ}-desktops-{variant}.json")
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"summary: {out}")
 
