@@ -359,9 +359,24 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
         back = f"copied-{TAG}"
         await type_in_xterm(page, f"printf {back} | xclip -selection clipboard")
         await wait_for(lambda: textarea_is(page, back), timeout=20)
+
+    # a key combination from the Send keys menu reaches the desktop: Ctrl+W erases the last word typed
+    await page.locator("#screen canvas").click(position={"x": 150, "y": 100})
+    await page.keyboard.type(f"touch kept-{TAG} erased-{TAG}", delay=25)
+    await page.select_option("#keys", "ctrl-w")
+    await page.keyboard.press("Enter")  # the menu gives the focus back to the desktop
+    await file_exists(data / f"kept-{TAG}")
+    assert not (data / f"erased-{TAG}").exists()
     assert page.refused == []
     await page.context.close()
     await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
+
+
+async def file_exists(path: Path, timeout: float = 20) -> None:
+    async def there() -> bool:
+        return await asyncio.to_thread(path.exists)
+
+    await wait_for(there, timeout=timeout, interval=0.2)
 
 
 async def textarea_is(page: Any, text: str) -> bool | None:
