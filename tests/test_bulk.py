@@ -185,6 +185,7 @@ async def test_2000_rows_inserted_by_hand_in_one_statement_all_complete(
         stack.agent(one, token, [gateway], **LOAD_SETTINGS)
     await stack.ready(*stack.services)
     await wait_for(lambda: online(db, agent_ids), timeout=30)
+    await asyncio.sleep(3.0)  # the rounds their coming online started are over: only the INSERT's wake-up is left
     ids = [
         row["command_id"]
         for row in await db.fetch(
