@@ -134,6 +134,29 @@ async def test_1001_commands_are_refused_and_1000_taken(
     assert len(await created_ids(http, shared_stack.services[0].url, items[:BULK])) == BULK
 
 
+async def test_a_deleted_agent_refuses_the_whole_request(
+    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, offline_agents: list[str]
+) -> None:
+    await db.execute("UPDATE agents SET deleted_at = now() WHERE agent_id = $1", offline_agents[2])
+    items = [{"agent_id": offline_agents[n % 3], "action": "PING"} for n in range(10)]
+    answered, body = await post_bulk(http, shared_stack.services[0].url, items)
+    assert (answered, body["error"]["code"], body["error"]["field"]) == (409, "agent_deleted", "commands[2].agent_id")
+    assert await rows_of(db, offline_agents) == 0
+
+
+async def test_the_body_may_pass_the_single_limit_up_to_the_bulk_limit(
+    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, offline_agents: list[str]
+) -> None:
+    """1,000 commands with a 200-byte payload each (~250 kB, past MAX_REQUEST_BYTES' 64 KiB) are taken;
+    one body past MAX_BULK_REQUEST_BYTES (4 MiB) is 413."""
+    items = [{"agent_id": offline_agents[0], "action": "PING", "payload": {"note": "x" * 200}}] * BULK
+    assert len(await created_ids(http, shared_stack.services[0].url, items)) == BULK
+    huge = [{"agent_id": offline_agents[1], "action": "PING", "payload": {"note": "x" * (4 * 1024 * 1024)}}]
+    answered, body = await post_bulk(http, shared_stack.services[0].url, huge)
+    assert (answered, body["error"]["code"]) == (413, "request_entity_too_large"), body
+    assert await rows_of(db, offline_agents[1:]) == 0
+
+
 async def test_a_non_admin_is_refused(
     shared_stack: Stack, test_env: RunEnv, db: asyncpg.Pool, offline_agents: list[str]
 ) -> None:
@@ -213,9 +236,15 @@ async def test_a_burst_of_100_bulk_requests_to_one_agent_completes_each_once(
     agent_token: str,
 ) -> None:
     """100 x 1,000 commands to one agent, 10 requests at a time over two gateways: every command
-    completed, and executed once (the agent's execution log)."""
+    completed, and executed once (the agent's execution log).
+
+    The dispatcher's ack deadline is 60 s, not the default 10 s: on this shared 2-core machine at a load
+    average of 25 the agent ran ~250 commands/s, its acks and results reached PostgreSQL more than 10 s
+    after the delivery, and the redeliveries (answered from the agent's journal, never run twice) came
+    back late again until 3 % had spent their 5 attempts (measured 2026-12-06). What this test holds
+    the bulk path to is completeness and exactly-once execution, not speed (bench/run.py measures that)."""
     gateways = [stack.gateway("gateway-burst-a", **LOAD_SETTINGS), stack.gateway("gateway-burst-b", **LOAD_SETTINGS)]
-    dispatcher = stack.dispatcher("dispatcher-burst", **LOAD_SETTINGS)
+    dispatcher = stack.dispatcher("dispatcher-burst", **(LOAD_SETTINGS | {"ACK_TIMEOUT": "60"}))
     executions = tmp_path / "agent.executions"
     agent = stack.agent(agent_id, agent_token, gateways[:1], AGENT_EXECUTION_LOG=str(executions), **LOAD_SETTINGS)
     await stack.ready(*gateways, dispatcher, agent)
