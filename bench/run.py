@@ -59,6 +59,7 @@ from harness import (
     wait_until,
 )
 from report import STAGES, plot, redraw, table
+from simagents import HEARTBEAT_FRAMES_ENV
 from support import Account, Service, Stack, free_port, new_account, new_test_env, with_database
 
 from streamspace_common.admin import QUERIES as ADMIN_QUERIES
@@ -832,6 +833,11 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
     parser.add_argument("--scale", help="idle socket counts, comma-separated (default: the profile's)")
     parser.add_argument("--bulk", type=int, help="commands of each bulk run (default: the profile's)")
+    parser.add_argument(
+        "--heartbeat-frames",
+        action="store_true",
+        help="simulated agents as before ping_liveness: ping + heartbeat frame",
+    )
     parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--py-spy", type=Path, help="profile our processes in the throughput runs into this directory")
     parser.add_argument("--from-json", type=Path, help="print the table of an earlier results file, redraw its plot")
@@ -844,6 +850,8 @@ def main() -> None:
         sizes = replace(sizes, scale=tuple(int(n) for n in args.scale.split(",")))
     if args.bulk:
         sizes = replace(sizes, bulk=args.bulk)
+    if args.heartbeat_frames:
+        os.environ[HEARTBEAT_FRAMES_ENV] = "1"  # inherited by every simagents.py process
     sections = tuple(args.only.split(",")) if args.only else SECTIONS
     if unknown := set(sections) - set(SECTIONS):
         parser.error(f"--only: unknown sections {sorted(unknown)}")
