@@ -1,6 +1,6 @@
 """Run every chaos scenario at a larger count and print the table (docs/chaos.md):
 
-    scripts/chaos                      # 1,000 commands per scenario, the load test at 20,000
+    scripts/chaos                      # 1,000 commands per scenario, the load tests (SQL, bulk API) at 20,000
     scripts/chaos --commands 2000 --only 1 8 12 --load 0
     scripts/chaos --only 13 14 15 --load 0                    # the engines' failover (clusters)
     scripts/chaos --only 13 14 15 --load 0 --single-endpoint  # the control: each must fail
@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from .failover import FAILOVER_SCENARIOS, run_failover
-from .harness import LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
+from .harness import BULK_LOAD_TITLE, LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
 from .scenarios import SCENARIOS, ScenarioFailed, run_scenario
 from .servers import Servers
 
@@ -84,13 +84,13 @@ async def main(commands: int, load: int, only: list[int], single_endpoint: bool 
         more_rows, more_failures = await failovers(servers, root, commands, only, single_endpoint)
         rows += more_rows
         failures += more_failures
-        if load:
-            log_dir = root / "load"
+        for title, bulk in ((LOAD_TITLE, False), (BULK_LOAD_TITLE, True)) if load else ():
+            log_dir = root / ("load-bulk" if bulk else "load")
             log_dir.mkdir()
-            run = ChaosRun(servers, LOAD_TITLE, log_dir, settings=LOAD_SETTINGS)
+            run = ChaosRun(servers, title, log_dir, settings=LOAD_SETTINGS)
             try:
                 await run.start()
-                counts = await run.load(load)
+                counts = await (run.load_bulk(load) if bulk else run.load(load))
             finally:
                 await run.stop()
             rows.append(counts)
@@ -98,7 +98,7 @@ async def main(commands: int, load: int, only: list[int], single_endpoint: bool 
                 run.assert_clean(counts)
                 assert counts.disconnects == 0 and counts.attempts_over_one == 0, counts
             except AssertionError as exc:
-                failures.append(f"{LOAD_TITLE}: {exc}")
+                failures.append(f"{title}: {exc}")
     finally:
         await asyncio.to_thread(servers.stop)
     print(f"\n{table(rows)}\n")
