@@ -417,13 +417,18 @@ class OwnPostgres:
         assert self.server.process is not None
         return self.server.process.pid
 
-    def pids(self) -> list[int]:
-        """The postmaster and every process it forked (backends, WAL writer, checkpointer, autovacuum)."""
-        try:
-            postmaster = psutil.Process(self.pid)
-            return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
-        except psutil.Error:
-            return []
+    def cpu_seconds(self) -> float:
+        """CPU-seconds of the whole server so far: the postmaster, the processes it has forked and reaped
+        (backends that ended: its children's times) and those alive (backends, WAL writer, checkpointer,
+        autovacuum workers)."""
+        postmaster = psutil.Process(self.pid)
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+        return float(total)
 
     def destroy(self) -> None:
         self.server.destroy()
