@@ -210,6 +210,28 @@ async def soak_on(args: argparse.Namespace, log_dir: Path, out: Path, env: RunEn
     return results
 
 
+def markdown(results: dict[str, Any], every: int = 5) -> str:
+    """The docs' table: every `every`th sample (and the last): rows and MiB per table, dead tuples."""
+    head = (
+        "| minute | `agent_commands` rows: commands + inventories | MiB | `agent_command_attempts` rows | MiB "
+        "| `audit_log` rows | MiB | dead tuples (commands / attempts / audit) | autovacuums of `agent_commands` "
+        "| open commands | created so far |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    samples = results["samples"]
+    chosen = [s for i, s in enumerate(samples) if (i + 1) % every == 0 or i in (0, len(samples) - 1)]
+    lines = [head]
+    for s in chosen:
+        rows, mib, dead = s["rows"], s["mib"], s["dead"]
+        lines.append(
+            f"| {s['minute']:.0f} | {rows['agent_commands']:,} + {rows['inventories']:,} | {mib['agent_commands']} "
+            f"| {rows['agent_command_attempts']:,} | {mib['agent_command_attempts']} "
+            f"| {rows['audit_log']:,} | {mib['audit_log']} "
+            f"| {dead['agent_commands']:,} / {dead['agent_command_attempts']:,} / {dead['audit_log']:,} "
+            f"| {s['autovacuums']['agent_commands']} | {rows['open_commands']} | {s['created']:,} |"
+        )
+    return "\n".join(lines)
+
+
 def check_alive(services: list[Service]) -> None:
     for service in services:
         if service.process.poll() is not None:
@@ -231,7 +253,11 @@ def main() -> None:
     )
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
     parser.add_argument("--out", type=Path, help="the JSON summary (default bench/results/<time>-soak.json)")
+    parser.add_argument("--table", type=Path, help="print the markdown table of an earlier results file, and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return
     out = args.out or BENCH_DIR / "results" / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-soak.json"
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
