@@ -255,7 +255,10 @@ async def sockets(setup: Setup, sizes: Sizes) -> dict[str, Any]:
     agents_file = write_agents(setup, "idle-agents", tokens, [setup.gateway_a])
     sim, connect = await start_sim_agents(setup.stack, "idle-sim", agents_file, "idle", 600)
     await asyncio.sleep(15)  # the connect burst's tail (registrations, inventories none: no capability)
+    connections_before = await gateway_counter(setup.gateway_a, "streamspace_gateway_agent_connections_total")
     busy = await measure(setup.meter(**{"simulated agents": pid_of(sim)}), idle_sleep(sizes))
+    # Sockets that went stale and reconnected inside the window (a starved machine): not idle then
+    reconnects = await gateway_counter(setup.gateway_a, "streamspace_gateway_agent_connections_total")
     rss_after = rss_mib(setup.gateway_a.process.pid)
     sim.kill()
     setup.stack.services.remove(sim)
@@ -268,6 +271,7 @@ async def sockets(setup: Setup, sizes: Sizes) -> dict[str, Any]:
     return {
         "agents": sizes.idle_agents,
         "connect_seconds": round(connect, 1),
+        "connections_in_window (0: idle as meant)": reconnects - connections_before,
         "gateway_rss_mib": {"before": rss_before, "after": rss_after},
         "gateway_rss_mib_per_1000": round((rss_after - rss_before) / thousands, 1),
         "idle_seconds": round(busy.seconds, 1),
@@ -283,6 +287,13 @@ async def sockets(setup: Setup, sizes: Sizes) -> dict[str, Any]:
             1,
         ),
     }
+
+
+async def gateway_counter(gateway: Service, name: str) -> float:
+    """The sum of a counter's samples (every label) on a gateway's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(gateway.metrics_url) as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def idle_sleep(sizes: Sizes) -> Callable[[], Awaitable[None]]:
