@@ -133,21 +133,22 @@ async def sample(dsn: str, started: float, load: Load) -> dict[str, Any]:
 
 
 def verdict(samples: list[dict[str, Any]], settle_minutes: float) -> dict[str, Any]:
-    """Per table: rows and MiB at the first sample after `settle_minutes` (retention + a prune round or
-    two) and their min/max from there on; flat when the last is within 25 % of the settled value."""
+    """Per table: rows and MiB from the first sample after `settle_minutes` (retention + a prune round or
+    two) on: first, min, max, last; flat when the second half's maximum is within 25 % of the first
+    half's (rows move within a band as rows expire continuously and prune rounds come periodically)."""
     settled = [s for s in samples if s["minute"] >= settle_minutes]
-    if len(settled) < 2:
+    if len(settled) < 4:
         return {"settled_samples": len(settled)}
     out: dict[str, Any] = {"settled_samples": len(settled), "from_minute": settled[0]["minute"]}
+    series: dict[str, list[float]] = {}
     for key in ("agent_commands", "inventories", "agent_command_attempts", "audit_log"):
-        rows = [s["rows"][key] for s in settled]
-        out[f"{key} rows"] = {"first": rows[0], "min": min(rows), "max": max(rows), "last": rows[-1]}
+        series[f"{key} rows"] = [s["rows"][key] for s in settled]
     for table in settled[0]["mib"]:
-        mib = [s["mib"][table] for s in settled]
-        out[f"{table} MiB"] = {"first": mib[0], "min": min(mib), "max": max(mib), "last": mib[-1]}
-    out["flat"] = all(
-        v["last"] <= 1.25 * max(v["first"], 1) for k, v in out.items() if isinstance(v, dict) and "first" in v
-    )
+        series[f"{table} MiB"] = [s["mib"][table] for s in settled]
+    half = len(settled) // 2
+    for name, values in series.items():
+        out[name] = {"first": values[0], "min": min(values), "max": max(values), "last": values[-1]}
+    out["flat"] = all(max(v[half:]) <= 1.25 * max(max(v[:half]), 1) for v in series.values())
     return out
 
 
