@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,9 +319,9 @@ def start_process(stack: Stack, name: str, argv: list[str], env: dict[str, str],
     return service
 
 
-def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str) -> Service:
+def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str, extra: Sequence[str] = ()) -> Service:
     log_path = stack.log_dir / f"{name}.log"
-    argv = [sys.executable, str(BENCH_DIR / "simagents.py"), str(agents_file), "--mode", mode]
+    argv = [sys.executable, str(BENCH_DIR / "simagents.py"), str(agents_file), "--mode", mode, *extra]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file)
     service = Service(name, process, 0, log_path)
@@ -330,10 +330,11 @@ def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str) -> S
 
 
 async def start_sim_agents(
-    stack: Stack, name: str, agents_file: Path, mode: str, timeout: float
+    stack: Stack, name: str, agents_file: Path, mode: str, timeout: float, extra: Sequence[str] = ()
 ) -> tuple[Service, float]:
-    """Start bench/simagents.py; return it once every agent has its welcome, with the seconds that took."""
-    service = spawn_sim_agents(stack, name, agents_file, mode)
+    """Start bench/simagents.py (`extra`: more of its flags); return it once every agent has its welcome,
+    with the seconds that took."""
+    service = spawn_sim_agents(stack, name, agents_file, mode, extra)
     process = service.process
     assert process.stdout is not None
     try:
@@ -376,3 +377,65 @@ def ensure_peer_venv() -> tuple[Path | None, str]:
             return None, f"building bench/.peer-venv failed ({' '.join(step[:3])}...): {done.stderr.strip()[-500:]}"
     stamp_file.write_text(stamp)
     return python, "built"
+
+
+# --- a PostgreSQL of the bench's own -----------------------------------------------------------------
+
+
+class OwnPostgres:
+    """A throwaway PostgreSQL 15 server (tests/chaos/servers.py's recipe) with production's defaults, not
+    the shared CI server's: autovacuum on (the machine's server runs with it off), fsync on,
+    pg_stat_statements loaded, every autovacuum logged. Its WAL, statements and vacuums are the bench's
+    alone, whatever else runs on the machine."""
+
+    SETTINGS = (
+        "listen_addresses=127.0.0.1",
+        "max_connections=200",
+        "shared_buffers=128MB",
+        "fsync=on",
+        "synchronous_commit=on",
+        "autovacuum=on",
+        "log_autovacuum_min_duration=0",
+        "shared_preload_libraries=pg_stat_statements",
+        "pg_stat_statements.track=all",
+        "track_io_timing=on",
+    )
+
+    def __init__(self) -> None:
+        from chaos.servers import PostgresServer  # tests/ is on sys.path (above)
+
+        self.server = PostgresServer()
+        self.server.init()
+        self.log_path = self.server.base / "postgres.log"
+        argv = [str(Path("/usr/lib/postgresql/15/bin/postgres")), "-D", str(self.server.data)]
+        argv += ["-p", str(self.server.port), "-k", str(self.server.data)]
+        for setting in self.SETTINGS:
+            argv += ["-c", setting]
+        as_user = "postgres" if os.geteuid() == 0 else None
+        with self.log_path.open("ab") as log_file:
+            self.server.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_file, user=as_user)
+        self.server.wait_ready()
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.server.port}/{database}"
+
+    @property
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU-seconds of the whole server so far: the postmaster, the processes it has forked and reaped
+        (backends that ended: its children's times) and those alive (backends, WAL writer, checkpointer,
+        autovacuum workers)."""
+        postmaster = psutil.Process(self.pid)
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+        return float(total)
+
+    def destroy(self) -> None:
+        self.server.destroy()

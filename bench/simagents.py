@@ -5,9 +5,13 @@ streamspace-agent: hello announcing `confirm` and `inventory`, WebSocket pings a
 counts pings, `ping_liveness`, or --heartbeat-frames) a heartbeat frame every heartbeat interval, and
 (in `respond` mode) a `completed` result for every command at once (and no ack: the real agent
 acknowledges a command by its result when that comes within its ACK_AFTER). It runs nothing and
-keeps no journal: it is load, not an agent. `idle` mode only keeps the sockets open.
+keeps no journal: it is load, not an agent. `idle` mode only keeps the sockets open. With `--inventory`
+it also announces INVENTORY_SESSIONS and answers it with an empty inventory (the dispatchers'
+reconciliation then asks it every RECONCILE_INTERVAL, as a real agent); with `--fail-every N` every
+Nth command of each agent is answered `failed` (an attempt row each).
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
+        [--inventory] [--fail-every N]
 
 AGENTS_JSON holds `[[agent_id, token, gateway_url], ...]`. Once every agent has its welcome the
 process prints one JSON line `{"connected": N, "seconds": S}` to stdout, then runs until killed.
@@ -22,6 +26,7 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
 import aiohttp
 import msgspec
@@ -39,22 +44,32 @@ from streamspace_common.schemas import (
 
 CONNECT_PATH = "/api/v1/agents/connect"
 PING_RESULT: dict[str, object] = {"pong": True}
+EMPTY_INVENTORY: dict[str, object] = {"sessions": [], "workloads": []}
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
 HEARTBEAT = _encoder.encode(Heartbeat()).decode()
 HEARTBEAT_FRAMES_ENV = "SIM_HEARTBEAT_FRAMES"  # set (bench/run.py --heartbeat-frames): the earlier agents' frames
 
 
+@dataclass(frozen=True)
+class Behaviour:
+    respond: bool  # answer every command at once (respond mode); else only keep the socket
+    ping_interval: float
+    features: list[str]  # the hello's features (without ping_liveness: the earlier agents' heartbeats)
+    inventory: bool = False  # announce INVENTORY_SESSIONS, answer it with an empty inventory
+    fail_every: int = 0  # answer every Nth command `failed` (0: none)
+
+
 class SimAgent:
-    def __init__(
-        self, agent_id: str, token: str, gateway_url: str, respond: bool, ping_interval: float, features: list[str]
-    ) -> None:
+    def __init__(self, agent_id: str, token: str, gateway_url: str, behaviour: Behaviour) -> None:
         self.agent_id = agent_id
         self.token = token
         self.url = gateway_url.rstrip("/").replace("http://", "ws://", 1) + CONNECT_PATH
-        self.respond = respond
-        self.ping_interval = ping_interval
-        self.features = features
+        self.respond = behaviour.respond
+        self.ping_interval = behaviour.ping_interval
+        self.behaviour = behaviour
+        self.capabilities = ["PING", "INVENTORY_SESSIONS"] if behaviour.inventory else ["PING"]
+        self.answered = 0
         self.welcomed = asyncio.Event()
 
     async def run(self, http: aiohttp.ClientSession, ready: asyncio.Semaphore) -> None:
@@ -71,8 +86,8 @@ class SimAgent:
                         platform="sim",
                         version="bench",
                         instance_id=uuid.uuid4().hex,
-                        capabilities=["PING"],
-                        features=self.features,
+                        capabilities=self.capabilities,
+                        features=self.behaviour.features,
                     )
                     await ws.send_str(_encoder.encode(hello).decode())
                     message = await ws.receive(timeout=60)
@@ -94,13 +109,21 @@ class SimAgent:
                     break
                 frame = _decoder.decode(message.data)
                 if isinstance(frame, Command) and self.respond:
-                    result = Result(command_id=frame.command_id, status="completed", result=PING_RESULT)
-                    await ws.send_str(_encoder.encode(result).decode())
+                    await ws.send_str(_encoder.encode(self.answer(frame)).decode())
                 # Confirm frames: nothing to forget, the simulated agent keeps no journal.
         finally:
             if beats is not None:
                 beats.cancel()
             await ws.close()
+
+    def answer(self, command: Command) -> Result:
+        self.answered += 1
+        every = self.behaviour.fail_every
+        if command.action == "INVENTORY_SESSIONS":
+            return Result(command_id=command.command_id, status="completed", result=EMPTY_INVENTORY)
+        if every and self.answered % every == 0:
+            return Result(command_id=command.command_id, status="failed", error="simulated failure")
+        return Result(command_id=command.command_id, status="completed", result=PING_RESULT)
 
     @staticmethod
     async def heartbeats(ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
@@ -109,10 +132,8 @@ class SimAgent:
             await ws.send_str(HEARTBEAT)
 
 
-async def main_async(
-    specs: list[list[str]], respond: bool, connect_concurrency: int, ping_interval: float, features: list[str]
-) -> None:
-    agents = [SimAgent(agent_id, token, url, respond, ping_interval, features) for agent_id, token, url in specs]
+async def main_async(specs: list[list[str]], behaviour: Behaviour, connect_concurrency: int) -> None:
+    agents = [SimAgent(agent_id, token, url, behaviour) for agent_id, token, url in specs]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         ready = asyncio.Semaphore(connect_concurrency)
@@ -136,11 +157,14 @@ def main() -> None:
         default=bool(os.environ.get(HEARTBEAT_FRAMES_ENV)),
         help=f"as agents before ping_liveness: a heartbeat frame beside every ping (default: ${HEARTBEAT_FRAMES_ENV})",
     )
+    parser.add_argument("--inventory", action="store_true", help="announce and answer INVENTORY_SESSIONS")
+    parser.add_argument("--fail-every", type=int, default=0, help="answer every Nth command failed (0: never)")
     args = parser.parse_args()
     with open(args.agents_file) as f:
         specs = json.load(f)
     features = [f for f in FEATURES if f != FEATURE_PING_LIVENESS] if args.heartbeat_frames else list(FEATURES)
-    asyncio.run(main_async(specs, args.mode == "respond", args.connect_concurrency, args.ping_interval, features))
+    behaviour = Behaviour(args.mode == "respond", args.ping_interval, features, args.inventory, args.fail_every)
+    asyncio.run(main_async(specs, behaviour, args.connect_concurrency))
 
 
 if __name__ == "__main__":
