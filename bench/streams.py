@@ -10,7 +10,10 @@ and measures three paths to the same session endpoint, in the same run:
 
 Throughput: `--mib` MiB of random bytes written while the echo is read back (each way at once), MiB/s.
 Latency: `--samples` round trips of a 32-byte message, one at a time: p50 / p99, and what the path adds
-over direct TCP. Writes bench/results/<UTC time>-streams.json.
+over direct TCP. CPU: the CPU-seconds the path's own processes (websockify and its children; ours:
+gateway B and the agent, each also given alone) used during the throughput run, per GiB moved (both
+ways counted): stable under a loaded machine where MiB/s is not. Writes
+bench/results/<UTC time>-streams.json.
 
     .venv/bin/python bench/streams.py [--mib 50] [--samples 1000]
 """
@@ -35,6 +38,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import Stack, new_account, new_test_env, rabbitmqctl, wait_for
@@ -165,6 +169,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     bridge = start_websockify(bridge_port, host, port)
                     await wait_for(lambda: listening(bridge_port), timeout=15)
 
+                    cpu_of = {
+                        "direct TCP": {},
+                        "websockify": {"websockify": bridge.pid},
+                        "ours (B -> agent on A)": {"gateway B": b.process.pid, "agent": agent.process.pid},
+                    }
+
                     async def direct() -> Link:
                         return TcpLink(*await asyncio.open_connection(host, port))
 
@@ -184,7 +194,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         ("websockify", via_websockify),
                         ("ours (B -> agent on A)", ours),
                     ):
-                        results["paths"][name] = await measure_path(opener, args)
+                        results["paths"][name] = await measure_path(opener, args, cpu_of[name])
                         print_path(name, results["paths"][name], results["paths"].get("direct TCP"))
             finally:
                 if bridge is not None:
@@ -237,14 +247,26 @@ async def create_running(http: aiohttp.ClientSession, url: str) -> dict[str, Any
     return await wait_for(running, timeout=60)
 
 
-async def measure_path(opener: Any, args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (websockify forks one per connection)."""
+    try:
+        process = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+    except psutil.Error:
+        return 0.0
+
+
+async def measure_path(opener: Any, args: argparse.Namespace, processes: dict[str, int]) -> dict[str, Any]:
     started = time.perf_counter()
     link = await opener()
     await link.send(b"!")
     await link.receive()
     connect = time.perf_counter() - started
     try:
+        before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         rate = await throughput(link, args.mib)
+        gib_moved = 2 * args.mib / 1024
+        cpu = {name: (cpu_seconds(pid) - before[name]) / gib_moved for name, pid in processes.items()}
         rtts = await round_trips(link, args.samples)
     finally:
         await link.close()
@@ -253,6 +275,8 @@ async def measure_path(opener: Any, args: argparse.Namespace) -> dict[str, Any]:
         "mib_per_s_each_way": rate,
         "rtt_p50_ms": percentile(rtts, 0.5) * 1000,
         "rtt_p99_ms": percentile(rtts, 0.99) * 1000,
+        "cpu_seconds_per_gib": {**cpu, "total": sum(cpu.values())},
+        "load_average_1m": os.getloadavg()[0],
     }
 
 
@@ -261,6 +285,7 @@ def print_path(name: str, row: dict[str, Any], direct: dict[str, Any] | None) ->
     print(
         f"{name:24} {row['mib_per_s_each_way']:7.1f} MiB/s each way   rtt p50 {row['rtt_p50_ms']:.3f} ms"
         f"  p99 {row['rtt_p99_ms']:.3f} ms{added}   connect {row['connect_to_first_echo_ms']:.1f} ms"
+        f"   cpu-s/GiB {row['cpu_seconds_per_gib']['total']:.2f}   load {row['load_average_1m']:.1f}"
     )
 
 

@@ -39,7 +39,7 @@ from streamspace_common.schemas import Command
 from . import metrics
 from .drivers import CommandFailed, Driver
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024  # the most read from the session's socket at once: one frame (fewer, larger frames)
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 log = structlog.get_logger("agent.tunnels")
@@ -180,7 +180,9 @@ class Tunnels:
         self, spec: OpenTunnel
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, aiohttp.ClientWebSocketResponse]:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(spec.host, spec.port), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(spec.host, spec.port, limit=CHUNK), CONNECT_TIMEOUT
+            )
         except (OSError, TimeoutError) as exc:
             raise CommandFailed(f"cannot reach the session at {spec.host}:{spec.port}: {exc!r}") from exc
         try:
@@ -190,6 +192,7 @@ class Tunnels:
                 max_msg_size=MAX_FRAME_BYTES,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 autoping=True,
+                compress=0,  # no per-message deflate: a desktop's frames are compressed already
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             writer.close()
@@ -214,10 +217,13 @@ class Tunnels:
         ending: list[tuple[int, str]] = []
         started = time.monotonic()
 
+        to_gateway_bytes = metrics.TUNNEL_BYTES.labels("to_gateway")  # bound once, not per frame
+        to_session_bytes = metrics.TUNNEL_BYTES.labels("to_session")
+
         async def to_gateway() -> None:
             while data := await reader.read(CHUNK):
                 last[0] = time.monotonic()
-                metrics.TUNNEL_BYTES.labels("to_gateway").inc(len(data))
+                to_gateway_bytes.inc(len(data))
                 await ws.send_bytes(data)
             ending.append((closecodes.STREAM_ENDED, "the session closed the connection"))
 
@@ -227,7 +233,7 @@ class Tunnels:
                     ending.append((closecodes.BAD_FRAME, "only binary frames are streamed"))
                     return
                 last[0] = time.monotonic()
-                metrics.TUNNEL_BYTES.labels("to_session").inc(len(message.data))
+                to_session_bytes.inc(len(message.data))
                 writer.write(message.data)
                 await writer.drain()
             ending.append((ws.close_code or 1000, "the gateway closed the stream"))

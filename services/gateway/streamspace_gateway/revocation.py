@@ -104,8 +104,12 @@ class OpenStreams:
         user_ids = list({stream.user_id for stream in streams})
         keys = [s.credential.id for s in streams if s.credential.kind == "api_key"]
         tokens = [s.credential.id for s in streams if s.credential.kind == "login"]
-        users = {row["id"]: row for row in await self.pool.fetch(QUERIES["users_in_force"], user_ids)}
-        return Standing(users, await self.found("live_api_keys", keys), await self.found("logged_out_tokens", tokens))
+        rows, live_keys, logged_out = await asyncio.gather(  # three reads at once (a stream's set-up waits)
+            self.pool.fetch(QUERIES["users_in_force"], user_ids),
+            self.found("live_api_keys", keys),
+            self.found("logged_out_tokens", tokens),
+        )
+        return Standing({row["id"]: row for row in rows}, live_keys, logged_out)
 
     async def found(self, query: str, ids: list[str]) -> set[str]:
         return {row[0] for row in await self.pool.fetch(QUERIES[query], ids)} if ids else set()
