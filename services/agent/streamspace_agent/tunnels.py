@@ -11,7 +11,8 @@ TUNNEL_NETWORKS, an address in those networks on a gateway's scheme and port), a
 any gateway is; the endpoint is the one its driver reports for that session, running. The dial-back
 carries the tunnel token only: the agent's own token never leaves the control socket.
 
-Backpressure: each direction reads a chunk, writes it, and waits for the write to drain before it
+Backpressure: each direction reads a chunk (from the session: what arrived, at most ~512 KiB, as one
+frame, with no copy: session_socket.py), writes it, and waits for the write to drain before it
 reads again (aiohttp's WebSocket reader stops reading its socket when its queue holds 64 KiB), so a
 slow reader at either end stalls the other end instead of growing a buffer here. Either end closing
 (or an error) closes the other, with the reason; no byte either way for STREAM_IDLE_TIMEOUT closes
@@ -38,8 +39,9 @@ from streamspace_common.schemas import Command
 
 from . import metrics
 from .drivers import CommandFailed, Driver
+from .session_socket import SessionSocket
 
-CHUNK = 256 * 1024  # the most read from the session's socket at once: one frame (fewer, larger frames)
+CHUNK = 256 * 1024  # read from the session's socket and not yet sent: past this, reading pauses
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 log = structlog.get_logger("agent.tunnels")
@@ -167,22 +169,18 @@ class Tunnels:
             raise CommandFailed(f"this agent has {self.max_per_agent} streams open already")
         self.per_session[spec.session_id] += 1  # counted from now on, so a burst cannot pass the limit
         try:
-            reader, writer, ws = await self._connect(spec)
+            session, ws = await self._connect(spec)
         except BaseException:
             self._release(spec.session_id)
             raise
-        task = asyncio.create_task(self._pipe(spec, reader, writer, ws))
+        task = asyncio.create_task(self._pipe(spec, session, ws))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return {"session_id": spec.session_id, "tunnel": "open"}
 
-    async def _connect(
-        self, spec: OpenTunnel
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, aiohttp.ClientWebSocketResponse]:
+    async def _connect(self, spec: OpenTunnel) -> tuple[SessionSocket, aiohttp.ClientWebSocketResponse]:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(spec.host, spec.port, limit=CHUNK), CONNECT_TIMEOUT
-            )
+            session = await asyncio.wait_for(SessionSocket.connect(spec.host, spec.port, CHUNK), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise CommandFailed(f"cannot reach the session at {spec.host}:{spec.port}: {exc!r}") from exc
         try:
@@ -195,9 +193,9 @@ class Tunnels:
                 compress=0,  # no per-message deflate: a desktop's frames are compressed already
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            writer.close()
+            session.close()
             raise CommandFailed(f"cannot dial the gateway back at {spec.url.split('?')[0]}: {exc!r}") from exc
-        return reader, writer, ws
+        return session, ws
 
     def _release(self, session_id: str) -> None:
         self.per_session[session_id] -= 1
@@ -207,8 +205,7 @@ class Tunnels:
     async def _pipe(
         self,
         spec: OpenTunnel,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        session: SessionSocket,
         ws: aiohttp.ClientWebSocketResponse,
     ) -> None:
         bound = log.bind(session_id=spec.session_id)
@@ -221,7 +218,7 @@ class Tunnels:
         to_session_bytes = metrics.TUNNEL_BYTES.labels("to_session")
 
         async def to_gateway() -> None:
-            while data := await reader.read(CHUNK):
+            while data := await session.read():
                 last[0] = time.monotonic()
                 to_gateway_bytes.inc(len(data))
                 await ws.send_bytes(data)
@@ -234,8 +231,8 @@ class Tunnels:
                     return
                 last[0] = time.monotonic()
                 to_session_bytes.inc(len(message.data))
-                writer.write(message.data)
-                await writer.drain()
+                session.write(message.data)
+                await session.drain()
             ending.append((ws.close_code or 1000, "the gateway closed the stream"))
 
         async def idle() -> None:
@@ -257,9 +254,7 @@ class Tunnels:
             code, reason = ending[0] if ending else (closecodes.STREAM_ERROR, "the agent is stopping")
             with contextlib.suppress(Exception):
                 await ws.close(code=code, message=reason.encode()[:120])
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            session.close()
             self._release(spec.session_id)
             metrics.TUNNELS_OPEN.dec()
             bound.info("tunnel_closed", code=code, reason=reason, seconds=round(time.monotonic() - started, 3))
