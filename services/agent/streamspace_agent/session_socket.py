@@ -1,9 +1,10 @@
 """A tunnel's TCP connection to its session, with no copy of the bytes on the agent's side.
 
 asyncio's StreamReader copies every chunk the loop reads into its buffer and out again; here a read
-returns the very bytes objects the loop made (joined only when several are waiting), which go on as one
-WebSocket frame each. Backpressure as before: reading stops while more than `limit` bytes wait for the
-pump, and `drain` waits while the kernel's send buffer (the transport's high-water mark) is full.
+returns (a zero-copy view of) the bytes objects the loop made, at most `most` bytes: one WebSocket frame.
+Pieces smaller than that are joined. Backpressure as before: reading stops while more than `limit`
+bytes wait for the pump, and `drain` waits while the kernel's send buffer (the transport's high-water
+mark) is full.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ class SessionSocket(asyncio.Protocol):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.transport: asyncio.Transport | None = None
-        self.chunks: deque[bytes] = deque()
+        self.chunks: deque[memoryview] = deque()
         self.waiting = 0  # bytes in `chunks`
+        self.paused = False
         self.ended = False  # EOF or connection lost: `read` returns b"" once `chunks` is empty
         self.readable: asyncio.Future[None] | None = None
         self.writable: asyncio.Future[None] | None = None  # while the transport's buffer is full
@@ -32,9 +34,10 @@ class SessionSocket(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # a TCP connection's
 
     def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
+        self.chunks.append(memoryview(data))
         self.waiting += len(data)
-        if self.waiting > self.limit and self.transport is not None:
+        if self.waiting > self.limit and self.transport is not None and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
         self._wake_reader()
 
@@ -60,18 +63,27 @@ class SessionSocket(asyncio.Protocol):
         if self.readable is not None and not self.readable.done():
             self.readable.set_result(None)
 
-    async def read(self) -> bytes:
-        """What arrived since the last read (b"" once the session closed its side)."""
+    async def read(self, most: int) -> bytes | memoryview:
+        """Up to `most` bytes of what arrived (b"" once the session closed its side)."""
         while not self.chunks:
             if self.ended:
                 return b""
             self.readable = asyncio.get_running_loop().create_future()
             await self.readable
-        data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks.clear()
-        if self.waiting > self.limit and self.transport is not None and not self.transport.is_closing():
+        head = self.chunks.popleft()
+        data: bytes | memoryview = head
+        if len(head) > most:
+            self.chunks.appendleft(head[most:])  # views: no copy
+            data = head[:most]
+        elif self.chunks and len(self.chunks[0]) + len(data) <= most:  # small pieces: one frame
+            parts = [data]
+            while self.chunks and len(self.chunks[0]) + sum(map(len, parts)) <= most:
+                parts.append(self.chunks.popleft())
+            data = b"".join(parts)
+        self.waiting -= len(data)
+        if self.paused and self.waiting <= self.limit and self.transport is not None:
+            self.paused = False
             self.transport.resume_reading()
-        self.waiting = 0
         return data
 
     def write(self, data: bytes) -> None:

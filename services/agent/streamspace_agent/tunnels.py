@@ -11,7 +11,7 @@ TUNNEL_NETWORKS, an address in those networks on a gateway's scheme and port), a
 any gateway is; the endpoint is the one its driver reports for that session, running. The dial-back
 carries the tunnel token only: the agent's own token never leaves the control socket.
 
-Backpressure: each direction reads a chunk (from the session: what arrived, at most ~512 KiB, as one
+Backpressure: each direction reads a chunk (from the session: what arrived, at most 64 KiB, as one
 frame, with no copy: session_socket.py), writes it, and waits for the write to drain before it
 reads again (aiohttp's WebSocket reader stops reading its socket when its queue holds 64 KiB), so a
 slow reader at either end stalls the other end instead of growing a buffer here. Either end closing
@@ -26,7 +26,7 @@ import contextlib
 import ipaddress
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import msgspec
@@ -41,7 +41,8 @@ from . import metrics
 from .drivers import CommandFailed, Driver
 from .session_socket import SessionSocket
 
-CHUNK = 256 * 1024  # read from the session's socket and not yet sent: past this, reading pauses
+FRAME = 64 * 1024  # the most sent as one frame: larger ones are stored whole at each hop before going on
+WAITING = 256 * 1024  # read from the session's socket and not yet sent: past this, reading pauses
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 log = structlog.get_logger("agent.tunnels")
@@ -180,7 +181,7 @@ class Tunnels:
 
     async def _connect(self, spec: OpenTunnel) -> tuple[SessionSocket, aiohttp.ClientWebSocketResponse]:
         try:
-            session = await asyncio.wait_for(SessionSocket.connect(spec.host, spec.port, CHUNK), CONNECT_TIMEOUT)
+            session = await asyncio.wait_for(SessionSocket.connect(spec.host, spec.port, WAITING), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise CommandFailed(f"cannot reach the session at {spec.host}:{spec.port}: {exc!r}") from exc
         try:
@@ -218,10 +219,10 @@ class Tunnels:
         to_session_bytes = metrics.TUNNEL_BYTES.labels("to_session")
 
         async def to_gateway() -> None:
-            while data := await session.read():
+            while data := await session.read(FRAME):
                 last[0] = time.monotonic()
                 to_gateway_bytes.inc(len(data))
-                await ws.send_bytes(data)
+                await ws.send_bytes(cast(bytes, data))  # a memoryview is sent as is (typed bytes only)
             ending.append((closecodes.STREAM_ENDED, "the session closed the connection"))
 
         async def to_session() -> None:

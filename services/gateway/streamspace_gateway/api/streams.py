@@ -32,9 +32,9 @@ from streamspace_common.keys import RedisKeys
 from streamspace_common.sessions import SessionLifecycle
 
 from .. import audit, metrics
-from ..auth import Caller
+from ..auth import Caller, Credential
 from ..errors import ApiError
-from ..revocation import OPEN_STREAMS_KEY, OpenStream
+from ..revocation import OPEN_STREAMS_KEY, OpenStream, Standing
 from ..throttle import client_address
 from ..tickets import TICKET_PATTERN, TicketClaims, TicketRefused, TicketSigner
 from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
@@ -160,10 +160,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     session_id = path_uuid(request, "session_id", "session_not_found")
     config = request.app[STREAMS_KEY]
     try:
-        # the signature first (no I/O for a forged ticket), then its single use and the session at once
+        # the signature first (no I/O for a forged ticket), then at once: its single use, the session and
+        # the standing of the credential it was asked with
         claims = config.verify(request.query.get("ticket", ""), session_id)
-        row, _ = await asyncio.gather(
-            pool_of(request).fetchrow(SESSION_QUERIES["get_session"], session_id), config.mark_used(claims)
+        if claims.crd is None:
+            raise ApiError(
+                401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket"
+            )
+        row, _, standing = await asyncio.gather(
+            pool_of(request).fetchrow(SESSION_QUERIES["get_session"], session_id),
+            config.mark_used(claims),
+            request.app[OPEN_STREAMS_KEY].standing_of([claims.sub], [claims.crd]),
         )
     except TicketRefused as exc:
         metrics.STREAMS_REFUSED.labels("ticket").inc()
@@ -177,7 +184,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, compress=False)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "this endpoint is a WebSocket: send an upgrade request", "Upgrade")
-    opened = await admitted(request, claims, str(row["user_id"]), ws)
+    opened = admitted(request, claims, claims.crd, str(row["user_id"]), ws, standing)
     await ws.prepare(request)
     config.browsers.add(ws)
     request.app[OPEN_STREAMS_KEY].add(opened)
@@ -189,13 +196,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def admitted(request: web.Request, claims: TicketClaims, owner: str, ws: web.WebSocketResponse) -> OpenStream:
+def admitted(
+    request: web.Request,
+    claims: TicketClaims,
+    credential: Credential,
+    owner: str,
+    ws: web.WebSocketResponse,
+    standing: Standing,
+) -> OpenStream:
     """The stream to register; 401 if the credential the ticket was asked with ended since (logout, disable,
     revoked key...)."""
-    if claims.crd is None:
-        raise ApiError(401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket")
-    opened = OpenStream(ws, claims.sub, claims.crd, owner, claims.sid, client_address(request))
-    reason = await request.app[OPEN_STREAMS_KEY].refusal(opened)
+    opened = OpenStream(ws, claims.sub, credential, owner, claims.sid, client_address(request))
+    reason = request.app[OPEN_STREAMS_KEY].why(opened, standing)
     if reason is not None:
         metrics.STREAMS_REFUSED.labels("revoked").inc()
         log.warning(
