@@ -10,7 +10,10 @@ and measures three paths to the same session endpoint, in the same run:
 
 Throughput: `--mib` MiB of random bytes written while the echo is read back (each way at once), MiB/s.
 Latency: `--samples` round trips of a 32-byte message, one at a time: p50 / p99, and what the path adds
-over direct TCP. Writes bench/results/<UTC time>-streams.json.
+over direct TCP. CPU: the CPU-seconds the path's own processes (websockify and its children; ours:
+gateway B and the agent, each also given alone) used during the throughput run, per GiB moved (both
+ways counted): stable under a loaded machine where MiB/s is not. Writes
+bench/results/<UTC time>-streams.json.
 
     .venv/bin/python bench/streams.py [--mib 50] [--samples 1000]
 """
@@ -35,6 +38,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import Stack, new_account, new_test_env, rabbitmqctl, wait_for
@@ -165,6 +169,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     bridge = start_websockify(bridge_port, host, port)
                     await wait_for(lambda: listening(bridge_port), timeout=15)
 
+                    setup: dict[str, float] = {}  # ours' connect: the ticket, the upgrade, the rest (tunnel, echo)
+                    cpu_of = {
+                        "direct TCP": {},
+                        "websockify": {"websockify": bridge.pid},
+                        "ours (B -> agent on A)": {"gateway B": b.process.pid, "agent": agent.process.pid},
+                    }
+
                     async def direct() -> Link:
                         return TcpLink(*await asyncio.open_connection(host, port))
 
@@ -173,18 +184,24 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         return WsLink(await http.ws_connect(url, protocols=("binary",), max_msg_size=0))
 
                     async def ours() -> Link:
+                        started = time.perf_counter()
                         ticket_url = f"{b.url}/api/v1/sessions/{session['id']}/stream-ticket"
                         async with http.post(ticket_url) as response:
                             ticket = await response.json()
+                        ticketed = time.perf_counter()
                         url = f"ws://127.0.0.1:{b.port}{ticket['url']}"
-                        return WsLink(await http.ws_connect(url, protocols=("binary",), max_msg_size=0))
+                        link = WsLink(await http.ws_connect(url, protocols=("binary",), max_msg_size=0))
+                        setup["ticket_ms"] = (ticketed - started) * 1000
+                        setup["upgrade_ms"] = (time.perf_counter() - ticketed) * 1000
+                        return link
 
                     for name, opener in (
                         ("direct TCP", direct),
                         ("websockify", via_websockify),
                         ("ours (B -> agent on A)", ours),
                     ):
-                        results["paths"][name] = await measure_path(opener, args)
+                        results["paths"][name] = await measure_path(opener, args, cpu_of[name])
+                        results["paths"][name].update(setup if opener is ours else {})
                         print_path(name, results["paths"][name], results["paths"].get("direct TCP"))
             finally:
                 if bridge is not None:
@@ -237,14 +254,39 @@ async def create_running(http: aiohttp.ClientSession, url: str) -> dict[str, Any
     return await wait_for(running, timeout=60)
 
 
-async def measure_path(opener: Any, args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (websockify forks one per connection)."""
+    try:
+        process = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+    except psutil.Error:
+        return 0.0
+
+
+def perf_record(directory: Path, name: str, pid: int) -> subprocess.Popen[bytes]:
+    """`perf record` of one process (and its threads) during the throughput run: where its CPU goes,
+    kernel included (`perf report -i DIR/NAME.data --sort dso,sym`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{name.replace(' ', '-')}.data"
+    argv = ["perf", "record", "-q", "-F", "499", "-p", str(pid), "-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def measure_path(opener: Any, args: argparse.Namespace, processes: dict[str, int]) -> dict[str, Any]:
     started = time.perf_counter()
     link = await opener()
     await link.send(b"!")
     await link.receive()
     connect = time.perf_counter() - started
     try:
+        before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        recorders = [perf_record(args.perf, name, pid) for name, pid in processes.items()] if args.perf else []
         rate = await throughput(link, args.mib)
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
+        gib_moved = 2 * args.mib / 1024
+        cpu = {name: (cpu_seconds(pid) - before[name]) / gib_moved for name, pid in processes.items()}
         rtts = await round_trips(link, args.samples)
     finally:
         await link.close()
@@ -253,6 +295,8 @@ async def measure_path(opener: Any, args: argparse.Namespace) -> dict[str, Any]:
         "mib_per_s_each_way": rate,
         "rtt_p50_ms": percentile(rtts, 0.5) * 1000,
         "rtt_p99_ms": percentile(rtts, 0.99) * 1000,
+        "cpu_seconds_per_gib": {**cpu, "total": sum(cpu.values())},
+        "load_average_1m": os.getloadavg()[0],
     }
 
 
@@ -261,13 +305,17 @@ def print_path(name: str, row: dict[str, Any], direct: dict[str, Any] | None) ->
     print(
         f"{name:24} {row['mib_per_s_each_way']:7.1f} MiB/s each way   rtt p50 {row['rtt_p50_ms']:.3f} ms"
         f"  p99 {row['rtt_p99_ms']:.3f} ms{added}   connect {row['connect_to_first_echo_ms']:.1f} ms"
+        f"   cpu-s/GiB {row['cpu_seconds_per_gib']['total']:.2f}   load {row['load_average_1m']:.1f}"
     )
+    if "ticket_ms" in row:
+        print(f"{'':24} connect: ticket {row['ticket_ms']:.1f} ms, upgrade {row['upgrade_ms']:.1f} ms, the rest after")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mib", type=int, default=50)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--perf", type=Path, help="a directory for `perf record` files of each path's processes")
     parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the JSON results")
     args = parser.parse_args()
     results = asyncio.run(measure(args))

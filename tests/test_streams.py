@@ -195,6 +195,21 @@ async def metrics(service: Service) -> dict[str, float]:
     return values
 
 
+async def test_no_per_message_deflate_even_when_the_browser_offers_it(streams: StreamStack, owner: Api) -> None:
+    """Browsers offer permessage-deflate on every WebSocket; a stream declines it (a desktop's frames are
+    compressed already, and deflating every byte costs CPU at the gateway): the bytes still go both ways."""
+    session = await running_session(owner, streams, ECHO_T)
+    async with aiohttp.ClientSession() as http:
+        url = f"ws://127.0.0.1:{streams.b.port}/api/v1/sessions/{session['id']}/stream"
+        ws = await http.ws_connect(
+            f"{url}?ticket={await ticket(owner, session['id'])}", protocols=("binary",), compress=15
+        )
+        assert ws.compress == 0
+        await ws.send_bytes(b"x" * 100_000)
+        assert await receive_at_least(ws, 100_000) == b"x" * 100_000
+        await ws.close()
+
+
 async def test_a_reader_that_stops_reading_does_not_grow_memory(streams: StreamStack, owner: Api) -> None:
     session = await running_session(owner, streams, ECHO_T)
     watched = {"gateway B": streams.b, "gateway A": streams.a, "agent": streams.agent}

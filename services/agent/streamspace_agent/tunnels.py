@@ -11,7 +11,8 @@ TUNNEL_NETWORKS, an address in those networks on a gateway's scheme and port), a
 any gateway is; the endpoint is the one its driver reports for that session, running. The dial-back
 carries the tunnel token only: the agent's own token never leaves the control socket.
 
-Backpressure: each direction reads a chunk, writes it, and waits for the write to drain before it
+Backpressure: each direction reads a chunk (from the session: what arrived, at most 64 KiB, as one
+frame, with no copy: session_socket.py), writes it, and waits for the write to drain before it
 reads again (aiohttp's WebSocket reader stops reading its socket when its queue holds 64 KiB), so a
 slow reader at either end stalls the other end instead of growing a buffer here. Either end closing
 (or an error) closes the other, with the reason; no byte either way for STREAM_IDLE_TIMEOUT closes
@@ -25,7 +26,7 @@ import contextlib
 import ipaddress
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import msgspec
@@ -38,8 +39,10 @@ from streamspace_common.schemas import Command
 
 from . import metrics
 from .drivers import CommandFailed, Driver
+from .session_socket import SessionSocket
 
-CHUNK = 64 * 1024
+FRAME = 64 * 1024  # the most sent as one frame: larger ones are stored whole at each hop before going on
+WAITING = 256 * 1024  # read from the session's socket and not yet sent: past this, reading pauses
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 log = structlog.get_logger("agent.tunnels")
@@ -167,20 +170,18 @@ class Tunnels:
             raise CommandFailed(f"this agent has {self.max_per_agent} streams open already")
         self.per_session[spec.session_id] += 1  # counted from now on, so a burst cannot pass the limit
         try:
-            reader, writer, ws = await self._connect(spec)
+            session, ws = await self._connect(spec)
         except BaseException:
             self._release(spec.session_id)
             raise
-        task = asyncio.create_task(self._pipe(spec, reader, writer, ws))
+        task = asyncio.create_task(self._pipe(spec, session, ws))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return {"session_id": spec.session_id, "tunnel": "open"}
 
-    async def _connect(
-        self, spec: OpenTunnel
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, aiohttp.ClientWebSocketResponse]:
+    async def _connect(self, spec: OpenTunnel) -> tuple[SessionSocket, aiohttp.ClientWebSocketResponse]:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(spec.host, spec.port), CONNECT_TIMEOUT)
+            session = await asyncio.wait_for(SessionSocket.connect(spec.host, spec.port, WAITING), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise CommandFailed(f"cannot reach the session at {spec.host}:{spec.port}: {exc!r}") from exc
         try:
@@ -190,11 +191,12 @@ class Tunnels:
                 max_msg_size=MAX_FRAME_BYTES,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 autoping=True,
+                compress=0,  # no per-message deflate: a desktop's frames are compressed already
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            writer.close()
+            session.close()
             raise CommandFailed(f"cannot dial the gateway back at {spec.url.split('?')[0]}: {exc!r}") from exc
-        return reader, writer, ws
+        return session, ws
 
     def _release(self, session_id: str) -> None:
         self.per_session[session_id] -= 1
@@ -204,8 +206,7 @@ class Tunnels:
     async def _pipe(
         self,
         spec: OpenTunnel,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        session: SessionSocket,
         ws: aiohttp.ClientWebSocketResponse,
     ) -> None:
         bound = log.bind(session_id=spec.session_id)
@@ -214,11 +215,14 @@ class Tunnels:
         ending: list[tuple[int, str]] = []
         started = time.monotonic()
 
+        to_gateway_bytes = metrics.TUNNEL_BYTES.labels("to_gateway")  # bound once, not per frame
+        to_session_bytes = metrics.TUNNEL_BYTES.labels("to_session")
+
         async def to_gateway() -> None:
-            while data := await reader.read(CHUNK):
+            while data := await session.read(FRAME):
                 last[0] = time.monotonic()
-                metrics.TUNNEL_BYTES.labels("to_gateway").inc(len(data))
-                await ws.send_bytes(data)
+                to_gateway_bytes.inc(len(data))
+                await ws.send_bytes(cast(bytes, data))  # a memoryview is sent as is (typed bytes only)
             ending.append((closecodes.STREAM_ENDED, "the session closed the connection"))
 
         async def to_session() -> None:
@@ -227,9 +231,9 @@ class Tunnels:
                     ending.append((closecodes.BAD_FRAME, "only binary frames are streamed"))
                     return
                 last[0] = time.monotonic()
-                metrics.TUNNEL_BYTES.labels("to_session").inc(len(message.data))
-                writer.write(message.data)
-                await writer.drain()
+                to_session_bytes.inc(len(message.data))
+                session.write(message.data)
+                await session.drain()
             ending.append((ws.close_code or 1000, "the gateway closed the stream"))
 
         async def idle() -> None:
@@ -251,9 +255,7 @@ class Tunnels:
             code, reason = ending[0] if ending else (closecodes.STREAM_ERROR, "the agent is stopping")
             with contextlib.suppress(Exception):
                 await ws.close(code=code, message=reason.encode()[:120])
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            session.close()
             self._release(spec.session_id)
             metrics.TUNNELS_OPEN.dec()
             bound.info("tunnel_closed", code=code, reason=reason, seconds=round(time.monotonic() - started, 3))

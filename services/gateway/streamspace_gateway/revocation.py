@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -77,10 +78,6 @@ class OpenStreams:
 
         await forever(one_round, Outage("stream_access_round", log), cap=self.interval)
 
-    async def refusal(self, stream: OpenStream) -> str | None:
-        """Why this stream may not be (or stay) open; None if it may."""
-        return self.why(stream, await self.standing([stream]))
-
     async def close_ended(self) -> None:
         streams = [stream for stream in self.streams if not stream.ws.closed]
         if not streams:
@@ -101,11 +98,19 @@ class OpenStreams:
         await stream.ws.close(code=closecodes.STREAM_REVOKED, message=reason.encode()[:120])
 
     async def standing(self, streams: list[OpenStream]) -> Standing:
-        user_ids = list({stream.user_id for stream in streams})
-        keys = [s.credential.id for s in streams if s.credential.kind == "api_key"]
-        tokens = [s.credential.id for s in streams if s.credential.kind == "login"]
-        users = {row["id"]: row for row in await self.pool.fetch(QUERIES["users_in_force"], user_ids)}
-        return Standing(users, await self.found("live_api_keys", keys), await self.found("logged_out_tokens", tokens))
+        return await self.standing_of({stream.user_id: None for stream in streams}, [s.credential for s in streams])
+
+    async def standing_of(self, user_ids: Iterable[str], credentials: list[Credential]) -> Standing:
+        """The standing of these users and credentials (a stream about to open reads it while its
+        ticket is marked used and its session read)."""
+        keys = [c.id for c in credentials if c.kind == "api_key"]
+        tokens = [c.id for c in credentials if c.kind == "login"]
+        rows, live_keys, logged_out = await asyncio.gather(  # three reads at once (a stream's set-up waits)
+            self.pool.fetch(QUERIES["users_in_force"], list(user_ids)),
+            self.found("live_api_keys", keys),
+            self.found("logged_out_tokens", tokens),
+        )
+        return Standing({row["id"]: row for row in rows}, live_keys, logged_out)
 
     async def found(self, query: str, ids: list[str]) -> set[str]:
         return {row[0] for row in await self.pool.fetch(QUERIES[query], ids)} if ids else set()

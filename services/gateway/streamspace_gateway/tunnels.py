@@ -67,7 +67,7 @@ class TunnelBroker:
             log.warning("tunnel_refused", reason="unknown, used or abandoned tunnel token", remote=request.remote)
             raise ApiError(404, "tunnel_not_found", "unknown, used or abandoned tunnel token", "X-Tunnel-Token")
         log.info("tunnel_dialled", agent_id=pending.agent_id, remote=request.remote)
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None, compress=False)
         await ws.prepare(request)
         if pending.dialled.done():  # the browser gave up meanwhile
             await ws.close(code=closecodes.STREAM_REFUSED, message=b"the browser is gone")

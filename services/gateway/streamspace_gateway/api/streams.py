@@ -32,9 +32,9 @@ from streamspace_common.keys import RedisKeys
 from streamspace_common.sessions import SessionLifecycle
 
 from .. import audit, metrics
-from ..auth import Caller
+from ..auth import Caller, Credential
 from ..errors import ApiError
-from ..revocation import OPEN_STREAMS_KEY, OpenStream
+from ..revocation import OPEN_STREAMS_KEY, OpenStream, Standing
 from ..throttle import client_address
 from ..tickets import TICKET_PATTERN, TicketClaims, TicketRefused, TicketSigner
 from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
@@ -82,10 +82,13 @@ class StreamConfig:
     def issue(self, session_id: str, caller: Caller) -> str:
         return self.signer.issue(session_id, caller.user_id, time.time() + self.ticket_ttl, caller.credential)
 
-    async def redeem(self, ticket: str, session_id: str) -> TicketClaims:
-        """The claims of a ticket we signed, unexpired, for this session, used for the first time (any
-        replica): its id is SET NX in Redis until it expires. TicketRefused otherwise."""
-        claims = self.signer.verify(ticket, session_id, time.time())
+    def verify(self, ticket: str, session_id: str) -> TicketClaims:
+        """The claims of a ticket we signed, unexpired, for this session (no I/O); TicketRefused otherwise."""
+        return self.signer.verify(ticket, session_id, time.time())
+
+    async def mark_used(self, claims: TicketClaims) -> None:
+        """Use a verified ticket for the first time (any replica): its id is SET NX in Redis until it
+        expires. TicketRefused when it was used already."""
         expires_in = max(1, int((claims.exp - time.time()) * 1000) + 1000)
         try:
             first = await self.redis.set(self.keys.stream_ticket_used(claims.tid), b"1", nx=True, px=expires_in)
@@ -93,7 +96,6 @@ class StreamConfig:
             raise tickets_unavailable() from exc
         if not first:
             raise TicketRefused("the ticket was used already")
-        return claims
 
 
 def tickets_unavailable() -> ApiError:
@@ -158,20 +160,31 @@ async def stream(request: web.Request) -> web.StreamResponse:
     session_id = path_uuid(request, "session_id", "session_not_found")
     config = request.app[STREAMS_KEY]
     try:
-        claims = await config.redeem(request.query.get("ticket", ""), session_id)
+        # the signature first (no I/O for a forged ticket), then at once: its single use, the session and
+        # the standing of the credential it was asked with
+        claims = config.verify(request.query.get("ticket", ""), session_id)
+        if claims.crd is None:
+            raise ApiError(
+                401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket"
+            )
+        row, _, standing = await asyncio.gather(
+            pool_of(request).fetchrow(SESSION_QUERIES["get_session"], session_id),
+            config.mark_used(claims),
+            request.app[OPEN_STREAMS_KEY].standing_of([claims.sub], [claims.crd]),
+        )
     except TicketRefused as exc:
         metrics.STREAMS_REFUSED.labels("ticket").inc()
         log.warning("stream_refused", session_id=session_id, reason=exc.reason, remote=request.remote)
         raise ApiError(401, "unauthorized", f"stream ticket refused: {exc.reason}", "ticket") from exc
     log.info("stream_ticket_redeemed", session_id=session_id, user_id=claims.sub)
-    row = await pool_of(request).fetchrow(SESSION_QUERIES["get_session"], session_id)
     if row is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r}", "session_id")
     require_running(row)
-    ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+    # compress=False: browsers offer permessage-deflate, and a desktop's frames are compressed already
+    ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, compress=False)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "this endpoint is a WebSocket: send an upgrade request", "Upgrade")
-    opened = await admitted(request, claims, str(row["user_id"]), ws)
+    opened = admitted(request, claims, claims.crd, str(row["user_id"]), ws, standing)
     await ws.prepare(request)
     config.browsers.add(ws)
     request.app[OPEN_STREAMS_KEY].add(opened)
@@ -183,13 +196,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def admitted(request: web.Request, claims: TicketClaims, owner: str, ws: web.WebSocketResponse) -> OpenStream:
+def admitted(
+    request: web.Request,
+    claims: TicketClaims,
+    credential: Credential,
+    owner: str,
+    ws: web.WebSocketResponse,
+    standing: Standing,
+) -> OpenStream:
     """The stream to register; 401 if the credential the ticket was asked with ended since (logout, disable,
     revoked key...)."""
-    if claims.crd is None:
-        raise ApiError(401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket")
-    opened = OpenStream(ws, claims.sub, claims.crd, owner, claims.sid, client_address(request))
-    reason = await request.app[OPEN_STREAMS_KEY].refusal(opened)
+    opened = OpenStream(ws, claims.sub, credential, owner, claims.sid, client_address(request))
+    reason = request.app[OPEN_STREAMS_KEY].why(opened, standing)
     if reason is not None:
         metrics.STREAMS_REFUSED.labels("revoked").inc()
         log.warning(
@@ -245,7 +263,8 @@ class Stream:
         metrics.TUNNEL_SETUP.observe(setup)
         metrics.STREAMS_OPEN.inc()
         self.log.info("stream_open", setup_seconds=round(setup, 4))
-        await self.audit("stream.open", {"agent_id": self.row["agent_id"]})
+        # the row is written while the first bytes flow (not before them); awaited before stream.close's
+        opened = asyncio.create_task(self.audit("stream.open", {"agent_id": self.row["agent_id"]}))
         watcher = asyncio.create_task(self.keep_used())
         tally: Counter[str] = Counter()
         code, reason = closecodes.STREAM_ERROR, "the stream's handler ended"
@@ -258,6 +277,7 @@ class Stream:
                 await self.browser.close(code=closecodes.STREAM_ENDED, message=b"the session stopped running")
             await agent.close()
             metrics.STREAMS_OPEN.dec()
+            await asyncio.gather(opened, return_exceptions=True)
             seconds = round(time.monotonic() - started, 3)
             sent = {"to_session": tally["to_session"], "to_browser": tally["to_browser"]}  # bytes
             await self.audit(
