@@ -44,6 +44,9 @@ FEATURE_HA = "ha"  # replicas of this agent id may be connected at once; `role` 
 FEATURE_FENCE = "fence"
 FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE)
 LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
+# A WebSocket handshake header an agent sends when it reconnects after a 4412 (MOVE, rebalancing): a gateway
+# at or above its fair share answers 409 (the agent tries another URL); an earlier gateway ignores it.
+MOVING_HEADER = "X-StreamSpace-Moving"
 
 
 class Hello(Frame, tag="hello"):

@@ -27,3 +27,6 @@ RECONNECT_SECONDS = Histogram(
     "From a registered gateway socket closing to the next one registered (welcomed), any gateway",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+MOVES = Counter(
+    "streamspace_agent_moves_total", "Sockets a gateway closed with 4412 (rebalancing): the agent moved to another URL"
+)
