@@ -80,13 +80,13 @@ class Rebalancer:
         if self.interval <= 0:
             return
 
-        async def one_round() -> None:
-            await asyncio.sleep(self.interval * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
+        async def one_round() -> None:  # a round first: a replica just started knows its share for movers
             try:
                 await self.once()
                 self.outage.recovered()
             except TRANSIENT_ERRORS as exc:
                 self.outage.failed(exc)
+            await asyncio.sleep(self.interval * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
 
         await forever(one_round, Outage("rebalance", log))
 
