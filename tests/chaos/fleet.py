@@ -75,7 +75,9 @@ class FleetAgent:
             code: int | None = None
             try:
                 async with gate:
-                    ws = await http.ws_connect(self.urls[self.route.index], headers=self.headers(), heartbeat=PING_INTERVAL)
+                    ws = await http.ws_connect(
+                        self.urls[self.route.index], headers=self.headers(), heartbeat=PING_INTERVAL
+                    )
                 code = await self.session(ws)
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 409 and self.route.moving:
