@@ -78,7 +78,10 @@ class FleetAgent:
                     ws = await http.ws_connect(
                         self.urls[self.route.index], headers=self.headers(), heartbeat=PING_INTERVAL
                     )
-                code = await self.session(ws)
+                try:
+                    code = await self.session(ws)
+                finally:  # a socket given up on (no welcome in time) must not stay open behind our back
+                    await ws.close()
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 409 and self.route.moving:
                     self.route.refused()
