@@ -3,9 +3,9 @@
 Agents connect to whichever of GATEWAY_URLS answers and stay there: after a scale-out, or after a rolling
 restart, the new replicas would stay empty. Every REBALANCE_INTERVAL (jittered ±50 %, so replicas do not
 act in step) a replica compares the agents it holds with its fair share: agents online on all replicas
-divided by the live replicas (their LISTEN connections in pg_stat_activity, so a replica that just started
-counts while it holds nobody). Above fair share x (1 + REBALANCE_TOLERANCE) (and 2 agents more) it asks
-some agents to move, at most REBALANCE_BATCH per round, down to its fair share: each is closed with 4412
+(or seen within 3 heartbeat intervals: a mover in transit still counts) divided by the live replicas
+(their LISTEN connections in pg_stat_activity, so a replica that just started counts while it holds nobody).
+Above fair share x (1 + REBALANCE_TOLERANCE) (and 2 agents more) it asks some agents to move, at most REBALANCE_BATCH per round, down to its fair share: each is closed with 4412
 (MOVE) after its own random delay within half an interval, so the moves trickle, never a herd.
 
 The moving agent reconnects at once to another of its URLs with MOVING_HEADER; a replica at or above its
@@ -92,7 +92,7 @@ class Rebalancer:
 
     async def once(self) -> list[str]:
         """Read the fair share; ask the agents above it to move (in the background, each after its delay)."""
-        replicas, agents = await self.hub.store.presence()
+        replicas, agents = await self.hub.store.presence(self.hub.mapping_ttl)
         self.share = Share(replicas=replicas, agents=agents)
         held = self.held()
         metrics.FAIR_SHARE.set(self.share.fair)

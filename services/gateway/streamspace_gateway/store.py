@@ -110,9 +110,10 @@ class Store:
     async def vacate_lease(self, agent_id: str) -> None:
         await self.pool.execute(QUERIES["vacate_lease"], agent_id, self.pod)
 
-    async def presence(self) -> tuple[int, int]:
-        """The live gateway replicas (their LISTEN connections) and the agents online on all of them."""
-        row = await self.pool.fetchrow(QUERIES["presence"], POD_CHANNEL_PREFIX)
+    async def presence(self, seen_within: float) -> tuple[int, int]:
+        """The live gateway replicas (their LISTEN connections) and the agents online on all of them or seen
+        within `seen_within` seconds (on their way from one replica to another)."""
+        row = await self.pool.fetchrow(QUERIES["presence"], POD_CHANNEL_PREFIX, seen_within)
         return (0, 0) if row is None else (int(row["replicas"]), int(row["agents"]))
 
     async def release_lease(self, agent_id: str, instance_id: str, epoch: int) -> None:
