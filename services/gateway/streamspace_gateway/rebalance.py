@@ -4,9 +4,10 @@ Agents connect to whichever of GATEWAY_URLS answers and stay there: after a scal
 restart, the new replicas would stay empty. Every REBALANCE_INTERVAL (jittered ±50 %, so replicas do not
 act in step) a replica compares the agents it holds with its fair share: agents online on all replicas
 (or seen within 3 heartbeat intervals: a mover in transit still counts) divided by the live replicas
-(their LISTEN connections in pg_stat_activity, so a replica that just started counts while it holds nobody).
-Above fair share x (1 + REBALANCE_TOLERANCE) (and 2 agents more) it asks some agents to move, at most REBALANCE_BATCH per round, down to its fair share: each is closed with 4412
-(MOVE) after its own random delay within half an interval, so the moves trickle, never a herd.
+(their LISTEN connections in pg_stat_activity, so a replica that just started counts while it holds
+nobody). Above fair share x (1 + REBALANCE_TOLERANCE) (and 2 agents more) it asks some agents to move,
+at most REBALANCE_BATCH per round, down to its fair share: each is closed with 4412 (MOVE) after its own
+random delay within half an interval, so the moves trickle, never a herd.
 
 The moving agent reconnects at once to another of its URLs with MOVING_HEADER; a replica at or above its
 fair share refuses such a connect with 409 and the agent tries the next URL (after every URL refused it,
