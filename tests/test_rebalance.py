@@ -44,7 +44,7 @@ def test_a_moving_agent_tries_every_other_url_then_connects_without_moving() -> 
     tried.append(route.index)
     assert sorted(tried) == [1, 2, 3]  # every other URL once, never the one it left
     route.refused()
-    assert not route.moving  # every other one refused it: it connects anywhere, without the header
+    assert not route.moving and route.index != 0  # every other one refused it: without the header, not back
     single = Route(1, random_start=True)
     single.elsewhere(moving=True)
     for _ in range(MOVE_TRIES - 1):
@@ -121,7 +121,7 @@ async def test_agents_piled_on_one_gateway_spread_and_no_command_is_lost_or_run_
         await wait_for(finished, timeout=120, interval=0.5)
         runs = executions(tmp_path)
         assert not [command_id for command_id, n in runs.items() if n > 1 and command_id in ids]
-        assert 3 <= g1.log().count("agent_asked_to_move") <= 4, g1.log()[-3000:]
+        assert g1.log().count("agent_asked_to_move") >= 3, g1.log()[-3000:]
         assert "agent_asked_to_move" not in g2.log()
     finally:
         stack.stop_all()

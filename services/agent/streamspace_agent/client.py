@@ -101,6 +101,7 @@ class Route:
         self.moving = False
         self.avoid: set[int] = set()
         self.refusals = 0
+        self.left = self.index  # the URL it was last asked to leave (1012, 4412)
 
     def failed(self) -> None:
         """A failure: the next URL in order."""
@@ -108,15 +109,17 @@ class Route:
 
     def elsewhere(self, moving: bool) -> None:
         """Closed by 1012 or 4412: a random other URL at once (any, with one URL)."""
-        self.moving, self.avoid, self.refusals = moving, {self.index}, 0
+        self.moving, self.avoid, self.refusals, self.left = moving, {self.index}, 0, self.index
         self.index = self.pick()
 
     def refused(self) -> None:
-        """A moving connect refused with 409: another URL, or (tried enough) connect without moving."""
+        """A moving connect refused with 409: another URL, or (tried enough) connect without moving, to any
+        URL but the one it was asked to leave."""
         self.avoid.add(self.index)
         self.refusals += 1
         if self.refusals >= max(MOVE_TRIES, self.count - 1):
             self.moving = False
+            self.avoid = {self.left}
         self.index = self.pick()
 
     def arrived(self) -> None:
