@@ -86,6 +86,10 @@ class RunEnv:
             # every test client logs in from 127.0.0.1 and the run's Redis prefix is shared by all its tests
             # (schemathesis alone sends hundreds of logins): the per-address login limit is for its own tests
             "LOGIN_ADDRESS_LIMIT": "1000000",
+            # tests place agents on gateways by the order of GATEWAY_URLS and count their sockets there: the
+            # tests of rebalancing (test_rebalance.py, the chaos suite's scale run) turn both back on
+            "AGENT_GATEWAY_START": "first",
+            "REBALANCE_INTERVAL": "0",
         }
 
 

@@ -10,6 +10,10 @@ REPLACED = 4409  # a newer socket registered with the same agent id on this repl
 STALE = 4410  # no frame for 3 heartbeat intervals
 INSTANCE_CONNECTED = 4411  # HA: this instance id already has a live socket on this replica (the newcomer is refused)
 HA_REQUIRED = 4426  # a hello without the "ha" feature for an agent id that runs with HA leases
+# Rebalancing (docs/operations.md "Scaling the gateways"): this replica holds more than its fair share of the
+# agents; reconnect at once (after the jittered delay the gateway already waited) to ANOTHER of GATEWAY_URLS,
+# announcing MOVING_HEADER. The lease is kept (vacated, as on 1012), so in-flight work stays with this process.
+MOVE = 4412
 OVERLOADED = 4429  # more acks and results waiting to be written than the gateway keeps per socket
 
 # Streams (docs/streams.md): the browser's WebSocket and the agent's data WebSocket close with these,

@@ -47,6 +47,9 @@ FEATURE_FENCE = "fence"
 FEATURE_PING_LIVENESS = "ping_liveness"
 FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS)
 LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
+# A WebSocket handshake header an agent sends when it reconnects after a 4412 (MOVE, rebalancing): a gateway
+# at or above its fair share answers 409 (the agent tries another URL); an earlier gateway ignores it.
+MOVING_HEADER = "X-StreamSpace-Moving"
 
 
 class Hello(Frame, tag="hello"):

@@ -41,6 +41,7 @@ STATES: tuple[SessionStateName, ...] = (
 )
 Verb = Literal["stop", "hibernate", "wake", "delete"]
 log = structlog.get_logger("sessions")
+PLACEMENT_TRIES = 5  # picks a creation makes when the agent it locked turned out full (another took its slot)
 # Run inside a move's transaction with the moved row (the gateway's audit record: it commits with the move)
 AlsoInTransaction = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
 __all__ = [
@@ -109,15 +110,13 @@ class SessionLifecycle:
         self, session_id: str, user_id: str, quota: int, placement: Placement, also: AlsoInTransaction | None = None
     ) -> asyncpg.Record:
         """Pick an agent and insert the session and its CREATE_SESSION command in one transaction
-        (with `also(conn, session)` in it, if given)."""
-        filters = (placement.platforms, placement.platform, placement.agent_id, placement.heartbeat_within)
+        (with `also(conn, session)` in it, if given). Locks: the user's (quota), then the picked agent's
+        (its free slots): creations of other users on other agents never wait for this one."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(QUERIES["lock_placement"])
+            await conn.execute(QUERIES["lock_user_placement"], user_id)
             if await conn.fetchval(QUERIES["user_session_count"], user_id) >= quota:
                 raise QuotaExceeded(quota)
-            agent = await conn.fetchrow(QUERIES["pick_agent"], *filters)
-            if agent is None:
-                raise NoAgent(full=await conn.fetchval(QUERIES["fitting_agents"], *filters) > 0)
+            agent = await self.pick_and_lock(conn, placement)
             row: asyncpg.Record = await conn.fetchrow(
                 QUERIES["create_session"],
                 session_id,
@@ -134,14 +133,38 @@ class SessionLifecycle:
         log.info("session_placed", session_id=session_id, agent_id=agent["agent_id"], load=agent["sessions"])
         return row
 
+    async def pick_and_lock(self, conn: asyncpg.Connection, placement: Placement) -> asyncpg.Record:
+        """The least loaded agent that fits, holding its placement lock, with a free slot counted under that
+        lock. An agent whose lock another creation holds is passed over (SKIP LOCKED, in advisory locks), and
+        one found full under its lock too; only when every fitting agent is busy does it wait for a lock."""
+        filters = (placement.platforms, placement.platform, placement.agent_id, placement.heartbeat_within)
+        passed: list[str] = []  # busy ones (a pass per concurrent creation at most) and full ones
+        full = 0
+        while full < PLACEMENT_TRIES:
+            agent: asyncpg.Record | None = await conn.fetchrow(QUERIES["pick_agent"], *filters, passed)
+            if agent is None and passed:  # every fitting agent is busy or full: wait for the least loaded
+                agent = await conn.fetchrow(QUERIES["pick_agent"], *filters, [])
+                if agent is not None:
+                    await conn.execute(QUERIES["lock_agent_placement"], agent["agent_id"])
+            elif agent is not None and not await conn.fetchval(QUERIES["try_lock_agent_placement"], agent["agent_id"]):
+                passed.append(agent["agent_id"])
+                continue
+            if agent is None:
+                break
+            if await conn.fetchval(QUERIES["agent_has_room"], agent["agent_id"]):
+                return agent
+            passed.append(agent["agent_id"])
+            full += 1
+        raise NoAgent(full=await conn.fetchval(QUERIES["fitting_agents"], *filters) > 0)
+
     async def request(
         self, session_id: str, verb: Verb, quota: int, also: AlsoInTransaction | None = None
     ) -> asyncpg.Record | None:
         """Ask for a verb: the session row with `command_id` (None when it was already asked for), or
         None when the session is gone or the verb is not allowed in its desired state. Waking a stopped or
-        failed session makes it count again: under the placement lock, like a creation, it must fit the
-        owner's quota (QuotaExceeded) and its agent's max_sessions (NoAgent). `also(conn, session)` runs in
-        the same transaction when the verb moved the session."""
+        failed session makes it count again: under the placement locks (its user's, its agent's), like a
+        creation, it must fit the owner's quota (QuotaExceeded) and its agent's max_sessions (NoAgent).
+        `also(conn, session)` runs in the same transaction when the verb moved the session."""
         rule = VERBS[verb]
         async with self.pool.acquire() as conn, conn.transaction():
             if verb == "delete":  # a lost session has no agent to ask: its row goes at once
@@ -151,7 +174,7 @@ class SessionLifecycle:
                         await also(conn, lost)
                     return lost
             if verb == "wake":
-                await conn.execute(QUERIES["lock_placement"])
+                await self.lock_for_wake(conn, session_id)
                 room = await conn.fetchrow(QUERIES["room_to_wake"], session_id)
                 if room is not None and room["owned"] >= quota:
                     raise QuotaExceeded(quota)
@@ -163,6 +186,14 @@ class SessionLifecycle:
             if row is not None and also is not None:
                 await also(conn, row)
         return row
+
+    @staticmethod
+    async def lock_for_wake(conn: asyncpg.Connection, session_id: str) -> None:
+        """Waking makes a session count again: its user's lock, then its agent's, as a creation takes them."""
+        owner = await conn.fetchrow(QUERIES["session_owner_and_agent"], session_id)
+        if owner is not None:
+            await conn.execute(QUERIES["lock_user_placement"], str(owner["user_id"]))
+            await conn.execute(QUERIES["lock_agent_placement"], owner["agent_id"])
 
     async def touch(self, session_id: str) -> asyncpg.Record | None:
         row: asyncpg.Record | None = await self.pool.fetchrow(QUERIES["touch_activity"], session_id)

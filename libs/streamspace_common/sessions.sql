@@ -2,10 +2,32 @@
 -- driven by what agents report (a session command ending, an inventory) are the triggers of migration
 -- 0008; these are the moves the control plane makes itself, each with the command that carries it.
 
--- name: lock_placement
--- Placement and quotas are decided one session at a time (per database), so two creations never both
--- take an agent's last free slot or a user's last quota slot. Held to the end of the transaction.
-SELECT pg_advisory_xact_lock(hashtext('streamspace_session_placement'));
+-- name: lock_user_placement
+-- A user's quota is decided one creation (or wake) of that user at a time: two of them never both take the
+-- user's last slot. Other users' creations do not wait (two-key advisory lock: the class, the user). Held
+-- to the end of the transaction; always taken before lock_agent_placement (one order: no deadlock).
+SELECT pg_advisory_xact_lock(hashtext('streamspace_session_user'), hashtext($1::text));
+
+-- name: lock_agent_placement
+-- An agent's free slots are taken one at a time: two creations never both take its last one. Creations
+-- placed on other agents do not wait. The load is counted again after it (agent_has_room): a statement
+-- started after the lock sees every session committed by whoever held it before.
+SELECT pg_advisory_xact_lock(hashtext('streamspace_session_agent'), hashtext($1::text));
+
+-- name: try_lock_agent_placement
+-- lock_agent_placement, unless another creation holds it now (false): the creation picks another agent.
+SELECT pg_try_advisory_xact_lock(hashtext('streamspace_session_agent'), hashtext($1::text));
+
+-- name: agent_has_room
+-- Whether agent $1 still has a free slot (max_sessions 0: no limit), counted under its placement lock.
+SELECT a.max_sessions = 0 OR (
+    SELECT count(*) FROM sessions s WHERE s.agent_id = a.agent_id AND s.state NOT IN ('stopped', 'failed', 'lost')
+) < a.max_sessions
+FROM agents a WHERE a.agent_id = $1;
+
+-- name: session_owner_and_agent
+-- Whom a session belongs to and where it runs: the locks a wake takes (its user's, its agent's).
+SELECT user_id, agent_id FROM sessions WHERE id = $1::uuid;
 
 -- name: user_session_count
 -- The sessions that count against a user's quota: not deleted, not stopped, failed or lost.
@@ -28,7 +50,8 @@ WHERE s.id = $1::uuid AND s.deleted_at IS NULL AND s.state IN ('stopped', 'faile
 -- The least loaded online agent that runs sessions on an allowed platform ($1: JSON array, empty = any),
 -- of platform $2 and id $3 when given, with a free slot (max_sessions 0: no limit). Load counts every
 -- session whose workload may exist (deleted ones until the agent confirms they are gone). Online means
--- a heartbeat within $4 seconds too: a row left 'online' by a gateway that died is not an agent.
+-- a heartbeat within $4 seconds too: a row left 'online' by a gateway that died is not an agent. Not one of
+-- $5: agents another creation is placing on right now (their lock is held) or found full under their lock.
 SELECT a.agent_id, a.platform, load.sessions
 FROM agents a
 CROSS JOIN LATERAL (
@@ -41,6 +64,7 @@ WHERE a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => $
   AND ($2::text IS NULL OR a.platform = $2)
   AND ($3::text IS NULL OR a.agent_id = $3)
   AND (a.max_sessions = 0 OR load.sessions < a.max_sessions)
+  AND NOT (a.agent_id = ANY($5::text[]))
 ORDER BY load.sessions, random()
 LIMIT 1;
 

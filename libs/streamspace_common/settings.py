@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_urls: str = "http://127.0.0.1:8000,http://127.0.0.1:8001"
     agent_platform: Literal["local", "docker", "kubernetes"] = "local"
     agent_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0  # commands in flight at once; 0: no limit
+    # which of GATEWAY_URLS the agent tries first: a random one (agents spread over the replicas from the
+    # start), or the first (then the next in order on a failure, as before)
+    agent_gateway_start: Literal["random", "first"] = "random"
     agent_max_sessions: Annotated[int, msgspec.Meta(ge=0)] = 0  # sessions it takes, advertised; 0: no limit
     # seconds a docker or kubernetes session's first port has to answer (a TCP connect from the agent; on
     # kubernetes the pod's tcpSocket readiness probe) after create or wake before the session is failed
@@ -112,6 +115,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # stored in PostgreSQL (table auth_secrets), so every replica accepts every other's tokens.
     auth_secret: str = ""
     auth_token_ttl: Annotated[float, msgspec.Meta(gt=0)] = 12 * 3600.0  # seconds a login token is valid
+    # gateway, agent rebalancing (docs/operations.md "Scaling the gateways")
+    # seconds between a replica's rounds comparing its agents with its fair share (agents online / live
+    # replicas); each round is jittered by ±50 %. 0: this replica never asks agents to move
+    rebalance_interval: Annotated[float, msgspec.Meta(ge=0)] = 15.0
+    # hysteresis: a replica sheds agents only above fair share x (1 + this) (and 2 agents), down to its fair
+    # share; a moving agent is taken only by a replica below its fair share
+    rebalance_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    rebalance_batch: Annotated[int, msgspec.Meta(ge=1)] = 50  # agents one replica asks to move per round, at most
     # gateway, logins and revocation (docs/security.md)
     # login attempts per username per LOGIN_FAILURE_WINDOW, on all replicas together (counted in Redis from
     # before the password check; a successful one is given back)

@@ -4,6 +4,8 @@
     scripts/chaos --commands 2000 --only 1 8 12 --load 0
     scripts/chaos --only 13 14 15 --load 0                    # the engines' failover (clusters)
     scripts/chaos --only 13 14 15 --load 0 --single-endpoint  # the control: each must fail
+    scripts/chaos --scale              # only the scale run: 12 gateways, 4 dispatchers, 5,000 agents
+    scripts/chaos --scale --gateways 6 --dispatchers 2 --agents 1000
 
 A failing scenario is marked in the table and the run goes on; the exit status is 1 if any failed.
 Logs of every process stay under the printed directory.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from .failover import FAILOVER_SCENARIOS, run_failover
 from .harness import BULK_LOAD_TITLE, LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
+from .scale import ScaleRun
 from .scenarios import SCENARIOS, ScenarioFailed, run_scenario
 from .servers import Servers
 
@@ -108,6 +111,27 @@ async def main(commands: int, load: int, only: list[int], single_endpoint: bool 
     return 1 if failures else 0
 
 
+async def scale(gateways: int, dispatchers: int, agents: int) -> int:
+    """The scale run alone (scale.py), at full size unless told; prints its table (docs/chaos.md)."""
+    root = Path(tempfile.mkdtemp(prefix="chaos-scale-"))
+    print(f"logs under {root}", flush=True)
+    servers = Servers()
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(servers.start)
+        run = ScaleRun(servers, root, gateways=gateways, dispatchers=dispatchers, agents=agents)
+        try:
+            await run.start()
+            print(f"started and connected in {time.monotonic() - started:.0f} s", flush=True)
+            counts = await run.run(settle_timeout=900)
+        finally:
+            await run.stop()
+    finally:
+        await asyncio.to_thread(servers.stop)
+    print(f"\n{counts.table()}\n\ntotal {time.monotonic() - started:.0f} s; logs under {root}")
+    return 0 if counts.lost == 0 and counts.twice == 0 and counts.spread_seconds is not None else 1
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__)
     parser.add_argument("--commands", type=int, default=1000, help="commands per scenario (default 1000)")
@@ -118,5 +142,11 @@ if __name__ == "__main__":
         action="store_true",
         help="scenarios 13-15: give the services the first node's URL only (the control: each must fail)",
     )
+    parser.add_argument("--scale", action="store_true", help="run only the scale run (rolling restart, rebalancing)")
+    parser.add_argument("--gateways", type=int, default=12, help="with --scale (default 12)")
+    parser.add_argument("--dispatchers", type=int, default=4, help="with --scale (default 4)")
+    parser.add_argument("--agents", type=int, default=5000, help="with --scale: simulated agents (default 5000)")
     arguments = parser.parse_args()
+    if arguments.scale:
+        sys.exit(asyncio.run(scale(arguments.gateways, arguments.dispatchers, arguments.agents)))
     sys.exit(asyncio.run(main(arguments.commands, arguments.load, arguments.only, arguments.single_endpoint)))

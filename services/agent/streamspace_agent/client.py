@@ -1,8 +1,13 @@
 """The agent's link to the control plane: connect, hello, heartbeats, commands in, acks and results out.
 
-It reconnects forever (§4): on a failure it moves to the next of GATEWAY_URLS and waits with
-exponential backoff and full jitter (0.25 s up to 30 s); a close with 1012 (gateway restarting)
-moves on at once.
+It reconnects forever (§4): it starts on a random one of GATEWAY_URLS (AGENT_GATEWAY_START), on a
+failure it moves to the next and waits with exponential backoff and full jitter (0.25 s up to 30 s); a
+close with 1012 (gateway restarting) moves on at once to a random other one, so a restarted replica's
+agents spread over the rest. A close with 4412 (MOVE: the replica holds more than its fair share,
+docs/operations.md "Scaling the gateways") moves on at once too, announcing MOVING_HEADER: a replica at
+its fair share refuses that connect with 409 and the agent tries another URL, until every other URL
+refused it (or MOVE_TRIES refusals with fewer URLs, e.g. one load-balanced Service); then it connects
+without the header.
 
 A command is acknowledged ACK_AFTER (5 ms) after it arrived unless its result is journaled by then:
 the result acknowledges it too, so a quick command costs one write and one commit less on its way.
@@ -31,6 +36,7 @@ the earlier way, on the same gateway.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections import deque
@@ -49,6 +55,7 @@ from streamspace_common.schemas import (
     FEATURE_INVENTORY,
     FEATURE_PING_LIVENESS,
     LEASE_HEADER,
+    MOVING_HEADER,
     Ack,
     AgentFrame,
     Command,
@@ -68,6 +75,8 @@ CONNECT_PATH = "/api/v1/agents/connect"
 RESULT_WINDOW = 256  # results sent on one socket and not yet confirmed, at most
 ACK_AFTER = 0.005  # seconds: a command whose result is journaled sooner is acknowledged by its result
 MAX_HELLO_IDS = 10_000  # more running + unreported than this: the hello lists none (and asks no requeue)
+MOVE_TRIES = 3  # refusals (409) a moving agent takes at least before it connects without MOVING_HEADER
+REFUSED_PAUSE = 0.2  # seconds at most (jittered) between a refused move and the next try
 log = structlog.get_logger("agent.client")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
@@ -82,6 +91,44 @@ def socket_urls(gateway_urls: str) -> list[str]:
     if not urls:
         raise ValueError("GATEWAY_URLS names no gateway")
     return urls
+
+
+class Route:
+    """Which of GATEWAY_URLS to try next, and whether the agent is moving (4412) and should say so."""
+
+    def __init__(self, count: int, random_start: bool) -> None:
+        self.count = count
+        self.index = random.randrange(count) if random_start else 0  # noqa: S311 (spread, not a secret)
+        self.moving = False
+        self.avoid: set[int] = set()
+        self.refusals = 0
+        self.left = self.index  # the URL it was last asked to leave (1012, 4412)
+
+    def failed(self) -> None:
+        """A failure: the next URL in order."""
+        self.index = (self.index + 1) % self.count
+
+    def elsewhere(self, moving: bool) -> None:
+        """Closed by 1012 or 4412: a random other URL at once (any, with one URL)."""
+        self.moving, self.avoid, self.refusals, self.left = moving, {self.index}, 0, self.index
+        self.index = self.pick()
+
+    def refused(self) -> None:
+        """A moving connect refused with 409: another URL, or (tried enough) connect without moving, to any
+        URL but the one it was asked to leave."""
+        self.avoid.add(self.index)
+        self.refusals += 1
+        if self.refusals >= max(MOVE_TRIES, self.count - 1):
+            self.moving = False
+            self.avoid = {self.left}
+        self.index = self.pick()
+
+    def arrived(self) -> None:
+        self.moving, self.avoid, self.refusals = False, set(), 0
+
+    def pick(self) -> int:
+        others = [i for i in range(self.count) if i not in self.avoid] or list(range(self.count))
+        return random.choice(others)  # noqa: S311
 
 
 class HelloRefused(Exception):
@@ -157,6 +204,7 @@ class AgentClient:
         ping_interval: float,
         concurrency: int = 0,
         max_sessions: int = 0,
+        random_start: bool = True,
     ) -> None:
         self.agent_id = agent_id
         self.concurrency = concurrency
@@ -164,6 +212,7 @@ class AgentClient:
         self.ping_interval = ping_interval
         self.token = token
         self.urls = socket_urls(gateway_urls)
+        self.route = Route(len(self.urls), random_start)
         self.executor = executor
         self.instance_id = uuid.uuid4().hex
         self.connected_to: str | None = None
@@ -210,11 +259,9 @@ class AgentClient:
     async def run(self) -> None:
         backoff = Backoff(base=0.25, cap=30.0)
         outage = Outage("gateway", log)
-        index = 0
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"}) as http:
             while True:
-                url = self.urls[index % len(self.urls)]
-                index += 1
+                url = self.urls[self.route.index]
                 close_code: int | None = None
                 try:
                     try:
@@ -228,19 +275,30 @@ class AgentClient:
                     outage.failed(exc)
                     close_code = exc.code
                 except aiohttp.WSServerHandshakeError as exc:
+                    if exc.status == 409 and self.route.moving:  # that replica has no room for a mover
+                        log.info("move_refused", url=url)
+                        self.route.refused()
+                        await asyncio.sleep(random.uniform(0, REFUSED_PAUSE))  # noqa: S311
+                        continue
                     outage.failed(exc)
                     if exc.status == 401:
                         log.error("token_rejected", url=url, agent_id=self.agent_id)
                 except Exception as exc:  # whatever went wrong, try the next gateway: never give up (§4)
                     outage.failed(exc)
-                if close_code == closecodes.SERVICE_RESTART:
+                if close_code in (closecodes.SERVICE_RESTART, closecodes.MOVE):
+                    self.route.elsewhere(moving=close_code == closecodes.MOVE)
+                    if close_code == closecodes.MOVE:
+                        metrics.MOVES.inc()
                     continue
+                self.route.failed()
                 await asyncio.sleep(backoff.next_delay())
 
     async def connect_once(
         self, http: aiohttp.ClientSession, url: str, backoff: Backoff, outage: Outage, legacy: bool = False
     ) -> int | None:
-        headers = {LEASE_HEADER: self.lease} if self.lease and not legacy else None
+        headers = {LEASE_HEADER: self.lease} if self.lease and not legacy else {}
+        if self.route.moving:
+            headers[MOVING_HEADER] = "1"
         async with http.ws_connect(
             url, heartbeat=self.ping_interval, timeout=aiohttp.ClientWSTimeout(ws_close=5), headers=headers
         ) as ws:
@@ -255,6 +313,7 @@ class AgentClient:
                 raise msgspec.DecodeError("expected welcome")
             outage.recovered()
             backoff.reset()
+            self.route.arrived()
             self.connected_to = welcome.pod
             metrics.CONNECTED.set(1)
             metrics.CONNECTS.inc()

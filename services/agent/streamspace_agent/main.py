@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
         settings.heartbeat_interval,
         settings.agent_concurrency,
         max_sessions=settings.agent_max_sessions,
+        random_start=settings.agent_gateway_start == "random",
     )
     if settings.agent_execution_log:
         executor.log_executions(settings.agent_execution_log, client.instance_id)

@@ -34,3 +34,6 @@ SESSION_READY_SECONDS = Histogram(
     ["platform", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+MOVES = Counter(
+    "streamspace_agent_moves_total", "Sockets a gateway closed with 4412 (rebalancing): the agent moved to another URL"
+)

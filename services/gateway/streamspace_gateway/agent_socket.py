@@ -14,12 +14,13 @@ import structlog
 from aiohttp import WSMessage, WSMsgType, web
 
 from streamspace_common import closecodes
-from streamspace_common.schemas import LEASE_HEADER, Ack, AgentFrame, Hello, Result, Welcome
+from streamspace_common.schemas import LEASE_HEADER, MOVING_HEADER, Ack, AgentFrame, Hello, Result, Welcome
 from streamspace_common.tokens import hash_token
 
 from . import metrics
 from .errors import ApiError
 from .hub import HUB_KEY, AgentConnection, AgentHub, Refused
+from .rebalance import REBALANCER_KEY
 from .store import Store
 from .writer import MAX_WAITING_PER_SOCKET, FrameWriter
 
@@ -77,6 +78,10 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     if hub.closing:
         raise ApiError(503, "shutting_down", "this gateway replica is shutting down")
     token_agent_id, token_hash, deleted = await authenticate(request, hub.store)
+    rebalancer = request.app.get(REBALANCER_KEY)
+    if request.headers.get(MOVING_HEADER) and rebalancer is not None and not rebalancer.takes_mover():
+        metrics.MOVERS_REFUSED.inc()
+        raise ApiError(409, "above_fair_share", "this replica holds its fair share: try another", MOVING_HEADER)
     # No server-side pings: the agent's heartbeat frames show it is alive (4410 after 3 intervals without
     # a frame) and its own pings find a dead gateway. At 10,000 idle sockets the gateway's pings were a
     # sixth of its CPU, and their pong deadline (half an interval) closed the sockets of agents whose

@@ -82,6 +82,7 @@ class AgentConnection:
     registered: bool = False  # the hub admitted it: only then does its leaving change anything
     proof_hash: str | None = None  # hash of the lease secret it presented on connect (LEASE_HEADER)
     lease_hash: str | None = None  # hash of the lease secret this hub gave it with its last active role
+    moving: bool = False  # asked to move (rebalance.py): its lease is vacated, not released, when it closes
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -359,7 +360,8 @@ class AgentHub:
             # is stopping: its 1012 sends the active replica to another gateway at once, where it keeps
             # its lease and its work in flight (a standby promoted meanwhile would run that work again).
             # Should it not come back, the lease lapses within 3 heartbeat intervals and a standby takes it.
-            if active and conn.epoch and not self.closing:
+            # The same for an agent asked to move (4412, rebalance.py).
+            if active and conn.epoch and not self.closing and not conn.moving:
                 await self.store.release_lease(conn.agent_id, conn.instance_id, conn.epoch)
 
     async def close_all(self, code: int, message: bytes) -> None:
@@ -513,7 +515,7 @@ class AgentHub:
     async def keep_leases(self) -> None:
         """Renew the leases of our active HA sockets (one that another instance took meanwhile is lost:
         demote), and let our standbys take any lease that lapsed (its gateway died)."""
-        active = [c for c in self.connections.values() if c.ha and c.epoch and not c.ws.closed]
+        active = [c for c in self.connections.values() if c.ha and c.epoch and not c.ws.closed and not c.moving]
         lost = await self.store.renew_leases(
             [c.agent_id for c in active],
             [c.instance_id for c in active],

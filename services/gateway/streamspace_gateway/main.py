@@ -28,6 +28,7 @@ from .auth import AUTH_KEY, Authenticator, signing_secret
 from .console import add_console_routes
 from .errors import json_errors
 from .hub import HUB_KEY, AgentHub
+from .rebalance import REBALANCER_KEY, Rebalancer
 from .request_context import add_headers, request_context
 from .revocation import OPEN_STREAMS_KEY, OpenStreams
 from .store import STORE_KEY, Store
@@ -93,10 +94,19 @@ def create_app(settings: Settings) -> web.Application:
             on_access_revoked=open_streams.wake,
         )
         app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
+        rebalance = (settings.rebalance_interval, settings.rebalance_tolerance, settings.rebalance_batch)
+        rebalancer = app[REBALANCER_KEY] = Rebalancer(hub, *rebalance)
         app[STREAMS_KEY] = StreamConfig(
             redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout, secret
         )
-        loops = (hub.run_subscription(), listener.run(), hub.run_upkeep(), hub.writer.run(), open_streams.run())
+        loops = (
+            hub.run_subscription(),
+            listener.run(),
+            hub.run_upkeep(),
+            hub.writer.run(),
+            open_streams.run(),
+            rebalancer.run(),
+        )
         async with background(*loops):
             yield
         await redis.aclose()

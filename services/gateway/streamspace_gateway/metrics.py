@@ -64,3 +64,14 @@ HEARTBEAT_GAP = Histogram(
     "Time between two frames (heartbeats or any other) read from one agent socket",
     buckets=(0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120),
 )
+FAIR_SHARE = Gauge(
+    "streamspace_gateway_fair_share_agents",
+    "Agents online on all replicas divided by the live replicas, as this replica's last rebalancing round read it",
+)
+AGENTS_MOVED = Counter(
+    "streamspace_gateway_agents_moved_total", "Agent sockets this replica closed with 4412 (rebalancing: move)"
+)
+MOVERS_REFUSED = Counter(
+    "streamspace_gateway_movers_refused_total",
+    "Connects of moving agents (X-StreamSpace-Moving) refused with 409: this replica was at its fair share",
+)

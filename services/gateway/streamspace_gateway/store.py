@@ -12,7 +12,7 @@ from aiohttp import web
 
 from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import TRANSIENT_ERRORS, load_queries
-from streamspace_common.keys import DISPATCH_CHANNEL, LEASE_CHANNEL
+from streamspace_common.keys import DISPATCH_CHANNEL, LEASE_CHANNEL, POD_CHANNEL_PREFIX
 from streamspace_common.resilience import Outage, retry
 from streamspace_common.schemas import Hello
 
@@ -106,6 +106,15 @@ class Store:
 
     async def vacate_pod_leases(self) -> None:
         await self.pool.execute(QUERIES["vacate_pod_leases"], self.pod)
+
+    async def vacate_lease(self, agent_id: str) -> None:
+        await self.pool.execute(QUERIES["vacate_lease"], agent_id, self.pod)
+
+    async def presence(self, seen_within: float) -> tuple[int, int]:
+        """The live gateway replicas (their LISTEN connections) and the agents online on all of them or seen
+        within `seen_within` seconds (on their way from one replica to another)."""
+        row = await self.pool.fetchrow(QUERIES["presence"], POD_CHANNEL_PREFIX, seen_within)
+        return (0, 0) if row is None else (int(row["replicas"]), int(row["agents"]))
 
     async def release_lease(self, agent_id: str, instance_id: str, epoch: int) -> None:
         await self.pool.execute(QUERIES["release_lease"], agent_id, instance_id, epoch, LEASE_CHANNEL, self.pod)
