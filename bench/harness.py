@@ -312,9 +312,10 @@ def start_process(stack: Stack, name: str, argv: list[str], env: dict[str, str],
     return service
 
 
-def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str) -> Service:
+def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str, source: str | None = None) -> Service:
     log_path = stack.log_dir / f"{name}.log"
     argv = [sys.executable, str(BENCH_DIR / "simagents.py"), str(agents_file), "--mode", mode]
+    argv += ["--source", source] if source else []
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file)
     service = Service(name, process, 0, log_path)
@@ -323,10 +324,10 @@ def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str) -> S
 
 
 async def start_sim_agents(
-    stack: Stack, name: str, agents_file: Path, mode: str, timeout: float
+    stack: Stack, name: str, agents_file: Path, mode: str, timeout: float, source: str | None = None
 ) -> tuple[Service, float]:
     """Start bench/simagents.py; return it once every agent has its welcome, with the seconds that took."""
-    service = spawn_sim_agents(stack, name, agents_file, mode)
+    service = spawn_sim_agents(stack, name, agents_file, mode, source)
     process = service.process
     assert process.stdout is not None
     try:

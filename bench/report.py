@@ -89,10 +89,13 @@ def scale_rows(scales: list[dict[str, Any]]) -> list[Row]:
             f"{scale['connect_seconds']:.1f} s / {scale['rss_mib']:.0f} MiB / "
             f"{scale['idle_cpu_percent_of_a_core']:.1f} %",
             "",
-            "10k: < 512 MiB, < 5 %",
+            SCALE_GOALS.get(scale["agents"], ""),
         )
         for scale in scales
     ]
+
+
+SCALE_GOALS = {10_000: "< 512 MiB, < 2.5 %", 50_000: "< 1.2 GiB, < 15 %"}  # issue 27
 
 
 def rate(figures: dict[str, Any] | None) -> str:

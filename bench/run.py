@@ -78,6 +78,10 @@ SERVICE_SETTINGS = {
     "LOG_LEVEL": "info",
 }
 SOCKETS_PER_SIM_PROCESS = 10_000  # the open-file limit is per process (20,000 here)
+# Each simulated-agent process connects from a loopback address of its own: one (source, gateway)
+# address pair has only the ephemeral port range (~28,000 ports), short of 50,000 sockets.
+SIM_SOURCE = "127.0.0.{}"
+GATEWAY_FILES_HEADROOM = 1_024  # the gateway's pool, Redis, listeners, logs
 PEER_REDIS_DB = 3  # ours uses db 1 (with a per-run key prefix); the peer gets a db and a channel of its own
 
 
@@ -96,7 +100,7 @@ class Sizes:
 
 
 PROFILES = {
-    "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000), 30.0, 1000, 1000),
+    "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000, 50_000), 30.0, 1000, 1000),
     "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200),
     # tests/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
     "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20),
@@ -459,6 +463,9 @@ async def socket_scale(
     conn = await asyncpg.connect(stack.env.database_url)
     await conn.execute("DELETE FROM agent_leases WHERE agent_id = ANY($1::text[])", ids)
     await conn.close()
+    hard = allow_open_files(agents + GATEWAY_FILES_HEADROOM)
+    if hard < agents + GATEWAY_FILES_HEADROOM:
+        raise AssertionError(f"{agents} sockets need a hard file limit of {agents + GATEWAY_FILES_HEADROOM}: {hard}")
     gateway = stack.gateway(f"gateway-scale-{agents}", **SERVICE_SETTINGS)
     await stack.ready(gateway)
     rss_before = rss_mib(gateway.process.pid)
@@ -470,7 +477,10 @@ async def socket_scale(
         files.append(agents_file)
     timeout = 120 + agents / 20
     started = await asyncio.gather(
-        *(start_sim_agents(stack, f"scale-sim-{agents}-{i}", f, "idle", timeout) for i, f in enumerate(files))
+        *(
+            start_sim_agents(stack, f"scale-sim-{agents}-{i}", f, "idle", timeout, SIM_SOURCE.format(2 + i))
+            for i, f in enumerate(files)
+        )
     )
     sims = [sim for sim, _ in started]
     seconds = max(connect for _, connect in started)
@@ -489,6 +499,7 @@ async def socket_scale(
         "connect_seconds": round(seconds, 2),
         "rss_mib": rss_mib(gateway.process.pid),
         "rss_mib_before": rss_before,
+        "open_files_limit": open_files_logged(gateway),
         "idle_cpu_percent_of_a_core": split["gateway"],
         "idle_seconds": idle_seconds,
         "sim_cpu_percent_of_a_core": split["simulated agents"],
@@ -497,6 +508,26 @@ async def socket_scale(
         service.kill()
         stack.services.remove(service)
     return figures
+
+
+def allow_open_files(needed: int) -> int:
+    """The hard file limit the gateway inherits from this process, raised to `needed` where that is allowed
+    (root: CAP_SYS_RESOURCE); the gateway raises its soft limit to it itself. Returns the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return needed if hard == resource.RLIM_INFINITY else hard
+
+
+def open_files_logged(gateway: Service) -> int | None:
+    """The soft file limit the gateway says it runs with (its `open_files_limit` log line)."""
+    for line in gateway.log().splitlines():
+        if '"open_files_limit"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                return int(json.loads(line)["soft"])
+    return None
 
 
 # --- the run ---------------------------------------------------------------------------------

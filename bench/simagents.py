@@ -8,9 +8,13 @@ ACK_AFTER). It runs nothing and keeps no journal: it is load, not an agent. `idl
 sockets open.
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
+                              [--source 127.0.0.2]
 
 AGENTS_JSON holds `[[agent_id, token, gateway_url], ...]`. Once every agent has its welcome the
 process prints one JSON line `{"connected": N, "seconds": S}` to stdout, then runs until killed.
+It raises its own open-file limit to the hard one (one descriptor per socket). `--source` binds its
+sockets to that local address: each (source, gateway address) pair has only the ephemeral port range
+(~28,000 ports here), so 50,000 sockets to one gateway come from several loopback addresses 127.0.0.x.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import sys
 import time
 import uuid
@@ -93,9 +98,17 @@ class SimAgent:
             await ws.send_str(HEARTBEAT)
 
 
-async def main_async(specs: list[list[str]], respond: bool, connect_concurrency: int, ping_interval: float) -> None:
+def raise_open_files_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def main_async(
+    specs: list[list[str]], respond: bool, connect_concurrency: int, ping_interval: float, source: str | None
+) -> None:
     agents = [SimAgent(agent_id, token, url, respond, ping_interval) for agent_id, token, url in specs]
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0) if source else None)
     async with aiohttp.ClientSession(connector=connector) as http:
         ready = asyncio.Semaphore(connect_concurrency)
         started = time.perf_counter()
@@ -112,10 +125,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=("respond", "idle"), required=True)
     parser.add_argument("--connect-concurrency", type=int, default=200)
     parser.add_argument("--ping-interval", type=float, default=10.0, help="the agents' HEARTBEAT_INTERVAL")
+    parser.add_argument("--source", help="local address to connect from (a loopback address 127.0.0.x)")
     args = parser.parse_args()
+    raise_open_files_limit()
     with open(args.agents_file) as f:
         specs = json.load(f)
-    asyncio.run(main_async(specs, args.mode == "respond", args.connect_concurrency, args.ping_interval))
+    asyncio.run(main_async(specs, args.mode == "respond", args.connect_concurrency, args.ping_interval, args.source))
 
 
 if __name__ == "__main__":

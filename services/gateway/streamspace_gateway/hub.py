@@ -70,8 +70,14 @@ DRAIN_TIMEOUT = 5.0  # seconds a stopping replica waits for queued acks and resu
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(eq=False)
+_SENDING: set[asyncio.Task[None]] = set()  # send_later's tasks until they finish, all sockets (few at a time)
+
+
+@dataclass(eq=False, slots=True)
 class AgentConnection:
+    """One agent socket. Kept small (slots, no per-socket containers or bound loggers): a gateway holds
+    tens of thousands of them (bench/README.md, "Idle sockets")."""
+
     hello: Hello
     ws: web.WebSocketResponse
     token_hash: str = ""  # of the agent token it authenticated with
@@ -82,7 +88,6 @@ class AgentConnection:
     registered: bool = False  # the hub admitted it: only then does its leaving change anything
     proof_hash: str | None = None  # hash of the lease secret it presented on connect (LEASE_HEADER)
     lease_hash: str | None = None  # hash of the lease secret this hub gave it with its last active role
-    _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def agent_id(self) -> str:
@@ -123,8 +128,8 @@ class AgentConnection:
         if self.ws.closed:
             return
         task = asyncio.create_task(self._send(_encoder.encode(frame).decode()))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        _SENDING.add(task)
+        task.add_done_callback(_SENDING.discard)
 
     async def send(self, frame: Frame) -> None:
         await self._send(_encoder.encode(frame).decode())
