@@ -42,6 +42,10 @@ FROM agent_commands WHERE command_id = ANY($1::text[]) AND status = 'completed';
 -- name: count_statuses
 SELECT status, count(*) AS n FROM agent_commands WHERE command_id = ANY($1::text[]) GROUP BY status;
 
+-- name: attempts_over_one
+-- Of these commands, those delivered more than once (a bulk run's "none twice").
+SELECT count(*) FROM agent_commands WHERE command_id = ANY($1::text[]) AND attempts > 1;
+
 -- name: peer_workers
 SELECT count(*) FROM procrastinate_workers;
 

@@ -73,9 +73,16 @@ class Completions:
         self.first = 0.0
         self.last = 0.0
         self.all_seen = asyncio.Event()
+        # every completion's time by command id (a count per id beside it), while a bulk run records: its
+        # ids come back from the API only after some may have completed already
+        self.recorded: dict[str, float] | None = None
+        self.repeats = 0  # completions of an id recorded already
 
     def on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         now = time.perf_counter()
+        if self.recorded is not None:
+            self.repeats += payload in self.recorded
+            self.recorded[payload] = now
         waiter = self.waiters.pop(payload, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(now)

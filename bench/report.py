@@ -29,6 +29,7 @@ def table(results: dict[str, Any]) -> str:
     rows: list[Row] = [("figure", "peer", "ours", "ours/peer", "goal")]
     rows += latency_rows(results.get("latency_ms", {}))
     rows += throughput_rows(results)
+    rows += bulk_rows(results.get("bulk", {}))
     rows += scale_rows(results.get("socket_scale", []))
     latencies = results.get("latency_ms", {})
     if latencies:
@@ -78,6 +79,26 @@ def throughput_rows(results: dict[str, Any]) -> list[Row]:
     if floor_rates:
         text = " / ".join(f"{floor_rates[name]:.0f}" for name in ("INSERT", "INSERT + NOTIFY") if name in floor_rates)
         rows.append(("  floor: rows/s, 20 clients, 1 per commit: INSERT / + NOTIFY", text, text, "", ""))
+    return rows
+
+
+def bulk_rows(bulk: dict[str, Any]) -> list[Row]:
+    """The bulk path: completed/s end to end, and whether every command completed once."""
+    rows: list[Row] = []
+    for key, figures in bulk.items():
+        once = figures["statuses"] == {"completed": figures["commands"]} and not figures["completed_twice"]
+        redelivered = f", {figures['attempts_over_one']} sent again" if figures["attempts_over_one"] else ""
+        verdict = "every one completed once" if once else "NOT every one completed once"
+        rows.append(
+            (
+                f"bulk commands/s, {key.removeprefix('ours, ')} ({figures['commands']}, "
+                f"{figures['commands'] // max(1, figures['requests'])} a request, {figures['clients']} clients)",
+                "—",
+                f"{rate(figures)}, {verdict}{redelivered}",
+                "",
+                "≥ 10,000",
+            )
+        )
     return rows
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # the full run (~7 min on the 2-core dev machine)
     .venv/bin/python bench/run.py --quick    # a smoke run of about a minute
     .venv/bin/python bench/run.py --no-peer  # ours only
+    .venv/bin/python bench/run.py --no-peer --only bulk --bulk 20000  # the bulk rows alone, smaller
 
 It starts everything itself in a database, Redis key prefix and RabbitMQ vhost of its own (as the
 tests do), and the peer (bench/peer/, built into bench/.peer-venv on first use) in a database and
@@ -58,7 +59,8 @@ from harness import (
     wait_until,
 )
 from report import STAGES, plot, redraw, table
-from support import Service, Stack, free_port, new_account, new_test_env, with_database
+from simagents import HEARTBEAT_FRAMES_ENV
+from support import Account, Service, Stack, free_port, new_account, new_test_env, with_database
 
 from streamspace_common.admin import QUERIES as ADMIN_QUERIES
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
@@ -97,13 +99,16 @@ class Sizes:
     rest: int
     hop: int
     creators: int = 20
+    bulk: int = 100_000  # commands through POST /api/v1/commands, to 1 agent, then to the simulated agents
+    bulk_clients: int = 10
+    bulk_size: int = 1000  # commands per request
 
 
 PROFILES = {
     "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000, 50_000), 30.0, 1000, 1000),
-    "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200),
+    "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200, bulk=20_000),
     # tests/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
-    "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20),
+    "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20, bulk=2000),
 }
 
 
@@ -543,6 +548,7 @@ class Run:
     peer: Peer | None
     peer_python: Path | None
     py_spy: Path | None
+    sim: tuple[Service, float] | None = None  # the simulated agents once started, and their connect seconds
 
     def profiles(self, tag: str, services: list[Service]) -> Profiles:
         return Profiles(self.py_spy, tag, {service.name: service.process.pid for service in services})
@@ -598,14 +604,22 @@ def peer_worker_restarter(run: Run) -> Callable[[], Awaitable[None]]:
     return start_worker
 
 
+async def sim_agents(run: Run, sim_ids: list[str], log_dir: Path) -> tuple[Service, float]:
+    """The simulated agents, half on each gateway, answering every command (started once per run)."""
+    if run.sim is None:
+        agents_file = log_dir / "sim-agents.json"
+        gateways = [run.ours.gateway_a, run.ours.gateway_b]
+        agents_file.write_text(json.dumps([[a, run.tokens[a], gateways[i % 2].url] for i, a in enumerate(sim_ids)]))
+        run.sim = await start_sim_agents(run.stack, "sim-agents", agents_file, "respond", 300)
+        await asyncio.sleep(1.0)
+    return run.sim
+
+
 async def throughput_sim_agents(run: Run, sim_ids: list[str], log_dir: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     stack, ours, sizes = run.stack, run.ours, run.sizes
-    agents_file = log_dir / "sim-agents.json"
     gateways = [ours.gateway_a, ours.gateway_b]
-    agents_file.write_text(json.dumps([[a, run.tokens[a], gateways[i % 2].url] for i, a in enumerate(sim_ids)]))
-    sim, connect_seconds = await start_sim_agents(stack, "sim-agents", agents_file, "respond", 300)
-    await asyncio.sleep(1.0)
+    sim, connect_seconds = await sim_agents(run, sim_ids, log_dir)
     for dispatchers in (1, 2):
         if dispatchers == 2:
             second = stack.dispatcher("dispatcher-2", **SERVICE_SETTINGS)
@@ -619,14 +633,96 @@ async def throughput_sim_agents(run: Run, sim_ids: list[str], log_dir: Path) -> 
     return figures
 
 
-SECTIONS = ("latency", "throughput", "scale")
+# --- 5. the bulk path ------------------------------------------------------------------------
+
+
+async def bulk_create(run: Run, agent_ids: list[str], admin: Account) -> list[str]:
+    """`sizes.bulk` commands in POSTs of `bulk_size` to /api/v1/commands, `bulk_clients` requests at a
+    time, alternately to each gateway; the ids, in order."""
+    sizes, gateways = run.sizes, [run.ours.gateway_a, run.ours.gateway_b]
+    requests = -(-sizes.bulk // sizes.bulk_size)
+    limit = asyncio.Semaphore(sizes.bulk_clients)
+
+    async def post(http: aiohttp.ClientSession, n: int) -> list[str]:
+        first = n * sizes.bulk_size
+        items = [
+            {"agent_id": agent_ids[j % len(agent_ids)], "action": "PING"}
+            for j in range(first, min(first + sizes.bulk_size, sizes.bulk))
+        ]
+        async with limit, http.post(f"{gateways[n % 2].url}/api/v1/commands", json={"commands": items}) as answer:
+            body = await answer.json()
+            if answer.status != 202:
+                raise AssertionError(f"POST /api/v1/commands: {answer.status} {body}")
+            return [created["command_id"] for created in body["commands"]]
+
+    async with aiohttp.ClientSession(headers=admin.headers) as http:
+        batches = await asyncio.gather(*(post(http, n) for n in range(requests)))
+    return [command_id for batch in batches for command_id in batch]
+
+
+async def bulk(run: Run, agent_ids: list[str], admin: Account) -> dict[str, Any]:
+    """Commands created through the bulk API; first request sent to last completion NOTIFY."""
+    side = run.sides[0]
+    completions = side.completions
+    completions.recorded, completions.repeats = {}, 0
+    cpu = CpuSplit(run.groups(side))
+    cpu.start()
+    started = time.perf_counter()
+    ids = await bulk_create(run, agent_ids, admin)
+    creating = time.perf_counter() - started
+    recorded = completions.recorded
+    missing = [command_id for command_id in ids if command_id not in recorded]
+    deadline = time.monotonic() + max(120.0, len(ids) / 20)
+    while missing and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        missing = [command_id for command_id in missing if command_id not in recorded]
+    split = cpu.stop()
+    finished = len(ids) - len(missing)
+    seconds = max((recorded[command_id] for command_id in ids if command_id in recorded), default=started) - started
+    completions.recorded = None
+    conn = await asyncpg.connect(side.dsn)
+    try:
+        redelivered = await conn.fetchval(Q["attempts_over_one"], ids)
+    finally:
+        await conn.close()
+    figures = {
+        "commands": len(ids),
+        "agents": len(agent_ids),
+        "requests": -(-len(ids) // run.sizes.bulk_size),
+        "clients": run.sizes.bulk_clients,
+        "finished": finished,
+        "complete": not missing,
+        "seconds": round(seconds, 3),
+        "per_second": round(finished / seconds, 1) if seconds > 0 else 0.0,
+        "created_per_second": round(len(ids) / creating, 1),
+        "completed_twice": completions.repeats,
+        "attempts_over_one": redelivered,
+        "cpu_percent_of_a_core": split,
+    }
+    return figures | await statuses(side, ids)
+
+
+async def measure_bulk(run: Run, results: dict[str, Any], sim_ids: list[str], log_dir: Path) -> None:
+    sizes = run.sizes
+    admin = await new_account(run.stack.env.database_url, "bench-bulk-admin", admin=True)
+    say(f"5. bulk: {sizes.bulk} commands, {sizes.bulk_size} a request from {sizes.bulk_clients} clients, 1 agent")
+    figures = {"ours, 1 agent": await bulk(run, [run.sides[0].agent_id], admin)}
+    say(f"5. bulk: the same to {len(sim_ids)} simulated agents on 2 gateways")
+    await sim_agents(run, sim_ids, log_dir)
+    dispatchers = len(run.ours.dispatchers)
+    key = f"ours, {len(sim_ids)} agents, 2 gateways, {dispatchers} dispatcher{'s' * (dispatchers > 1)}"
+    figures[key] = await bulk(run, sim_ids, admin)
+    results["bulk"] = figures
+
+
+SECTIONS = ("latency", "throughput", "bulk", "scale")
 
 
 async def run_all(
     sizes: Sizes, with_peer: bool, log_dir: Path, py_spy: Path | None, sections: tuple[str, ...] = SECTIONS
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": await machine_info(), "sizes": asdict(sizes), "sections": sections}
-    flows = "latency" in sections or "throughput" in sections
+    flows = bool({"latency", "throughput", "bulk"} & set(sections))
     peer_python, peer_status = ensure_peer_venv() if with_peer and flows else (None, "not asked for")
     results["peer_status"] = peer_status
     env = new_test_env()
@@ -636,7 +732,7 @@ async def run_all(
     await setup.execute(Q["install_completion_notify"])
     await setup.execute(Q["install_floor_tables"])
     await setup.close()
-    sim_ids = [f"sim-{i:04d}" for i in range(sizes.sim_agents)] if "throughput" in sections else []
+    sim_ids = [f"sim-{i:04d}" for i in range(sizes.sim_agents)] if {"throughput", "bulk"} & set(sections) else []
     scale_ids = [f"scale-{i:05d}" for i in range(max(sizes.scale, default=0))] if "scale" in sections else []
     tokens = await create_tokens(env.database_url, ["bench-agent", "bench-hop", "bench-drain", *sim_ids, *scale_ids])
     stack = Stack(env, log_dir)
@@ -656,6 +752,8 @@ async def run_all(
                 await measure_latencies(run, results)
             if "throughput" in sections:
                 await measure_throughput(run, results, sim_ids, log_dir)
+            if "bulk" in sections:
+                await measure_bulk(run, results, sim_ids, log_dir)
             stack.stop_all()
             stack.services.clear()
         if "scale" in sections:
@@ -765,6 +863,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where the JSON and PNG go")
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
     parser.add_argument("--scale", help="idle socket counts, comma-separated (default: the profile's)")
+    parser.add_argument("--bulk", type=int, help="commands of each bulk run (default: the profile's)")
+    parser.add_argument(
+        "--heartbeat-frames",
+        action="store_true",
+        help="simulated agents as before ping_liveness: ping + heartbeat frame",
+    )
     parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--py-spy", type=Path, help="profile our processes in the throughput runs into this directory")
     parser.add_argument("--from-json", type=Path, help="print the table of an earlier results file, redraw its plot")
@@ -775,6 +879,10 @@ def main() -> None:
     sizes = PROFILES[args.profile]
     if args.scale:
         sizes = replace(sizes, scale=tuple(int(n) for n in args.scale.split(",")))
+    if args.bulk:
+        sizes = replace(sizes, bulk=args.bulk)
+    if args.heartbeat_frames:
+        os.environ[HEARTBEAT_FRAMES_ENV] = "1"  # inherited by every simagents.py process
     sections = tuple(args.only.split(",")) if args.only else SECTIONS
     if unknown := set(sections) - set(SECTIONS):
         parser.error(f"--only: unknown sections {sorted(unknown)}")

@@ -1,11 +1,11 @@
 """Many simulated agents in one process, speaking the real frames (hello/welcome/command/ack/result).
 
 Each agent is its own WebSocket, authenticated with its own agent token, and behaves on the wire like
-streamspace-agent: hello announcing `confirm` and `inventory`, WebSocket pings and a heartbeat frame
-every heartbeat interval, and (in `respond` mode) a `completed` result for every command at once
-(and no ack: the real agent acknowledges a command by its result when that comes within its
-ACK_AFTER). It runs nothing and keeps no journal: it is load, not an agent. `idle` mode only keeps the
-sockets open.
+streamspace-agent: hello announcing `confirm` and `inventory`, WebSocket pings and (unless the gateway
+counts pings, `ping_liveness`, or --heartbeat-frames) a heartbeat frame every heartbeat interval, and
+(in `respond` mode) a `completed` result for every command at once (and no ack: the real agent
+acknowledges a command by its result when that comes within its ACK_AFTER). It runs nothing and
+keeps no journal: it is load, not an agent. `idle` mode only keeps the sockets open.
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
                               [--source 127.0.0.2]
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -30,22 +31,35 @@ import uuid
 import aiohttp
 import msgspec
 
-from streamspace_common.schemas import FEATURES, Command, GatewayFrame, Heartbeat, Hello, Result, Welcome
+from streamspace_common.schemas import (
+    FEATURE_PING_LIVENESS,
+    FEATURES,
+    Command,
+    GatewayFrame,
+    Heartbeat,
+    Hello,
+    Result,
+    Welcome,
+)
 
 CONNECT_PATH = "/api/v1/agents/connect"
 PING_RESULT: dict[str, object] = {"pong": True}
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
 HEARTBEAT = _encoder.encode(Heartbeat()).decode()
+HEARTBEAT_FRAMES_ENV = "SIM_HEARTBEAT_FRAMES"  # set (bench/run.py --heartbeat-frames): the earlier agents' frames
 
 
 class SimAgent:
-    def __init__(self, agent_id: str, token: str, gateway_url: str, respond: bool, ping_interval: float) -> None:
+    def __init__(
+        self, agent_id: str, token: str, gateway_url: str, respond: bool, ping_interval: float, features: list[str]
+    ) -> None:
         self.agent_id = agent_id
         self.token = token
         self.url = gateway_url.rstrip("/").replace("http://", "ws://", 1) + CONNECT_PATH
         self.respond = respond
         self.ping_interval = ping_interval
+        self.features = features
         self.welcomed = asyncio.Event()
 
     async def run(self, http: aiohttp.ClientSession, ready: asyncio.Semaphore) -> None:
@@ -63,7 +77,7 @@ class SimAgent:
                         version="bench",
                         instance_id=uuid.uuid4().hex,
                         capabilities=["PING"],
-                        features=list(FEATURES),
+                        features=self.features,
                     )
                     await ws.send_str(_encoder.encode(hello).decode())
                     message = await ws.receive(timeout=60)
@@ -71,13 +85,14 @@ class SimAgent:
                     if not isinstance(welcome, Welcome):
                         raise RuntimeError(f"expected welcome, got {message!r}")
                 self.welcomed.set()
-                await self.serve(ws, welcome.heartbeat_interval)
+                await self.serve(ws, welcome.heartbeat_interval, FEATURE_PING_LIVENESS in welcome.features)
             except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError, msgspec.DecodeError) as exc:
                 print(f"{self.agent_id}: {exc!r}", file=sys.stderr)
             await asyncio.sleep(1.0)
 
-    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float) -> None:
-        beats = asyncio.create_task(self.heartbeats(ws, heartbeat_interval))
+    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, pings_count: bool) -> None:
+        # As streamspace-agent: an idle socket's ping is its one liveness frame when the gateway counts it
+        beats = asyncio.create_task(self.heartbeats(ws, heartbeat_interval)) if not pings_count else None
         try:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
@@ -88,7 +103,8 @@ class SimAgent:
                     await ws.send_str(_encoder.encode(result).decode())
                 # Confirm frames: nothing to forget, the simulated agent keeps no journal.
         finally:
-            beats.cancel()
+            if beats is not None:
+                beats.cancel()
             await ws.close()
 
     @staticmethod
@@ -105,9 +121,14 @@ def raise_open_files_limit() -> None:
 
 
 async def main_async(
-    specs: list[list[str]], respond: bool, connect_concurrency: int, ping_interval: float, source: str | None
+    specs: list[list[str]],
+    respond: bool,
+    connect_concurrency: int,
+    ping_interval: float,
+    features: list[str],
+    source: str | None,
 ) -> None:
-    agents = [SimAgent(agent_id, token, url, respond, ping_interval) for agent_id, token, url in specs]
+    agents = [SimAgent(agent_id, token, url, respond, ping_interval, features) for agent_id, token, url in specs]
     connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0) if source else None)
     async with aiohttp.ClientSession(connector=connector) as http:
         ready = asyncio.Semaphore(connect_concurrency)
@@ -126,11 +147,19 @@ def main() -> None:
     parser.add_argument("--connect-concurrency", type=int, default=200)
     parser.add_argument("--ping-interval", type=float, default=10.0, help="the agents' HEARTBEAT_INTERVAL")
     parser.add_argument("--source", help="local address to connect from (a loopback address 127.0.0.x)")
+    parser.add_argument(
+        "--heartbeat-frames",
+        action="store_true",
+        default=bool(os.environ.get(HEARTBEAT_FRAMES_ENV)),
+        help=f"as agents before ping_liveness: a heartbeat frame beside every ping (default: ${HEARTBEAT_FRAMES_ENV})",
+    )
     args = parser.parse_args()
     raise_open_files_limit()
     with open(args.agents_file) as f:
         specs = json.load(f)
-    asyncio.run(main_async(specs, args.mode == "respond", args.connect_concurrency, args.ping_interval, args.source))
+    features = [f for f in FEATURES if f != FEATURE_PING_LIVENESS] if args.heartbeat_frames else list(FEATURES)
+    respond = args.mode == "respond"
+    asyncio.run(main_async(specs, respond, args.connect_concurrency, args.ping_interval, features, args.source))
 
 
 if __name__ == "__main__":

@@ -211,6 +211,26 @@ END $$;
 
 
 --
+-- Name: streamspace_notify_inserted_commands(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.streamspace_notify_inserted_commands() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    first_agent text;
+    last_agent text;
+BEGIN
+    SELECT min(agent_id), max(agent_id) INTO first_agent, last_agent
+    FROM inserted_commands WHERE status = 'pending';
+    IF first_agent IS NOT NULL THEN
+        PERFORM streamspace_wake_dispatchers(CASE WHEN first_agent = last_agent THEN first_agent ELSE '*' END);
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+--
 -- Name: streamspace_record_attempt(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -894,7 +914,14 @@ CREATE TRIGGER agent_commands_inventory_reported AFTER UPDATE OF status ON publi
 -- Name: agent_commands agent_commands_notify; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER agent_commands_notify AFTER INSERT OR UPDATE OF status ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_notify_command();
+CREATE TRIGGER agent_commands_notify AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_notify_command();
+
+
+--
+-- Name: agent_commands agent_commands_notify_inserted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER agent_commands_notify_inserted AFTER INSERT ON public.agent_commands REFERENCING NEW TABLE AS inserted_commands FOR EACH STATEMENT EXECUTE FUNCTION public.streamspace_notify_inserted_commands();
 
 
 --

@@ -57,6 +57,13 @@ def test_bench_smoke_run_produces_every_figure(tmp_path: Path) -> None:
     assert len(results["floor_rows_per_second"]) == 2
     assert all(rate > 0 for rate in results["floor_rows_per_second"].values())
 
+    bulk = results["bulk"]
+    assert len(bulk) == 2  # 1 agent; the simulated agents
+    for figures in bulk.values():
+        assert figures["complete"] and figures["commands"] == results["sizes"]["bulk"], figures
+        assert figures["statuses"] == {"completed": figures["commands"]} and figures["completed_twice"] == 0
+        assert figures["per_second"] > 0 and figures["created_per_second"] > 0
+
     [scale] = results["socket_scale"]
     assert scale["agents"] == results["sizes"]["scale"][0]
     assert scale["connect_seconds"] > 0 and scale["rss_mib"] > 10

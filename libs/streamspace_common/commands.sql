@@ -80,10 +80,16 @@ RETURNING c.command_id;
 -- to pending after the one backoff policy (streamspace_retry_delay, migration 0005) when it is a
 -- retryable failure with attempts left (the attempt it used stays spent). The caller sends at most one
 -- frame per command: UPDATE ... FROM applies only one of several matches.
+-- The rows are found by command_id alone (`found`), and the agent compared there: with `c.agent_id =
+-- f.agent_id` in the UPDATE's own WHERE, a table never analyzed yet (a fresh burst: 100,000 commands
+-- bulk-created for one agent) was planned through agent_commands_open_by_action, walking the agent's
+-- open rows once per frame: 2 s a flush, acks past their deadline, commands sent five times.
 WITH frame AS (
     SELECT f.*, f.status = 'failed' AND f.retryable AS may_retry
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bool[])
          AS f(command_id, agent_id, epoch, status, result, error, retryable)
+), found AS MATERIALIZED (
+    SELECT c.id, c.agent_id AS row_agent, f.* FROM frame f JOIN agent_commands c ON c.command_id = f.command_id
 )
 UPDATE agent_commands c
 SET status = CASE WHEN f.status IS NULL THEN 'acknowledged'
@@ -98,10 +104,10 @@ SET status = CASE WHEN f.status IS NULL THEN 'acknowledged'
     ack_deadline = NULL,
     acknowledged_at = CASE WHEN f.status IS NULL THEN now() ELSE coalesce(c.acknowledged_at, now()) END,
     delivered_via_pod = CASE WHEN f.status IS NULL THEN $8 ELSE coalesce(c.delivered_via_pod, $8) END
-FROM frame f
-WHERE c.command_id = f.command_id AND c.agent_id = f.agent_id
+FROM found f
+WHERE c.id = f.id AND f.row_agent = f.agent_id
   AND (c.status = 'sent' OR (c.status = 'acknowledged' AND f.status IS NOT NULL))
-  AND f.epoch IS NOT DISTINCT FROM (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = c.agent_id)
+  AND f.epoch IS NOT DISTINCT FROM (SELECT l.epoch FROM agent_leases l WHERE l.agent_id = f.agent_id)
 RETURNING c.command_id, c.status, f.status IS NULL AS is_ack;
 
 -- name: requeue_unseen

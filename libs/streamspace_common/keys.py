@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 
 # PostgreSQL NOTIFY channel that wakes the dispatchers; the payload is an agent id. The triggers of
-# migrations 0001/0002 spell it as a literal too (SQL cannot import this).
+# migrations 0001/0002/0015 spell it as a literal too (SQL cannot import this).
 DISPATCH_CHANNEL = "streamspace_dispatch"
+# Its payload when one INSERT statement made commands pending for several agents (migration 0015, the
+# bulk path): every agent with due commands may have some. No agent id starts with '*' (ID_PATTERN).
+DISPATCH_EVERY_AGENT = "*"
 
 # PostgreSQL advisory lock (hashtext of this name) that every transaction waking the dispatchers holds
 # shared until it ends; a dispatcher ending a claiming streak tries it exclusively (docs/control-plane.md

@@ -42,7 +42,10 @@ FEATURE_HA = "ha"  # replicas of this agent id may be connected at once; `role` 
 # With "ha": an active `role` frame carries the lease secret naming this process as the holder; the agent
 # presents it (LEASE_HEADER, on its next connect) to take its lease back through another gateway at once.
 FEATURE_FENCE = "fence"
-FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE)
+# The gateway counts the agent's WebSocket pings as signs of life (and answers them itself): an idle agent
+# sends no heartbeat frame, its ping is the one liveness frame of an interval (issue 27).
+FEATURE_PING_LIVENESS = "ping_liveness"
+FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS)
 LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
 
 

@@ -106,6 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # port of a second listener serving only /metrics (bound on HOST); 0: no metrics. Never on the API port
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     max_request_bytes: int = 64 * 1024
+    max_bulk_request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024  # POST /api/v1/commands' body
     session_quota: Annotated[int, msgspec.Meta(ge=0)] = 5  # sessions per user (not stopped, failed or deleted)
     # Key signing login tokens (HMAC-SHA256). Empty: the gateways share one generated at first start and
     # stored in PostgreSQL (table auth_secrets), so every replica accepts every other's tokens.

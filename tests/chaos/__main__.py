@@ -1,6 +1,6 @@
 """Run every chaos scenario at a larger count and print the table (docs/chaos.md):
 
-    scripts/chaos                      # 1,000 commands per scenario, the load test at 20,000
+    scripts/chaos                      # 1,000 commands per scenario, the load tests (SQL, bulk API) at 20,000
     scripts/chaos --commands 2000 --only 1 8 12 --load 0
 
 A failing scenario is marked in the table and the run goes on; the exit status is 1 if any failed.
@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .harness import LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
+from .harness import BULK_LOAD_TITLE, LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
 from .scenarios import SCENARIOS, ScenarioFailed, run_scenario
 from .servers import Servers
 
@@ -51,13 +51,13 @@ async def main(commands: int, load: int, only: list[int]) -> int:
             print(f"{scenario.title}: {status} in {time.monotonic() - began:.0f} s", flush=True)
             if rows and status == "passed":
                 print(table(rows[-1:]), flush=True)
-        if load:
-            log_dir = root / "load"
+        for title, bulk in ((LOAD_TITLE, False), (BULK_LOAD_TITLE, True)) if load else ():
+            log_dir = root / ("load-bulk" if bulk else "load")
             log_dir.mkdir()
-            run = ChaosRun(servers, LOAD_TITLE, log_dir, settings=LOAD_SETTINGS)
+            run = ChaosRun(servers, title, log_dir, settings=LOAD_SETTINGS)
             try:
                 await run.start()
-                counts = await run.load(load)
+                counts = await (run.load_bulk(load) if bulk else run.load(load))
             finally:
                 await run.stop()
             rows.append(counts)
@@ -65,7 +65,7 @@ async def main(commands: int, load: int, only: list[int]) -> int:
                 run.assert_clean(counts)
                 assert counts.disconnects == 0 and counts.attempts_over_one == 0, counts
             except AssertionError as exc:
-                failures.append(f"{LOAD_TITLE}: {exc}")
+                failures.append(f"{title}: {exc}")
     finally:
         await asyncio.to_thread(servers.stop)
     print(f"\n{table(rows)}\n")

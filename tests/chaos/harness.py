@@ -36,7 +36,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from support import RunEnv, Service, Stack, wait_for, with_database
+from support import RunEnv, Service, Stack, new_account, wait_for, with_database
 from test_pipeline import count_event
 
 from streamspace_common.admin import create_agent_token
@@ -51,6 +51,9 @@ LOAD_COMMANDS = int(os.environ.get("CHAOS_LOAD_COMMANDS", "5000"))
 LOAD_CLIENTS = 20
 LOAD_SETTINGS = {"HEARTBEAT_INTERVAL": "10", "ACK_TIMEOUT": "10"}  # the defaults (test_load.py says why)
 LOAD_TITLE = "load: 20 SQL clients, one agent, no fault"
+BULK_CLIENTS = 10
+BULK_SIZE = 1000  # commands per POST /api/v1/commands
+BULK_LOAD_TITLE = "load: 10 bulk API clients (1,000 a request), one agent, no fault"
 OPEN = ("pending", "sent", "acknowledged")
 STREAM_AGENTS = ("agent-1", "agent-2", "agent-ha")
 SLEEP_EVERY = 4  # every 4th command is a SLEEP, so there is work in flight when a fault hits
@@ -313,6 +316,30 @@ class ChaosRun:
             )
         finally:
             await asyncio.gather(*(connection.close() for connection in connections))
+        self.stream_end = time.time()
+        await self.drain()
+        return await self.count()
+
+    async def load_bulk(self, commands: int, clients: int = BULK_CLIENTS) -> Counts:
+        """The load test through the bulk API: `commands` PINGs to agent-1 in POST /api/v1/commands of
+        BULK_SIZE each, `clients` requests at a time, alternately to each gateway; then drain and count."""
+        admin = await new_account(self.env.database_url, f"chaos-admin-{self.run_id}", admin=True)
+        sizes = [min(BULK_SIZE, commands - first) for first in range(0, commands, BULK_SIZE)]
+        limit = asyncio.Semaphore(clients)
+
+        async def post(http: aiohttp.ClientSession, n: int, size: int) -> list[str]:
+            items = [{"agent_id": "agent-1", "action": "PING"}] * size
+            async with (
+                limit,
+                http.post(f"{(self.g1, self.g2)[n % 2].url}/api/v1/commands", json={"commands": items}) as answer,
+            ):
+                body = await answer.json()
+                assert answer.status == 202, body
+                return [created["command_id"] for created in body["commands"]]
+
+        async with aiohttp.ClientSession(headers=admin.headers) as http:
+            batches = await asyncio.gather(*(post(http, n, size) for n, size in enumerate(sizes)))
+        self.ids = [command_id for batch in batches for command_id in batch]
         self.stream_end = time.time()
         await self.drain()
         return await self.count()

@@ -47,6 +47,7 @@ from streamspace_common.schemas import (
     FEATURE_FENCE,
     FEATURE_HA,
     FEATURE_INVENTORY,
+    FEATURE_PING_LIVENESS,
     LEASE_HEADER,
     Ack,
     AgentFrame,
@@ -171,6 +172,7 @@ class AgentClient:
         self.epoch = 0  # HA: the newest lease epoch a gateway told this process (it never goes back)
         self.fenced = False  # the gateway of this socket speaks HA: every command must carry a current epoch
         self.lease: str | None = None  # the secret naming this process as its lease's holder (active role frame)
+        self.received_at = 0.0  # monotonic time the last frame came from the gateway
         self._send_lock = asyncio.Lock()
 
     @property
@@ -198,7 +200,7 @@ class AgentClient:
         )
         if legacy:
             return hello
-        hello.features = [FEATURE_CONFIRM, FEATURE_HA, FEATURE_FENCE]
+        hello.features = [FEATURE_CONFIRM, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS]
         running, unreported = list(self.executor.running), self.executor.unreported()
         if len(running) + len(unreported) <= MAX_HELLO_IDS:  # complete lists, or none at all
             hello.features.append(FEATURE_INVENTORY)
@@ -264,7 +266,12 @@ class AgentClient:
             self.role = "standby" if self.fenced else "active"  # until a role frame says
             log.info("connected", url=url, pod=welcome.pod, features=welcome.features, instance_id=self.instance_id)
             try:
-                await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms))
+                self.received_at = time.monotonic()
+                # the gateway counts our pings, and they come at least as often as it wants a sign of life
+                pings_count = (
+                    FEATURE_PING_LIVENESS in welcome.features and self.ping_interval <= welcome.heartbeat_interval
+                )
+                await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms), pings_count)
             finally:
                 self.connected_to = None
                 self.disconnected_at = time.monotonic()
@@ -272,18 +279,21 @@ class AgentClient:
             log.info("disconnected", url=url, close_code=ws.close_code)
             return ws.close_code
 
-    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, outbox: Outbox) -> None:
+    async def serve(
+        self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, outbox: Outbox, pings_count: bool = False
+    ) -> None:
         self.executor.listeners.add(outbox.add)
         for command_id in list(self.executor.running):  # its ack may have been due on a socket now gone
             outbox.ack_later(command_id)
         senders = [
-            asyncio.create_task(self.send_heartbeats(ws, heartbeat_interval)),
+            asyncio.create_task(self.send_heartbeats(ws, heartbeat_interval, pings_count)),
             asyncio.create_task(self.send_outbox(ws, outbox)),
         ]
         try:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break
+                self.received_at = time.monotonic()
                 frame = _decoder.decode(message.data)
                 if isinstance(frame, Command):
                     if self.role != "active":
@@ -331,9 +341,14 @@ class AgentClient:
         async with self._send_lock:
             await ws.send_str(_encoder.encode(frame).decode())
 
-    async def send_heartbeats(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+    async def send_heartbeats(self, ws: aiohttp.ClientWebSocketResponse, interval: float, pings_count: bool) -> None:
+        """A heartbeat frame every interval; none while the gateway counts pings (`ping_liveness`) and
+        nothing came from it for an interval: then aiohttp pings (it pings after an interval of silence
+        from the other side), and that ping is the interval's one liveness frame."""
         while True:
             await asyncio.sleep(interval)
+            if pings_count and time.monotonic() - self.received_at >= interval:
+                continue
             await self.send(ws, Heartbeat())
 
     async def send_outbox(self, ws: aiohttp.ClientWebSocketResponse, outbox: Outbox) -> None:

@@ -35,7 +35,12 @@ from .drivers import CommandFailed, Driver
 from .journal import Journal
 from .tunnels import Tunnels
 
-REMEMBERED_RESULTS = 10_000
+# Results remembered as answers to a redelivery. A redelivery comes an ack deadline (ACK_TIMEOUT, 10 s)
+# or more after the first delivery, so this must outlast that many seconds of results: at the bulk
+# path's 10,000 commands/s, 100,000. With 10,000, a burst of 100 x 1,000 bulk-created commands on a
+# loaded machine (a result committed past its deadline, the command sent again 11 s later, 15,000
+# results on) ran 38 commands twice (tests/test_bulk.py). ~40 MiB when full of small results.
+REMEMBERED_RESULTS = 100_000
 log = structlog.get_logger("agent.executor")
 Listener = Callable[[str], None]
 

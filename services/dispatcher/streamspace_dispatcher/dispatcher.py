@@ -5,7 +5,8 @@ of its LISTEN connection; the claimer clears it BEFORE each claim, so a NOTIFY l
 empty claim is in flight causes another claim at once instead of waiting for the sweep.
 
 A round woken only by NOTIFYs looks at the agents they name (the payload is the agent id): one query
-less on a lone command's way. Every other wake-up (sweep, reconnect, retry, a streak, a recheck, a
+less on a lone command's way. An INSERT for several agents at once (the bulk path) NOTIFYs once, with
+DISPATCH_EVERY_AGENT: that round scans. Every other wake-up (sweep, reconnect, retry, a streak, a recheck, a
 failed round) scans for every agent with due commands (`wake_all`).
 
 Routing goes through Redis while it answers and through PostgreSQL while it does not (bus.py); after
@@ -28,7 +29,7 @@ from streamspace_common.bus import DeliveryBus, PostgresBus, RedisBus, delivery_
 from streamspace_common.commands import OPEN_STATUSES, CommandLifecycle
 from streamspace_common.db import load_queries, server_settings
 from streamspace_common.delivery_auth import DeliverySigner
-from streamspace_common.keys import DISPATCH_CHANNEL
+from streamspace_common.keys import DISPATCH_CHANNEL, DISPATCH_EVERY_AGENT
 from streamspace_common.resilience import Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery
@@ -111,7 +112,10 @@ class Dispatcher:
             conn.terminate()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, agent_id: str) -> None:
-        self.notified.add(agent_id)
+        if agent_id == DISPATCH_EVERY_AGENT:  # one INSERT for several agents (a bulk create): scan them all
+            self.scan_all = True
+        else:
+            self.notified.add(agent_id)
         self.wake.set()
         self.wake_retries()  # the row may have gone back to wait (a retryable failure)
 

@@ -7,6 +7,8 @@ The read loop never waits on PostgreSQL: acks and results go to the replica's Fr
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import structlog
 from aiohttp import WSMessage, WSMsgType, web
@@ -79,10 +81,12 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     # a frame) and its own pings find a dead gateway. At 10,000 idle sockets the gateway's pings were a
     # sixth of its CPU, and their pong deadline (half an interval) closed the sockets of agents whose
     # host was merely busy, which then all reconnected.
-    # No permessage-deflate: the frames are small JSON, and each socket's compressor and decompressor
-    # (zlib state, a window each) were most of an idle socket's memory. An agent that offers it gets a
-    # handshake without it and sends plain frames (RFC 7692: the server may decline).
-    ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_FRAME_BYTES, compress=False)
+    # Pings are answered here, not by aiohttp (autoping off), so that each one marks the socket seen: an
+    # idle agent that announced "ping_liveness" sends its ping and no heartbeat frame (one frame an interval).
+    # No permessage-deflate: the frames are small JSON; declining it saves each socket a zlib compressor
+    # and decompressor and every frame a deflate or inflate. An agent that offers it gets a handshake
+    # without it and sends plain frames (RFC 7692: the server may decline).
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=MAX_FRAME_BYTES, compress=False)
     await ws.prepare(request)
     try:
         hello = await receive_hello(ws, token_agent_id)
@@ -123,7 +127,11 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
 
 async def receive_hello(ws: web.WebSocketResponse, token_agent_id: str) -> Hello:
     try:
-        message = await ws.receive(timeout=HELLO_TIMEOUT)
+        async with asyncio.timeout(HELLO_TIMEOUT):
+            message = await ws.receive()
+            while message.type in (WSMsgType.PING, WSMsgType.PONG):  # a ping before the hello
+                await answer_ping(ws, message)
+                message = await ws.receive()
     except TimeoutError as exc:
         raise FrameRejected(closecodes.HELLO_TIMEOUT, "no hello frame in time") from exc
     frame = decode_frame(message)
@@ -144,8 +152,11 @@ async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, hub: Age
     async for message in ws:
         if message.type in (WSMsgType.ERROR, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
-        frame = decode_frame(message)
         conn.mark_seen()
+        if message.type in (WSMsgType.PING, WSMsgType.PONG):
+            await answer_ping(ws, message)
+            continue
+        frame = decode_frame(message)
         if isinstance(frame, Ack | Result) and conn.ha and not hub.is_active(conn):
             log.warning(
                 "frame_refused_not_active",
@@ -164,6 +175,12 @@ async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, hub: Age
         # Heartbeat: marking the socket seen is all it does.
         if conn.waiting > MAX_WAITING_PER_SOCKET:  # a bound for agents that keep no window (none of ours)
             raise FrameRejected(closecodes.OVERLOADED, "too many acks and results waiting to be written")
+
+
+async def answer_ping(ws: web.WebSocketResponse, message: WSMessage) -> None:
+    """What aiohttp's autoping did: a pong for a ping (an unsolicited pong needs nothing)."""
+    if message.type == WSMsgType.PING:
+        await ws.pong(message.data)
 
 
 async def reject(

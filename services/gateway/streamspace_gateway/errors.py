@@ -88,11 +88,12 @@ def nul_path(value: Any, path: str = "") -> str | None:
 
 
 @functools.cache
-def _int_fields(body_type: type) -> tuple[frozenset[str], frozenset[str]]:
-    """The top-level fields of a body struct that take an integer, and those that take a list of them."""
+def _int_fields(body_type: type) -> tuple[frozenset[str], frozenset[str], dict[str, type]]:
+    """The top-level fields of a body struct that take an integer, those that take a list of them, and
+    those that take a list of structs (name -> the struct: a bulk body's items)."""
     info = msgspec.inspect.type_info(body_type)
     if not isinstance(info, msgspec.inspect.StructType):
-        return frozenset(), frozenset()
+        return frozenset(), frozenset(), {}
 
     def unwrapped(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
         # a Meta with a description or extra schema wraps the type
@@ -108,24 +109,35 @@ def _int_fields(body_type: type) -> tuple[frozenset[str], frozenset[str]]:
         kind = unwrapped(kind)
         return isinstance(kind, msgspec.inspect.ListType) and takes_int(kind.item_type)
 
+    def struct_items(kind: msgspec.inspect.Type) -> type | None:
+        kind = unwrapped(kind)
+        if isinstance(kind, msgspec.inspect.ListType) and isinstance(kind.item_type, msgspec.inspect.StructType):
+            return kind.item_type.cls
+        return None
+
     ints = frozenset(field.encode_name for field in info.fields if takes_int(field.type))
     lists = frozenset(field.encode_name for field in info.fields if takes_int_list(field.type))
-    return ints, lists
+    structs = {field.encode_name: item for field in info.fields if (item := struct_items(field.type)) is not None}
+    return ints, lists, structs
 
 
 def _integral_floats_as_ints(value: Any, body_type: type) -> Any:
     """JSON (and JSON Schema) counts 5.0 as an integer, msgspec does not: agree with JSON for int fields
     (and the items of int-list fields).
 
-    Only the body's own integer fields are touched; a payload's numbers are stored exactly as sent.
+    Only the body's own integer fields (and those of the structs in its lists) are touched; a payload's
+    numbers are stored exactly as sent.
     """
     if isinstance(value, dict):
-        ints, lists = _int_fields(body_type)
+        ints, lists, structs = _int_fields(body_type)
         for name in ints & value.keys():
             value[name] = _as_int(value[name])
         for name in lists & value.keys():
             if isinstance(value[name], list):
                 value[name] = [_as_int(item) for item in value[name]]
+        for name, item_type in structs.items():
+            if isinstance(value.get(name), list):
+                value[name] = [_integral_floats_as_ints(item, item_type) for item in value[name]]
     return value
 
 

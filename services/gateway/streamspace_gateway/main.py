@@ -22,7 +22,7 @@ from streamspace_common.web import add_health_routes, background, metrics_listen
 from . import metrics
 from .agent_socket import agent_connect
 from .api import add_api_routes
-from .api.commands import COMMAND_EXPIRY_KEY
+from .api.commands import BULK_BYTES_KEY, COMMAND_EXPIRY_KEY
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
 from .api.streams import STREAMS_KEY, StreamConfig
 from .auth import AUTH_KEY, Authenticator, signing_secret
@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     add_console_routes(app, settings.novnc_dir)
     app[QUOTA_KEY] = settings.session_quota
     app[COMMAND_EXPIRY_KEY] = settings.command_expiry
+    app[BULK_BYTES_KEY] = settings.max_bulk_request_bytes
     app[HEARTBEAT_WITHIN_KEY] = STALE_AFTER_INTERVALS * settings.heartbeat_interval
     app[ADDRESSES_KEY] = ClientAddresses(settings.trusted_proxies)
     configure_passwords(settings.password_hash_memory)

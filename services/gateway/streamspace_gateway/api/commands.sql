@@ -21,6 +21,37 @@ WITH created AS (
 )
 SELECT * FROM created;
 
+-- name: create_commands
+-- The bulk create (POST /api/v1/commands): item i of the arrays $1-$5 (agent id, action, payload as
+-- JSON text, session id, timeout) is command i, all in this one statement: one commit, all or none, and
+-- one wake-up (migration 0015's statement trigger). The ids are drawn before the insert, so they come
+-- back in the items' order. When an agent is unknown or deleted nothing is inserted, and
+-- `unknown_item` is the first such item's position (1-based). $6: the expiry of all; $7-$11: who
+-- (audit.who()), one audit row per command, as create_command writes.
+WITH items AS MATERIALIZED (
+    SELECT i.position, i.agent_id, gen_random_uuid()::text AS command_id, i.action, i.payload::jsonb AS payload,
+           i.session_id, i.timeout_seconds
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[]) WITH ORDINALITY
+         AS i (agent_id, action, payload, session_id, timeout_seconds, position)
+), unknown AS (
+    SELECT min(position) AS position FROM items
+    WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = items.agent_id AND a.deleted_at IS NULL)
+), created AS (
+    INSERT INTO agent_commands (agent_id, command_id, action, payload, session_id, timeout_seconds, expires_at)
+    SELECT agent_id, command_id, action, payload, session_id, timeout_seconds, $6::timestamptz
+    FROM items WHERE (SELECT position FROM unknown) IS NULL
+    ORDER BY position
+    RETURNING command_id, agent_id, action, session_id
+), audited AS (
+    INSERT INTO audit_log (actor_id, actor_name, key_id, address, forwarded_for, action, target, detail)
+    SELECT $7::uuid, $8, $9::uuid, $10, $11, 'command.create', command_id,
+           jsonb_build_object('agent_id', agent_id, 'action', action, 'session_id', session_id)
+    FROM created
+)
+SELECT (SELECT position FROM unknown) AS unknown_item,
+       (SELECT count(*) FROM created) AS created,
+       array(SELECT command_id FROM items ORDER BY position) AS command_ids;
+
 -- name: get_command
 SELECT id::text, command_id, agent_id, session_id, action, payload, status, error_message, result,
        attempts, max_attempts, timeout_seconds, expires_at, next_attempt_at, dispatched_by, delivered_via_pod, created_at, sent_at,
