@@ -79,9 +79,9 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     # a frame) and its own pings find a dead gateway. At 10,000 idle sockets the gateway's pings were a
     # sixth of its CPU, and their pong deadline (half an interval) closed the sockets of agents whose
     # host was merely busy, which then all reconnected.
-    # No permessage-deflate: the frames are small JSON, and each socket's compressor and decompressor
-    # (zlib state, a window each) were most of an idle socket's memory. An agent that offers it gets a
-    # handshake without it and sends plain frames (RFC 7692: the server may decline).
+    # No permessage-deflate: the frames are small JSON; declining it saves each socket a zlib compressor
+    # and decompressor and every frame a deflate or inflate. An agent that offers it gets a handshake
+    # without it and sends plain frames (RFC 7692: the server may decline).
     ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_FRAME_BYTES, compress=False)
     await ws.prepare(request)
     try:
