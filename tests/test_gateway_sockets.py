@@ -69,8 +69,8 @@ async def test_the_gateway_raises_its_open_file_limit_to_the_hard_one_and_warns_
 
 
 async def test_an_agent_socket_declines_permessage_deflate_and_works_without_it(stack: Stack, test_env: RunEnv) -> None:
-    """Every agent offers compression (aiohttp's default); the gateway declines it: a compressor and a
-    decompressor per socket were most of an idle socket's memory. The agent gets its welcome all the same."""
+    """Every agent offers compression (aiohttp's default); the gateway declines it (no zlib state per socket,
+    no deflate or inflate per frame). The agent gets its welcome all the same."""
     gateway = stack.gateway("gateway-plain")
     await stack.ready(gateway)
     agent_id = f"plain-{uuid.uuid4().hex[:8]}"
