@@ -88,6 +88,11 @@ class AgentConnection:
     registered: bool = False  # the hub admitted it: only then does its leaving change anything
     proof_hash: str | None = None  # hash of the lease secret it presented on connect (LEASE_HEADER)
     lease_hash: str | None = None  # hash of the lease secret this hub gave it with its last active role
+    # Read for every socket in every upkeep round: looked up in the hello's features once, not each time.
+    ha: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ha = FEATURE_HA in self.hello.features
 
     @property
     def agent_id(self) -> str:
@@ -101,10 +106,6 @@ class AgentConnection:
     @property
     def confirms(self) -> bool:
         return FEATURE_CONFIRM in self.hello.features
-
-    @property
-    def ha(self) -> bool:
-        return FEATURE_HA in self.hello.features
 
     @property
     def fences(self) -> bool:
