@@ -319,9 +319,12 @@ def start_process(stack: Stack, name: str, argv: list[str], env: dict[str, str],
     return service
 
 
-def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str, extra: Sequence[str] = ()) -> Service:
+def spawn_sim_agents(
+    stack: Stack, name: str, agents_file: Path, mode: str, extra: Sequence[str] = (), source: str | None = None
+) -> Service:
     log_path = stack.log_dir / f"{name}.log"
     argv = [sys.executable, str(BENCH_DIR / "simagents.py"), str(agents_file), "--mode", mode, *extra]
+    argv += ["--source", source] if source else []
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file)
     service = Service(name, process, 0, log_path)
@@ -330,11 +333,17 @@ def spawn_sim_agents(stack: Stack, name: str, agents_file: Path, mode: str, extr
 
 
 async def start_sim_agents(
-    stack: Stack, name: str, agents_file: Path, mode: str, timeout: float, extra: Sequence[str] = ()
+    stack: Stack,
+    name: str,
+    agents_file: Path,
+    mode: str,
+    timeout: float,
+    extra: Sequence[str] = (),
+    source: str | None = None,
 ) -> tuple[Service, float]:
-    """Start bench/simagents.py (`extra`: more of its flags); return it once every agent has its welcome,
-    with the seconds that took."""
-    service = spawn_sim_agents(stack, name, agents_file, mode, extra)
+    """Start bench/simagents.py (`extra`: more of its flags; `source`: the local address to connect from);
+    return it once every agent has its welcome, with the seconds that took."""
+    service = spawn_sim_agents(stack, name, agents_file, mode, extra, source)
     process = service.process
     assert process.stdout is not None
     try:

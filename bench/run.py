@@ -80,6 +80,10 @@ SERVICE_SETTINGS = {
     "LOG_LEVEL": "info",
 }
 SOCKETS_PER_SIM_PROCESS = 10_000  # the open-file limit is per process (20,000 here)
+# Each simulated-agent process connects from a loopback address of its own: one (source, gateway)
+# address pair has only the ephemeral port range (~28,000 ports), short of 50,000 sockets.
+SIM_SOURCE = "127.0.0.{}"
+GATEWAY_FILES_HEADROOM = 1_024  # the gateway's pool, Redis, listeners, logs
 PEER_REDIS_DB = 3  # ours uses db 1 (with a per-run key prefix); the peer gets a db and a channel of its own
 
 
@@ -101,7 +105,7 @@ class Sizes:
 
 
 PROFILES = {
-    "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000), 30.0, 1000, 1000),
+    "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000, 50_000), 30.0, 1000, 1000),
     "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200, bulk=20_000),
     # tests/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
     "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20, bulk=2000),
@@ -456,8 +460,12 @@ async def redis_hop(stack: Stack, ours: Ours, count: int, warmup: int) -> list[f
 
 
 async def socket_scale(
-    stack: Stack, tokens: dict[str, str], agents: int, idle_seconds: float, work: Path, py_spy: Path | None
+    stack: Stack, tokens: dict[str, str], asked: int, idle_seconds: float, work: Path, py_spy: Path | None
 ) -> dict[str, Any]:
+    # As many as the gateway's file limit allows: where the hard limit cannot be raised (no
+    # CAP_SYS_RESOURCE, as in this dev machine's container: 20,000) the row says so and shows fewer.
+    hard = allow_open_files(asked + GATEWAY_FILES_HEADROOM)
+    agents = min(asked, hard - GATEWAY_FILES_HEADROOM)
     ids = [f"scale-{i:05d}" for i in range(agents)]
     # A fresh fleet: the previous size's gateway was killed holding these agents' leases, and the new
     # simulated agents have new instance ids, so they would wait as standbys until the leases lapse.
@@ -475,7 +483,10 @@ async def socket_scale(
         files.append(agents_file)
     timeout = 120 + agents / 20
     started = await asyncio.gather(
-        *(start_sim_agents(stack, f"scale-sim-{agents}-{i}", f, "idle", timeout) for i, f in enumerate(files))
+        *(
+            start_sim_agents(stack, f"scale-sim-{agents}-{i}", f, "idle", timeout, source=SIM_SOURCE.format(2 + i))
+            for i, f in enumerate(files)
+        )
     )
     sims = [sim for sim, _ in started]
     seconds = max(connect for _, connect in started)
@@ -491,9 +502,12 @@ async def socket_scale(
     figures = {
         "profiles": profiles.stop(),
         "agents": agents,
+        "agents_asked": asked,
+        "open_files_hard_limit": hard,
         "connect_seconds": round(seconds, 2),
         "rss_mib": rss_mib(gateway.process.pid),
         "rss_mib_before": rss_before,
+        "open_files_limit": open_files_logged(gateway),
         "idle_cpu_percent_of_a_core": split["gateway"],
         "idle_seconds": idle_seconds,
         "sim_cpu_percent_of_a_core": split["simulated agents"],
@@ -502,6 +516,26 @@ async def socket_scale(
         service.kill()
         stack.services.remove(service)
     return figures
+
+
+def allow_open_files(needed: int) -> int:
+    """The hard file limit the gateway inherits from this process, raised to `needed` where that is allowed
+    (root: CAP_SYS_RESOURCE); the gateway raises its soft limit to it itself. Returns the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return needed if hard == resource.RLIM_INFINITY else hard
+
+
+def open_files_logged(gateway: Service) -> int | None:
+    """The soft file limit the gateway says it runs with (its `open_files_limit` log line)."""
+    for line in gateway.log().splitlines():
+        if '"open_files_limit"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                return int(json.loads(line)["soft"])
+    return None
 
 
 # --- the run ---------------------------------------------------------------------------------

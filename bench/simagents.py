@@ -11,10 +11,13 @@ reconciliation then asks it every RECONCILE_INTERVAL, as a real agent); with `--
 Nth command of each agent is answered `failed` (an attempt row each).
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
-        [--inventory] [--fail-every N]
+        [--inventory] [--fail-every N] [--source 127.0.0.2]
 
 AGENTS_JSON holds `[[agent_id, token, gateway_url], ...]`. Once every agent has its welcome the
 process prints one JSON line `{"connected": N, "seconds": S}` to stdout, then runs until killed.
+It raises its own open-file limit to the hard one (one descriptor per socket). `--source` binds its
+sockets to that local address: each (source, gateway address) pair has only the ephemeral port range
+(~28,000 ports here), so 50,000 sockets to one gateway come from several loopback addresses 127.0.0.x.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import time
 import uuid
@@ -132,9 +136,17 @@ class SimAgent:
             await ws.send_str(HEARTBEAT)
 
 
-async def main_async(specs: list[list[str]], behaviour: Behaviour, connect_concurrency: int) -> None:
+def raise_open_files_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def main_async(
+    specs: list[list[str]], behaviour: Behaviour, connect_concurrency: int, source: str | None = None
+) -> None:
     agents = [SimAgent(agent_id, token, url, behaviour) for agent_id, token, url in specs]
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0) if source else None)
     async with aiohttp.ClientSession(connector=connector) as http:
         ready = asyncio.Semaphore(connect_concurrency)
         started = time.perf_counter()
@@ -151,6 +163,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("respond", "idle"), required=True)
     parser.add_argument("--connect-concurrency", type=int, default=200)
     parser.add_argument("--ping-interval", type=float, default=10.0, help="the agents' HEARTBEAT_INTERVAL")
+    parser.add_argument("--source", help="local address to connect from (a loopback address 127.0.0.x)")
     parser.add_argument(
         "--heartbeat-frames",
         action="store_true",
@@ -160,11 +173,12 @@ def main() -> None:
     parser.add_argument("--inventory", action="store_true", help="announce and answer INVENTORY_SESSIONS")
     parser.add_argument("--fail-every", type=int, default=0, help="answer every Nth command failed (0: never)")
     args = parser.parse_args()
+    raise_open_files_limit()
     with open(args.agents_file) as f:
         specs = json.load(f)
     features = [f for f in FEATURES if f != FEATURE_PING_LIVENESS] if args.heartbeat_frames else list(FEATURES)
     behaviour = Behaviour(args.mode == "respond", args.ping_interval, features, args.inventory, args.fail_every)
-    asyncio.run(main_async(specs, behaviour, args.connect_concurrency))
+    asyncio.run(main_async(specs, behaviour, args.connect_concurrency, args.source))
 
 
 if __name__ == "__main__":

@@ -88,30 +88,32 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     # host was merely busy, which then all reconnected.
     # Pings are answered here, not by aiohttp (autoping off), so that each one marks the socket seen: an
     # idle agent that announced "ping_liveness" sends its ping and no heartbeat frame (one frame an interval).
-    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=MAX_FRAME_BYTES)
+    # No permessage-deflate: the frames are small JSON; declining it saves each socket a zlib compressor
+    # and decompressor and every frame a deflate or inflate. An agent that offers it gets a handshake
+    # without it and sends plain frames (RFC 7692: the server may decline).
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False, max_msg_size=MAX_FRAME_BYTES, compress=False)
     await ws.prepare(request)
-    bound = log.bind(agent_id=token_agent_id, pod=hub.pod)
     try:
         hello = await receive_hello(ws, token_agent_id)
         if deleted:
             raise FrameRejected(closecodes.AGENT_DELETED, "this agent was deleted (drained): its id is retired")
     except FrameRejected as exc:
-        return await reject(ws, exc, bound)
+        return await reject(ws, exc, token_agent_id)
     conn = AgentConnection(hello=hello, ws=ws, token_hash=token_hash)
     lease_secret = request.headers.get(LEASE_HEADER, "").strip()
     conn.proof_hash = hash_token(lease_secret) if lease_secret else None
-    bound = bound.bind(instance_id=hello.instance_id)
     try:
         await hub.admit(conn)  # refused before its welcome: it never looks connected
     except Refused as exc:
-        return await reject(ws, exc, bound)
+        return await reject(ws, exc, token_agent_id, hello.instance_id)
     try:
         # Welcome first: once registered, commands may arrive, and the agent expects welcome before any.
         welcome = Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval, features=conn.features)
         await ws.send_str(_encoder.encode(welcome).decode())
         await hub.register(conn)
-        bound.info(
+        log.info(
             "agent_connected",
+            agent_id=token_agent_id,
             platform=hello.platform,
             version=hello.version,
             instance_id=hello.instance_id,
@@ -121,10 +123,10 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         )
         await read_frames(ws, conn, hub)
     except Refused as exc:
-        await reject(ws, exc, bound)
+        await reject(ws, exc, token_agent_id, hello.instance_id)
     finally:
         await hub.unregister(conn)
-        bound.info("agent_disconnected", close_code=ws.close_code)
+        log.info("agent_disconnected", agent_id=token_agent_id, instance_id=hello.instance_id, close_code=ws.close_code)
     return ws
 
 
@@ -187,10 +189,12 @@ async def answer_ping(ws: web.WebSocketResponse, message: WSMessage) -> None:
 
 
 async def reject(
-    ws: web.WebSocketResponse, exc: Refused, bound: structlog.typing.FilteringBoundLogger
+    ws: web.WebSocketResponse, exc: Refused, agent_id: str, instance_id: str | None = None
 ) -> web.WebSocketResponse:
     metrics.FRAMES_REJECTED.labels(str(exc.code)).inc()
-    bound.warning("agent_frame_rejected", close_code=exc.code, reason=exc.reason)
+    log.warning(
+        "agent_frame_rejected", agent_id=agent_id, instance_id=instance_id, close_code=exc.code, reason=exc.reason
+    )
     # A close reason must fit in a control frame (123 bytes).
     await ws.close(code=exc.code, message=exc.reason.encode()[:123])
     return ws

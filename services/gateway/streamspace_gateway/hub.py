@@ -70,8 +70,14 @@ DRAIN_TIMEOUT = 5.0  # seconds a stopping replica waits for queued acks and resu
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(eq=False)
+_SENDING: set[asyncio.Task[None]] = set()  # send_later's tasks until they finish, all sockets (few at a time)
+
+
+@dataclass(eq=False, slots=True)
 class AgentConnection:
+    """One agent socket. Kept small (slots, no per-socket containers or bound loggers): a gateway holds
+    tens of thousands of them (bench/README.md, "Idle sockets")."""
+
     hello: Hello
     ws: web.WebSocketResponse
     token_hash: str = ""  # of the agent token it authenticated with
@@ -83,7 +89,11 @@ class AgentConnection:
     proof_hash: str | None = None  # hash of the lease secret it presented on connect (LEASE_HEADER)
     lease_hash: str | None = None  # hash of the lease secret this hub gave it with its last active role
     moving: bool = False  # asked to move (rebalance.py): its lease is vacated, not released, when it closes
-    _sending: set[asyncio.Task[None]] = field(default_factory=set)
+    # Read for every socket in every upkeep round: looked up in the hello's features once, not each time.
+    ha: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ha = FEATURE_HA in self.hello.features
 
     @property
     def agent_id(self) -> str:
@@ -97,10 +107,6 @@ class AgentConnection:
     @property
     def confirms(self) -> bool:
         return FEATURE_CONFIRM in self.hello.features
-
-    @property
-    def ha(self) -> bool:
-        return FEATURE_HA in self.hello.features
 
     @property
     def fences(self) -> bool:
@@ -124,8 +130,8 @@ class AgentConnection:
         if self.ws.closed:
             return
         task = asyncio.create_task(self._send(_encoder.encode(frame).decode()))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        _SENDING.add(task)
+        task.add_done_callback(_SENDING.discard)
 
     async def send(self, frame: Frame) -> None:
         await self._send(_encoder.encode(frame).decode())

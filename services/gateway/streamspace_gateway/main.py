@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from collections.abc import AsyncIterator
 
 import structlog
@@ -36,6 +37,9 @@ from .throttle import ADDRESSES_KEY, THROTTLE_KEY, ClientAddresses, LoginThrottl
 from .tunnels import TUNNEL_PATH, TunnelBroker
 
 DEFAULT_PORT = 8000
+# One descriptor per agent socket, plus the pool, Redis, listeners and headroom: 50,000 agents on one
+# replica is the sizing goal (bench/README.md, docs/operations.md "Open files").
+OPEN_FILES_NEEDED = 50_000 + 1_024
 LISTENER_KEY = web.AppKey("postgres_listener", PostgresListener)
 log = structlog.get_logger("gateway")
 
@@ -144,9 +148,34 @@ def tunnel_url(settings: Settings) -> str:
     return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
 
 
+def raise_open_files_limit(needed: int = OPEN_FILES_NEEDED) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (all an unprivileged process may); log what we got,
+    and warn when it is below `needed` (each agent socket holds one descriptor). Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft != resource.RLIM_INFINITY and target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open_files_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+    log.info("open_files_limit", soft=soft, hard=hard, needed=needed)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open_files_limit_low",
+            soft=soft,
+            hard=hard,
+            needed=needed,
+            agent_sockets_at_most=max(soft - 1_024, 0),
+            hint="raise the hard limit (ulimit -Hn, LimitNOFILE=, the container runtime's nofile ulimit)",
+        )
+    return int(soft)
+
+
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, service="gateway", pod=settings.pod_name)
     port = port_or(settings, DEFAULT_PORT)
     log.info("starting", host=settings.host, port=port, metrics_port=settings.metrics_port or None)
+    raise_open_files_limit()
     serve(create_app(settings), settings.host, port, shutdown_timeout=10)

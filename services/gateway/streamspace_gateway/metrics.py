@@ -1,6 +1,39 @@
 """Prometheus metrics of the gateway."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+
+class PlainHistogram(Collector):
+    """A histogram for the hottest path, one observation per frame of every agent socket: plain counts
+    (a bisect and two additions, ~0.3 us) where a prometheus_client Histogram takes locks (~2-4 us; at
+    50,000 idle sockets ~2 % of a core). Only the event loop's thread may observe."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = [float(bound) for bound in buckets]
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+        REGISTRY.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: a value equal to a bound is in its bucket
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative, total = [], 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        family.add_metric([], cumulative, self.sum)
+        yield family
+
 
 AGENTS_CONNECTED = Gauge("streamspace_gateway_agents_connected", "Agent sockets open on this replica")
 AGENT_CONNECTIONS = Counter(
@@ -59,7 +92,7 @@ HEARTBEAT_AGE_MAX = Gauge(
     "Seconds since the last frame of the quietest agent socket on this replica (every heartbeat interval; "
     "0 with no socket). Past 3 intervals the socket is closed as stale",
 )
-HEARTBEAT_GAP = Histogram(
+HEARTBEAT_GAP = PlainHistogram(
     "streamspace_gateway_heartbeat_gap_seconds",
     "Time between two frames (heartbeats or any other) read from one agent socket",
     buckets=(0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120),
