@@ -3,6 +3,7 @@ cluster started for it from Debian's packages (Patroni + etcd, Redis Sentinel, a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from .scenarios import ScenarioFailed
 from .servers import Servers
 from .test_chaos import tails
 
+MISSING = [tool for tool in ("patroni", "etcd", "redis-sentinel") if not shutil.which(tool)]
 
+
+@pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} (scripts/cluster-packages)")
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("scenario", FAILOVER_SCENARIOS, ids=lambda s: f"{s.number:02d}-{s.fault.__name__}")
 async def test_failover(chaos_servers: Servers, scenario: FailoverScenario, tmp_path: Path) -> None:
