@@ -2,15 +2,21 @@
 docs/chaos.md: sim-00603): a socket's late row write on replica X, after a newer socket of the same agent
 registered on replica Y, must not name X, and X's socket leaving must not mark the agent offline.
 
-The two registrations are driven in the wrong order through the gateway's store against the real
-PostgreSQL, so the interleaving the scale run hit by chance is reproduced every time."""
+The two registrations are driven in the wrong order against the real PostgreSQL, so the interleaving the
+scale run hit by chance is reproduced every time: through the gateway's store, and through a real gateway
+whose row write the test holds back with a row lock while the "newer registration" is written."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import aiohttp
 import asyncpg
+import msgspec
+from support import Stack, wait_for
 
+from streamspace_common import closecodes
 from streamspace_common.schemas import Hello
 from streamspace_gateway.store import Store
 
@@ -25,7 +31,7 @@ def hello(agent_id: str, instance_id: str) -> Hello:
     return Hello(agent_id=agent_id, platform="docker", version="1.0.0", instance_id=instance_id)
 
 
-async def agent_row(db: asyncpg.Pool, agent_id: str) -> tuple[str, str, str]:
+async def agent_row(db: asyncpg.Pool, agent_id: str) -> tuple[str, str, str | None]:
     row = await db.fetchrow("SELECT status, gateway_pod, instance_id FROM agents WHERE agent_id = $1", agent_id)
     assert row is not None
     return row["status"], row["gateway_pod"], row["instance_id"]
@@ -60,3 +66,40 @@ async def test_an_ha_replica_that_took_the_lease_before_the_newer_holder_does_no
 
     assert await x.agent_online(hello(agent_id, "i-a"), old[1]) is None
     assert await agent_row(db, agent_id) == ("online", y.pod, "i-b")
+
+
+async def row_write_waiting(db: asyncpg.Pool) -> bool:
+    """A gateway's agent_online statement is waiting for the row lock the test holds."""
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%status = ''online''%'"
+    )
+    return bool(waiting)
+
+
+async def test_a_gateway_whose_row_write_comes_late_closes_its_socket_and_leaves_the_row(
+    stack: Stack, db: asyncpg.Pool, agent_id: str, agent_token: str
+) -> None:
+    gateway = stack.gateway("gateway-late", HEARTBEAT_INTERVAL="10")  # not stale while the test holds the lock
+    await stack.ready(gateway)
+    headers = {"Authorization": f"Bearer {agent_token}"}
+    async with db.acquire() as lock, aiohttp.ClientSession() as http:
+        tx = lock.transaction()
+        await tx.start()
+        await lock.execute("SELECT 1 FROM agents WHERE agent_id = $1 FOR UPDATE", agent_id)
+        async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers) as ws:
+            await ws.send_str(msgspec.json.encode(hello(agent_id, "i-1")).decode())
+            await wait_for(lambda: row_write_waiting(db), timeout=30)
+            # Meanwhile the agent registered again on another replica, and that one wrote its row first.
+            await lock.execute(
+                "UPDATE agents SET status = 'online', gateway_pod = 'gateway-newer', connected_at = clock_timestamp() "
+                "WHERE agent_id = $1",
+                agent_id,
+            )
+            await tx.commit()
+            while not ws.closed:
+                await ws.receive(timeout=30)
+            assert ws.close_code == closecodes.REPLACED
+    await wait_for(
+        lambda: asyncio.sleep(0, "agent_disconnected" in gateway.log()), timeout=30
+    )  # its leaving (unregister) is done
+    assert await agent_row(db, agent_id) == ("online", "gateway-newer", None)
