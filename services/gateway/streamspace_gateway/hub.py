@@ -211,10 +211,12 @@ class AgentHub:
         previous = self.connections.get(conn.agent_id)
         if previous is not None:
             await previous.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
-        await self.activate(conn)
+        await self.activate(conn, await self.store.until_done(self.store.registration_clock))
 
-    async def activate(self, conn: AgentConnection) -> None:
-        """Make `conn` the agent's socket on this replica: routing entries, agents row, hello requeue."""
+    async def activate(self, conn: AgentConnection, since: datetime) -> bool:
+        """Make `conn` the agent's socket on this replica: routing entries, agents row, hello requeue.
+        `since`: its place in the order of the agent's registrations (PostgreSQL's clock when it began to
+        register, or took the lease). False if a newer one wrote the agents row first: it is closed."""
         self.connections[conn.agent_id] = conn
         metrics.AGENTS_CONNECTED.set(len(self.connections))
         metrics.AGENT_CONNECTIONS.inc()
@@ -223,9 +225,19 @@ class AgentHub:
                 await self.routing.register(conn.agent_id, self.pod, self.mapping_ttl)
             except RedisError as exc:
                 self.redis_outage.failed(exc)
-        conn.registered_at = await self.store.until_done(partial(self.store.agent_online, conn.hello))
-        if FEATURE_INVENTORY in conn.hello.features and conn.registered_at is not None:
+        conn.registered_at = await self.store.until_done(partial(self.store.agent_online, conn.hello, since))
+        if conn.registered_at is None:
+            await self.superseded(conn)
+            return False
+        if FEATURE_INVENTORY in conn.hello.features:
             self.in_background(self.requeue_unseen(conn, conn.registered_at))
+        return True
+
+    async def superseded(self, conn: AgentConnection) -> None:
+        """Its registration's row write came after a newer socket's (elsewhere, or here): that one's row
+        stands. Closed, its leaving (unregister) removes the mapping it wrote and marks nothing offline."""
+        log.warning("agent_registration_superseded", agent_id=conn.agent_id, instance_id=conn.instance_id)
+        await conn.ws.close(code=closecodes.REPLACED, message=b"a newer connection of this agent registered")
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -244,7 +256,7 @@ class AgentHub:
                 await same.ws.close(code=closecodes.REPLACED, message=b"replaced by a newer connection")
         conn.epoch = 0
         await self.store.until_done(partial(self.store.instance_connected, conn.agent_id, conn.instance_id))
-        if not await self.take_lease(conn):
+        if not await self.take_lease(conn) and not conn.ws.closed:
             self.standbys.setdefault(conn.agent_id, {})[conn.instance_id] = conn
             epoch = await self.store.until_done(partial(self.store.lease_epoch, conn.agent_id))
             conn.send_later(Role(role="standby", epoch=epoch))
@@ -257,9 +269,10 @@ class AgentHub:
         acquire = partial(
             self.store.acquire_lease, conn.agent_id, conn.instance_id, self.mapping_ttl, conn.proof_hash, holder_hash
         )
-        epoch = await self.store.until_done(acquire)
-        if epoch is None or conn.ws.closed:
+        taken = await self.store.until_done(acquire)
+        if taken is None or conn.ws.closed:
             return False
+        epoch, taken_at = taken
         promoted = conn.epoch != epoch and epoch > 1
         conn.epoch = epoch
         conn.lease_hash = holder_hash
@@ -270,7 +283,8 @@ class AgentHub:
         elif previous is not None and previous is not conn:  # a socket without HA that registered before any lease
             await self.close_without_ha(previous)
         await conn.send(Role(role="active", epoch=epoch, lease=secret))  # before any command can reach it
-        await self.activate(conn)
+        if not await self.activate(conn, taken_at):
+            return False
         requeue = partial(self.store.commands.requeue_other_epochs, conn.agent_id, epoch)
         moved = await self.store.until_done(requeue)
         if promoted:

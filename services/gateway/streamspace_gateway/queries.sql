@@ -17,11 +17,19 @@ FROM unnest($1::text[]) AS h(token_hash)
 LEFT JOIN agent_tokens t ON t.token_hash = h.token_hash
 WHERE t.token_hash IS NULL OR t.revoked_at IS NOT NULL OR t.expires_at <= now();
 
+-- name: registration_clock
+-- A socket's place in the order of its agent's registrations (a non-HA socket's, taken when it starts
+-- registering; an HA one's is the time it took the lease: acquire_lease).
+SELECT clock_timestamp();
+
 -- name: agent_online
+-- $8: the registration's place in order (registration_clock, acquire_lease), written as connected_at,
+-- which identifies the socket (agent_offline). A registration older than the one the row names already
+-- (its write came late, after a newer socket's on another replica or this one) writes nothing: no row.
 UPDATE agents
 SET status = 'online', gateway_pod = $2, platform = $3, version = $4, capabilities = $5,
-    concurrency = $6, instance_id = $7, connected_at = now(), last_heartbeat = now()
-WHERE agent_id = $1
+    concurrency = $6, instance_id = $7, connected_at = $8, last_heartbeat = now()
+WHERE agent_id = $1 AND (connected_at IS NULL OR connected_at <= $8)
 RETURNING connected_at;
 
 -- name: agent_offline
@@ -50,7 +58,8 @@ SELECT pg_notify($2, agent_id) FROM unnest($1::text[]) AS agent_id;
 -- gateway stopped and vacated it: vacate_pod_leases). An instance id alone, which any client may send,
 -- never takes a lease another replica still renews: no row. $6: the hash of the new secret the holder is
 -- given (NULL: it announced no "fence" feature). The epoch rises on every change of holder. $4: seconds
--- until it lapses unless renewed.
+-- until it lapses unless renewed. taken_at: the registration's place in order (agent_online), read while
+-- the lease row is locked, so a later holder's is always later.
 INSERT INTO agent_leases AS l (agent_id, instance_id, gateway_pod, epoch, expires_at, holder_hash)
 VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), $6)
 ON CONFLICT (agent_id) DO UPDATE
@@ -60,7 +69,7 @@ SET instance_id = EXCLUDED.instance_id, gateway_pod = EXCLUDED.gateway_pod, expi
 WHERE l.expires_at < now()
    OR (l.instance_id = EXCLUDED.instance_id
        AND (l.gateway_pod IN (EXCLUDED.gateway_pod, '') OR l.holder_hash = $5))
-RETURNING epoch;
+RETURNING epoch, clock_timestamp() AS taken_at;
 
 -- name: vacate_pod_leases
 -- A stopping replica ($1) closes its sockets with 1012 and keeps their leases (the active replicas

@@ -46,8 +46,14 @@ class Store:
         rows = await self.pool.fetch(QUERIES["revoked_tokens"], list(token_hashes))
         return {row["token_hash"]: row["expired"] for row in rows}
 
-    async def agent_online(self, hello: Hello) -> datetime | None:
-        """Marks the agent online on this replica; the registration's time, which identifies the socket."""
+    async def registration_clock(self) -> datetime:
+        """PostgreSQL's clock now: a non-HA socket's place in the order of its agent's registrations."""
+        now: datetime = await self.pool.fetchval(QUERIES["registration_clock"])
+        return now
+
+    async def agent_online(self, hello: Hello, registered_at: datetime) -> datetime | None:
+        """Marks the agent online on this replica, as the socket registered at `registered_at` (which
+        identifies it); None, writing nothing, if a newer registration of the agent wrote the row already."""
         connected_at: datetime | None = await self.pool.fetchval(
             QUERIES["agent_online"],
             hello.agent_id,
@@ -57,6 +63,7 @@ class Store:
             hello.capabilities,
             hello.concurrency,
             hello.instance_id,
+            registered_at,
         )
         return connected_at
 
@@ -72,13 +79,14 @@ class Store:
 
     async def acquire_lease(
         self, agent_id: str, instance_id: str, ttl: float, proof_hash: str | None, holder_hash: str | None
-    ) -> int | None:
-        """The lease's epoch if this socket holds it now (its holder secret's hash: `holder_hash`); None if
-        another one does. `proof_hash`: the hash of the lease secret the socket presented, if any."""
-        epoch: int | None = await self.pool.fetchval(
+    ) -> tuple[int, datetime] | None:
+        """The lease's epoch and the time it was taken (its registration's place in order: agent_online) if
+        this socket holds it now (its holder secret's hash: `holder_hash`); None if another one does.
+        `proof_hash`: the hash of the lease secret the socket presented, if any."""
+        row = await self.pool.fetchrow(
             QUERIES["acquire_lease"], agent_id, instance_id, self.pod, ttl, proof_hash, holder_hash
         )
-        return epoch
+        return None if row is None else (int(row["epoch"]), row["taken_at"])
 
     async def lapsed_leases(self, agent_ids: list[str]) -> list[str]:
         if not agent_ids:
