@@ -167,6 +167,10 @@ class AgentHub:
         self.redis_outage = Outage("redis", log)
         self.db_outage = Outage("postgres", log)
         self.lease_outage = Outage("postgres_leases", log)  # its own: back even with no active socket here
+        # No lapsed lease is taken before this (monotonic): one lease TTL after PostgreSQL was last away, so
+        # the holder's gateway, away as long, renews first (a lease that lapsed only because nobody could
+        # renew it moved to a standby in one failover run, and the command in flight ran on both replicas).
+        self.takeover_after = 0.0
         self.writer = FrameWriter(store.pool, pod)
         self._background: set[asyncio.Task[None]] = set()
         self._promoting: set[str] = set()  # agents whose standbys here are trying to take the lease
@@ -506,6 +510,7 @@ class AgentHub:
             self.lease_outage.recovered()
         except TRANSIENT_ERRORS as exc:
             self.lease_outage.failed(exc)
+            self.takeover_after = time.monotonic() + self.mapping_ttl
         live = [agent_id for agent_id, conn in self.connections.items() if not conn.ws.closed]
         if not live:
             return
@@ -546,8 +551,9 @@ class AgentHub:
             if conn.agent_id in lost:
                 self.demote(conn, await self.store.lease_epoch(conn.agent_id))
         waiting = [agent_id for agent_id in self.standbys if agent_id not in self.connections]
-        for agent_id in await self.store.lapsed_leases(waiting):  # one query, not a take per standby
-            self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
+        if waiting and time.monotonic() >= self.takeover_after:
+            for agent_id in await self.store.lapsed_leases(waiting):  # one query, not a take per standby
+                self.on_lease_released(agent_id)  # in the background: upkeep must not wait on an outage
         instances = [c for c in self.all_sockets() if c.ha]
         await self.store.touch_instances([c.agent_id for c in instances], [c.instance_id for c in instances])
         without_ha = [c.agent_id for c in self.connections.values() if not c.ha and not c.ws.closed]
