@@ -29,7 +29,7 @@ from pathlib import Path
 import redis
 from support import free_port
 
-from .servers import PG_BIN, RABBITMQ_BIN, Servers
+from .servers import PG_BIN, RABBITMQ_BIN, Servers, rabbitmqctl
 
 SENTINEL_SERVICE = "chaos"
 REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
@@ -313,12 +313,7 @@ class RabbitNode:
         (self.base / "plugins").write_text("[].\n")
 
     def ctl(self, *args: str, timeout: float = 90) -> None:
-        subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
+        rabbitmqctl(self.node, *args, timeout=timeout)
 
     def start(self) -> None:
         env = {

@@ -27,6 +27,13 @@ def _as_postgres() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
+def rabbitmqctl(node: str, *args: str, timeout: float = 90) -> None:
+    """rabbitmqctl against one node of ours (the throwaway server or a cluster node)."""
+    subprocess.run(
+        [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", node, *args], check=True, capture_output=True, timeout=timeout
+    )
+
+
 class PostgresServer:
     def __init__(self) -> None:
         self.port = free_port()
@@ -103,12 +110,7 @@ class RabbitServer:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
 
     def ctl(self, *args: str, timeout: float = 90) -> None:
-        subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
+        rabbitmqctl(self.node, *args, timeout=timeout)
 
     def start(self) -> None:
         env = {
