@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,8 @@ STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command 
 BACKLOG_TOP_AGENTS = 10  # agents in the backlog gauge (its only label is agent_id: kept few)
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
+ROUTED_LATELY_MAX = 16  # agents a NOTIFY round may claim for before reading their routes (beyond: routes first)
+ROUTED_MEMORY = 100_000  # agents remembered as routed at the last look (least recently routed forgotten first)
 QUERIES = load_queries("streamspace_dispatcher")
 log = structlog.get_logger("dispatcher")
 
@@ -87,6 +90,8 @@ class Dispatcher:
         self.scanned_at = 0.0  # monotonic time of the last round that scanned every agent
         self.listening = False
         self.listen_outage = Outage("postgres_listen", log)
+        # agents Redis routed at their last look, oldest first: their next NOTIFY round claims while routing
+        self.routed: OrderedDict[str, None] = OrderedDict()
 
     # --- the LISTEN connection -------------------------------------------------------------
 
@@ -193,15 +198,21 @@ class Dispatcher:
         """One claim round for these agents (None: every agent with due commands)."""
         if agent_ids is None:
             agent_ids = [row["agent_id"] for row in await self.pool.fetch(QUERIES["agents_with_due_commands"], 10_000)]
-        bus, pods = await self.routes(agent_ids)
-        self.due_agents = bool(pods)
-        if not pods:
-            return 0  # offline agents keep their commands pending, at no attempt's cost
-        rows = await self.commands.claim(list(pods), self.batch_size, self.ack_timeout, self.name, self.send_window)
+        if self.routed_lately(agent_ids):
+            bus, pods, rows = await self.claim_while_routing(agent_ids)
+        else:
+            bus, pods = await self.routes(agent_ids)
+            self.due_agents = bool(pods)
+            if not pods:
+                return 0  # offline agents keep their commands pending, at no attempt's cost
+            rows = await self.commands.claim(list(pods), self.batch_size, self.ack_timeout, self.name, self.send_window)
         if not rows:
             return 0
         metrics.COMMANDS_CLAIMED.inc(len(rows))
         metrics.CLAIM_BATCH.observe(len(rows))
+        gone = [row for row in rows if row["agent_id"] not in pods]  # offline since they were last routed
+        rows = [row for row in rows if row["agent_id"] in pods]
+        await self.requeue(gone)
         try:
             receivers = await self.publish(bus, [(pods[row["agent_id"]], delivery_of(row)) for row in rows])
         except BaseException:
@@ -233,16 +244,58 @@ class Dispatcher:
         for row in top:
             metrics.BACKLOG_TOP.labels(row["agent_id"]).set(row["count"])
 
+    def routed_lately(self, agent_ids: list[str]) -> bool:
+        """Every one of these agents had a route in Redis at the last look (and Redis answers): the claim
+        need not wait for the route, which is read alongside it."""
+        return (
+            0 < len(agent_ids) <= ROUTED_LATELY_MAX
+            and time.monotonic() >= self.redis_retry_at
+            and all(agent_id in self.routed for agent_id in agent_ids)
+        )
+
+    async def claim_while_routing(
+        self, agent_ids: list[str]
+    ) -> tuple[DeliveryBus, dict[str, str], list[asyncpg.Record]]:
+        """Claim for agents that were routable at the last look while their routes are read again: the
+        Redis round trip overlaps the claim's instead of preceding it. The fresh routes decide where each
+        row goes; a row whose agent has no route any more goes back to pending, attempt refunded."""
+        lookup = asyncio.ensure_future(self.routes(agent_ids))
+        try:
+            rows = await self.commands.claim(agent_ids, self.batch_size, self.ack_timeout, self.name, self.send_window)
+        except BaseException:
+            lookup.cancel()
+            raise
+        try:
+            bus, pods = await lookup
+        except BaseException:
+            await self.requeue(rows)
+            raise
+        self.due_agents = bool(pods)
+        return bus, pods, rows
+
     async def routes(self, agent_ids: list[str]) -> tuple[DeliveryBus, dict[str, str]]:
         """The path to use now, and the agents it can reach."""
         if time.monotonic() >= self.redis_retry_at:
             try:
                 pods = await self.redis_bus.routes(agent_ids)
                 self.redis_outage.recovered()
+                self.remember_routes(agent_ids, pods)
                 return self.redis_bus, pods
             except RedisError as exc:
                 self.redis_failed(exc)
+        self.routed.clear()
         return self.postgres_bus, await self.postgres_bus.routes(agent_ids)
+
+    def remember_routes(self, agent_ids: list[str], pods: dict[str, str]) -> None:
+        """Which agents Redis routed at the last look (a hint for `routed_lately`, never a route itself)."""
+        for agent_id in agent_ids:
+            if agent_id in pods:
+                self.routed[agent_id] = None
+                self.routed.move_to_end(agent_id)
+            else:
+                self.routed.pop(agent_id, None)
+        while len(self.routed) > ROUTED_MEMORY:
+            self.routed.popitem(last=False)
 
     async def publish(self, bus: DeliveryBus, deliveries: list[tuple[str, Delivery]]) -> list[int]:
         if bus is self.redis_bus:
@@ -264,6 +317,7 @@ class Dispatcher:
     async def stale_mapping(self, agent_id: str, pod: str, command_ids: list[str]) -> None:
         """Nobody listens on that pod's channel: drop the mapping; the agent counts as offline."""
         log.info("stale_mapping", agent_id=agent_id, command_ids=command_ids, pod=pod)
+        self.routed.pop(agent_id, None)
         await self.routing.remove_if_owner(agent_id, pod)
 
     async def requeue(self, rows: list[asyncpg.Record]) -> None:
