@@ -43,6 +43,7 @@ STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command 
 BACKLOG_TOP_AGENTS = 10  # agents in the backlog gauge (its only label is agent_id: kept few)
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
+RETRY_WAKE_DELAY = 0.05  # seconds from a NOTIFY to the retry scheduler's look (one look for all NOTIFYs meanwhile)
 ROUTED_LATELY_MAX = 16  # agents a NOTIFY round may claim for before reading their routes (beyond: routes first)
 ROUTED_MEMORY = 100_000  # agents remembered as routed at the last look (least recently routed forgotten first)
 QUERIES = load_queries("streamspace_dispatcher")
@@ -92,6 +93,7 @@ class Dispatcher:
         self.listen_outage = Outage("postgres_listen", log)
         # agents Redis routed at their last look, oldest first: their next NOTIFY round claims while routing
         self.routed: OrderedDict[str, None] = OrderedDict()
+        self.retry_wake: asyncio.TimerHandle | None = None  # the retry scheduler's wake-up after NOTIFYs, when set
 
     # --- the LISTEN connection -------------------------------------------------------------
 
@@ -122,7 +124,7 @@ class Dispatcher:
         else:
             self.notified.add(agent_id)
         self.wake.set()
-        self.wake_retries()  # the row may have gone back to wait (a retryable failure)
+        self.wake_retries_soon()  # the row may have gone back to wait (a retryable failure)
 
     def wake_all(self) -> None:
         self.scan_all = True
@@ -131,6 +133,20 @@ class Dispatcher:
     def wake_retries(self) -> None:
         if self.retries is not None:
             self.retries.wake.set()
+
+    def wake_retries_soon(self) -> None:
+        """Wake the retry scheduler RETRY_WAKE_DELAY from now, once for every NOTIFY meanwhile. A NOTIFY
+        cannot say whether a row went back to wait (a retryable failure) or was just created, so each one
+        may mean a wait to schedule; woken at once, the scheduler ran a transaction beside every claim,
+        on the same cores as the command's own way. A wait's length is counted from its next_attempt_at,
+        so one scheduled later by this delay is not longer."""
+        if self.retries is None or self.retry_wake is not None:
+            return
+        self.retry_wake = asyncio.get_running_loop().call_later(RETRY_WAKE_DELAY, self._wake_retries_now)
+
+    def _wake_retries_now(self) -> None:
+        self.retry_wake = None
+        self.wake_retries()
 
     # --- claiming and routing --------------------------------------------------------------
 
