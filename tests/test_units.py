@@ -18,7 +18,7 @@ import redis.asyncio
 import structlog
 from support import BASE_REDIS_URL, wait_for
 
-from streamspace_agent.client import CONNECT_PATH, socket_urls
+from streamspace_agent.client import ACK_AFTER, CONNECT_PATH, Outbox, socket_urls
 from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
@@ -676,3 +676,31 @@ def test_login_throttle_opens_again_as_failures_leave_the_window_and_forgets_the
             counter.add(name, at)
     assert counter.wait("bob", 3, 3.0) == 0.0  # forgotten: only the 2 most recent keys are kept
     assert counter.wait("dee", 3, 3.0) > 0
+
+
+async def test_a_quick_answer_calls_off_its_ack_and_a_slow_command_is_still_acknowledged(
+    executors: ExecutorFactory,
+) -> None:
+    """ACK_AFTER: a command answered sooner is acknowledged by its result alone, and its ack timer is
+    cancelled (not left to wake the agent for nothing); one still running then is acknowledged."""
+    driver = CountingDriver()
+    executor = executors(driver)
+    outbox = Outbox(executor, confirms=True)
+    executor.listeners.add(outbox.add)
+    quick, slow = command("PING"), command("SLEEP", {"seconds": 0})
+
+    executor.submit(quick)
+    outbox.ack_later(quick.command_id)
+    await next_results(executor)
+    assert outbox.ack_timers == {}
+    await asyncio.sleep(ACK_AFTER * 4)
+    assert outbox.take_acks() == []
+
+    driver.release.clear()
+    executor.submit(slow)
+    outbox.ack_later(slow.command_id)
+    await asyncio.sleep(ACK_AFTER * 4)
+    assert outbox.take_acks() == [slow.command_id]
+    driver.release.set()
+    await next_results(executor)
+    assert outbox.ack_timers == {}

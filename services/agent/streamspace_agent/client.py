@@ -154,11 +154,18 @@ class Outbox:
         self.queue: deque[str] = deque(executor.unconfirmed)
         self.in_flight: set[str] = set()
         self.acks: list[str] = []
+        self.ack_timers: dict[str, asyncio.TimerHandle] = {}  # commands whose ack is due ACK_AFTER after arrival
         self.wake = asyncio.Event()
         if self.queue:
             self.wake.set()
 
     def add(self, command_id: str) -> None:
+        """A result ready to send; if it answers its command, the command's pending ack is called off (a
+        timer left to fire would wake the agent only to find the answer)."""
+        timer = self.ack_timers.get(command_id)
+        if timer is not None and self.executor.has_answer(command_id):
+            timer.cancel()
+            del self.ack_timers[command_id]
         self.queue.append(command_id)
         self.wake.set()
 
@@ -170,9 +177,13 @@ class Outbox:
         """Acknowledge the command unless its result is journaled within ACK_AFTER: a result acknowledges
         too (the gateway records both at once), so a quick command costs the control plane one write, and
         its latency one commit less. A slow one is acknowledged long before any ack deadline."""
-        asyncio.get_running_loop().call_later(ACK_AFTER, self._ack_if_unanswered, command_id)
+        if command_id not in self.ack_timers:  # a redelivery while one is pending: the earlier one stands
+            self.ack_timers[command_id] = asyncio.get_running_loop().call_later(
+                ACK_AFTER, self._ack_if_unanswered, command_id
+            )
 
     def _ack_if_unanswered(self, command_id: str) -> None:
+        self.ack_timers.pop(command_id, None)
         if not self.executor.has_answer(command_id):
             self.acks.append(command_id)
             self.wake.set()
