@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from streamspace_agent.client import ACK_AFTER, CONNECT_PATH, Outbox, socket_url
 from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
-from streamspace_agent.journal import Journal
+from streamspace_agent.journal import PRUNE_EVERY, Journal
 from streamspace_common.commands import TRANSITIONS, CommandLifecycle
 from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
@@ -704,3 +705,47 @@ async def test_a_quick_answer_calls_off_its_ack_and_a_slow_command_is_still_ackn
     driver.release.set()
     await next_results(executor)
     assert outbox.ack_timers == {}
+
+
+async def test_a_journal_write_that_finds_the_database_locked_waits_on_the_journal_thread(tmp_path: Path) -> None:
+    """Small batches are written on the event loop by a connection that never waits for a lock; while
+    another connection holds the write lock (the journal's own thread pruning, here a test's connection)
+    the batch goes to the journal's thread, which waits for the lock, and is written all the same."""
+    journal = Journal(tmp_path)
+    assert journal.open() == []
+    first = Result(command_id="cmd-first", status="completed", result={"n": 1})
+    await journal.write([first])  # on the loop
+
+    holder = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock
+    second = Result(command_id="cmd-second", status="completed", result={"n": 2})
+    write = asyncio.ensure_future(journal.write([second]))
+    await asyncio.sleep(0.3)
+    assert not write.done()  # waiting for the lock on the journal's thread
+    holder.execute("ROLLBACK")
+    await asyncio.wait_for(write, timeout=10)
+    holder.close()
+    await journal.confirm(["cmd-first"])
+    await journal.close()
+
+    reopened = Journal(tmp_path)
+    assert [(entry.result, entry.confirmed) for entry in reopened.open()] == [(first, True), (second, False)]
+    await reopened.close()
+
+
+async def test_the_journal_prunes_and_checkpoints_on_its_thread(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_results=10)
+    journal.open()
+    for start in range(0, PRUNE_EVERY, 50):  # batches small enough to be written on the loop
+        batch = [Result(command_id=f"cmd-{n}", status="completed") for n in range(start, start + 50)]
+        await journal.write(batch)
+        await journal.confirm([result.command_id for result in batch])
+        if journal._upkeep is not None:
+            await journal._upkeep
+    reader = sqlite3.connect(tmp_path / "journal.sqlite3")
+    # pruned after the 1,000th write, before its batch was confirmed: the newest 10 confirmed and those 50
+    assert reader.execute("SELECT count(*) FROM results").fetchone() == (60,)
+    busy, wal_pages, checkpointed = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and checkpointed == wal_pages
+    reader.close()
+    await journal.close()
