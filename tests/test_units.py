@@ -18,10 +18,10 @@ import redis.asyncio
 import structlog
 from support import BASE_REDIS_URL, wait_for
 
-from streamspace_agent.client import CONNECT_PATH, socket_urls
 from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
+from streamspace_agent.gateways import CONNECT_PATH, socket_urls
 from streamspace_agent.journal import Journal
 from streamspace_common.commands import TRANSITIONS, CommandLifecycle
 from streamspace_common.db import load_queries

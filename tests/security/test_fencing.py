@@ -30,7 +30,7 @@ from test_end_to_end import post_command, wait_status
 from test_ha import decode, lease_epoch, next_frame
 from test_pipeline import count_event
 
-from streamspace_agent.client import CONNECT_PATH
+from streamspace_agent.gateways import CONNECT_PATH
 from streamspace_common import closecodes
 from streamspace_common.admin import create_agent_token
 from streamspace_common.schemas import (
