@@ -51,7 +51,6 @@ from aiodocker.exceptions import DockerError
 from aiodocker.volumes import DockerVolume
 
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
-from streamspace_common.settings import Settings
 
 from . import CommandFailed
 from .base import (
@@ -64,6 +63,7 @@ from .base import (
     SessionFailed,
     until_ready,
 )
+from .settings import DockerSettings
 
 DATA_PATH = "/data"
 PORT_LABEL = "io.streamspace.port"  # the template's first port: the session's endpoint
@@ -104,7 +104,7 @@ def not_running(session_id: str, data: dict[str, Any] | None) -> str | None:
 class DockerDriver(SessionDriver):
     platform = "docker"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DockerSettings) -> None:
         super().__init__(settings.agent_id)
         self.url = settings.docker_host or None
         if settings.docker_network in ENGINE_NETWORKS:

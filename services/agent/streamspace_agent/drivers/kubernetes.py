@@ -45,7 +45,6 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport, SessionState
-from streamspace_common.settings import Settings
 
 from .base import (
     AGENT_LABEL,
@@ -57,6 +56,7 @@ from .base import (
     not_ready_reason,
     observe_ready,
 )
+from .settings import KubernetesSettings
 
 STATE_ANNOTATION = "io.streamspace.state"
 # the kubelet's probe of the session's first port: every second, 2 s to connect, unready after 3 misses
@@ -92,7 +92,7 @@ def label_value(text: str) -> str:
 class KubernetesDriver(SessionDriver):
     platform = "kubernetes"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: KubernetesSettings) -> None:
         super().__init__(settings.agent_id)
         if len(settings.agent_id) > 63 or not LABEL_VALUE.match(settings.agent_id):
             raise ValueError(f"AGENT_ID={settings.agent_id!r} must be a Kubernetes label value for this platform")
