@@ -23,7 +23,8 @@ from prometheus_client import REGISTRY
 from support import SAMPLE_IMAGE, free_port, wait_for
 
 from streamspace_agent.drivers.base import port_answers
-from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
+from streamspace_agent.drivers.docker import DockerDriver
+from streamspace_agent.drivers.docker_objects import container_name, volume_name
 from streamspace_agent.drivers.settings import DockerSettings
 from streamspace_common.schemas import Command
 from streamspace_common.settings import SettingsError, load_settings
@@ -261,7 +262,7 @@ async def test_orphans_with_our_labels_are_removed(driver: DockerDriver, engine:
     known, orphan = new_session_id(), new_session_id()
     await create(driver, known)
     # A container made by hand with this agent's labels, owned by no session the control plane knows.
-    labels = {**driver.labels(orphan), "io.streamspace.port": "8080"}
+    labels = {**driver.specs.labels(orphan), "io.streamspace.port": "8080"}
     await engine.containers.create({"Image": IMAGE, "Labels": labels}, name=container_name(orphan))
     stranger = new_session_id()  # another agent's: never touched
     others = {**labels, "io.streamspace.session_id": stranger, "io.streamspace.agent_id": "someone-else"}

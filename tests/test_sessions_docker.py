@@ -18,7 +18,8 @@ from sessions_support import Api, Json, admin_api, new_user, sessions_stack, wai
 from support import SAMPLE_IMAGE, RunEnv, Service, Stack, wait_for
 from test_drivers_docker import variants
 
-from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
+from streamspace_agent.drivers.docker import DockerDriver
+from streamspace_agent.drivers.docker_objects import container_name, volume_name
 from streamspace_agent.drivers.settings import DockerSettings
 from streamspace_common.actions import CreateSession
 from streamspace_tools.admin import create_agent_token

@@ -199,14 +199,14 @@ def test_docker_sessions_drop_capabilities_and_privileges() -> None:
     """A session escaping its container: every capability dropped but the few a desktop's entrypoint
     needs to hand /data to its user, and no setuid binary gains anything (no-new-privileges)."""
     driver = DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker"))
-    host = driver._config(docker_spec(new_session_id()))["HostConfig"]
+    host = driver.specs.container(docker_spec(new_session_id()))["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert host["CapAdd"] == ["CHOWN", "SETUID", "SETGID"]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["Privileged"] is False
 
     bare = DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_cap_add=""))
-    assert bare._config(docker_spec(new_session_id()))["HostConfig"]["CapAdd"] == []
+    assert bare.specs.container(docker_spec(new_session_id()))["HostConfig"]["CapAdd"] == []
     for bad in ("ALL", "SYS_ADMIN;rm", "net admin"):
         with pytest.raises(ValueError, match="DOCKER_CAP_ADD"):
             DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_cap_add=bad))
@@ -216,13 +216,13 @@ def test_docker_sessions_sit_on_their_own_network_and_cannot_reach_each_other() 
     """One session dialling another's VNC port over the engine's network: sessions are on a bridge of
     their own with inter-container traffic off, and only the first port is published, on 127.0.0.1."""
     driver = DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_network="ss-net"))
-    assert driver.network_config() == {
+    assert driver.specs.network_config() == {
         "Name": "ss-net",
         "Driver": "bridge",
         "Labels": {"io.streamspace.managed": "true"},
         "Options": {"com.docker.network.bridge.enable_icc": "false"},
     }
-    config = driver._config(docker_spec(new_session_id()))
+    config = driver.specs.container(docker_spec(new_session_id()))
     assert config["HostConfig"]["NetworkMode"] == "ss-net"
     assert config["HostConfig"]["PortBindings"] == {"5900/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
     for engine_network in ("bridge", "host", "none", "default"):
