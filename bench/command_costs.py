@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import Completions, backends_of, listen, load_bench_queries
 from support import RunEnv, Stack, new_test_env, rabbitmqctl
 
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries()
 Reading = dict[str, tuple[int, int, float]]  # group -> (voluntary switches, involuntary, CPU seconds)
