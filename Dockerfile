@@ -9,7 +9,8 @@
 # PYTHON_IMAGE: the base of every stage (the official image by default; scripts/base-images makes a
 # local stand-in under the same name where no registry is reachable).
 ARG PYTHON_IMAGE=python:3.11-slim
-# gateway, dispatcher or agent; no default: an image built without it would be a guess.
+# gateway, dispatcher or agent; no default (an image built without it would be a guess): the build
+# stage refuses anything else with a message saying so.
 ARG SERVICE
 
 # ---- build: a virtualenv holding libs/ and this service, installed as wheels (not editable)
@@ -18,7 +19,9 @@ ARG SERVICE
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/streamspace
+RUN case "$SERVICE" in gateway|dispatcher|agent) ;; \
+      *) echo "build with --build-arg SERVICE=gateway, dispatcher or agent (got '$SERVICE')" >&2; exit 1 ;; esac \
+ && python -m venv /opt/streamspace
 # pip, setuptools and wheel, then this service's third-party dependencies, from the locks (exact versions,
 # checked against their hashes; scripts/lock writes them): a code change reuses these layers.
 COPY requirements/build.txt requirements/${SERVICE}.txt /src/requirements/
