@@ -13,7 +13,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # stage refuses anything else with a message saying so.
 ARG SERVICE
 
-# ---- build: a virtualenv holding libs/ and this service, installed as wheels (not editable)
+# ---- build: a virtualenv holding libs/, this service and tools/, installed as wheels (not editable)
 FROM ${PYTHON_IMAGE} AS build
 ARG SERVICE
 ENV PIP_NO_CACHE_DIR=1 \
@@ -27,11 +27,13 @@ RUN case "$SERVICE" in gateway|dispatcher|agent) ;; \
 COPY requirements/build.txt requirements/${SERVICE}.txt /src/requirements/
 RUN /opt/streamspace/bin/pip install --require-hashes -r /src/requirements/build.txt \
  && /opt/streamspace/bin/pip install --require-hashes -r /src/requirements/${SERVICE}.txt
-# Then our two units, in one pip command (the service depends on streamspace-common by name), built with
-# the locked setuptools: nothing is fetched.
+# Then our units, in one pip command (the service and the operator tools depend on streamspace-common by
+# name), built with the locked setuptools: nothing is fetched. The tools (streamspace-migrate,
+# streamspace-admin) need nothing beyond the shared library's dependencies.
 COPY libs /src/libs
 COPY services/${SERVICE} /src/services/${SERVICE}
-RUN /opt/streamspace/bin/pip install --no-deps --no-build-isolation --no-index /src/libs /src/services/${SERVICE} \
+COPY tools /src/tools
+RUN /opt/streamspace/bin/pip install --no-deps --no-build-isolation --no-index /src/libs /src/services/${SERVICE} /src/tools \
  && /opt/streamspace/bin/pip check
 
 # ---- novnc: Debian's noVNC library, which the gateway's viewer page loads (NOVNC_DIR): its files only
