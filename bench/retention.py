@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -192,6 +193,7 @@ async def main() -> None:
     every = args.every / 1000
     await create_database_if_missing(dsn)
     result: dict[str, Any] = {"rows": args.rows, "span_days": args.span, "retention_days": RETENTION_DAYS}
+    result["load_average_before"] = os.getloadavg()
     try:
         await migrate(dsn)
         conn = await asyncpg.connect(dsn)
@@ -221,6 +223,7 @@ async def main() -> None:
         admin = await asyncpg.connect(args.database_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
+    result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2, default=str))
     rows = f"{args.rows // 1_000_000}m" if args.rows % 1_000_000 == 0 else str(args.rows)
     print(f"written: {write_results(results_path('retention', f'{rows}-rows'), result)}")

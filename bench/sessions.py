@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -134,7 +135,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
     rabbitmqctl("add_vhost", env.vhost)
     rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
     await install_samples(env.database_url)
-    results: dict[str, Any] = {"machine_cores": __import__("os").cpu_count(), "rows": []}
+    results: dict[str, Any] = {"machine_cores": os.cpu_count(), "load_average_before": os.getloadavg(), "rows": []}
     db = await asyncpg.create_pool(env.database_url, min_size=1, max_size=4)
     try:
         with tempfile.TemporaryDirectory() as work:
@@ -222,6 +223,7 @@ def main() -> None:
     parser.add_argument("--samples", action="store_true", help="also every sample, in bench/results/raw/")
     args = parser.parse_args()
     results = asyncio.run(measure([int(n) for n in args.agents.split(",")], args))
+    results["load_average_after"] = os.getloadavg()
     path = results_path("sessions", "local")
     summaries = {**results, "rows": [summarise(row) for row in results["rows"]], "settings": vars(args)}
     print(f"summary: {write_results(path, summaries)}")
