@@ -35,7 +35,7 @@ from streams import WsLink, create_running, throughput
 from support import Service, wait_for
 from systems import create_tokens
 
-from streamspace_common.migrate import create_database_if_missing
+from streamspace_tools.migrate import create_database_if_missing
 
 # --- 1. idle agent sockets ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import psutil
 from harness import BENCH_DIR, OwnPostgres, load_bench_queries
 from support import RedisServer, RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl
 
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "capacity.sql")
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_FORMAT": "json"}

@@ -61,8 +61,8 @@ from desktop_browser import FRAME_HOOK, PRODUCTION, Bench
 from desktop_platform import IMAGE, baselines, check_image, check_prerequisites, remove_docker_leftovers
 from support import Stack, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_for
 
-from streamspace_common.admin import create_agent_token, install_samples
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token, install_samples
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 

@@ -41,7 +41,7 @@ from sockets import socket_scale
 from support import Stack, new_test_env, rabbitmqctl
 from systems import PROFILES, Peer, Q, Run, Side, Sizes, create_tokens, drop_databases, start_ours, start_peer
 
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 SECTIONS = ("latency", "throughput", "bulk", "scale", "streams")
 FLOWS = {"latency", "throughput", "bulk"}  # the sections that run on ours' (and the peer's) stack

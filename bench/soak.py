@@ -45,7 +45,7 @@ from machine import machine_info, say, server_facts
 from support import RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, with_database
 from systems import SERVICE_SETTINGS, create_tokens, drop_databases
 
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "soak.sql")
 MIB = 2**20

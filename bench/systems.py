@@ -30,9 +30,9 @@ from harness import (
 from profiling import Profiles
 from support import Service, Stack, free_port, with_database
 
-from streamspace_common.admin import QUERIES as ADMIN_QUERIES
-from streamspace_common.migrate import create_database_if_missing
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_tools.admin import REGISTRY as ADMIN_QUERIES
+from streamspace_tools.migrate import create_database_if_missing
 
 Q = load_bench_queries()
 # The services run with their production defaults (the tests shorten these), logging as deployed.
@@ -104,7 +104,8 @@ async def create_tokens(dsn: str, agent_ids: list[str]) -> dict[str, str]:
         async with conn.transaction():
             await conn.executemany(ADMIN_QUERIES["ensure_agent"], [(agent_id,) for agent_id in agent_ids])
             await conn.executemany(
-                ADMIN_QUERIES["register_token"], [(agent_id, hash_token(t), None) for agent_id, t in tokens.items()]
+                ADMIN_QUERIES["register_agent_token"],
+                [(agent_id, hash_token(t), None) for agent_id, t in tokens.items()],
             )
     finally:
         await conn.close()

@@ -19,8 +19,8 @@ import redis.asyncio
 from support import RunEnv, Stack, wait_for
 
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
+from streamspace_tools.admin import create_agent_token
 
 CONNECT_PATH = "/api/v1/agents/connect"
 JSON = {"Content-Type": "application/json"}
