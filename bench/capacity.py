@@ -42,9 +42,9 @@ import structlog
 from harness import BENCH_DIR, OwnPostgres, load_bench_queries, rss_mib, start_sim_agents
 from run import create_tokens, machine_info, say, server_facts
 from streams import BYTE_ECHO, WsLink, create_running, kill_sessions, throughput
-from support import RedisServer, RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
 from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_testkit import RedisServer, RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, wait_until
 
 Q = load_bench_queries(BENCH_DIR / "capacity.sql")
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_FORMAT": "json"}
@@ -324,7 +324,7 @@ async def paced_commands(setup: Setup, agents: list[str], rate: float, count: in
             await asyncio.gather(*tasks)
         pool = await asyncpg.connect(setup.env.database_url)
         try:
-            await wait_for(lambda: none_open(pool), timeout=300, interval=0.05)
+            await wait_until(lambda: none_open(pool), timeout=300, interval=0.05)
         finally:
             await pool.close()
 
@@ -408,7 +408,7 @@ async def sessions(setup: Setup, sizes: Sizes, agent: Service) -> dict[str, Any]
                     assert response.status == 204, await response.text()
         conn = await asyncpg.connect(setup.env.database_url)
         try:
-            await wait_for(lambda: sessions_gone(conn, ids), timeout=300, interval=0.1)
+            await wait_until(lambda: sessions_gone(conn, ids), timeout=300, interval=0.1)
         finally:
             await conn.close()
 

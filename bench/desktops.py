@@ -60,15 +60,23 @@ import psutil
 from aiodocker.exceptions import DockerError
 from harness import BENCH_DIR, summary
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Account, Stack, free_port, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_for
-
 from streamspace_agent.drivers import create_driver
 from streamspace_agent.drivers.base import SessionDriver
 from streamspace_common.actions import CreateSession, Resources
 from streamspace_common.admin import SAMPLE_TEMPLATES, create_agent_token, install_samples
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import Settings
+from streamspace_testkit import (
+    Account,
+    Stack,
+    drop_database,
+    free_port,
+    kill_sessions,
+    new_account,
+    new_test_env,
+    rabbitmqctl,
+    wait_until,
+)
 
 IMAGE = "streamspace/desktop:dev"
 AGENT_LABEL = "io.streamspace.agent_id"
@@ -276,7 +284,7 @@ class Bench:
             left: int = await self.db.fetchval("SELECT count(*) FROM sessions WHERE id = ANY($1::uuid[])", ids)
             return left == 0
 
-        await wait_for(gone, timeout=180)
+        await wait_until(gone, timeout=180)
 
     async def one_at_a_time(self) -> Round:
         result = Round()
@@ -499,11 +507,7 @@ async def isolated_env() -> AsyncIterator[Any]:
         yield env
     finally:
         rabbitmqctl("delete_vhost", env.vhost)
-        conn = await asyncpg.connect(env.database_url, database="postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(env.database_url)
 
 
 def agent_settings(args: argparse.Namespace, work: Path, network: str) -> dict[str, str]:
@@ -530,7 +534,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             settings = agent_settings(args, work, network)
             agent = stack.agent(agent_id, token, [gateway], **settings, **PRODUCTION)
             await stack.ready(agent)
-            await wait_for(lambda: agent_online(db, agent_id), timeout=60)
+            await wait_until(lambda: agent_online(db, agent_id), timeout=60)
             user = await new_account(env.database_url, f"bench-desk-{tag}")
             bench = Bench(args, gateway.url, db, user)
             bench.http, bench.agent_id = http, agent_id

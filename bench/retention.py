@@ -26,22 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from harness import BENCH_DIR, load_bench_queries, percentile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import with_database
-
 from streamspace_common.db import server_settings
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_dispatcher.retention import PRUNE_PAUSE, QUERIES
+from streamspace_testkit import drop_database, with_database
 
 Q = load_bench_queries(BENCH_DIR / "retention.sql")
 RETENTION_DAYS = 30
@@ -217,9 +213,7 @@ async def main() -> None:
         log(f"partitions: {result['partitions']}")
         await conn.close()
     finally:
-        admin = await asyncpg.connect(args.database_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(with_database(args.database_url, database))
     out = BENCH_DIR / "results" / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-retention.json"
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))

@@ -56,11 +56,9 @@ from harness import (
     start_process,
     start_sim_agents,
     summary,
-    wait_until,
 )
 from report import STAGES, plot, redraw, table
 from simagents import HEARTBEAT_FRAMES_ENV
-from support import Account, Service, Stack, free_port, new_account, new_test_env, with_database
 
 from streamspace_common.admin import QUERIES as ADMIN_QUERIES
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
@@ -68,6 +66,17 @@ from streamspace_common.keys import RedisKeys
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.schemas import Command, Delivery, GatewayFrame, Hello, Welcome
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_testkit import (
+    Account,
+    Service,
+    Stack,
+    drop_database,
+    free_port,
+    new_account,
+    new_test_env,
+    wait_until,
+    with_database,
+)
 
 Q = load_bench_queries()
 CONNECT_PATH = "/api/v1/agents/connect"
@@ -107,7 +116,7 @@ class Sizes:
 PROFILES = {
     "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000, 50_000), 30.0, 1000, 1000),
     "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200, bulk=20_000),
-    # tests/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
+    # tests/e2e/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
     "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20, bulk=2000),
 }
 
@@ -803,12 +812,8 @@ async def measure_throughput(run: Run, results: dict[str, Any], sim_ids: list[st
 
 
 async def drop_databases(dsns: list[str]) -> None:
-    conn = await asyncpg.connect(dsns[0], database="postgres")
-    try:
-        for dsn in dsns:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    for dsn in dsns:
+        await drop_database(dsn)
 
 
 def git_commit() -> str:

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -33,11 +32,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Account, Stack, new_account, new_test_env, rabbitmqctl, wait_for
-
 from streamspace_common.admin import create_agent_token, install_samples
 from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_testkit import Account, Stack, drop_database, new_account, new_test_env, rabbitmqctl, wait_until
 
 # the services' production defaults (as bench/run.py), logs at warning
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_LEVEL": "warning"}
@@ -95,7 +92,7 @@ async def delete_all(http: aiohttp.ClientSession, url: str, db: asyncpg.Pool, ow
         left: int = await db.fetchval("SELECT count(*) FROM sessions WHERE id = ANY($1::uuid[])", ids)
         return left == 0
 
-    await wait_for(gone, timeout=120)
+    await wait_until(gone, timeout=120)
 
 
 async def light(http: aiohttp.ClientSession, url: str, db: asyncpg.Pool, user: Account, count: int) -> dict[str, Any]:
@@ -176,7 +173,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
                             )
                             await stack.ready(agent)
                             running_agents.append(agent)
-                        await wait_for(partial(online, db, agents))
+                        await wait_until(partial(online, db, agents))
                         row: dict[str, Any] = {"agents": agents}
                         row["light"] = await light(http, gateway.url, db, users[0], args.light)
                         row["burst"] = await burst(http, gateway.url, db, users, args.burst, args.parallel)
@@ -187,11 +184,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
     finally:
         await db.close()
         rabbitmqctl("delete_vhost", env.vhost)
-        conn = await asyncpg.connect(env.database_url, database="postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(env.database_url)
     return results
 
 

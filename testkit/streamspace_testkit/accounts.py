@@ -1,19 +1,57 @@
-"""What the session tests share: a user's view of the API, users made through it, and the stack."""
+"""Accounts for tests and bench runs: users made as streamspace-admin makes them, with a login token signed
+like a gateway signs one (`new_account`), and a user's view of the REST API (`Api`, `new_user`)."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
-from support import RunEnv, Stack, new_account, wait_for
+
+from streamspace_common.admin import create_user
+from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
+
+from .waits import wait_until
 
 Json = dict[str, Any]
-ECHO = ["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"]
+ECHO = ["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"]  # the sample session's command
+
+
+@dataclass
+class Account:
+    """A user made for a test, with a login token signed like a gateway signs one."""
+
+    user_id: str
+    username: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def new_account(database_url: str, username: str, admin: bool = False) -> Account:
+    """Create a user (as streamspace-admin does) and sign a login token with the gateways' shared secret.
+
+    The secret is the one every gateway started without AUTH_SECRET uses (auth_secrets, made by the
+    first to ask), so the token is accepted by every gateway of the test run.
+    """
+
+    password = await create_user(database_url, username, admin=admin)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        row = await pool.fetchrow("SELECT id::text, password_hash FROM users WHERE username = $1", username)
+        secret = await signing_secret(pool, "")
+    finally:
+        await pool.close()
+    fingerprint = password_fingerprint(secret, row["password_hash"])
+    token = sign_token(secret, row["id"], "admin" if admin else "user", int(time.time()) + 3600 * 6, fingerprint)
+    return Account(row["id"], username, password, token)
 
 
 class Api:
@@ -47,29 +85,26 @@ class Api:
             session = await self.session(session_id)
             return session if session["state"] in states else None
 
-        return await wait_for(probe, timeout=timeout, interval=0.1)
+        return await wait_until(probe, timeout=timeout, interval=0.1, what=f"session {session_id} in {states}")
 
 
-@pytest.fixture(scope="module")
-async def sessions_stack(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """A gateway and a dispatcher that checks idle sessions every 0.5 s and asks every agent for its
-    inventory every 2 s, so auto-hibernation and reconciliation show within a test."""
-    running = Stack(test_env, tmp_path_factory.mktemp("sessions"))
-    services = [
-        running.gateway("gateway-sess"),
-        running.dispatcher("dispatcher-sess", IDLE_CHECK_INTERVAL="0.5", RECONCILE_INTERVAL="2"),
-    ]
-    await running.ready(*services)
-    yield running
-    running.stop_all()
-    print(running.dump_logs())
+async def new_user(admin_api: Api, name: str) -> Api:
+    """A user made and logged in through the API."""
+    username = f"{name}-{uuid.uuid4().hex[:6]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    await admin_api.call("POST", "/api/v1/users", {"username": username, "password": password}, expect=201)
+    status, body = await Api(admin_api.base, "").call(
+        "POST", "/api/v1/auth/login", {"username": username, "password": password}
+    )
+    assert status == 200, body
+    return Api(admin_api.base, body["token"])
 
 
-@pytest.fixture(scope="module")
-async def admin_api(sessions_stack: Stack, test_env: RunEnv) -> Api:
-    """An administrator, with the templates the tests use: echo (local, docker) and echo-idle (2 s idle)."""
-    admin = await new_account(test_env.database_url, f"sess-admin-{uuid.uuid4().hex[:6]}", admin=True)
-    api = Api(sessions_stack.services[0].url, admin.token)
+async def templates_admin(database_url: str, base: str) -> Api:
+    """A new administrator's view of the API at `base`, with the templates the session tests use: echo
+    (local, docker) and echo-idle (local, 2 s idle timeout)."""
+    admin = await new_account(database_url, f"sess-admin-{uuid.uuid4().hex[:6]}", admin=True)
+    api = Api(base, admin.token)
     templates: list[Json] = [
         {"name": "echo", "command": ECHO, "image": "streamspace/echo:dev", "ports": [8080]},
         {"name": "echo-idle", "command": ECHO, "ports": [8080], "platforms": ["local"], "idle_timeout_seconds": 2},
@@ -84,16 +119,4 @@ async def wait_agent_online(db: asyncpg.Pool, agent_id: str) -> None:
     async def online() -> bool:
         return await db.fetchval("SELECT status = 'online' FROM agents WHERE agent_id = $1", agent_id) is True
 
-    await wait_for(online)
-
-
-async def new_user(admin_api: Api, name: str) -> Api:
-    """A user made and logged in through the API."""
-    username = f"{name}-{uuid.uuid4().hex[:6]}"
-    password = f"pw-{uuid.uuid4().hex}"
-    await admin_api.call("POST", "/api/v1/users", {"username": username, "password": password}, expect=201)
-    status, body = await Api(admin_api.base, "").call(
-        "POST", "/api/v1/auth/login", {"username": username, "password": password}
-    )
-    assert status == 200, body
-    return Api(admin_api.base, body["token"])
+    await wait_until(online, what=f"agent {agent_id} online")

@@ -1,6 +1,7 @@
-"""Throwaway PostgreSQL, Redis and RabbitMQ servers for the chaos suite (recipes in
-../shared/design/TEST-MACHINE.md). The chaos suite kills and restarts these; the machine's shared
-servers are never touched. Each scenario gets its own database, Redis key prefix and vhost on them.
+"""Throwaway PostgreSQL, Redis and RabbitMQ servers for the chaos suite and the bench. The chaos suite
+kills and restarts these; the machine's shared servers are never touched. Each scenario gets its own
+database, Redis key prefix and vhost on them. Every server is registered with the process safety net
+(processes.py), so none outlives a killed run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import uuid
 from pathlib import Path
 
 import redis
-from support import RedisServer, free_port
+
+from .processes import register, spawn
+from .stack import RedisServer, free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -54,7 +57,7 @@ class PostgresServer:
         subprocess.run(initdb, check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 str(PG_BIN / "postgres"),
                 *("-D", str(self.data), "-p", str(self.port), "-k", str(self.data)),
@@ -125,7 +128,9 @@ class RabbitServer:
         subprocess.run(
             [str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"], env=env, check=True, capture_output=True, timeout=60
         )
-        self.ctl("wait", "--timeout", "90", str(self.base / "mnesia" / f"{self.node}.pid"), timeout=120)
+        pid_file = self.base / "mnesia" / f"{self.node}.pid"
+        self.ctl("wait", "--timeout", "90", str(pid_file), timeout=120)
+        register(os.getpgid(int(pid_file.read_text().strip())))  # -detached: no child of ours to die with us
 
     def stop(self) -> None:
         self.ctl("stop")

@@ -21,11 +21,12 @@ import time
 import traceback
 from pathlib import Path
 
+from streamspace_testkit.servers import Servers
+
 from .failover import FAILOVER_SCENARIOS, run_failover
 from .harness import BULK_LOAD_TITLE, LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
 from .scale import ScaleRun
 from .scenarios import SCENARIOS, ScenarioFailed, run_scenario
-from .servers import Servers
 
 
 async def failovers(

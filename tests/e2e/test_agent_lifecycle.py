@@ -19,14 +19,14 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
-from support import RunEnv, Service, Stack, get_json, new_account, wait_for
-from test_end_to_end import post_command, wait_online, wait_status
-from test_retries import silent_agent
 
+from e2e.test_end_to_end import post_command, wait_online, wait_status
+from e2e.test_retries import silent_agent
 from streamspace_common import closecodes
 from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.schemas import Heartbeat, Hello
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_testkit import RunEnv, Service, Stack, get_json, new_account, wait_until
 
 LOST_AFTER = 5
 
@@ -111,9 +111,9 @@ async def test_drain_cancels_commands_loses_sessions_revokes_tokens_and_refuses_
     assert row["deleted_at"] == drained["deleted_at"]
 
     # Its socket is closed (token revoked, 4401) and every reconnect is refused at the handshake (401).
-    await wait_for(lambda: _log_has(agent, "close_code=4401"), timeout=15)
-    await wait_for(lambda: _log_has(agent, "token_rejected"), timeout=15)
-    await wait_for(lambda: _offline(db, agent_id), timeout=15)
+    await wait_until(lambda: _log_has(agent, "close_code=4401"), timeout=15)
+    await wait_until(lambda: _log_has(agent, "token_rejected"), timeout=15)
+    await wait_until(lambda: _offline(db, agent_id), timeout=15)
     await asyncio.sleep(2)  # a reconnect attempt or two later: still offline
     assert await _offline(db, agent_id)
 
@@ -188,7 +188,7 @@ async def test_sessions_of_an_agent_gone_past_agent_lost_after_are_lost(
             await ws.send_str(msgspec.json.encode(Heartbeat()).decode())
             await asyncio.sleep(1)
         assert await db.fetchval("SELECT state FROM sessions WHERE id = $1::uuid", live) == "running"
-    await wait_for(lambda: _offline(db, agent_id), timeout=15)
+    await wait_until(lambda: _offline(db, agent_id), timeout=15)
 
     async def lost() -> asyncpg.Record | None:
         row: asyncpg.Record | None = await db.fetchrow(
@@ -196,7 +196,7 @@ async def test_sessions_of_an_agent_gone_past_agent_lost_after_are_lost(
         )
         return row
 
-    row = await wait_for(lost, timeout=LOST_AFTER + 15)
+    row = await wait_until(lost, timeout=LOST_AFTER + 15)
     assert row["endpoint_host"] is None
     assert f"agent {agent_id} gone since" in row["reason"] and "AGENT_LOST_AFTER" in row["reason"]
     assert await db.fetchval("SELECT state FROM sessions WHERE id = $1::uuid", stopped) == "stopped"
@@ -224,7 +224,7 @@ async def test_cancel_of_a_running_sleep_stops_it_on_the_agent(
         lines = executions.read_text().splitlines() if executions.exists() else []
         return next((line.split("\t") for line in lines if line.startswith(sleep["command_id"] + "\t")), None)
 
-    line = await wait_for(ended, timeout=15)  # the SLEEP had 60 s to go
+    line = await wait_until(ended, timeout=15)  # the SLEEP had 60 s to go
     assert line[2] == "failed"
     told = await wait_status(http, gateway.url, cancelled["cancel_command_id"], "completed")
     assert told["action"] == "CANCEL_COMMAND"

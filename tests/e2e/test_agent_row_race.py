@@ -14,11 +14,11 @@ import uuid
 import aiohttp
 import asyncpg
 import msgspec
-from support import Stack, wait_for
 
 from streamspace_common import closecodes
 from streamspace_common.schemas import Hello
 from streamspace_gateway.store import Store
+from streamspace_testkit import Stack, wait_until
 
 
 async def new_agent(db: asyncpg.Pool) -> str:
@@ -88,7 +88,7 @@ async def test_a_gateway_whose_row_write_comes_late_closes_its_socket_and_leaves
         await lock.execute("SELECT 1 FROM agents WHERE agent_id = $1 FOR UPDATE", agent_id)
         async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers) as ws:
             await ws.send_str(msgspec.json.encode(hello(agent_id, "i-1")).decode())
-            await wait_for(lambda: row_write_waiting(db), timeout=30)
+            await wait_until(lambda: row_write_waiting(db), timeout=30)
             # Meanwhile the agent registered again on another replica, and that one wrote its row first.
             await lock.execute(
                 "UPDATE agents SET status = 'online', gateway_pod = 'gateway-newer', connected_at = clock_timestamp() "
@@ -99,7 +99,7 @@ async def test_a_gateway_whose_row_write_comes_late_closes_its_socket_and_leaves
             while not ws.closed:
                 await ws.receive(timeout=30)
             assert ws.close_code == closecodes.REPLACED
-    await wait_for(
+    await wait_until(
         lambda: asyncio.sleep(0, "agent_disconnected" in gateway.log()), timeout=30
     )  # its leaving (unregister) is done
     assert await agent_row(db, agent_id) == ("online", "gateway-newer", None)

@@ -22,21 +22,21 @@ import aiohttp
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import RunEnv, Service, Stack, free_port, wait_for
-from test_end_to_end import wait_online
 
+from e2e.test_end_to_end import wait_online
 from streamspace_common.admin import create_agent_token
 from streamspace_common.resilience import dependency_of
 from streamspace_common.sessions import STATES
+from streamspace_testkit import RunEnv, Service, Stack, free_port, wait_until
 
-# Helm's own YAML parser (helm-python-sdk, as tests/test_deploy_static.py uses); rule files are written
+# Helm's own YAML parser (helm-python-sdk, as tests/unit/test_deploy_static.py uses); rule files are written
 # as JSON, which is YAML too.
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (scripts/install)")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UMBRELLA = ROOT / "helm" / "streamspace"
 RULES = UMBRELLA / "files" / "alerts.yaml"
 DASHBOARD = UMBRELLA / "files" / "dashboard.json"
-RULE_TESTS = sorted((ROOT / "tests" / "alerts").glob("*.test.yaml"))
+RULE_TESTS = sorted((ROOT / "tests" / "e2e" / "alerts").glob("*.test.yaml"))
 PROMETHEUS_RULE_API = "monitoring.coreos.com/v1/PrometheusRule"
 METRIC = re.compile(r"\b(streamspace_[a-z0-9_]+|up)\b(?!\s*\()")
 
@@ -282,7 +282,7 @@ async def test_dependency_errors_count_while_redis_is_unreachable(
         counted = sum(samples(text, "streamspace_dependency_errors_total", dependency="redis"))
         return text if counted >= 2 else None
 
-    text = await wait_for(errors_counted, timeout=20)
+    text = await wait_until(errors_counted, timeout=20)
     assert sum(samples(text, "streamspace_dependency_down", dependency="redis")) >= 1
     healthy_text = await scrape(anon_http, healthy)
     assert sum(samples(healthy_text, "streamspace_dependency_errors_total", dependency="redis")) == 0
@@ -310,7 +310,7 @@ async def test_reconnect_latency_and_heartbeat_metrics(
         text = await scrape(http, agent)
         return text if samples(text, "streamspace_agent_reconnect_seconds_count") == [1.0] else None
 
-    text = await wait_for(reconnect_observed, timeout=20)
+    text = await wait_until(reconnect_observed, timeout=20)
     [took] = samples(text, "streamspace_agent_reconnect_seconds_sum")
     assert 0 < took < 20
 
@@ -321,7 +321,7 @@ async def test_reconnect_latency_and_heartbeat_metrics(
         gaps = samples(text, "streamspace_gateway_heartbeat_gap_seconds_count")
         return text if gaps and gaps[0] >= 2 else None
 
-    text = await wait_for(heartbeats_measured, timeout=20)
+    text = await wait_until(heartbeats_measured, timeout=20)
     [age] = samples(text, "streamspace_gateway_heartbeat_age_max_seconds")
     assert 0 < age <= 3 * heartbeat
     [gap_sum] = samples(text, "streamspace_gateway_heartbeat_gap_seconds_sum")
@@ -356,7 +356,7 @@ async def test_backlog_oldest_command_and_sessions_by_state_gauges(
         text = await scrape(anon_http, dispatcher)
         return text if samples(text, "streamspace_dispatcher_agent_backlog", agent_id=busy) else None
 
-    text = await wait_for(backlog_seen, timeout=20)
+    text = await wait_until(backlog_seen, timeout=20)
     assert samples(text, "streamspace_dispatcher_agent_backlog", agent_id=busy) == [300.0]
     assert samples(text, "streamspace_dispatcher_agent_backlog", agent_id=less) in ([7.0], [])
     assert len(samples(text, "streamspace_dispatcher_agent_backlog")) <= 10
@@ -373,5 +373,5 @@ async def test_backlog_oldest_command_and_sessions_by_state_gauges(
         gauge = {state: samples(text, "streamspace_sessions", state=state) for state in STATES}
         return {state: values[0] for state, values in gauge.items()} if all(gauge.values()) else None
 
-    assert await wait_for(sessions_counted, timeout=20) == counts
+    assert await wait_until(sessions_counted, timeout=20) == counts
     await db.execute("DELETE FROM agent_commands WHERE agent_id = ANY($1)", list(backlog_agents))

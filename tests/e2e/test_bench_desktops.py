@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MISSING = [name for name in ("Xvnc", "xterm", "chromium") if shutil.which(name) is None]
 if not Path("/usr/share/novnc/core/rfb.js").is_file():
     MISSING.append("noVNC")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LATENCIES = ("ours", "ours claim", "ours to result", "REST POST round trip", "Redis hop")
 
 

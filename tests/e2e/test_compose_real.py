@@ -18,6 +18,7 @@ engine can start.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import json
@@ -35,11 +36,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from test_lock import lockfile
+from unit.test_lock import lockfile
+
+import streamspace_testkit as kit
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # compose.yaml's bootstrap registers AGENT_ID (default local-agent); both agent replicas use it. One per
 # run: the sessions' containers carry it, and the docker driver takes its own for orphans.
 AGENT_ID = f"compose-{uuid.uuid4().hex[:8]}"
@@ -93,17 +96,9 @@ def override_yaml(build_on_host_network: bool, gateway_ports: dict[str, int]) ->
 
 
 def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except (OSError, AssertionError, KeyError, ValueError) as exc:
-            last, value = exc, None
-        if value is not None and value is not False:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
+    """The kit's wait, for these blocking tests (no event loop runs here); probe errors count as not yet."""
+    retry = (OSError, AssertionError, KeyError, ValueError)
+    return asyncio.run(kit.wait_until(probe, timeout=timeout, interval=interval, what=what, retry_on=retry))
 
 
 def compose_binary() -> Path | None:

@@ -13,10 +13,10 @@ import itertools
 
 import aiohttp
 import asyncpg
-from support import RunEnv, Stack
-from test_end_to_end import post_command, wait_status
 
+from e2e.test_end_to_end import post_command, wait_status
 from streamspace_common.admin import create_agent_token
+from streamspace_testkit import RunEnv, Stack
 
 BACKLOG = 600  # more than a claim batch (CLAIM_BATCH_SIZE, 500 by default)
 

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sessions_support import Api
-from support import RunEnv, Service, Stack, kill_sessions, new_account, wait_for
 
 from streamspace_common.admin import create_agent_token
+from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, wait_until
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 MISSING = [
     name
@@ -237,7 +236,7 @@ async def test_admin_area_lists_and_manages(console: ConsoleStack, browser: Any,
     second_password = f"pw-{uuid.uuid4().hex}"
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept(second_password)))
     await page.click(f"{user_row} button[data-action=reset-password]")
-    await wait_for(lambda: ok_login(console, newcomer, second_password), timeout=15)
+    await wait_until(lambda: ok_login(console, newcomer, second_password), timeout=15)
     assert await login_status(console, newcomer, first_password) == 401
     await page.click(f"{user_row} button[data-action=disable]")
     await page.wait_for_selector(f"{user_row} [data-field=status]:text-is('disabled')")
@@ -304,7 +303,7 @@ async def file_text(path: Path, timeout: float = 20) -> str:
     async def read() -> str | None:
         return await asyncio.to_thread(read_now)
 
-    return await wait_for(read, timeout=timeout, interval=0.2)
+    return await wait_until(read, timeout=timeout, interval=0.2)
 
 
 @needs_desktop
@@ -358,7 +357,7 @@ async def test_viewer_shows_the_session_and_its_controls_act(console: ConsoleSta
         # desktop -> browser: xclip owns the selection, Xvnc sends it, the panel shows it
         back = f"copied-{TAG}"
         await type_in_xterm(page, f"printf {back} | xclip -selection clipboard")
-        await wait_for(lambda: textarea_is(page, back), timeout=20)
+        await wait_until(lambda: textarea_is(page, back), timeout=20)
 
     # a key combination from the Send keys menu reaches the desktop: Ctrl+W erases the last word typed
     await page.locator("#screen canvas").click(position={"x": 150, "y": 100})
@@ -376,7 +375,7 @@ async def file_exists(path: Path, timeout: float = 20) -> None:
     async def there() -> bool:
         return await asyncio.to_thread(path.exists)
 
-    await wait_for(there, timeout=timeout, interval=0.2)
+    await wait_until(there, timeout=timeout, interval=0.2)
 
 
 async def textarea_is(page: Any, text: str) -> bool | None:

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_compose_real import AGENT_ID, Stack, compose_up, http, wait_until
+
+from e2e.test_compose_real import AGENT_ID, Stack, compose_up, http, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TEMPLATE = "desktop"
 WAIT_MS = 120_000  # a desktop container starting on a loaded 2-core machine

@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
 from prometheus_client import REGISTRY
-from support import SAMPLE_IMAGE, free_port, wait_for
 
 from streamspace_agent.drivers.base import port_answers
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings, SettingsError, load_settings
+from streamspace_testkit import SAMPLE_IMAGE, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 IMAGE = SAMPLE_IMAGE
@@ -122,7 +122,7 @@ async def answers(endpoint: dict[str, Any]) -> str:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
-    return await wait_for(probe, timeout=20)
+    return await wait_until(probe, timeout=20)
 
 
 async def answers_at_once(endpoint: dict[str, Any]) -> str:

@@ -9,11 +9,11 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio
-from support import RunEnv, Stack, get_json, wait_for
 
 from streamspace_common import closecodes
 from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
+from streamspace_testkit import RunEnv, Stack, get_json, wait_until
 
 
 async def post_command(http: aiohttp.ClientSession, gateway_url: str, agent_id: str, **body: Any) -> dict[str, Any]:
@@ -30,7 +30,7 @@ async def wait_status(
         command: dict[str, Any] = await get_json(http, f"{gateway_url}/api/v1/commands/{command_id}")
         return command if command["status"] == status else None
 
-    return await wait_for(probe, timeout=timeout)
+    return await wait_until(probe, timeout=timeout)
 
 
 async def wait_online(http: aiohttp.ClientSession, gateway_url: str, agent_id: str, pod: str) -> dict[str, Any]:
@@ -40,7 +40,7 @@ async def wait_online(http: aiohttp.ClientSession, gateway_url: str, agent_id: s
         agent: dict[str, Any] = await get_json(http, f"{gateway_url}/api/v1/agents/{agent_id}")
         return agent if (agent["status"], agent["gateway_pod"]) == ("online", pod) else None
 
-    return await wait_for(probe)
+    return await wait_until(probe)
 
 
 async def test_command_created_on_other_replica_completes(
@@ -116,7 +116,7 @@ async def test_revoking_an_agent_token_closes_its_socket_and_only_its(
     async def closed_as_revoked() -> bool:
         return f"close_code={closecodes.TOKEN_REVOKED}" in agent.log()
 
-    await wait_for(closed_as_revoked, timeout=10)
+    await wait_until(closed_as_revoked, timeout=10)
     assert "close_code=" not in other.log()  # never disconnected
 
 
@@ -169,7 +169,7 @@ async def test_offline_agent_keeps_command_pending_without_spending_attempts(
     shared_stack: Stack, stack: Stack, http: aiohttp.ClientSession, agent_id: str, agent_token: str
 ) -> None:
     """A command without an expiry (none asked for, COMMAND_EXPIRY=0: the default) waits for its agent as
-    long as it takes. One with an expiry ends `expired` instead: tests/test_agent_lifecycle.py."""
+    long as it takes. One with an expiry ends `expired` instead: tests/e2e/test_agent_lifecycle.py."""
     gateway_a = shared_stack.services[0]
     created = await post_command(http, gateway_a.url, agent_id, action="PING")
     assert created["expires_at"] is None
@@ -205,7 +205,7 @@ async def test_agent_moves_to_next_gateway_when_its_replica_is_killed(
     async def moved() -> bool:
         return await redis_client.get(pod_key) == "gateway-d"
 
-    await wait_for(moved, timeout=20)
+    await wait_until(moved, timeout=20)
     await wait_online(http, gateway_d.url, agent_id, "gateway-d")
 
     created = await post_command(http, shared_stack.services[0].url, agent_id, action="PING")
@@ -235,7 +235,7 @@ async def test_graceful_shutdown_sends_agents_elsewhere_at_once(
     async def moved() -> bool:
         return await redis_client.get(pod_key) == "gateway-f"
 
-    await wait_for(moved, timeout=5)
+    await wait_until(moved, timeout=5)
     assert "close_code=1012" in agent.log()
     await wait_online(http, gateway_f.url, agent_id, "gateway-f")
 
@@ -320,8 +320,8 @@ async def test_stale_mapping_puts_the_command_back_without_spending_an_attempt(
         )
         return (row["status"], row["attempts"]) == ("pending", 0)
 
-    await wait_for(mapping_gone, timeout=10)
-    await wait_for(put_back, timeout=10)
+    await wait_until(mapping_gone, timeout=10)
+    await wait_until(put_back, timeout=10)
     if stale_pod == "gateway-b":
         assert "agent_not_here" in shared_stack.services[1].log()
 
@@ -339,6 +339,6 @@ async def test_agent_keeps_trying_after_its_hello_is_refused(
         refusals = [line for line in gateway_a.log().splitlines() if "agent_frame_rejected" in line]
         return sum(f"agent_id={owner} " in line and "close_code=4403" in line for line in refusals) >= 3
 
-    await wait_for(refused_three_times, timeout=20)
+    await wait_until(refused_three_times, timeout=20)
     assert agent.process.poll() is None
     assert "hello_refused" in agent.log()

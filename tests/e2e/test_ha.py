@@ -16,10 +16,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import msgspec
-from support import Service, Stack, get_json, wait_for
-from test_end_to_end import post_command, wait_status
-from test_pipeline import count_event
 
+from e2e.test_end_to_end import post_command, wait_status
+from e2e.test_pipeline import count_event
 from streamspace_common import closecodes
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -31,6 +30,7 @@ from streamspace_common.schemas import (
     Role,
     Welcome,
 )
+from streamspace_testkit import Service, Stack, get_json, wait_until
 
 
 async def instances(http: aiohttp.ClientSession, gateway: Service, agent_id: str) -> dict[str, Any]:
@@ -54,7 +54,7 @@ async def test_three_replicas_started_at_once_connect_once_each_and_one_is_activ
         agent = await instances(http, gateway_a, agent_id)
         return agent if len(agent["instances"]) == 3 else None
 
-    agent = await wait_for(three_connected)
+    agent = await wait_until(three_connected)
     assert sorted(i["role"] for i in agent["instances"]) == ["active", "standby", "standby"]
     assert agent["epoch"] == 1 and {i["gateway_pod"] for i in agent["instances"]} == {"gateway-a", "gateway-b"}
     done = await post_command(http, gateway_b.url, agent_id, action="PING")
@@ -71,14 +71,14 @@ async def test_killing_the_active_replica_promotes_a_standby_and_its_work_comple
     gateway_a, gateway_b, _ = shared_stack.services
     first = stack.agent(agent_id, agent_token, [gateway_a], name="first")
     await stack.ready(first)
-    await wait_for(lambda: lease_epoch(db, agent_id))
+    await wait_until(lambda: lease_epoch(db, agent_id))
     second = stack.agent(agent_id, agent_token, [gateway_b], name="second")
     await stack.ready(second)
 
     async def standing_by() -> bool:
         return len((await instances(http, gateway_a, agent_id))["instances"]) == 2
 
-    await wait_for(standing_by)
+    await wait_until(standing_by)
     in_flight = [
         await post_command(http, gateway_b.url, agent_id, action="SLEEP", payload={"seconds": 30}) for _ in range(3)
     ]

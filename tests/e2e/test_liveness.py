@@ -16,7 +16,6 @@ import asyncpg
 import msgspec
 import pytest
 from aiohttp import WSMsgType, web
-from support import HEARTBEAT_INTERVAL, Stack, serve_locally
 
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -27,6 +26,7 @@ from streamspace_common.schemas import (
     Hello,
     Welcome,
 )
+from streamspace_testkit import HEARTBEAT_INTERVAL, Stack, serve_locally
 
 CONNECT_PATH = "/api/v1/agents/connect"
 INTERVAL = 1.0  # seconds: the agent's and the scripted gateway's heartbeat interval

@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from support import BASE_DATABASE_URL, RunEnv, Stack, wait_for, with_database
 
 from streamspace_common.migrate import LOCK_KEY, dump_schema
 from streamspace_common.tokens import hash_token
+from streamspace_testkit import BASE_DATABASE_URL, RunEnv, Stack, drop_database, wait_until, with_database
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted((REPO / "migrations").glob("*.sql"))
 VERSIONS = [path.stem for path in MIGRATIONS]
 BIN = Path(sys.executable).parent
@@ -82,12 +82,9 @@ async def database_exists(name: str) -> bool:
 async def fresh_database() -> AsyncIterator[tuple[str, str]]:
     """(name, url) of a database name nobody uses; dropped afterwards if anything created it."""
     name = f"streamspace_migrate_{uuid.uuid4().hex[:12]}"
-    yield name, with_database(BASE_DATABASE_URL, name)
-    conn = await asyncpg.connect(BASE_DATABASE_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    url = with_database(BASE_DATABASE_URL, name)
+    yield name, url
+    await drop_database(url)
 
 
 @pytest.fixture
@@ -160,7 +157,7 @@ async def test_migrators_started_together_take_turns(empty_database: str) -> Non
             return bool(waiting == 2)
 
         try:
-            await wait_for(both_waiting, timeout=30)
+            await wait_until(both_waiting, timeout=30)
         finally:
             await gate.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
         runs = [await finish(process) for process in processes]
@@ -309,7 +306,7 @@ async def test_admin_refuses_an_invalid_agent_id(db: asyncpg.Pool, test_env: Run
 
 def test_the_schema_snapshot_is_current(test_env: RunEnv) -> None:
     """docs/schema.sql is what the migrations build; after adding one, run scripts/schema-snapshot."""
-    snapshot = (Path(__file__).parents[1] / "docs" / "schema.sql").read_text()
+    snapshot = (Path(__file__).parents[2] / "docs" / "schema.sql").read_text()
     assert dump_schema(test_env.database_url) == snapshot, "docs/schema.sql is stale: run scripts/schema-snapshot"
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import aiohttp
 import asyncpg
-from support import Stack
-from test_end_to_end import post_command, wait_status
+
+from e2e.test_end_to_end import post_command, wait_status
+from streamspace_testkit import Stack
 
 
 async def test_hand_inserted_command_is_woken_by_notify(

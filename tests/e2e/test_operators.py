@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from support import Stack, get_json, wait_for
-from test_end_to_end import post_command, wait_status
-from test_retries import metric, silent_agent
+
+from e2e.test_end_to_end import post_command, wait_status
+from e2e.test_retries import metric, silent_agent
+from streamspace_testkit import Stack, get_json, wait_until
 
 
 async def cancel(http: aiohttp.ClientSession, url: str, command_id: str, **body: Any) -> aiohttp.ClientResponse:
@@ -47,7 +48,7 @@ async def test_a_late_result_does_not_revive_a_cancelled_command(
     async def finished_on_the_agent() -> bool:
         return any("command_done" in line and running["command_id"] in line for line in agent.log().splitlines())
 
-    await wait_for(finished_on_the_agent, timeout=15)
+    await wait_until(finished_on_the_agent, timeout=15)
     await asyncio.sleep(1)  # its result reached the gateway's writer by now
     row = await get_json(http, f"{gateway.url}/api/v1/commands/{running['command_id']}")
     assert (row["status"], row["error_message"], row["result"]) == ("cancelled", "cancelled by an operator", None)
@@ -115,7 +116,7 @@ async def test_a_failed_command_shows_why_each_attempt_ended(
             row: dict[str, Any] = await get_json(http, f"{gateway.url}/api/v1/commands/{created['command_id']}")
             return row if row["status"] == "failed" else None
 
-        row = await wait_for(failed, timeout=30, interval=0.5)
+        row = await wait_until(failed, timeout=30, interval=0.5)
     history = row["attempt_history"]
     assert [(a["attempt"], a["left_status"], a["outcome"]) for a in history] == [
         (1, "sent", "pending"),
@@ -142,7 +143,7 @@ async def test_the_metrics_operators_asked_for_move_with_real_commands(
         async with http.get(dispatcher.metrics_url) as response:
             return 'streamspace_dispatcher_commands_open{status="pending"}' in await response.text()
 
-    await wait_for(gauge_counted, timeout=15)
+    await wait_until(gauge_counted, timeout=15)
 
 
 GATEWAY_COUNTERS = (

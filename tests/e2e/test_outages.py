@@ -14,10 +14,10 @@ import asyncio
 
 import aiohttp
 import asyncpg
-from support import HEARTBEAT_INTERVAL, Stack, wait_for
-from test_end_to_end import post_command, wait_status
 
+from e2e.test_end_to_end import post_command, wait_status
 from streamspace_common.keys import DISPATCH_CHANNEL
+from streamspace_testkit import HEARTBEAT_INTERVAL, Stack, wait_until
 
 WAITING_SERVICES = """
 SELECT pid, application_name FROM pg_stat_activity
@@ -44,7 +44,7 @@ async def test_loops_survive_their_queries_being_killed(
             names = {row["application_name"].split(":")[0] for row in rows}
             return rows if names == {"streamspace-gateway", "streamspace-dispatcher"} else None
 
-        blocked = await wait_for(both_services_blocked, timeout=20)
+        blocked = await wait_until(both_services_blocked, timeout=20)
         for row in blocked:
             assert await db.fetchval("SELECT pg_terminate_backend($1)", row["pid"])
 

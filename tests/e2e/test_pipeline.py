@@ -17,10 +17,10 @@ import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
-from support import RunEnv, Service, Stack, serve_locally, wait_for
 
 from streamspace_common import closecodes
 from streamspace_common.schemas import FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
+from streamspace_testkit import RunEnv, Service, Stack, serve_locally, wait_until
 
 BURST = int(os.environ.get("PIPELINE_BURST", "10000"))
 CLIENTS = 20
@@ -59,7 +59,7 @@ async def test_a_burst_from_20_sql_clients_is_delivered_once_each_without_a_disc
     await stack.ready(gateway, dispatcher)
     agent = stack.agent(agent_id, agent_token, [gateway])
     await stack.ready(agent)
-    await wait_for(lambda: agent_online(db, agent_id))
+    await wait_until(lambda: agent_online(db, agent_id))
 
     clients = [await asyncpg.connect(test_env.database_url) for _ in range(CLIENTS)]
     try:
@@ -78,7 +78,7 @@ async def test_a_burst_from_20_sql_clients_is_delivered_once_each_without_a_disc
     async def all_closed() -> bool:
         return await open_rows(db, agent_id) == 0
 
-    await wait_for(all_closed, timeout=150, interval=0.5)
+    await wait_until(all_closed, timeout=150, interval=0.5)
     rows = await db.fetch(
         "SELECT status, attempts, count(*) FROM agent_commands WHERE agent_id = $1 GROUP BY 1, 2", agent_id
     )
@@ -143,7 +143,7 @@ async def wait_row(db: asyncpg.Pool, command_id: str, status: str, timeout: floa
         row = await db.fetchrow("SELECT * FROM agent_commands WHERE command_id = $1", command_id)
         return row if row is not None and row["status"] == status else None
 
-    found: asyncpg.Record = await wait_for(probe, timeout=timeout)
+    found: asyncpg.Record = await wait_until(probe, timeout=timeout)
     return found
 
 
@@ -167,7 +167,7 @@ async def test_a_result_in_flight_when_its_gateway_dies_is_sent_again_and_comple
     await stack.ready(gateway_a, gateway_b, stack.dispatcher("dispatcher-f"))
     agent = stack.agent(agent_id, agent_token, [gateway_a, gateway_b])
     await stack.ready(agent)
-    await wait_for(lambda: agent_online(db, agent_id, "gateway-fa"))
+    await wait_until(lambda: agent_online(db, agent_id, "gateway-fa"))
 
     command_id = await insert_command(db, agent_id, "SLEEP", {"seconds": 0.5})
     await wait_row(db, command_id, "acknowledged")
@@ -175,7 +175,7 @@ async def test_a_result_in_flight_when_its_gateway_dies_is_sent_again_and_comple
         lock = conn.transaction()
         await lock.start()
         await conn.execute("SELECT 1 FROM agent_commands WHERE command_id = $1 FOR UPDATE", command_id)
-        blocked = await wait_for(lambda: backends_waiting_on_a_lock(db, "gateway-fa"))  # the result's write
+        blocked = await wait_until(lambda: backends_waiting_on_a_lock(db, "gateway-fa"))  # the result's write
         gateway_a.kill()
         for pid in blocked:  # a dead client's backend would still finish its statement once unblocked
             await db.fetchval("SELECT pg_terminate_backend($1)", pid)
@@ -199,7 +199,7 @@ async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
     await stack.ready(gateway, stack.dispatcher("dispatcher-j"))
     first = stack.agent(agent_id, agent_token, [gateway], name="agent-first", AGENT_STATE_DIR=state)
     await stack.ready(first)
-    await wait_for(lambda: agent_online(db, agent_id))
+    await wait_until(lambda: agent_online(db, agent_id))
 
     command_id = await insert_command(db, agent_id, "SLEEP", {"seconds": 0.5})
     await wait_row(db, command_id, "acknowledged")
@@ -216,7 +216,7 @@ async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
             except sqlite3.OperationalError:  # not created yet
                 return False
 
-    await wait_for(journalled)
+    await wait_until(journalled)
     first.kill()  # the result is in its journal only
     await db.execute(
         "UPDATE agent_commands SET status = 'pending', ack_deadline = NULL WHERE command_id = $1", command_id
@@ -235,7 +235,7 @@ async def test_a_restarted_agent_answers_a_redelivered_command_from_its_journal(
     async def answered() -> bool:
         return count_event(second, "answered_from_journal") == 1
 
-    await wait_for(answered)
+    await wait_until(answered)
     assert count_event(second, "command_done") == 0  # not run again
 
 
@@ -367,7 +367,7 @@ async def test_hello_requeues_at_once_what_the_agent_never_saw(
         async def requeued() -> bool:
             return (await statuses(db, lost_sent))[0][0] == "pending"
 
-        await wait_for(requeued)
+        await wait_until(requeued)
         assert await statuses(db, *everything) == [
             ("acknowledged", 1),
             ("acknowledged", 1),
@@ -441,8 +441,8 @@ async def test_a_late_unregister_of_an_old_socket_leaves_the_newer_socket_online
         async with http.ws_connect(socket_url(gateway), headers=headers) as first:
             await first.send_json(raw_hello(agent_id, instance_id="first"))
             assert (await first.receive_json(timeout=10))["type"] == "welcome"
-            await wait_for(lambda: agent_online(db, agent_id))
-        await wait_for(lambda: slow_offline_running(db, pod))  # the first socket's unregister, sleeping
+            await wait_until(lambda: agent_online(db, agent_id))
+        await wait_until(lambda: slow_offline_running(db, pod))  # the first socket's unregister, sleeping
         async with http.ws_connect(socket_url(gateway), headers=headers) as second:
             await second.send_json(raw_hello(agent_id, instance_id="second"))
             assert (await second.receive_json(timeout=10))["type"] == "welcome"
@@ -452,7 +452,7 @@ async def test_a_late_unregister_of_an_old_socket_leaves_the_newer_socket_online
                     await db.fetchval("SELECT instance_id = 'second' FROM agents WHERE agent_id = $1", agent_id)
                 )
 
-            await wait_for(second_registered)
+            await wait_until(second_registered)
 
             async def late_unregister_done() -> bool:  # the slowed statement has finished
                 return not await db.fetchval(
@@ -462,7 +462,7 @@ async def test_a_late_unregister_of_an_old_socket_leaves_the_newer_socket_online
                     "%status = 'offline'%",
                 )
 
-            await wait_for(late_unregister_done)
+            await wait_until(late_unregister_done)
             assert await agent_online(db, agent_id, pod)
             await second.send_json({"type": "heartbeat"})
             assert not second.closed
@@ -484,7 +484,7 @@ async def test_a_retryable_failure_is_retried_until_attempts_run_out(
     await stack.ready(gateway, stack.dispatcher("dispatcher-r"))
     agent = stack.agent(agent_id, agent_token, [gateway])
     await stack.ready(agent)
-    await wait_for(lambda: agent_online(db, agent_id))
+    await wait_until(lambda: agent_online(db, agent_id))
     command_id: str = await db.fetchval(
         "INSERT INTO agent_commands (agent_id, action, payload, max_attempts) VALUES ($1, 'FAIL', $2, 3) "
         "RETURNING command_id",

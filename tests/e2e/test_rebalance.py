@@ -12,12 +12,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from support import RunEnv, Stack, wait_for, with_database
 
 from streamspace_agent.client import MOVE_TRIES, Route
 from streamspace_common.admin import create_agent_token
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_gateway.rebalance import Share
+from streamspace_testkit import RunEnv, Stack, wait_until, with_database
 
 AGENTS = 6
 
@@ -106,7 +106,7 @@ async def test_agents_piled_on_one_gateway_spread_and_no_command_is_lost_or_run_
 
         streaming = asyncio.create_task(stream())
         try:
-            await wait_for(spread, timeout=120, interval=0.5)
+            await wait_until(spread, timeout=120, interval=0.5)
             await asyncio.sleep(5)  # several rounds more: nobody moves back
             assert await spread(), await per_gateway()
         finally:
@@ -118,7 +118,7 @@ async def test_agents_piled_on_one_gateway_spread_and_no_command_is_lost_or_run_
             )
             return bool(done == len(ids))
 
-        await wait_for(finished, timeout=120, interval=0.5)
+        await wait_until(finished, timeout=120, interval=0.5)
         runs = executions(tmp_path)
         assert not [command_id for command_id, n in runs.items() if n > 1 and command_id in ids]
         assert g1.log().count("agent_asked_to_move") >= 3, g1.log()[-3000:]

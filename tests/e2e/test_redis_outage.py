@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import aiohttp
 import asyncpg
 import pytest
-from support import RedisServer, Service, Stack, wait_for
-from test_end_to_end import post_command, wait_online, wait_status
+
+from e2e.test_end_to_end import post_command, wait_online, wait_status
+from streamspace_testkit import RedisServer, Service, Stack, wait_until
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ async def test_commands_flow_through_postgresql_while_redis_is_down_and_agents_n
         statuses = await db.fetch("SELECT status FROM agent_commands WHERE command_id = ANY($1)", burst)
         return [row["status"] for row in statuses] == ["completed"] * len(burst)
 
-    await wait_for(all_completed, timeout=60)
+    await wait_until(all_completed, timeout=60)
     assert await routed(http, dispatcher, "postgres") >= 201
     assert await routed(http, dispatcher, "redis") == 0
     assert await ready(http, holder) and await ready(http, other)  # a Redis outage empties no Service
@@ -91,7 +92,7 @@ async def test_commands_flow_through_postgresql_while_redis_is_down_and_agents_n
     async def resubscribed() -> bool:
         return count(holder, "dependency_back", "redis") == 1
 
-    await wait_for(resubscribed, timeout=20)
+    await wait_until(resubscribed, timeout=20)
 
     async def routed_through_redis_again() -> bool:
         """The dispatcher tries Redis again at most a second after a failure (its first call after the
@@ -100,7 +101,7 @@ async def test_commands_flow_through_postgresql_while_redis_is_down_and_agents_n
         await wait_status(http, other.url, after["command_id"], "completed", timeout=15)
         return await routed(http, dispatcher, "redis") >= 1
 
-    await wait_for(routed_through_redis_again, timeout=20, interval=0.5)
+    await wait_until(routed_through_redis_again, timeout=20, interval=0.5)
 
     assert count(agent, "connected") - count(agent, "disconnected") == 1  # the socket stayed open throughout
     assert count(agent, "disconnected") == 0
@@ -109,6 +110,6 @@ async def test_commands_flow_through_postgresql_while_redis_is_down_and_agents_n
         async def back(service: Service = service) -> bool:  # each finds Redis again in its own time
             return count(service, "dependency_back") >= 1
 
-        await wait_for(back, timeout=30)
+        await wait_until(back, timeout=30)
         assert count(service, "dependency_down") == 1, service.log()
         assert count(service, "dependency_back") == 1, service.log()

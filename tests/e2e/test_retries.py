@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 import aiohttp
 import asyncpg
 import msgspec
-from support import Service, Stack, wait_for
-from test_end_to_end import post_command, wait_status
 
+from e2e.test_end_to_end import post_command, wait_status
 from streamspace_common.schemas import Command, Hello, Welcome
+from streamspace_testkit import Service, Stack, wait_until
 
 
 @asynccontextmanager
@@ -132,7 +132,7 @@ async def test_1000_commands_nobody_acknowledges_all_fail_after_exactly_their_at
             )
             return [tuple(row) for row in rows] == [("failed", 3, 1000)]
 
-        await wait_for(all_closed, timeout=120, interval=0.2)
+        await wait_until(all_closed, timeout=120, interval=0.2)
     assert received >= 3000  # each attempt really went out
     async with http.get(dispatcher.metrics_url) as response:
         lateness = [line for line in (await response.text()).splitlines() if "retry_lateness_seconds_bucket" in line]

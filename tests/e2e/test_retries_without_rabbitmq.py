@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from support import BASE_RABBITMQ_URL, Stack, rabbitmqctl, wait_for
-from test_end_to_end import post_command, wait_status
-from test_redis_outage import count, ready
-from test_retries import metric
+
+from e2e.test_end_to_end import post_command, wait_status
+from e2e.test_redis_outage import count, ready
+from e2e.test_retries import metric
+from streamspace_testkit import BASE_RABBITMQ_URL, Stack, rabbitmqctl, wait_until
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ async def test_retries_go_through_the_sweep_while_rabbitmq_is_away_and_through_r
     async def back() -> bool:
         return count(dispatcher, "dependency_back", "rabbitmq") == 1
 
-    await wait_for(back, timeout=30)
+    await wait_until(back, timeout=30)
     after = await post_command(http, gateway.url, agent_id, **failing)
     failed = await wait_status(http, gateway.url, after["command_id"], "failed", timeout=30)
     assert failed["attempts"] == 3

@@ -20,12 +20,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
-from support import RunEnv, Stack, new_account, with_database
 
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_gateway.api import operations
+from streamspace_testkit import RunEnv, Stack, drop_database, new_account, with_database
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 MAX_EXAMPLES = "25"  # per operation and phase; the whole run takes ~25 s on the 2-core test machine
@@ -42,11 +41,7 @@ async def fuzz_env(test_env: RunEnv) -> AsyncIterator[RunEnv]:
     await create_database_if_missing(env.database_url)
     await migrate(env.database_url)
     yield env
-    conn = await asyncpg.connect(env.database_url, database="postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(env.database_url)
 
 
 @pytest.mark.timeout(180)

@@ -14,16 +14,15 @@ import aiohttp
 import asyncpg
 import pytest
 from aiodocker.exceptions import DockerError
-from sessions_support import Api, Json, admin_api, new_user, sessions_stack, wait_agent_online
-from support import SAMPLE_IMAGE, RunEnv, Service, Stack, wait_for
-from test_drivers_docker import variants
 
+from e2e.test_drivers_docker import variants
 from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
 from streamspace_common.actions import CreateSession
 from streamspace_common.admin import create_agent_token
 from streamspace_common.settings import Settings
+from streamspace_testkit import SAMPLE_IMAGE, Api, Json, RunEnv, Service, Stack, new_user, wait_agent_online, wait_until
 
-__all__ = ["admin_api", "sessions_stack", "variants"]  # fixtures, imported to be used
+__all__ = ["variants"]  # a fixture, imported to be used
 pytestmark = pytest.mark.docker
 IMAGE = SAMPLE_IMAGE
 
@@ -95,7 +94,7 @@ async def page(endpoint: Json) -> str:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
-    return await wait_for(probe, timeout=20)
+    return await wait_until(probe, timeout=20)
 
 
 async def test_a_docker_session_whole_life_through_the_api(
@@ -140,7 +139,7 @@ async def test_a_docker_session_whole_life_through_the_api(
         row = await db.fetchval("SELECT count(*) FROM sessions WHERE id = $1::uuid", session_id)
         return row == 0 and await container(engine, session_id) is None and not await volume_exists(engine, session_id)
 
-    await wait_for(gone, timeout=30)
+    await wait_until(gone, timeout=30)
 
 
 async def test_docker_reconciliation(
@@ -170,13 +169,13 @@ async def test_docker_reconciliation(
     async def removed() -> bool:
         return await container(engine, unknown) is None and not await volume_exists(engine, unknown)
 
-    await wait_for(removed, timeout=30)
+    await wait_until(removed, timeout=30)
     await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
 
     async def deleted() -> bool:
         return await container(engine, session["id"]) is None
 
-    await wait_for(deleted, timeout=30)
+    await wait_until(deleted, timeout=30)
 
 
 async def test_a_session_that_cannot_run_ends_failed_with_the_reason(
@@ -209,4 +208,4 @@ async def test_a_session_that_cannot_run_ends_failed_with_the_reason(
     async def gone() -> bool:
         return await container(engine, quiet["id"]) is None and not await volume_exists(engine, quiet["id"])
 
-    await wait_for(gone, timeout=30)
+    await wait_until(gone, timeout=30)

@@ -24,10 +24,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sessions_support import Api, new_user
-from support import RunEnv, Service, Stack, kill_sessions, new_account, wait_for
 
 from streamspace_common.admin import create_agent_token
+from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, new_user, wait_until
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
@@ -45,7 +44,7 @@ class StreamStack:
 async def streams(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StreamStack]:
     base = tmp_path_factory.mktemp("streams")
     stack = Stack(test_env, base)
-    # names of this stack's own: tests/security/test_revocation.py starts one too, in the same run
+    # names of this stack's own: tests/e2e/security/test_revocation.py starts one too, in the same run
     tag = uuid.uuid4().hex[:6]
     a = stack.gateway(f"gateway-sa-{tag}", STREAM_TICKET_TTL="2", SESSION_QUOTA="100")
     b = stack.gateway(f"gateway-sb-{tag}", STREAM_TICKET_TTL="2", SESSION_QUOTA="100")
@@ -245,7 +244,7 @@ async def test_closing_the_browser_closes_the_agent_side(streams: StreamStack, o
         async def agent_closed() -> bool:
             return "tunnel_closed" in streams.agent.log() and session["id"] in _closed_sessions(streams.agent)
 
-        await wait_for(agent_closed, timeout=10)
+        await wait_until(agent_closed, timeout=10)
 
 
 def _closed_sessions(agent: Service) -> str:
@@ -339,7 +338,7 @@ async def test_an_open_stream_keeps_the_session_from_hibernating(streams: Stream
     await owner.until_state(session["id"], "hibernated", timeout=15)
 
 
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 MISSING = [
     name
@@ -397,7 +396,7 @@ async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api
             async def appeared() -> bool:
                 return typed.exists()
 
-            await wait_for(appeared, timeout=15)
+            await wait_until(appeared, timeout=15)
             await asyncio.sleep(0.5)  # the next frame shows the command line
             shot = ARTIFACTS / "viewer.png"
             await canvas.screenshot(path=str(shot))
@@ -414,7 +413,7 @@ async def test_console_in_a_real_browser(streams: StreamStack, stream_admin: Api
     print(f"screenshots: {ARTIFACTS}/viewer.png, console.png")
 
 
-BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "streams.py"
+BENCH_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "streams.py"
 
 
 @pytest.mark.timeout(240)

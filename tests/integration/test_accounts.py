@@ -19,15 +19,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from support import Account, RunEnv, new_account, wait_for, with_database
-from test_bad_input import assert_error, hello
 
+from integration.test_bad_input import assert_error, hello
 from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.settings import Settings, load_settings
 from streamspace_gateway.api import openapi_document, operations
 from streamspace_gateway.auth import sign_token, signing_secret
 from streamspace_gateway.main import create_app
+from streamspace_testkit import Account, RunEnv, drop_database, new_account, wait_until, with_database
 
 Client = TestClient[web.Request, web.Application]
 MakeGateway = Callable[..., Awaitable[Client]]
@@ -173,7 +173,7 @@ async def test_expired_token_is_401_and_changes_nothing(
 async def test_a_token_of_a_tiny_ttl_stops_working(make_gateway: MakeGateway, db: asyncpg.Pool, user: Account) -> None:
     gateway = await make_gateway(AUTH_TOKEN_TTL="1")
     token = await login(gateway, user.username, user.password)
-    await wait_for(lambda: _refused(gateway, token), timeout=10, interval=0.2)
+    await wait_until(lambda: _refused(gateway, token), timeout=10, interval=0.2)
     before = await snapshot(db)
     async with gateway.post("/api/v1/keys", json={"name": "late"}, headers=bearer(token)) as response:
         await expect(response, 401, "unauthorized")
@@ -429,7 +429,7 @@ async def test_agent_tokens_through_the_api(gateway: Client, db: asyncpg.Pool, a
         assert (await ws.receive_json(timeout=10))["type"] == "welcome"
     # The gateway marks the agent offline after the socket closed, in its own time: wait for that, or
     # the snapshot below could catch the row between its two states.
-    await wait_for(lambda: agent_offline(db, agent_id))
+    await wait_until(lambda: agent_offline(db, agent_id))
 
     async with gateway.get(f"/api/v1/agents/{agent_id}/tokens", headers=admin.headers) as response:
         listed = (await expect(response, 200))["tokens"]
@@ -582,8 +582,4 @@ async def test_gateways_starting_together_agree_on_one_signing_secret(test_env: 
         finally:
             await pool.close()
     finally:
-        conn = await asyncpg.connect(url, database="postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(url)

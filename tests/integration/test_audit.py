@@ -1,31 +1,26 @@
 """The audit trail (docs/security.md "Audit trail"): who did what, from where, kept append-only.
 
-The REST events run in process (`aiohttp_client`, as tests/test_accounts.py) against the real
-PostgreSQL; sessions and streams run on real processes (a gateway, a dispatcher, a local agent and its
-byte-echo session) because a stream needs an agent to dial back. Every check reads the audit rows the
-step added, by id, so rows written by other tests of the run never count.
+The REST events run in process (`aiohttp_client`, as tests/integration/test_accounts.py) against the
+real PostgreSQL; sessions and streams run on real processes because a stream needs an agent to dial back
+(tests/e2e/security/test_audit_sessions.py). Every check reads the audit rows the step added, by id, so
+rows written by other tests of the run never count.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
-from sessions_support import Api, new_user
-from support import Account, RunEnv, Stack, kill_sessions, new_account, wait_for
-from test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
-from test_bad_input import assert_error
 
+from integration.test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
+from integration.test_bad_input import assert_error
 from streamspace_common.admin import create_agent_token, create_user, rotate_agent_token
 from streamspace_dispatcher.retention import AuditPruner
+from streamspace_testkit import Account, RunEnv
 
 __all__ = ["gateway", "make_gateway", "user"]  # fixtures of test_accounts used here
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
@@ -328,96 +323,3 @@ async def test_retention_prunes_only_rows_older_than_it(db: asyncpg.Pool) -> Non
         await conn.execute("SELECT set_config('streamspace.audit_retention', '1 hour', true)")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM audit_log WHERE actor_name = 'retention'")
-
-
-# --- sessions and streams, on real processes -------------------------------------------------------
-
-
-@dataclass
-class Running:
-    admin: Account
-    api: Api  # the administrator's
-    owner: Api
-    owner_id: str
-    agent_id: str
-    port: int
-
-
-@pytest.fixture(scope="module")
-async def running(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    base: Path = tmp_path_factory.mktemp("audit")
-    stack = Stack(test_env, base)
-    gateway_ = stack.gateway("gateway-audit", SESSION_QUOTA="100")
-    dispatcher = stack.dispatcher("dispatcher-audit")
-    await stack.ready(gateway_, dispatcher)
-    agent_id = f"audit-agent-{test_env.run_id}"
-    token = await create_agent_token(test_env.database_url, agent_id)
-    agent = stack.agent(agent_id, token, [gateway_], LOCAL_SESSION_DIR=str(base / "sessions"))
-    await stack.ready(agent)
-    admin = await new_account(test_env.database_url, f"audit-admin-{uuid.uuid4().hex[:6]}", admin=True)
-    api = Api(gateway_.url, admin.token)
-    body = {"name": "audit-byte-echo", "command": BYTE_ECHO, "platforms": ["local"]}
-    status, reply = await api.call("POST", "/api/v1/templates", body)
-    assert status in (201, 409), reply
-    owner = await new_user(api, "audit-owner")
-    _, me = await owner.call("GET", "/api/v1/users/me", expect=200)
-    yield Running(admin, api, owner, me["id"], agent_id, gateway_.port)
-    stack.stop_all()
-    kill_sessions(base / "sessions")
-    print(stack.dump_logs())
-
-
-async def test_session_verbs_and_a_stream_are_recorded(running: Running, db: asyncpg.Pool) -> None:
-    """Pins: sessions made, stopped or deleted (by their owner or an administrator), and desktops watched,
-    with no record of who did it. Each verb is one row in the verb's own transaction; a stream is one
-    row when it opens and one when it closes, with the bytes each way and its duration."""
-    trail = await Trail(db).start()
-    owner = as_account(running.owner_id, (await running.owner.call("GET", "/api/v1/users/me"))[1]["username"])
-    session = await running.owner.create("audit-byte-echo", agent_id=running.agent_id)
-    await trail.one("session.create", owner, session["id"], template="audit-byte-echo", agent_id=running.agent_id)
-    await running.owner.until_state(session["id"], "running", timeout=30)
-
-    _, ticket = await running.owner.call("POST", f"/api/v1/sessions/{session['id']}/stream-ticket", expect=201)
-    url = f"ws://127.0.0.1:{running.port}{ticket['url']}"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("binary",)) as ws:
-        opened = await wait_for(lambda: _new_of(trail, "stream.open"), timeout=15, interval=0.1)
-        await ws.send_bytes(b"x" * 1000)
-        echoed = b""
-        while len(echoed) < 1000:
-            echoed += await ws.receive_bytes(timeout=10)
-    assert opened["target"] == session["id"] and opened["actor_id"] == running.owner_id
-    assert opened["actor_name"] == owner.username and opened["address"] == "127.0.0.1"
-    closed = await wait_for(lambda: _new_of(trail, "stream.close"), timeout=15, interval=0.1)
-    assert (closed["target"], closed["actor_id"]) == (session["id"], running.owner_id)
-    assert closed["detail"]["to_session"] == 1000 and closed["detail"]["to_browser"] >= 1000
-    assert 0 < closed["detail"]["seconds"] < 60 and closed["detail"]["agent_id"] == running.agent_id
-    replica = await db.fetchval("SELECT replica FROM audit_log WHERE id = $1::uuid", closed["id"])
-    assert "gateway-audit" in replica
-
-    for api, verb, state in (
-        (running.owner, "hibernate", "hibernated"),
-        (running.owner, "wake", "running"),
-        (running.api, "stop", "stopped"),  # an administrator's verb names the administrator, and the owner
-    ):
-        await api.call("POST", f"/api/v1/sessions/{session['id']}/{verb}", expect=202)
-        row = await _only(trail, f"session.{verb}")
-        assert row["target"] == session["id"] and row["detail"]["owner"] == running.owner_id
-        assert row["actor_id"] == (running.admin.user_id if api is running.api else running.owner_id)
-        await api.call("POST", f"/api/v1/sessions/{session['id']}/{verb}", expect=202)  # asked again: no row
-        assert await trail.new() == []
-        await running.owner.until_state(session["id"], state, timeout=30)
-    await running.owner.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
-    row = await _only(trail, "session.delete")
-    assert (row["target"], row["actor_id"]) == (session["id"], running.owner_id)
-
-
-async def _new_of(trail: Trail, action: str) -> dict[str, Any] | None:
-    rows = [row for row in await trail.new() if row["action"] == action]
-    assert len(rows) <= 1, rows
-    return rows[0] if rows else None
-
-
-async def _only(trail: Trail, action: str) -> dict[str, Any]:
-    added = await trail.new()
-    assert [row["action"] for row in added] == [action], added
-    return added[0]

@@ -1,6 +1,6 @@
 """Bad input from REST clients and agent sockets: a clear error, and nothing stored changes (§2, §3, §6).
 
-Every case runs against real gateway processes (`shared_stack`) and checks the rows it could have
+Every case runs against real gateway processes (`inproc_stack`) and checks the rows it could have
 touched in PostgreSQL before and after.
 """
 
@@ -16,11 +16,11 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio
-from support import RunEnv, Stack, wait_for
 
 from streamspace_common import closecodes
 from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
+from streamspace_testkit import InProcessStack, RunEnv, wait_until
 
 CONNECT_PATH = "/api/v1/agents/connect"
 JSON = {"Content-Type": "application/json"}
@@ -31,12 +31,12 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def gateway_url(shared_stack: Stack) -> str:
-    return shared_stack.services[0].url
+def gateway_url(inproc_stack: InProcessStack) -> str:
+    return inproc_stack.services[0].url
 
 
-def socket_url(shared_stack: Stack) -> str:
-    return gateway_url(shared_stack).replace("http://", "ws://", 1) + CONNECT_PATH
+def socket_url(inproc_stack: InProcessStack) -> str:
+    return gateway_url(inproc_stack).replace("http://", "ws://", 1) + CONNECT_PATH
 
 
 def assert_error(body: Any, code: str, field: str | None) -> dict[str, Any]:
@@ -145,7 +145,7 @@ BAD_BODIES: list[tuple[str, bytes, dict[str, str], int, str, str | None]] = [
     ids=[case[0] for case in BAD_BODIES],
 )
 async def test_rest_rejects(
-    shared_stack: Stack,
+    inproc_stack: InProcessStack,
     http: aiohttp.ClientSession,
     db: asyncpg.Pool,
     agent_id: str,
@@ -157,7 +157,7 @@ async def test_rest_rejects(
     field: str | None,
 ) -> None:
     before = await command_rows(db, agent_id)
-    url = f"{gateway_url(shared_stack)}/api/v1/agents/{agent_id}/commands"
+    url = f"{gateway_url(inproc_stack)}/api/v1/agents/{agent_id}/commands"
     async with http.post(url, data=body, headers=headers) as response:
         assert response.status == status, await response.text()
         assert response.content_type == "application/json"
@@ -166,10 +166,10 @@ async def test_rest_rejects(
 
 
 async def test_rest_oversized_body_is_413_and_stores_nothing(
-    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+    inproc_stack: InProcessStack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
 ) -> None:
     assert len(BIG) > 64 * 1024
-    url = f"{gateway_url(shared_stack)}/api/v1/agents/{agent_id}/commands"
+    url = f"{gateway_url(inproc_stack)}/api/v1/agents/{agent_id}/commands"
     async with http.post(url, data=BIG, headers=JSON) as response:
         assert response.status == 413, await response.text()
         assert response.content_type == "application/json"
@@ -186,11 +186,11 @@ async def test_rest_oversized_body_is_413_and_stores_nothing(
 
 
 async def test_rest_unknown_agent_is_404_and_creates_nothing(
-    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str
+    inproc_stack: InProcessStack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str
 ) -> None:
     # No token fixture: this agent was never registered.
     total = await db.fetchval("SELECT count(*) FROM agent_commands")
-    url = f"{gateway_url(shared_stack)}/api/v1/agents/{agent_id}/commands"
+    url = f"{gateway_url(inproc_stack)}/api/v1/agents/{agent_id}/commands"
     async with http.post(url, json={"action": "PING"}) as response:
         assert response.status == 404, await response.text()
         assert_error(await response.json(), "agent_not_found", "agent_id")
@@ -200,9 +200,9 @@ async def test_rest_unknown_agent_is_404_and_creates_nothing(
 
 
 async def test_rest_duplicate_command_id_is_409_and_keeps_the_first(
-    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+    inproc_stack: InProcessStack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
 ) -> None:
-    url = f"{gateway_url(shared_stack)}/api/v1/agents/{agent_id}/commands"
+    url = f"{gateway_url(inproc_stack)}/api/v1/agents/{agent_id}/commands"
     command_id = f"dup-{agent_id}"
     async with http.post(url, json={"action": "ECHO", "payload": {"n": 1}, "command_id": command_id}) as response:
         assert response.status == 201, await response.text()
@@ -217,9 +217,9 @@ async def test_rest_duplicate_command_id_is_409_and_keeps_the_first(
 
     # The same id for another agent is a duplicate too: command ids are global.
     other = f"{agent_id}-other"
-    await create_agent_token(shared_stack.env.database_url, other)
+    await create_agent_token(inproc_stack.env.database_url, other)
     async with http.post(
-        f"{gateway_url(shared_stack)}/api/v1/agents/{other}/commands", json={"action": "PING", "command_id": command_id}
+        f"{gateway_url(inproc_stack)}/api/v1/agents/{other}/commands", json={"action": "PING", "command_id": command_id}
     ) as response:
         assert response.status == 409, await response.text()
         assert_error(await response.json(), "duplicate_command", "command_id")
@@ -227,8 +227,8 @@ async def test_rest_duplicate_command_id_is_409_and_keeps_the_first(
     assert await command_rows(db, agent_id) == before
 
 
-async def test_rest_unknown_command_is_404_json(shared_stack: Stack, http: aiohttp.ClientSession) -> None:
-    async with http.get(f"{gateway_url(shared_stack)}/api/v1/commands/no-such-command-{os.getpid()}") as response:
+async def test_rest_unknown_command_is_404_json(inproc_stack: InProcessStack, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{gateway_url(inproc_stack)}/api/v1/commands/no-such-command-{os.getpid()}") as response:
         assert response.status == 404, await response.text()
         assert response.content_type == "application/json"
         assert_error(await response.json(), "command_not_found", "command_id")
@@ -252,7 +252,7 @@ def upgrade_headers() -> dict[str, str]:
     ids=["missing", "wrong_token", "empty_token", "basic_scheme"],
 )
 async def test_socket_refuses_bad_credentials(
-    shared_stack: Stack,
+    inproc_stack: InProcessStack,
     anon_http: aiohttp.ClientSession,
     db: asyncpg.Pool,
     redis_client: redis.asyncio.Redis,
@@ -267,12 +267,12 @@ async def test_socket_refuses_bad_credentials(
 
     # A real WebSocket client: the handshake is refused with 401.
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        async with anon_http.ws_connect(socket_url(shared_stack), headers=auth):
+        async with anon_http.ws_connect(socket_url(inproc_stack), headers=auth):
             pass
     assert refused.value.status == 401
 
     # The same request by hand, upgrade headers included, and as a plain GET: 401 with a JSON error.
-    url = gateway_url(shared_stack) + CONNECT_PATH
+    url = gateway_url(inproc_stack) + CONNECT_PATH
     for headers in ({**upgrade_headers(), **auth}, auth):
         async with anon_http.get(url, headers=headers) as response:
             assert response.status == 401
@@ -285,19 +285,19 @@ async def test_socket_refuses_bad_credentials(
 
 
 async def test_socket_refuses_a_revoked_token(
-    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+    inproc_stack: InProcessStack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
 ) -> None:
     # The token works...
-    async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
+    async with http.ws_connect(socket_url(inproc_stack), headers=bearer(agent_token)) as ws:
         await ws.send_json(hello(agent_id))
         await expect_welcome(ws)
-        await wait_for(lambda: _status_is(db, agent_id, "online"))
-    await wait_for(lambda: _status_is(db, agent_id, "offline"))
+        await wait_until(lambda: _status_is(db, agent_id, "online"))
+    await wait_until(lambda: _status_is(db, agent_id, "offline"))
     # ...until it is revoked.
     await db.execute("UPDATE agent_tokens SET revoked_at = now() WHERE agent_id = $1", agent_id)
     before = await agent_row(db, agent_id)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)):
+        async with http.ws_connect(socket_url(inproc_stack), headers=bearer(agent_token)):
             pass
     assert refused.value.status == 401
     assert await agent_row(db, agent_id) == before
@@ -369,7 +369,7 @@ FIRST_FRAMES: list[tuple[str, FrameBuilder, int, str]] = [
     ids=[case[0] for case in FIRST_FRAMES],
 )
 async def test_socket_rejects_first_frame(
-    shared_stack: Stack,
+    inproc_stack: InProcessStack,
     http: aiohttp.ClientSession,
     db: asyncpg.Pool,
     redis_client: redis.asyncio.Redis,
@@ -389,7 +389,7 @@ async def test_socket_rejects_first_frame(
     commands_before = {name: await command_rows(db, name) for name in (agent_id, other_agent)}
 
     frame = build(agent_id, other_agent, command_id)
-    async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
+    async with http.ws_connect(socket_url(inproc_stack), headers=bearer(agent_token)) as ws:
         if isinstance(frame, bytes):
             await ws.send_bytes(frame)
         else:
@@ -405,13 +405,13 @@ async def test_socket_rejects_first_frame(
 
 
 async def test_hello_fields_as_long_as_their_columns_are_stored(
-    shared_stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
+    inproc_stack: InProcessStack, http: aiohttp.ClientSession, db: asyncpg.Pool, agent_id: str, agent_token: str
 ) -> None:
     longest = hello(agent_id, platform="p" * 64, version="v" * 64, instance_id="i" * 255)
-    async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
+    async with http.ws_connect(socket_url(inproc_stack), headers=bearer(agent_token)) as ws:
         await ws.send_json(longest)
         await expect_welcome(ws)
-        await wait_for(lambda: _status_is(db, agent_id, "online"))
+        await wait_until(lambda: _status_is(db, agent_id, "online"))
         row = await agent_row(db, agent_id)
         assert row is not None
         assert (row["platform"], row["version"], row["instance_id"]) == ("p" * 64, "v" * 64, "i" * 255)
@@ -449,7 +449,7 @@ LATER_FRAMES: list[tuple[str, Callable[[str, str], str | bytes], str]] = [
     ids=[case[0] for case in LATER_FRAMES],
 )
 async def test_socket_rejects_bad_frame_after_welcome(
-    shared_stack: Stack,
+    inproc_stack: InProcessStack,
     http: aiohttp.ClientSession,
     db: asyncpg.Pool,
     agent_id: str,
@@ -461,10 +461,10 @@ async def test_socket_rejects_bad_frame_after_welcome(
     commands_before = await command_rows(db, agent_id)
     frame = build(agent_id, command_id)
 
-    async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
+    async with http.ws_connect(socket_url(inproc_stack), headers=bearer(agent_token)) as ws:
         await ws.send_json(hello(agent_id))
         await expect_welcome(ws)
-        await wait_for(lambda: _status_is(db, agent_id, "online"))
+        await wait_until(lambda: _status_is(db, agent_id, "online"))
         if isinstance(frame, bytes):
             await ws.send_bytes(frame)
         else:
@@ -474,13 +474,13 @@ async def test_socket_rejects_bad_frame_after_welcome(
     assert close_code == closecodes.BAD_FRAME, reason
     assert reason_word.lower() in reason.lower(), reason
     assert await command_rows(db, agent_id) == commands_before
-    await wait_for(lambda: _status_is(db, agent_id, "offline"))
+    await wait_until(lambda: _status_is(db, agent_id, "offline"))
     row = await agent_row(db, agent_id)
     assert row is not None and row["instance_id"] == "instance-1"  # a second hello changes nothing
 
 
 async def test_ack_and_result_for_another_agents_command_change_nothing(
-    shared_stack: Stack,
+    inproc_stack: InProcessStack,
     http: aiohttp.ClientSession,
     db: asyncpg.Pool,
     test_env: RunEnv,
@@ -493,7 +493,7 @@ async def test_ack_and_result_for_another_agents_command_change_nothing(
     mine = await insert_sent_command(db, agent_id)
     victim_before = await command_rows(db, victim)
 
-    async with http.ws_connect(socket_url(shared_stack), headers=bearer(agent_token)) as ws:
+    async with http.ws_connect(socket_url(inproc_stack), headers=bearer(agent_token)) as ws:
         await ws.send_json(hello(agent_id))
         await expect_welcome(ws)
         await ws.send_json({"type": "ack", "command_id": theirs})
@@ -508,7 +508,7 @@ async def test_ack_and_result_for_another_agents_command_change_nothing(
                 await db.fetchval("SELECT status = 'completed' FROM agent_commands WHERE command_id = $1", mine)
             )
 
-        await wait_for(mine_done)
+        await wait_until(mine_done)
         assert not ws.closed  # these are valid frames: the socket stays up
 
     assert await command_rows(db, victim) == victim_before

@@ -8,11 +8,11 @@ import uuid
 
 import asyncpg
 import msgspec
-from support import RunEnv, wait_for
 
 from streamspace_common.bus import NOTIFY_PAYLOAD_LIMIT, PostgresBus, PostgresListener, delivery_of, hand_over_chunks
 from streamspace_common.delivery_auth import DeliverySigner, DeliveryVerifier, parse_delivery_keys
 from streamspace_common.schemas import Delivery, HandOver
+from streamspace_testkit import RunEnv, wait_until
 
 KEYS = parse_delivery_keys("bus-test:" + "k" * 32)
 
@@ -56,7 +56,7 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
     listener = PostgresListener(test_env.database_url, db, pod, deliver, DeliveryVerifier(KEYS, pod))
     task = asyncio.create_task(listener.run())
     try:
-        await wait_for(lambda: asyncio.sleep(0, listener.listening))
+        await wait_until(lambda: asyncio.sleep(0, listener.listening))
         assert await bus.routes([here, elsewhere]) == {here: pod}
 
         current = await sent_command(db, here, attempts=2)
@@ -67,7 +67,7 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
         stale = Delivery(agent_id=here, command=handed[1].command, attempt=2)
         assert await bus.publish([(pod, handed[0]), (pod, stale), (pod, handed[2])]) == [1, 1, 1]
 
-        await wait_for(lambda: asyncio.sleep(0, got))
+        await wait_until(lambda: asyncio.sleep(0, got))
         await asyncio.sleep(0.3)  # anything else handed would have arrived by now
         assert got == [handed[0]]
     finally:

@@ -10,9 +10,9 @@ import asyncio
 
 import asyncpg
 import pytest
-from support import BASE_DATABASE_URL
 
 from streamspace_common.db import TRANSIENT_ERRORS, create_pool
+from streamspace_testkit import BASE_DATABASE_URL
 
 NO_SUCH_HOST = f"{BASE_DATABASE_URL}?target_session_attrs=standby"  # the shared server is a primary
 

@@ -8,10 +8,10 @@ import typing
 
 import asyncpg
 import pytest
-from support import free_port
 
 from streamspace_common.settings import SettingsError
 from streamspace_dispatcher.retries import RetryScheduler, amqp_urls
+from streamspace_testkit import free_port
 
 SHARED = "amqp://guest:guest@127.0.0.1:5672/"
 

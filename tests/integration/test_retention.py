@@ -4,7 +4,7 @@ Real PostgreSQL (the run's database): rows are inserted back-dated, then the dis
 prunes them as its loop would. Its pruning is global, so every assertion reads this test's own agent's
 rows. Each test also checks that something old did go, so none passes with the pruning switched off.
 That the loop survives PostgreSQL going away is the generic test of every dispatcher loop
-(tests/test_sessions.py, test_periodic_loops_survive_postgres_outage).
+(tests/integration/test_session_loops.py).
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from support import free_port, wait_for
 
 from streamspace_common.keys import RedisKeys
 from streamspace_common.routing import RoutingTable, create_redis, parse_sentinel_url
 from streamspace_common.settings import SettingsError
+from streamspace_testkit import free_port, spawn, wait_until
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def sentinel_url(tmp_path: Path) -> Iterator[str]:
     )
     master = ["redis-server", "--port", str(master_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     processes = [
-        subprocess.Popen(master, stdout=subprocess.DEVNULL),
-        subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL),
+        spawn(master, stdout=subprocess.DEVNULL),
+        spawn(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL),
     ]
     yield f"redis+sentinel://127.0.0.1:{sentinel_port}/primary/1"
     for process in processes:
@@ -45,7 +45,7 @@ async def test_routing_and_the_pod_channel_work_through_a_sentinel(sentinel_url:
         except Exception:
             return False
 
-    await wait_for(answers, timeout=20, interval=0.2)  # the Sentinel needs a moment to know its master
+    await wait_until(answers, timeout=20, interval=0.2)  # the Sentinel needs a moment to know its master
     routing = RoutingTable(redis, RedisKeys("sentinel-test:"))
     await routing.register("agent-s", "pod-s", ttl=30)
     assert await routing.lookup(["agent-s", "nobody"]) == {"agent-s": "pod-s"}

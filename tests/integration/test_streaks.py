@@ -17,13 +17,13 @@ import asyncpg
 import msgspec
 import pytest
 import redis.asyncio
-from support import RunEnv, wait_for
 
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import DISPATCH_CHANNEL, RedisKeys
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import Delivery
 from streamspace_dispatcher.dispatcher import Dispatcher
+from streamspace_testkit import RunEnv, wait_until
 
 POD = "streak-test-pod"
 INSERT = "INSERT INTO agent_commands (agent_id, action) VALUES ($1, 'PING') RETURNING command_id"
@@ -162,7 +162,7 @@ async def test_a_create_left_open_through_a_streak_end_goes_out_when_it_commits_
             heard = notifications.count
             dispatcher.wake_all()  # the streak's next round claims nothing (the create is not committed)
 
-            await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"))
+            await wait_until(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"))
             await asyncio.sleep(1.0)
             assert published == []
 
@@ -194,7 +194,7 @@ async def test_a_burst_starts_a_streak_and_it_ends_with_the_work(
             await asyncio.gather(*(client.close() for client in clients))
         expected = sorted(command_id for ids in created for command_id in ids)
         await until(lambda: len(published) >= len(expected), timeout=20)
-        await wait_for(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"), timeout=5)
+        await wait_until(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"), timeout=5)
     assert sorted(published) == expected
     assert notifications.count < len(expected)
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
@@ -252,7 +252,7 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     async def probe() -> bool | None:
         return condition() or None
 
-    await wait_for(probe, timeout=timeout)
+    await wait_until(probe, timeout=timeout)
 
 
 async def one_by_one(client: asyncpg.Connection, agent_id: str, count: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""The kubernetes driver against a FAKE Kubernetes API server (tests/fake_kubernetes.py).
+"""The kubernetes driver against a FAKE Kubernetes API server (testkit/streamspace_testkit/fake_kubernetes.py).
 
 No cluster can run on this machine, so these tests check what the driver asks the API for (paths,
 verbs, bodies: labels, replicas, resources, ports, storage, the readiness probe) and what it makes of
@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fake_kubernetes import FakeKubernetes, Recorded
 from prometheus_client import REGISTRY
-from support import serve_locally
-from test_deploy_static import only, render
 
 from streamspace_agent.drivers import create_driver
 from streamspace_agent.drivers.kubernetes import KubernetesDriver
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings
+from streamspace_testkit import serve_locally
+from streamspace_testkit.fake_kubernetes import FakeKubernetes, Recorded
+from unit.test_deploy_static import only, render
 
 NAMESPACE = "sessions-ns"
 AGENT = "k8s-test-agent"
@@ -106,7 +106,7 @@ async def test_session_life_sends_the_right_objects(driver: KubernetesDriver, ap
         "state": "running",
         "endpoint": {"host": f"{name}.{NAMESPACE}.svc.cluster.local", "port": 8080},
     }
-    # the NetworkPolicy first: no session pod ever runs without it (tests/security/test_isolation.py);
+    # the NetworkPolicy first: no session pod ever runs without it (tests/unit/security/test_isolation.py);
     # then the Deployment's status is read until it counts the pod Ready
     assert calls(api.requests) == [
         ("POST", POLICIES),

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
-from support import Stack, get_json, wait_for
 
 from streamspace_agent.drivers import CommandFailed
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings
+from streamspace_testkit import wait_until
 
 ECHO_APP = ["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"]
 
@@ -156,11 +155,11 @@ async def test_stop_kills_the_whole_process_group(driver: LocalDriver) -> None:
     command = ["sh", "-c", "sleep 600 & exec {python} -m streamspace_agent.echo_app --port {port}"]
     await create(driver, session_id, command)
     pid = driver._load(session_id).pid  # type: ignore[union-attr]
-    members = await wait_for(lambda: _async(len(group_members(pid)) >= 2 and group_members(pid)))
+    members = await wait_until(lambda: _async(len(group_members(pid)) >= 2 and group_members(pid)))
     assert pid in members
 
     await run(driver, "STOP_SESSION", session_id=session_id)
-    await wait_for(lambda: _async(not group_members(pid)), timeout=10)
+    await wait_until(lambda: _async(not group_members(pid)), timeout=10)
 
 
 async def _async(value: Any) -> Any:
@@ -197,7 +196,7 @@ async def test_a_process_killed_behind_the_drivers_back_leaves_the_inventory(dri
     async def only_kept() -> bool:
         return [item.session_id for item in await driver.inventory()] == [kept]
 
-    await wait_for(only_kept)
+    await wait_until(only_kept)
     # CREATE_SESSION again brings it back: create means "make sure it runs".
     again = await create(driver, killed)
     assert (await ask(again["endpoint"]["port"]))["session_id"] == killed
@@ -260,68 +259,3 @@ async def test_the_commands_session_id_fills_a_missing_one_and_must_match(driver
     clash = Command(command_id="c-2", action="STOP_SESSION", payload={"session_id": "other"}, session_id=session_id)
     with pytest.raises(CommandFailed, match="differs"):
         await driver.execute(clash)
-
-
-async def test_agent_runs_create_session_end_to_end(
-    shared_stack: Stack,
-    stack: Stack,
-    db: asyncpg.Pool,
-    http: aiohttp.ClientSession,
-    agent_id: str,
-    agent_token: str,
-    tmp_path: Path,
-) -> None:
-    """A real agent process with AGENT_PLATFORM=local, commands inserted by SQL, a real gateway and dispatcher."""
-    gateway = shared_stack.services[0]
-    sessions = tmp_path / "agent-sessions"
-    await stack.ready(
-        stack.agent(agent_id, agent_token, [gateway], AGENT_PLATFORM="local", LOCAL_SESSION_DIR=str(sessions))
-    )
-    session_id = new_session_id()
-    try:
-        await _create_and_delete_through_the_control_plane(http, gateway.url, db, agent_id, session_id, sessions)
-    finally:
-        await make_driver(sessions, agent_id).remove_orphans([])  # nothing outlives the test
-
-
-async def _create_and_delete_through_the_control_plane(
-    http: aiohttp.ClientSession, gateway_url: str, db: asyncpg.Pool, agent_id: str, session_id: str, sessions: Path
-) -> None:
-    """`http` sends an admin's token: reading a command is an admin endpoint."""
-    create_payload = {"session_id": session_id, "name": "echo", "command": ECHO_APP, "ports": [8080]}
-
-    async def finished(command_id: Any) -> dict[str, Any] | None:
-        command: dict[str, Any] = await get_json(http, f"{gateway_url}/api/v1/commands/{command_id}")
-        return command if command["status"] in ("completed", "failed") else None
-
-    async def insert(action: str, payload: dict[str, Any]) -> Any:
-        return await db.fetchval(
-            "INSERT INTO agent_commands (agent_id, session_id, action, payload) VALUES ($1, $2, $3, $4) "
-            "RETURNING command_id",
-            agent_id,
-            session_id,
-            action,
-            payload,
-        )
-
-    created_id = await insert("CREATE_SESSION", create_payload)
-    deleted_id = await insert("DELETE_SESSION", {"session_id": session_id})  # runs after the CREATE
-    created = await wait_for(lambda: finished(created_id), timeout=30)
-    assert created["status"] == "completed", created
-    assert created["result"]["state"] == "running"
-    port = created["result"]["endpoint"]["port"]
-    deleted = await wait_for(lambda: finished(deleted_id), timeout=30)
-    assert deleted["status"] == "completed" and deleted["result"] == {"session_id": session_id, "state": "deleted"}
-    assert not (sessions / session_id).exists()
-    with pytest.raises(aiohttp.ClientConnectionError):
-        await ask(port)
-
-    # Once more, and this time it stays up and answers.
-    again_id = await insert("CREATE_SESSION", create_payload)
-    again = await wait_for(lambda: finished(again_id), timeout=30)
-    assert again["status"] == "completed", again
-    answer = await ask(again["result"]["endpoint"]["port"], "through the control plane")
-    assert answer == {**answer, "session_id": session_id, "body": "through the control plane"}
-    assert (sessions / session_id / "session.json").exists()
-    stop_id = await insert("DELETE_SESSION", {"session_id": session_id})
-    assert (await wait_for(lambda: finished(stop_id), timeout=30))["status"] == "completed"

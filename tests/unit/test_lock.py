@@ -5,14 +5,13 @@ checked against their locks in test_compose_real.py, where the images are built.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "dispatcher", "agent")
 
 
@@ -29,12 +28,6 @@ lockfile = load_lockfile()
 
 def lock(name: str) -> Path:
     return ROOT / "requirements" / f"{name}.txt"
-
-
-def test_locks_are_what_their_inputs_resolve_to() -> None:
-    """A range or dependency changed in a pyproject or .in file without `scripts/lock` fails here."""
-    done = subprocess.run(["bash", str(ROOT / "scripts/lock"), "--check"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_the_venv_holds_exactly_the_locks() -> None:

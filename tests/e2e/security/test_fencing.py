@@ -25,11 +25,10 @@ import msgspec
 import pytest
 import structlog
 from aiohttp import web
-from support import RunEnv, Service, Stack, get_json, serve_locally, wait_for
-from test_end_to_end import post_command, wait_status
-from test_ha import decode, lease_epoch, next_frame
-from test_pipeline import count_event
 
+from e2e.test_end_to_end import post_command, wait_status
+from e2e.test_ha import decode, lease_epoch, next_frame
+from e2e.test_pipeline import count_event
 from streamspace_agent.client import CONNECT_PATH
 from streamspace_common import closecodes
 from streamspace_common.admin import create_agent_token
@@ -46,6 +45,7 @@ from streamspace_common.schemas import (
     Welcome,
 )
 from streamspace_gateway.writer import FrameWriter, Queued
+from streamspace_testkit import RunEnv, Service, Stack, get_json, serve_locally, wait_until
 
 
 @asynccontextmanager
@@ -87,7 +87,7 @@ async def real_agent_running_a_command(
     """A real HA agent on `gateway`, active at epoch 1, running a 30 s SLEEP (acknowledged)."""
     agent = stack.agent(agent_id, token, [gateway], name="real-agent")
     await stack.ready(agent)
-    assert await wait_for(lambda: lease_epoch(db, agent_id)) == 1
+    assert await wait_until(lambda: lease_epoch(db, agent_id)) == 1
     running = await post_command(http, gateway.url, agent_id, action="SLEEP", payload={"seconds": 30})
     await wait_status(http, gateway.url, running["command_id"], "acknowledged")
     return agent, running["command_id"]
@@ -179,7 +179,7 @@ async def test_the_real_agent_proves_its_lease_and_takes_it_back_at_once_after_i
     await stack.ready(gateway_k)
     agent = stack.agent(agent_id, agent_token, [gateway_k, gateway_b], name="real-agent")
     await stack.ready(agent)
-    assert await wait_for(lambda: lease_epoch(db, agent_id)) == 1
+    assert await wait_until(lambda: lease_epoch(db, agent_id)) == 1
     before = await db.fetchrow("SELECT instance_id, holder_hash FROM agent_leases WHERE agent_id = $1", agent_id)
     assert before["holder_hash"] is not None  # the server named the holder
     killed_at = time.monotonic()
@@ -191,7 +191,7 @@ async def test_the_real_agent_proves_its_lease_and_takes_it_back_at_once_after_i
         )
         return row if row is not None and row["gateway_pod"] == "gateway-b" else None
 
-    after = await wait_for(moved, timeout=20, interval=0.02)
+    after = await wait_until(moved, timeout=20, interval=0.02)
     elapsed = time.monotonic() - killed_at
     print(f"lease back through gateway-b {elapsed:.3f} s after kill -9 of gateway-k")
     assert (after["instance_id"], after["epoch"]) == (before["instance_id"], 1)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import RunEnv, Service, Stack, wait_for
 
-CONSOLE_DIR = Path(__file__).resolve().parents[2] / "services/gateway/streamspace_gateway/console"
+from streamspace_testkit import RunEnv, Service, Stack, wait_until
+
+CONSOLE_DIR = Path(__file__).resolve().parents[3] / "services/gateway/streamspace_gateway/console"
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -162,7 +163,7 @@ async def test_the_request_id_is_on_the_log_lines_of_the_request(gateway: Servic
         lines = [line for line in gateway.log().splitlines() if request_id in line]
         return [json.loads(line) for line in lines]
 
-    [line] = await wait_for(logged, timeout=5)
+    [line] = await wait_until(logged, timeout=5)
     assert line["request_id"] == request_id
     assert (line["event"], line["status"], line["path"]) == ("request_refused", 401, "/api/v1/users/me")
     # and nothing logged outside a request carries one

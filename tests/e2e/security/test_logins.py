@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support import RunEnv, Service, Stack, free_port, new_account
+
+from streamspace_testkit import RunEnv, Service, Stack, free_port, new_account
 
 LIMIT = 10  # LOGIN_FAILURE_LIMIT's default
 MIB = 1024 * 1024

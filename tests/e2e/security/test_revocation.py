@@ -1,6 +1,6 @@
 """Revoking access ends what it gave (§10; docs/security.md "Logins and revocation"), with real processes.
 
-The stack is tests/test_streams.py's (two gateways, a dispatcher, a local agent connected to gateway A
+The stack is tests/e2e/test_streams.py's (two gateways, a dispatcher, a local agent connected to gateway A
 only): every stream is opened on gateway B and every revocation is made through gateway A, so the close
 crosses replicas (migration 0014's NOTIFY wakes B's round; B re-reads the rows itself). The sessions run
 the byte-echo app, so a stream that is still open answers what it is sent.
@@ -16,11 +16,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import test_streams
-from sessions_support import Api
-from test_streams import ECHO_T, StreamStack, connect, receive_at_least, running_session, ticket
 
-# tests/test_streams.py's fixtures, as they are (module-scoped: this module gets a stack of its own)
+from e2e import test_streams
+from e2e.test_streams import ECHO_T, StreamStack, connect, receive_at_least, running_session, ticket
+from streamspace_testkit import Api
+
+# tests/e2e/test_streams.py's fixtures, as they are (module-scoped: this module gets a stack of its own)
 streams, stream_admin, owner = test_streams.streams, test_streams.stream_admin, test_streams.owner
 CLOSED_WITHIN = 4.0  # seconds; the NOTIFY makes it well under one, the round alone STREAM_ACCESS_CHECK (5 s)
 

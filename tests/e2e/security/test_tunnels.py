@@ -27,14 +27,13 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio
-from sessions_support import Api, new_user
-from support import RunEnv, Service, Stack, free_port, kill_sessions, new_account, wait_for
 
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.tunnels import Tunnels
 from streamspace_common.admin import create_agent_token
 from streamspace_common.db import load_queries
 from streamspace_common.settings import load_settings
+from streamspace_testkit import Api, RunEnv, Service, Stack, free_port, kill_sessions, new_account, new_user, wait_until
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 TEMPLATE = "sec-tunnel-echo"
@@ -178,7 +177,7 @@ async def open_tunnel(db: asyncpg.Pool, agent_id: str, payload: dict[str, Any]) 
         row = await db.fetchrow(STREAM_QUERIES["tunnel_command"], command_id)
         return row if row is not None and row["status"] in ("completed", "failed", "cancelled") else None
 
-    row = await wait_for(finished, timeout=20)
+    row = await wait_until(finished, timeout=20)
     return str(row["status"]), str(row["error_message"] or "")
 
 

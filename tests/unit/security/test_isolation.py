@@ -1,9 +1,9 @@
 """Sessions isolated from each other (docs/security.md, "## Session isolation").
 
-- kubernetes: against the FAKE Kubernetes API (tests/fake_kubernetes.py; no cluster runs here): the
-  objects the driver creates. Whether a CNI enforces the NetworkPolicy is for a real cluster.
+- kubernetes: against the FAKE Kubernetes API (streamspace_testkit.fake_kubernetes; no cluster runs
+  here): the objects the driver creates. Whether a CNI enforces the NetworkPolicy is for a real cluster.
 - docker: the create configuration the driver builds, read without an engine (the machine's engine is
-  shared; tests/test_drivers_docker.py checks the same on a real engine).
+  shared; tests/e2e/test_drivers_docker.py checks the same on a real engine).
 - local: real processes: a session listening beyond 127.0.0.1 is refused.
 """
 
@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kubernetes import FakeKubernetes
-from support import serve_locally
-from test_deploy_static import only, render
 
 from streamspace_agent.drivers.docker import DockerDriver
 from streamspace_agent.drivers.kubernetes import KubernetesDriver
@@ -25,6 +22,9 @@ from streamspace_agent.drivers.local import LocalDriver, proc_stat
 from streamspace_common.actions import CreateSession, Resources
 from streamspace_common.schemas import Command
 from streamspace_common.settings import Settings
+from streamspace_testkit import serve_locally
+from streamspace_testkit.fake_kubernetes import FakeKubernetes
+from unit.test_deploy_static import only, render
 
 NAMESPACE = "sessions"
 AGENT = "iso-agent"
