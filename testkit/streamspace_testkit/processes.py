@@ -6,6 +6,8 @@ for SIGKILL when its parent dies (PR_SET_PDEATHSIG), and its group is written to
 started with -detached) are added with `register`. `release()`, at the end of a run, kills what is left;
 `sweep_stale()`, when a run starts, kills every group listed in a pid file whose owner is gone, and
 removes the file: the net for what PR_SET_PDEATHSIG misses (a child that changed its user, or detached).
+The kernel sends PR_SET_PDEATHSIG when the *thread* that started the child ends: start children from
+the main thread or a long-lived one (asyncio's default executor keeps its threads).
 """
 
 from __future__ import annotations
