@@ -19,8 +19,8 @@ from .env import (
     with_database,
 )
 from .inprocess import InProcessService, InProcessStack, start_dispatcher, start_gateway
-from .processes import kill_group, register, release, spawn, sweep_stale
-from .stack import SAMPLE_IMAGE, RedisServer, Service, Stack, free_port, get_json, kill_sessions, serve_locally
+from .processes import kill_group, kill_sessions, register, register_sessions, release, spawn, sweep_stale
+from .stack import SAMPLE_IMAGE, RedisServer, Service, Stack, free_port, get_json, serve_locally
 from .waits import wait_until
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "open_run_data",
     "rabbitmqctl",
     "register",
+    "register_sessions",
     "release",
     "serve_locally",
     "spawn",

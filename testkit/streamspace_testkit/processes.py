@@ -2,10 +2,12 @@
 
 Every process the kit starts goes through `spawn`: it runs in a process group of its own, asks the kernel
 for SIGKILL when its parent dies (PR_SET_PDEATHSIG), and its group is written to this run's pid file
-(`<tmp>/streamspace-testkit/<pid>-<start time>.pids`). Processes that detach on their own (a RabbitMQ node
-started with -detached) are added with `register`. `release()`, at the end of a run, kills what is left;
-`sweep_stale()`, when a run starts, kills every group listed in a pid file whose owner is gone, and
-removes the file: the net for what PR_SET_PDEATHSIG misses (a child that changed its user, or detached).
+(`<tmp>/streamspace-testkit/<pid>-<start time>.pids`). Processes that detach on their own (a RabbitMQ
+node started with -detached) are added with `register`; an agent's LOCAL_SESSION_DIR with
+`register_sessions` (local sessions run in process groups of their own and outlive a killed agent, by
+design). `release()`, at the end of a run, kills what is left; `sweep_stale()`, when a run starts, kills
+everything a pid file lists whose owner is gone, and removes the file: the net for what PR_SET_PDEATHSIG
+misses (a detached child, one that changed its user, an agent's sessions).
 The kernel sends PR_SET_PDEATHSIG when the *thread* that started the child ends: start children from
 the main thread or a long-lived one (asyncio's default executor keeps its threads).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +52,25 @@ def register(pgid: int) -> None:
         file.write(f"{pgid} {_start_time(pgid)}\n")
 
 
+def register_sessions(directory: Path) -> None:
+    """Add a local driver's session directory (LOCAL_SESSION_DIR) to this process's pid file."""
+    PID_DIR.mkdir(parents=True, exist_ok=True)
+    with pid_file().open("a") as file:
+        file.write(f"sessions {directory}\n")
+
+
+def kill_sessions(sessions: Path) -> list[int]:
+    """End the processes of the local sessions under `sessions` (LOCAL_SESSION_DIR): they run in process
+    groups of their own and outlive their killed agent. A session removed or rewritten meanwhile is skipped."""
+    killed: list[int] = []
+    for state in sessions.glob("*/session.json"):
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+            pgid = int(json.loads(state.read_text())["pid"])
+            os.killpg(pgid, signal.SIGKILL)
+            killed.append(pgid)
+    return killed
+
+
 def _die_with_parent() -> None:
     """Runs in the child between fork and exec."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -76,6 +98,9 @@ def _kill_listed(path: Path) -> list[int]:
     """SIGKILL every group a pid file lists (but a reused pid), then remove the file."""
     killed: list[int] = []
     for line in path.read_text().splitlines():
+        if line.startswith("sessions "):
+            killed += kill_sessions(Path(line.removeprefix("sessions ")))
+            continue
         pgid, _, leader_started = line.partition(" ")
         now = _start_time(int(pgid))
         if now is not None and now != leader_started:

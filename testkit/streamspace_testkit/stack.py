@@ -5,8 +5,6 @@ process is started through `processes.spawn`, so none outlives the run.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import socket
@@ -20,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from .env import RunEnv
-from .processes import kill_group, spawn
+from .processes import kill_group, register_sessions, spawn
 from .waits import wait_until
 
 SAMPLE_IMAGE = "streamspace/echo:dev"  # the docker tests' image (scripts/build-sample-images; conftest builds it)
@@ -30,14 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def kill_sessions(sessions: Path) -> None:
-    """End the processes of local sessions under `sessions` (LOCAL_SESSION_DIR): they run in process groups
-    of their own and outlive their killed agent. A session removed or rewritten meanwhile is skipped."""
-    for state in sessions.glob("*/session.json"):
-        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
-            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
 
 
 async def serve_locally(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
@@ -137,6 +127,8 @@ class Stack:
         urls = ",".join(gateway.url for gateway in gateways)
         state = str(self.log_dir / f"{name}-state")
         extra = {"AGENT_ID": agent_id, "AGENT_TOKEN": token, "GATEWAY_URLS": urls, "AGENT_STATE_DIR": state, **settings}
+        if settings.get("LOCAL_SESSION_DIR"):
+            register_sessions(Path(settings["LOCAL_SESSION_DIR"]))  # swept if this run is killed
         return self.start(name, "streamspace_agent", extra)
 
     async def ready(self, *services: Service, timeout: float = 30.0) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from streamspace_testkit import processes, wait_until
 
 # The owner: starts its child, prints the child's pid, then waits to be killed. It loads the safety net's
@@ -20,9 +22,15 @@ processes = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(processes)
 if sys.argv[1] == "spawn":
     child = processes.spawn(["sleep", "300"])
-else:  # a child the kernel will not kill with us (detached, as a RabbitMQ node started -detached is)
+elif sys.argv[1] == "register":  # a child the kernel will not kill with us (as a node started -detached)
     child = subprocess.Popen(["sleep", "300"], start_new_session=True)
     processes.register(child.pid)
+else:  # a local session, as an agent leaves it: its own group, its pid in LOCAL_SESSION_DIR/<id>/session.json
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    session = processes.Path(sys.argv[3]) / "s-1"
+    session.mkdir(parents=True)
+    (session / "session.json").write_text(processes.json.dumps({"pid": child.pid}))
+    processes.register_sessions(session.parent)
 print(child.pid, flush=True)
 time.sleep(300)
 """
@@ -37,8 +45,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_owner(how: str) -> tuple[subprocess.Popen[str], int]:
-    argv = [sys.executable, "-c", OWNER, how, processes.__file__]
+def start_owner(how: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    argv = [sys.executable, "-c", OWNER, how, processes.__file__, *extra]
     owner = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert owner.stdout is not None
     child = int(owner.stdout.readline())
@@ -53,8 +61,9 @@ async def test_a_child_dies_with_its_sigkilled_parent() -> None:
     await wait_until(lambda: not alive(child), timeout=10, what=f"child {child} gone")
 
 
-async def test_the_sweep_kills_what_a_dead_run_registered_and_removes_its_pid_file() -> None:
-    owner, child = start_owner("register")
+@pytest.mark.parametrize("how", ["register", "sessions"])
+async def test_the_sweep_kills_what_a_dead_run_registered_and_removes_its_pid_file(how: str, tmp_path: Path) -> None:
+    owner, child = start_owner(how, str(tmp_path / "sessions"))
     pid_file = processes.pid_file(owner.pid)
     assert pid_file.exists()
     owner.send_signal(signal.SIGKILL)
