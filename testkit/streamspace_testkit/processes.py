@@ -47,6 +47,8 @@ def pid_file(pid: int | None = None) -> Path:
 def register(pgid: int) -> None:
     """Add a process group (its leader's pid) to this process's pid file, swept once this process is gone.
     The leader's start time goes with it, so a sweep never signals a reused pid."""
+    if pgid == os.getpgrp():
+        raise ValueError(f"process group {pgid} is this process's own: it cannot be swept")
     PID_DIR.mkdir(parents=True, exist_ok=True)
     with pid_file().open("a") as file:
         file.write(f"{pgid} {_start_time(pgid)}\n")
@@ -103,8 +105,8 @@ def _kill_listed(path: Path) -> list[int]:
             continue
         pgid, _, leader_started = line.partition(" ")
         now = _start_time(int(pgid))
-        if now is not None and now != leader_started:
-            continue  # the pid was reused by a process of someone else's
+        if (now is not None and now != leader_started) or int(pgid) == os.getpgrp():
+            continue  # the pid was reused by a process of someone else's, or the group is ours
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(int(pgid), signal.SIGKILL)
             killed.append(int(pgid))
