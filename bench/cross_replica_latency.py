@@ -21,9 +21,9 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_testkit import Stack, drop_database, new_account, new_test_env
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 STAGES = ("create->completed", "create->sent", "sent->acknowledged", "acknowledged->completed")
 STAGES_SQL = """

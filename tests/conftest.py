@@ -20,7 +20,6 @@ import asyncpg
 import pytest
 import redis.asyncio
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.db import create_pool
 from streamspace_testkit import (
     SAMPLE_IMAGE,
@@ -34,6 +33,7 @@ from streamspace_testkit import (
     release,
     sweep_stale,
 )
+from streamspace_tools.admin import create_agent_token
 
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e", "chaos")  # folders under tests/, and their markers (pyproject.toml)

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from streamspace_common.admin import create_user
 from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
+from streamspace_tools.admin import create_user
 
 from .waits import wait_until
 

@@ -12,7 +12,9 @@ from aiohttp import web
 
 from streamspace_common.settings import load_settings
 from streamspace_dispatcher.main import create_app as create_dispatcher
+from streamspace_dispatcher.settings import DispatcherSettings
 from streamspace_gateway.main import create_app as create_gateway
+from streamspace_gateway.settings import GatewaySettings
 
 from .env import RunEnv
 from .stack import free_port, serve_locally
@@ -38,14 +40,14 @@ class InProcessService:
 async def start_gateway(env: RunEnv, pod: str, **settings: str) -> InProcessService:
     port = free_port()
     environ = {**env.service_env(), "POD_NAME": pod, "PORT": str(port), **settings}
-    app = create_gateway(load_settings(environ))
+    app = create_gateway(load_settings(GatewaySettings, environ))
     runner, port = await serve_locally(app, port)
     return InProcessService(pod, app, runner, port)
 
 
 async def start_dispatcher(env: RunEnv, name: str = "dispatcher-inproc", **settings: str) -> InProcessService:
     environ = {**env.service_env(), "POD_NAME": name, **settings}
-    runner, port = await serve_locally(create_dispatcher(load_settings(environ)))
+    runner, port = await serve_locally(create_dispatcher(load_settings(DispatcherSettings, environ)))
     return InProcessService(name, runner.app, runner, port)
 
 

@@ -38,10 +38,10 @@ import aiohttp
 import asyncpg
 from e2e.test_pipeline import count_event
 
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_testkit import RunEnv, Service, Stack, new_account, wait_until, with_database
 from streamspace_testkit.servers import Servers
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 from .proxy import TcpProxy
 

@@ -23,10 +23,10 @@ import pytest
 from e2e.test_end_to_end import post_command, wait_online, wait_status
 from e2e.test_retries import silent_agent
 from streamspace_common import closecodes
-from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.schemas import Heartbeat, Hello
 from streamspace_common.tokens import hash_token, new_token
 from streamspace_testkit import RunEnv, Service, Stack, get_json, new_account, wait_until
+from streamspace_tools.admin import AdminError, create_agent_token
 
 LOST_AFTER = 5
 

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from integration.test_bulk_requests import BULK, created_ids, offline_agents
 
-from streamspace_common.admin import create_agent_token
 from streamspace_testkit import RunEnv, Stack, wait_until
+from streamspace_tools.admin import create_agent_token
 
 __all__ = ["offline_agents"]  # a fixture, imported to be used
 

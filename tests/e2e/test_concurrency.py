@@ -15,8 +15,8 @@ import aiohttp
 import asyncpg
 
 from e2e.test_end_to_end import post_command, wait_status
-from streamspace_common.admin import create_agent_token
 from streamspace_testkit import RunEnv, Stack
+from streamspace_tools.admin import create_agent_token
 
 BACKLOG = 600  # more than a claim batch (CLAIM_BATCH_SIZE, 500 by default)
 

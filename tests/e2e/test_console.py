@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from streamspace_common.admin import create_agent_token
 from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, wait_until
+from streamspace_tools.admin import create_agent_token
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))

@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio
 
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
 from streamspace_testkit import RunEnv, Stack, get_json, wait_until
+from streamspace_tools.admin import create_agent_token
 
 
 async def post_command(http: aiohttp.ClientSession, gateway_url: str, agent_id: str, **body: Any) -> dict[str, Any]:

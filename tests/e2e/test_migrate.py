@@ -17,9 +17,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from streamspace_common.migrate import LOCK_KEY, dump_schema
 from streamspace_common.tokens import hash_token
 from streamspace_testkit import BASE_DATABASE_URL, RunEnv, Stack, drop_database, wait_until, with_database
+from streamspace_tools.migrate import LOCK_KEY, dump_schema
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted((REPO / "migrations").glob("*.sql"))

@@ -22,7 +22,7 @@ def test_locks_are_what_their_inputs_resolve_to() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("unit", ["libs", *(f"services/{s}" for s in SERVICES)])
+@pytest.mark.parametrize("unit", ["libs", *(f"services/{s}" for s in SERVICES), "tools"])
 def test_non_editable_install_ships_every_subpackage(unit: str, tmp_path: Path) -> None:
     """Images install with plain `pip install DIR` (not editable), which editable dev installs hide:
     build the wheel and check it carries every package directory and every .sql file."""

@@ -22,9 +22,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_gateway.api import operations
 from streamspace_testkit import RunEnv, Stack, drop_database, new_account, with_database
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 MAX_EXAMPLES = "25"  # per operation and phase; the whole run takes ~25 s on the 2-core test machine

@@ -26,9 +26,8 @@ import asyncpg
 import pytest
 
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
+from streamspace_agent.drivers.settings import LocalSettings
 from streamspace_common.actions import CreateSession
-from streamspace_common.admin import SAMPLE_TEMPLATES, create_agent_token
-from streamspace_common.settings import Settings
 from streamspace_gateway.auth import sign_token, signing_secret
 from streamspace_testkit import (
     ECHO,
@@ -42,6 +41,7 @@ from streamspace_testkit import (
     wait_agent_online,
     wait_until,
 )
+from streamspace_tools.admin import SAMPLE_TEMPLATES, create_agent_token
 
 
 class LocalAgent(NamedTuple):
@@ -80,7 +80,7 @@ class LocalAgents:
         """Kill every agent (and any restarted under the same session dir), then its sessions' processes."""
         self.stack.stop_all()
         for agent_id, session_dir, _ in self.started:
-            await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+            await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 @pytest.fixture
@@ -333,7 +333,7 @@ async def test_reconciliation_fails_the_vanished_and_removes_the_unknown(
 
     # A workload carrying our labels (a session directory of this agent) that no session owns.
     unknown = str(uuid.uuid4())
-    intruder = LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir)))
+    intruder = LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir)))
     report = await intruder.create(CreateSession(session_id=unknown, name="echo", command=ECHO, ports=[8080]))
     assert report.state == "running"
     unknown_pid = record(session_dir, unknown)["pid"]

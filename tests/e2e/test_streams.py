@@ -25,8 +25,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streamspace_common.admin import create_agent_token
 from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, new_user, wait_until
+from streamspace_tools.admin import create_agent_token
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
@@ -433,7 +433,7 @@ async def test_the_stream_benchmark_runs(tmp_path: Path) -> None:
     )
     output = (await process.communicate())[0].decode(errors="replace")
     assert process.returncode == 0, output
-    (written,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*-streams.json")))
+    (written,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*-streams-*.json")))
     paths = json.loads(written.read_text())["paths"]
     assert set(paths) == {"direct TCP", "websockify", "ours (B -> agent on A)"}, output
     assert all(row["mib_per_s_each_way"] > 0 for row in paths.values()), paths

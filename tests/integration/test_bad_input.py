@@ -18,9 +18,9 @@ import pytest
 import redis.asyncio
 
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
 from streamspace_testkit import InProcessStack, RunEnv, wait_until
+from streamspace_tools.admin import create_agent_token
 
 CONNECT_PATH = "/api/v1/agents/connect"
 JSON = {"Content-Type": "application/json"}

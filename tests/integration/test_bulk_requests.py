@@ -13,9 +13,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import DISPATCH_CHANNEL, DISPATCH_EVERY_AGENT
 from streamspace_testkit import InProcessStack, RunEnv, new_account
+from streamspace_tools.admin import create_agent_token
 
 BULK = 1000
 

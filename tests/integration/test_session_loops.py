@@ -9,11 +9,11 @@ import asyncpg
 import structlog
 
 from streamspace_common.db import create_pool
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_dispatcher.idle import IdleHibernator
 from streamspace_dispatcher.reconcile import Reconciler
 from streamspace_dispatcher.retention import Retention
 from streamspace_testkit import RunEnv, drop_database, wait_until, with_database
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 
 async def test_the_idle_reconcile_and_retention_loops_survive_postgresql_going_away(test_env: RunEnv) -> None:

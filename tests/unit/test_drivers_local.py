@@ -14,8 +14,8 @@ import pytest
 
 from streamspace_agent.drivers import CommandFailed
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
+from streamspace_agent.drivers.settings import LocalSettings
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings
 from streamspace_testkit import wait_until
 
 ECHO_APP = ["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"]
@@ -26,7 +26,7 @@ def new_session_id() -> str:
 
 
 def make_driver(directory: Path, agent_id: str = "local-test-agent") -> LocalDriver:
-    return LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(directory), local_stop_grace=3))
+    return LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(directory), local_stop_grace=3))
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 from integration.test_audit import BYTE_ECHO, Trail, as_account
 
-from streamspace_common.admin import create_agent_token
 from streamspace_testkit import Account, Api, RunEnv, Stack, kill_sessions, new_account, new_user, wait_until
+from streamspace_tools.admin import create_agent_token
 
 
 @dataclass

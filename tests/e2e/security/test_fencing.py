@@ -29,9 +29,8 @@ from aiohttp import web
 from e2e.test_end_to_end import post_command, wait_status
 from e2e.test_ha import decode, lease_epoch, next_frame
 from e2e.test_pipeline import count_event
-from streamspace_agent.client import CONNECT_PATH
+from streamspace_agent.gateways import CONNECT_PATH
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
     FEATURE_HA,
@@ -46,6 +45,7 @@ from streamspace_common.schemas import (
 )
 from streamspace_gateway.writer import FrameWriter, Queued
 from streamspace_testkit import RunEnv, Service, Stack, get_json, serve_locally, wait_until
+from streamspace_tools.admin import create_agent_token
 
 
 @asynccontextmanager
@@ -296,7 +296,7 @@ async def test_the_agent_refuses_a_command_of_a_stale_epoch(stack: Stack, tmp_pa
 
 def admin_cli(test_env: RunEnv, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": test_env.database_url, "LOG_LEVEL": "warning"}
-    command = [sys.executable, "-c", "from streamspace_common.admin import main; main()", *args]
+    command = [sys.executable, "-c", "from streamspace_tools.admin import main; main()", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
