@@ -6,13 +6,13 @@ database, Redis key prefix and vhost on them. Every server is registered with th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import redis
 
 from .processes import register, spawn
 from .stack import RedisServer, free_port
+from .waits import wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -70,16 +71,17 @@ class PostgresServer:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        """Until pg_isready answers (blocking: from a thread of its own, or code without an event loop)."""
+
+        def ready() -> bool:
             probe = [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
             if subprocess.run(probe, capture_output=True).returncode == 0:
-                return
+                return True
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"postgres exited: {(self.base / 'postgres.log').read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("postgres did not become ready")
-            time.sleep(0.05)
+            return False
+
+        asyncio.run(wait_until(ready, timeout=timeout, what="postgres ready"))
 
     def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
         """SIGINT: PostgreSQL's fast shutdown (what a restart does to every session)."""
@@ -161,17 +163,10 @@ class Servers:
         self.rabbit.start()
 
     def wait_redis(self, timeout: float = 30) -> None:
+        """Until the throwaway Redis answers PING (blocking, like `PostgresServer.wait_ready`)."""
         client = redis.Redis(port=self.redis.port, socket_timeout=1)
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
+            asyncio.run(wait_until(client.ping, timeout=timeout, what="redis ready", retry_on=(redis.ConnectionError,)))
         finally:
             client.close()
 
