@@ -1,7 +1,7 @@
-"""Throwaway PostgreSQL, Redis and RabbitMQ servers for the chaos suite and the bench. The chaos suite
-kills and restarts these; the machine's shared servers are never touched. Each scenario gets its own
-database, Redis key prefix and vhost on them. Every server is registered with the process safety net
-(processes.py), so none outlives a killed run.
+"""Throwaway PostgreSQL, Redis and RabbitMQ servers for the chaos suite and the bench (recipes in
+docs/test-machine.md). The chaos suite kills and restarts these; the machine's shared servers are never
+touched. Each scenario gets its own database, Redis key prefix and vhost on them. Every server is
+registered with the process safety net (processes.py), so none outlives a killed run.
 """
 
 from __future__ import annotations
