@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -35,11 +34,9 @@ from pathlib import Path
 
 import asyncpg
 import redis.asyncio
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import Completions, backends_of, listen, load_bench_queries
-from support import RunEnv, Stack, new_test_env, rabbitmqctl
 
+from streamspace_testkit import RunEnv, Stack, drop_database, new_test_env, rabbitmqctl
 from streamspace_tools.admin import create_agent_token
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
@@ -174,9 +171,7 @@ async def measure(count: int, warmup: int, idle: float, statement_log: Path | No
         finally:
             stack.stop_all()
             rabbitmqctl("delete_vhost", env.vhost)
-            conn = await asyncpg.connect(env.database_url, database="postgres")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-            await conn.close()
+            await drop_database(env.database_url)
 
 
 async def run(env: RunEnv, stack: Stack, count: int, warmup: int, idle: float, statement_log: Path | None) -> None:
