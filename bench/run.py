@@ -66,11 +66,10 @@ from streamspace_common.admin import QUERIES as ADMIN_QUERIES
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.migrate import create_database_if_missing, migrate
-from streamspace_common.schemas import Command, Delivery, GatewayFrame, Hello, Welcome
+from streamspace_common.schemas import CONNECT_PATH, Command, Delivery, GatewayFrame, Hello, Welcome
 from streamspace_common.tokens import hash_token, new_token
 
 Q = load_bench_queries()
-CONNECT_PATH = "/api/v1/agents/connect"
 # The services run with their production defaults (the tests shorten these), logging as deployed.
 SERVICE_SETTINGS = {
     "HEARTBEAT_INTERVAL": "10",

@@ -21,8 +21,8 @@ from support import RunEnv, Stack, wait_for
 from streamspace_common import closecodes
 from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
+from streamspace_common.schemas import CONNECT_PATH
 
-CONNECT_PATH = "/api/v1/agents/connect"
 JSON = {"Content-Type": "application/json"}
 TEXT = {"Content-Type": "text/plain"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -17,6 +17,7 @@ from support import RunEnv, Stack
 from test_end_to_end import post_command, wait_status
 
 from streamspace_common.admin import create_agent_token
+from streamspace_common.schemas import CONNECT_PATH
 
 BACKLOG = 600  # more than a claim batch (CLAIM_BATCH_SIZE, 500 by default)
 
@@ -64,7 +65,7 @@ async def test_one_agents_backlog_never_starves_another_agent(
         "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, $2)", busy, BACKLOG
     )
 
-    url = gateway.url.replace("http://", "ws://", 1) + "/api/v1/agents/connect"
+    url = gateway.url.replace("http://", "ws://", 1) + CONNECT_PATH
     async with http.ws_connect(url, headers={"Authorization": f"Bearer {busy_token}"}) as ws:
         hello = {"type": "hello", "agent_id": busy, "platform": "local", "version": "t", "instance_id": "i"}
         await ws.send_json({**hello, "concurrency": 1})

@@ -20,11 +20,10 @@ from aiohttp import web
 from support import RunEnv, Service, Stack, serve_locally, wait_for
 
 from streamspace_common import closecodes
-from streamspace_common.schemas import FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
+from streamspace_common.schemas import CONNECT_PATH, FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
 
 BURST = int(os.environ.get("PIPELINE_BURST", "10000"))
 CLIENTS = 20
-CONNECT_PATH = "/api/v1/agents/connect"
 
 
 async def open_rows(db: asyncpg.Pool, agent_id: str) -> int:

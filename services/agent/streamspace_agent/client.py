@@ -49,6 +49,7 @@ from streamspace_common import closecodes
 from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
+    CONNECT_PATH,
     FEATURE_CONFIRM,
     FEATURE_FENCE,
     FEATURE_HA,
@@ -71,7 +72,6 @@ from streamspace_common.schemas import (
 from . import __version__, metrics
 from .executor import Executor
 
-CONNECT_PATH = "/api/v1/agents/connect"
 RESULT_WINDOW = 256  # results sent on one socket and not yet confirmed, at most
 ACK_AFTER = 0.005  # seconds: a command whose result is journaled sooner is acknowledged by its result
 MAX_HELLO_IDS = 10_000  # more running + unreported than this: the hello lists none (and asks no requeue)
