@@ -18,7 +18,7 @@ import redis.asyncio
 import structlog
 from support import BASE_REDIS_URL, wait_for
 
-from streamspace_agent.client import CONNECT_PATH, socket_urls
+from streamspace_agent.client import socket_urls
 from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.executor import Executor
@@ -28,7 +28,7 @@ from streamspace_common.db import load_queries
 from streamspace_common.keys import RedisKeys
 from streamspace_common.resilience import Backoff, Outage, forever
 from streamspace_common.routing import RoutingTable
-from streamspace_common.schemas import AgentFrame, Command, Result
+from streamspace_common.schemas import CONNECT_PATH, AgentFrame, Command, Result
 from streamspace_common.settings import Settings, SettingsError, load_settings
 from streamspace_gateway.api.commands import CreateCommand
 from streamspace_gateway.errors import field_of
@@ -559,7 +559,8 @@ QueryFile = tuple[str, str]  # (package, file name)
 
 def query_names_used() -> dict[QueryFile, set[str]]:
     """(package, file) -> query names the source looks up, read from `NAME = load_queries(...)` and NAME["query"]."""
-    used: dict[QueryFile, set[str]] = {(package, "queries.sql"): set() for package in QUERY_PACKAGES}
+    files = [(package, folder / "queries.sql") for package, folder in QUERY_PACKAGES.items()]
+    used: dict[QueryFile, set[str]] = {(package, "queries.sql"): set() for package, path in files if path.exists()}
     for directory in QUERY_PACKAGES.values():
         for source in directory.rglob("*.py"):
             text = source.read_text()
@@ -571,7 +572,7 @@ def query_names_used() -> dict[QueryFile, set[str]]:
 
 def test_every_service_loads_the_queries_its_code_uses() -> None:
     used = query_names_used()
-    assert used["streamspace_gateway", "queries.sql"] >= {"agent_for_token"}
+    assert used["streamspace_gateway", "agent_tokens.sql"] >= {"agent_for_token"}
     assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
     assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
     assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
@@ -585,7 +586,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
 
 
 def test_load_queries_splits_on_name_lines_only() -> None:
-    queries = load_queries("streamspace_gateway")
+    queries = load_queries("streamspace_gateway", "leases.sql")
     assert queries["lease_epoch"] == "SELECT epoch FROM agent_leases WHERE agent_id = $1;"
     assert "-- name:" not in "".join(queries.values())
 
