@@ -23,7 +23,8 @@ from streamspace_common.web import add_health_routes, background, metrics_listen
 from . import metrics
 from .agent_socket import agent_connect
 from .api import add_api_routes
-from .api.commands import BULK_BYTES_KEY, COMMAND_EXPIRY_KEY
+from .api.bulk_commands import BULK_BYTES_KEY
+from .api.commands import COMMAND_EXPIRY_KEY
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
 from .api.streams import STREAMS_KEY, StreamConfig
 from .auth import AUTH_KEY, Authenticator, signing_secret
@@ -36,6 +37,7 @@ from .request_context import add_headers, request_context
 from .revocation import OPEN_STREAMS_KEY, OpenStreams
 from .store import STORE_KEY, Store
 from .throttle import ADDRESSES_KEY, THROTTLE_KEY, ClientAddresses, LoginThrottle
+from .tickets import StreamTickets
 from .tunnels import TUNNEL_PATH, TunnelBroker
 from .upkeep import Upkeep
 
@@ -98,9 +100,8 @@ def create_app(settings: Settings) -> web.Application:
         app[STORE_KEY], app[REGISTRY_KEY], app[POD_CHANNEL_KEY] = store, registry, pod_channel
         rebalance = (settings.rebalance_interval, settings.rebalance_tolerance, settings.rebalance_batch)
         rebalancer = app[REBALANCER_KEY] = Rebalancer(registry, *rebalance)
-        app[STREAMS_KEY] = StreamConfig(
-            redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout, secret
-        )
+        tickets = StreamTickets(redis, routing.keys, settings.stream_ticket_ttl, secret)
+        app[STREAMS_KEY] = StreamConfig(tickets, broker, settings.stream_setup_timeout)
         loops = (
             pod_channel.run_redis(),
             pod_channel.run_postgres(),
