@@ -22,8 +22,8 @@ refused (4411), and on another replica it can only stand by (acquire_lease takes
 instance only with the proof, through the replica that holds it, or one that vacated it on shutdown).
 A hello without the feature for an agent id that has a lease is refused (4426) before its welcome, so
 a leaked token can never replace, silence or mark offline an active instance; a socket that was never
-registered changes nothing when it leaves. Every forward carries the active socket's epoch and a
-delivery claimed under another epoch is given back, not sent.
+registered changes nothing when it leaves. Every forward (pod_channel.py) carries the active socket's
+epoch and a delivery claimed under another epoch is given back, not sent.
 """
 
 from __future__ import annotations
