@@ -32,7 +32,6 @@ from typing import Protocol
 
 import asyncpg
 import msgspec
-import structlog
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
@@ -45,7 +44,6 @@ from .schemas import Command, Delivery, HandOver
 QUERIES = load_queries("streamspace_common", "bus.sql")
 NOTIFY_PAYLOAD_LIMIT = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
 SIGNED_FIELDS_LIMIT = 420  # bytes a hand-over's pod (at most 253), expiry, key id and signature add
-log = structlog.get_logger("bus")
 _encoder = msgspec.json.Encoder()
 Deliveries = AsyncIterator[Delivery]
 

@@ -39,7 +39,7 @@ from streamspace_common.tokens import hash_token
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 TEMPLATE = "sec-tunnel-echo"
-STREAM_QUERIES = load_queries("streamspace_gateway.api", "streams.sql")
+STREAM_QUERIES = load_queries("streamspace_gateway.api", "stream_relay.sql")
 
 
 class Recorder:
