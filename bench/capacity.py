@@ -44,7 +44,7 @@ from run import create_tokens, machine_info, say, server_facts
 from streams import BYTE_ECHO, WsLink, create_running, kill_sessions, throughput
 from support import RedisServer, RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "capacity.sql")
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_FORMAT": "json"}

@@ -25,8 +25,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import Stack, new_account, new_test_env
 
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 STAGES = ("create->completed", "create->sent", "sent->acknowledged", "acknowledged->completed")
 STAGES_SQL = """

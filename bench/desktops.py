@@ -65,10 +65,10 @@ from support import Account, Stack, free_port, kill_sessions, new_account, new_t
 
 from streamspace_agent.drivers import create_driver
 from streamspace_agent.drivers.base import SessionDriver
+from streamspace_agent.drivers.settings import load_agent_settings
 from streamspace_common.actions import CreateSession, Resources
-from streamspace_common.admin import SAMPLE_TEMPLATES, create_agent_token, install_samples
-from streamspace_common.migrate import create_database_if_missing, migrate
-from streamspace_common.settings import Settings
+from streamspace_tools.admin import SAMPLE_TEMPLATES, create_agent_token, install_samples
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 IMAGE = "streamspace/desktop:dev"
 AGENT_LABEL = "io.streamspace.agent_id"
@@ -445,14 +445,14 @@ async def driver_once(driver: SessionDriver) -> float:
 async def baselines(args: argparse.Namespace, agent_id: str, network: str, work: Path) -> dict[str, Any]:
     """`--floor` times each, alternating (the machine's load drifts): the platform alone (start -> `RFB `
     banner) and the agent's driver alone (create -> `running`, no control plane), in ms."""
-    settings = Settings(
-        agent_id=agent_id,
-        agent_platform=args.platform,
-        docker_network=network,
-        docker_endpoint=args.endpoint,
-        local_session_dir=str(work / "driver-sessions"),
-    )
-    driver = create_driver(settings)
+    environ = {
+        "AGENT_ID": agent_id,
+        "AGENT_PLATFORM": args.platform,
+        "DOCKER_NETWORK": network,
+        "DOCKER_ENDPOINT": args.endpoint,
+        "LOCAL_SESSION_DIR": str(work / "driver-sessions"),
+    }
+    driver = create_driver(load_agent_settings(environ))
     assert isinstance(driver, SessionDriver)
     platform, driven = [], []
     try:

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import with_database
 
 from streamspace_common.db import server_settings
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_dispatcher.retention import PRUNE_PAUSE, QUERIES
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "retention.sql")
 RETENTION_DAYS = 30

@@ -62,12 +62,12 @@ from report import STAGES, plot, redraw, table
 from simagents import HEARTBEAT_FRAMES_ENV
 from support import Account, Service, Stack, free_port, new_account, new_test_env, with_database
 
-from streamspace_common.admin import QUERIES as ADMIN_QUERIES
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import RedisKeys
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.schemas import CONNECT_PATH, Command, Delivery, GatewayFrame, Hello, Welcome
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_tools.admin import REGISTRY as ADMIN_QUERIES
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries()
 # The services run with their production defaults (the tests shorten these), logging as deployed.
@@ -141,7 +141,8 @@ async def create_tokens(dsn: str, agent_ids: list[str]) -> dict[str, str]:
         async with conn.transaction():
             await conn.executemany(ADMIN_QUERIES["ensure_agent"], [(agent_id,) for agent_id in agent_ids])
             await conn.executemany(
-                ADMIN_QUERIES["register_token"], [(agent_id, hash_token(t), None) for agent_id, t in tokens.items()]
+                ADMIN_QUERIES["register_agent_token"],
+                [(agent_id, hash_token(t), None) for agent_id, t in tokens.items()],
             )
     finally:
         await conn.close()

@@ -36,8 +36,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import Account, Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
-from streamspace_common.admin import create_agent_token, install_samples
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token, install_samples
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 # the services' production defaults (as bench/run.py), logs at warning
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_LEVEL": "warning"}

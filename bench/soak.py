@@ -44,7 +44,7 @@ from harness import BENCH_DIR, OwnPostgres, load_bench_queries, start_sim_agents
 from run import SERVICE_SETTINGS, create_tokens, drop_databases, machine_info, say, server_facts
 from support import RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, with_database
 
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "soak.sql")
 MIB = 2**20

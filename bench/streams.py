@@ -43,8 +43,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_LEVEL": "warning"}
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]

@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio
 from support import SAMPLE_IMAGE, Account, RunEnv, Stack, new_account, new_test_env, rabbitmqctl
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.db import create_pool
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from streamspace_common.admin import create_user
 from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
+from streamspace_tools.admin import create_user
 
 SAMPLE_IMAGE = "streamspace/echo:dev"  # the docker tests' image (scripts/build-sample-images; conftest builds it)
 

@@ -22,17 +22,21 @@ from pytest_aiohttp import AiohttpClient
 from support import Account, RunEnv, new_account, wait_for, with_database
 from test_bad_input import assert_error, hello
 
-from streamspace_common.admin import AdminError, create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.schemas import CONNECT_PATH
-from streamspace_common.settings import Settings, load_settings
+from streamspace_common.settings import load_settings
 from streamspace_gateway.api import openapi_document, operations
 from streamspace_gateway.auth import sign_token, signing_secret
 from streamspace_gateway.main import create_app
+from streamspace_gateway.settings import GatewaySettings
+from streamspace_tools.admin import AdminError, create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Client = TestClient[web.Request, web.Application]
 MakeGateway = Callable[..., Awaitable[Client]]
-LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW = Settings().login_failure_limit, Settings().login_failure_window
+LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_WINDOW = (
+    GatewaySettings().login_failure_limit,
+    GatewaySettings().login_failure_window,
+)
 TABLES = ("users", "api_keys", "agents", "agent_tokens", "agent_commands")
 
 
@@ -42,7 +46,7 @@ def make_gateway(aiohttp_client: AiohttpClient, test_env: RunEnv) -> MakeGateway
 
     async def make(**settings: str) -> Client:
         env = {**test_env.service_env(), "POD_NAME": f"inproc-{uuid.uuid4().hex[:8]}", **settings}
-        return await aiohttp_client(create_app(load_settings(env)))
+        return await aiohttp_client(create_app(load_settings(GatewaySettings, env)))
 
     return make
 

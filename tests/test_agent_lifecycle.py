@@ -24,9 +24,9 @@ from test_end_to_end import post_command, wait_online, wait_status
 from test_retries import silent_agent
 
 from streamspace_common import closecodes
-from streamspace_common.admin import AdminError, create_agent_token
 from streamspace_common.schemas import CONNECT_PATH, Heartbeat, Hello
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_tools.admin import AdminError, create_agent_token
 
 LOST_AFTER = 5
 

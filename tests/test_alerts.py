@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import RunEnv, Service, Stack, free_port, wait_for
 from test_end_to_end import wait_online
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.resilience import dependency_of
 from streamspace_common.sessions import STATES
+from streamspace_tools.admin import create_agent_token
 
 # Helm's own YAML parser (helm-python-sdk, as tests/test_deploy_static.py uses); rule files are written
 # as JSON, which is YAML too.

@@ -19,9 +19,9 @@ import redis.asyncio
 from support import RunEnv, Stack, wait_for
 
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
 from streamspace_common.schemas import CONNECT_PATH
+from streamspace_tools.admin import create_agent_token
 
 JSON = {"Content-Type": "application/json"}
 TEXT = {"Content-Type": "text/plain"}

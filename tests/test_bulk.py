@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from support import RunEnv, Stack, new_account, wait_for
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import DISPATCH_CHANNEL, DISPATCH_EVERY_AGENT
+from streamspace_tools.admin import create_agent_token
 
 BURST_REQUESTS = 100
 BULK = 1000

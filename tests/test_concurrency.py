@@ -16,8 +16,8 @@ import asyncpg
 from support import RunEnv, Stack
 from test_end_to_end import post_command, wait_status
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.schemas import CONNECT_PATH
+from streamspace_tools.admin import create_agent_token
 
 BACKLOG = 600  # more than a claim batch (CLAIM_BATCH_SIZE, 500 by default)
 

@@ -22,7 +22,7 @@ import pytest
 from sessions_support import Api
 from support import RunEnv, Service, Stack, kill_sessions, new_account, wait_for
 
-from streamspace_common.admin import create_agent_token
+from streamspace_tools.admin import create_agent_token
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))

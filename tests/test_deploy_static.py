@@ -54,11 +54,11 @@ def _project(pyproject: Path) -> dict[str, Any]:
     return project
 
 
-COMMON_SCRIPTS = set(_scripts(ROOT / "libs" / "pyproject.toml"))
+COMMON_SCRIPTS = set(_scripts(ROOT / "tools" / "pyproject.toml"))  # the operator tools, in every image
 
 
 def image_scripts(service: str) -> set[str]:
-    """Console scripts installed in the image of `service` (libs + the service)."""
+    """Console scripts installed in the image of `service` (libs + the service + tools)."""
     return COMMON_SCRIPTS | set(_scripts(ROOT / "services" / service / "pyproject.toml"))
 
 
@@ -111,9 +111,13 @@ def test_configuration_table_is_current() -> None:
     )
     assert result.returncode == 0, result.stderr
     table = (ROOT / "docs" / "configuration.md").read_text()
-    for field in ast.walk(ast.parse((ROOT / "libs" / "streamspace_common" / "settings.py").read_text())):
-        if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name):
-            assert f"| `{field.target.id.upper()}` |" in table
+    settings_files = [p for p in ROOT.glob("*/**/settings.py") if ".venv" not in p.parts]
+    assert len(settings_files) >= 6, settings_files  # the shared layers, each service's, the drivers', the tools'
+    for path in settings_files:
+        for cls in [node for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)]:
+            for field in cls.body:
+                if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name):
+                    assert f"| `{field.target.id.upper()}` |" in table, path
 
 
 def test_services_depend_on_common_library_by_name() -> None:
@@ -126,7 +130,7 @@ def test_services_depend_on_common_library_by_name() -> None:
     assert {"streamspace-migrate", "streamspace-admin"} <= COMMON_SCRIPTS
 
 
-@pytest.mark.parametrize("unit", ["libs", *(f"services/{s}" for s in SERVICES)])
+@pytest.mark.parametrize("unit", ["libs", *(f"services/{s}" for s in SERVICES), "tools"])
 def test_non_editable_install_ships_every_subpackage(unit: str, tmp_path: Path) -> None:
     """Images install with plain `pip install DIR` (not editable), which editable dev installs hide:
     build the wheel and check it carries every package directory and every .sql file."""
@@ -295,15 +299,19 @@ def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> Non
     assert deps_cmd[-3:] == ["--require-hashes", "-r", f"/src/requirements/{service}.txt"]
     assert {"--no-deps", "--no-build-isolation", "--no-index"} <= set(units_cmd)
     targets = [arg for arg in units_cmd[units_cmd.index("install") + 1 :] if not arg.startswith("-")]
-    assert sorted(targets) == sorted(["/src/libs", f"/src/services/{service}"])
+    assert sorted(targets) == sorted(["/src/libs", f"/src/services/{service}", "/src/tools"])
     copies = {tuple(ins.args.split()): i for i, ins in enumerate(build) if ins.keyword == "COPY"}
     locks = ("requirements/build.txt", f"requirements/{service}.txt", "/src/requirements/")
     assert copies[locks] < tools_at <= deps_at
     for lock in locks[:2]:
         assert (ROOT / lock).is_file() and not is_dockerignored(lock, dockerignore_patterns())
-    for src, dest in [("libs", "/src/libs"), (f"services/{service}", f"/src/services/{service}")]:
+    for src, dest in [
+        ("libs", "/src/libs"),
+        (f"services/{service}", f"/src/services/{service}"),
+        ("tools", "/src/tools"),
+    ]:
         assert deps_at < copies[(src, dest)] < units_at, f"{path}: COPY {src} must come between the two installs"
-    for src in ("libs", f"services/{service}", "migrations"):
+    for src in ("libs", f"services/{service}", "tools", "migrations"):
         assert (ROOT / src).is_dir(), f"COPY source {src} does not exist in the build context"
         assert not is_dockerignored(src, dockerignore_patterns()), f".dockerignore drops {src}"
         for inner in ("pyproject.toml", "streamspace_common/settings.py"):
@@ -541,7 +549,7 @@ def test_compose_agents_run_sessions_on_the_docker_platform(compose: dict[str, A
 
 def test_compose_builds_the_desktop_image(compose: dict[str, Any]) -> None:
     """The image the `desktop` sample template names is built by compose from images/desktop."""
-    from streamspace_common.admin import SAMPLE_TEMPLATES
+    from streamspace_tools.admin import SAMPLE_TEMPLATES
 
     svc = compose["desktop-image"]
     [desktop] = [t for t in SAMPLE_TEMPLATES if t.name == "desktop"]

@@ -23,9 +23,11 @@ from prometheus_client import REGISTRY
 from support import SAMPLE_IMAGE, free_port, wait_for
 
 from streamspace_agent.drivers.base import port_answers
-from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
+from streamspace_agent.drivers.docker import DockerDriver
+from streamspace_agent.drivers.docker_objects import container_name, volume_name
+from streamspace_agent.drivers.settings import DockerSettings
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings, SettingsError, load_settings
+from streamspace_common.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.docker
 IMAGE = SAMPLE_IMAGE
@@ -39,9 +41,9 @@ def network() -> Iterator[str]:
     subprocess.run(["docker", "network", "rm", name], capture_output=True)
 
 
-def driver_settings(network: str, **changes: Any) -> Settings:
+def driver_settings(network: str, **changes: Any) -> DockerSettings:
     fields: dict[str, Any] = {"agent_id": f"docker-test-{uuid.uuid4().hex[:8]}", "docker_stop_timeout": 2, **changes}
-    return Settings(docker_network=network, **fields)
+    return DockerSettings(docker_network=network, **fields)
 
 
 @pytest.fixture
@@ -260,7 +262,7 @@ async def test_orphans_with_our_labels_are_removed(driver: DockerDriver, engine:
     known, orphan = new_session_id(), new_session_id()
     await create(driver, known)
     # A container made by hand with this agent's labels, owned by no session the control plane knows.
-    labels = {**driver.labels(orphan), "io.streamspace.port": "8080"}
+    labels = {**driver.specs.labels(orphan), "io.streamspace.port": "8080"}
     await engine.containers.create({"Image": IMAGE, "Labels": labels}, name=container_name(orphan))
     stranger = new_session_id()  # another agent's: never touched
     others = {**labels, "io.streamspace.session_id": stranger, "io.streamspace.agent_id": "someone-else"}
@@ -461,10 +463,10 @@ async def test_sessions_are_isolated_from_each_other_and_run_without_privileges(
 
 
 def test_docker_endpoint_is_published_or_address() -> None:
-    assert load_settings({}).docker_endpoint == "published"  # today's behaviour by default
-    assert load_settings({"DOCKER_ENDPOINT": "address"}).docker_endpoint == "address"
+    assert load_settings(DockerSettings, {}).docker_endpoint == "published"  # today's behaviour by default
+    assert load_settings(DockerSettings, {"DOCKER_ENDPOINT": "address"}).docker_endpoint == "address"
     with pytest.raises(SettingsError) as raised:
-        load_settings({"DOCKER_ENDPOINT": "host"})
+        load_settings(DockerSettings, {"DOCKER_ENDPOINT": "host"})
     assert "docker_endpoint" in str(raised.value)
 
 

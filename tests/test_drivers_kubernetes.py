@@ -22,8 +22,8 @@ from test_deploy_static import only, render
 
 from streamspace_agent.drivers import create_driver
 from streamspace_agent.drivers.kubernetes import KubernetesDriver
+from streamspace_agent.drivers.settings import KubernetesSettings
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings
 
 NAMESPACE = "sessions-ns"
 AGENT = "k8s-test-agent"
@@ -49,8 +49,8 @@ async def api(fake: tuple[FakeKubernetes, str]) -> FakeKubernetes:
     return fake[0]
 
 
-def driver_settings(url: str, **changes: Any) -> Settings:
-    return Settings(
+def driver_settings(url: str, **changes: Any) -> KubernetesSettings:
+    return KubernetesSettings(
         agent_id=AGENT,
         agent_platform="kubernetes",
         kubernetes_namespace=NAMESPACE,
@@ -365,7 +365,9 @@ async def test_a_pod_never_ready_fails_the_session_with_the_reason(fake: tuple[F
 
 def test_the_agent_id_must_be_a_label_value() -> None:
     with pytest.raises(ValueError, match="label value"):
-        create_driver(Settings(agent_id="agent:with:colons", agent_platform="kubernetes", kubernetes_namespace="x"))
+        create_driver(
+            KubernetesSettings(agent_id="agent:with:colons", agent_platform="kubernetes", kubernetes_namespace="x")
+        )
 
 
 @pytest.mark.parametrize("selector", ["", "app", "a=b,,c", "a=b c"])
@@ -373,7 +375,7 @@ def test_the_agent_selector_is_required(selector: str) -> None:
     """Without the agent pods' labels no NetworkPolicy could admit the agent: refuse to start."""
     with pytest.raises(ValueError, match="KUBERNETES_AGENT_SELECTOR"):
         create_driver(
-            Settings(
+            KubernetesSettings(
                 agent_id="a", agent_platform="kubernetes", kubernetes_namespace="x", kubernetes_agent_selector=selector
             )
         )

@@ -16,8 +16,8 @@ from support import Stack, get_json, wait_for
 
 from streamspace_agent.drivers import CommandFailed
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
+from streamspace_agent.drivers.settings import LocalSettings
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings
 
 ECHO_APP = ["{python}", "-m", "streamspace_agent.echo_app", "--port", "{port}"]
 
@@ -27,7 +27,7 @@ def new_session_id() -> str:
 
 
 def make_driver(directory: Path, agent_id: str = "local-test-agent") -> LocalDriver:
-    return LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(directory), local_stop_grace=3))
+    return LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(directory), local_stop_grace=3))
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import redis.asyncio
 from support import RunEnv, Stack, get_json, wait_for
 
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.keys import RedisKeys
+from streamspace_tools.admin import create_agent_token
 
 
 async def post_command(http: aiohttp.ClientSession, gateway_url: str, agent_id: str, **body: Any) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import aiohttp
 import msgspec
 from support import RunEnv, Service, Stack, free_port
 
-from streamspace_common.admin import create_agent_token
 from streamspace_common.schemas import CONNECT_PATH, FEATURES, GatewayFrame, Hello, Welcome
 from streamspace_gateway.main import OPEN_FILES_NEEDED
+from streamspace_tools.admin import create_agent_token
 
 LOW_SOFT, LOW_HARD = 256, 4096  # a hard limit below what 50,000 sockets need: the gateway must warn
 

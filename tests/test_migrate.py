@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from support import BASE_DATABASE_URL, RunEnv, Stack, wait_for, with_database
 
-from streamspace_common.migrate import LOCK_KEY, dump_schema
 from streamspace_common.schemas import CONNECT_PATH
 from streamspace_common.tokens import hash_token
+from streamspace_tools.migrate import LOCK_KEY, dump_schema
 
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS = sorted((REPO / "migrations").glob("*.sql"))

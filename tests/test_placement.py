@@ -14,8 +14,8 @@ import pytest
 from support import RunEnv, with_database
 
 from streamspace_common.db import create_pool
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.sessions import NoAgent, Placement, QuotaExceeded, SessionLifecycle
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 PLACEMENT = Placement(template="t", platforms=[], idle_timeout_seconds=0, payload={})
 QUOTA = 100

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 from support import RunEnv, Stack, wait_for, with_database
 
-from streamspace_agent.client import MOVE_TRIES, Route
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_agent.gateways import MOVE_TRIES, Route
 from streamspace_gateway.rebalance import Share
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 AGENTS = 6
 

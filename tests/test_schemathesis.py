@@ -24,8 +24,8 @@ import asyncpg
 import pytest
 from support import RunEnv, Stack, new_account, with_database
 
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_gateway.api import operations
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 MAX_EXAMPLES = "25"  # per operation and phase; the whole run takes ~25 s on the 2-core test machine

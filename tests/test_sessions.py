@@ -27,15 +27,15 @@ from sessions_support import ECHO, Api, Json, admin_api, new_user, sessions_stac
 from support import RunEnv, Service, Stack, new_account, wait_for, with_database
 
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
+from streamspace_agent.drivers.settings import LocalSettings
 from streamspace_common.actions import CreateSession
-from streamspace_common.admin import SAMPLE_TEMPLATES, create_agent_token
 from streamspace_common.db import create_pool
-from streamspace_common.migrate import create_database_if_missing, migrate
-from streamspace_common.settings import Settings
 from streamspace_dispatcher.idle import IdleHibernator
 from streamspace_dispatcher.reconcile import Reconciler
 from streamspace_dispatcher.retention import Retention
 from streamspace_gateway.auth import sign_token, signing_secret
+from streamspace_tools.admin import SAMPLE_TEMPLATES, create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 __all__ = ["admin_api", "sessions_stack"]  # fixtures, imported to be used
 
@@ -133,7 +133,7 @@ async def test_a_local_session_whole_life_through_the_api(
         ]
     finally:
         agent.kill()
-        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+        await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_fifteen_users_at_once(
@@ -220,7 +220,7 @@ async def test_fifteen_users_at_once(
     finally:
         for agent_id, session_dir, agent in agents:
             agent.kill()
-            await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+            await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_auth_refusals_change_nothing(
@@ -297,7 +297,7 @@ async def test_auth_refusals_change_nothing(
         await owner.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
     finally:
         agent.kill()
-        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+        await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_reconciliation_fails_the_vanished_and_removes_the_unknown(
@@ -319,7 +319,7 @@ async def test_reconciliation_fails_the_vanished_and_removes_the_unknown(
 
         # A workload carrying our labels (a session directory of this agent) that no session owns.
         unknown = str(uuid.uuid4())
-        intruder = LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir)))
+        intruder = LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir)))
         report = await intruder.create(CreateSession(session_id=unknown, name="echo", command=ECHO, ports=[8080]))
         assert report.state == "running"
         unknown_pid = record(session_dir, unknown)["pid"]
@@ -341,7 +341,7 @@ async def test_reconciliation_fails_the_vanished_and_removes_the_unknown(
         await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
     finally:
         agent.kill()
-        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+        await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_an_agent_reconnecting_reports_its_inventory(
@@ -376,7 +376,7 @@ async def test_an_agent_reconnecting_reports_its_inventory(
         assert on_connect >= 1
     finally:
         agent.kill()
-        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+        await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_idle_sessions_hibernate_and_activity_keeps_them_running(
@@ -408,7 +408,7 @@ async def test_idle_sessions_hibernate_and_activity_keeps_them_running(
         await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
     finally:
         agent.kill()
-        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+        await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_waking_a_stopped_session_must_fit_the_quota_and_the_agents_capacity_again(
@@ -458,7 +458,7 @@ async def test_waking_a_stopped_session_must_fit_the_quota_and_the_agents_capaci
     finally:
         for agent_id, session_dir, agent in (small, large):
             agent.kill()
-            await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+            await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
 
 
 async def test_placement_refusals(sessions_stack: Stack, admin_api: Api, test_env: RunEnv) -> None:
@@ -595,4 +595,4 @@ async def test_the_desktop_sample_serves_vnc_on_local(
         await user.call("DELETE", f"/api/v1/sessions/{session['id']}", expect=204)
     finally:
         agent.kill()
-        await LocalDriver(Settings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])
+        await LocalDriver(LocalSettings(agent_id=agent_id, local_session_dir=str(session_dir))).remove_orphans([])

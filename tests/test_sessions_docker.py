@@ -18,10 +18,11 @@ from sessions_support import Api, Json, admin_api, new_user, sessions_stack, wai
 from support import SAMPLE_IMAGE, RunEnv, Service, Stack, wait_for
 from test_drivers_docker import variants
 
-from streamspace_agent.drivers.docker import DockerDriver, container_name, volume_name
+from streamspace_agent.drivers.docker import DockerDriver
+from streamspace_agent.drivers.docker_objects import container_name, volume_name
+from streamspace_agent.drivers.settings import DockerSettings
 from streamspace_common.actions import CreateSession
-from streamspace_common.admin import create_agent_token
-from streamspace_common.settings import Settings
+from streamspace_tools.admin import create_agent_token
 
 __all__ = ["admin_api", "sessions_stack", "variants"]  # fixtures, imported to be used
 pytestmark = pytest.mark.docker
@@ -38,10 +39,12 @@ async def engine() -> AsyncIterator[aiodocker.Docker]:
 @pytest.fixture
 async def docker_agent(
     sample_image: str, sessions_stack: Stack, stack: Stack, test_env: RunEnv, db: asyncpg.Pool
-) -> AsyncIterator[tuple[str, Settings]]:
+) -> AsyncIterator[tuple[str, DockerSettings]]:
     """A docker agent on a network of its own; whatever it leaves is removed afterwards."""
     agent_id = f"sess-docker-{uuid.uuid4().hex[:8]}"
-    settings = Settings(agent_id=agent_id, docker_network=f"ss-test-{uuid.uuid4().hex[:8]}", docker_stop_timeout=2)
+    settings = DockerSettings(
+        agent_id=agent_id, docker_network=f"ss-test-{uuid.uuid4().hex[:8]}", docker_stop_timeout=2
+    )
     token = await create_agent_token(test_env.database_url, agent_id)
     agent: Service = stack.agent(
         agent_id,
@@ -99,7 +102,7 @@ async def page(endpoint: Json) -> str:
 
 
 async def test_a_docker_session_whole_life_through_the_api(
-    docker_agent: tuple[str, Settings], admin_api: Api, engine: aiodocker.Docker, db: asyncpg.Pool
+    docker_agent: tuple[str, DockerSettings], admin_api: Api, engine: aiodocker.Docker, db: asyncpg.Pool
 ) -> None:
     agent_id, _ = docker_agent
     user = await new_user(admin_api, "docker-life")
@@ -144,7 +147,7 @@ async def test_a_docker_session_whole_life_through_the_api(
 
 
 async def test_docker_reconciliation(
-    docker_agent: tuple[str, Settings], admin_api: Api, engine: aiodocker.Docker, db: asyncpg.Pool
+    docker_agent: tuple[str, DockerSettings], admin_api: Api, engine: aiodocker.Docker, db: asyncpg.Pool
 ) -> None:
     """A container killed behind the agent's back: the session is failed with the reason. A container
     with our labels that no session owns: removed."""
@@ -180,7 +183,7 @@ async def test_docker_reconciliation(
 
 
 async def test_a_session_that_cannot_run_ends_failed_with_the_reason(
-    docker_agent: tuple[str, Settings], admin_api: Api, variants: dict[str, str], engine: aiodocker.Docker
+    docker_agent: tuple[str, DockerSettings], admin_api: Api, variants: dict[str, str], engine: aiodocker.Docker
 ) -> None:
     """Through the API, a template whose image is on no engine and one whose container never listens:
     each session ends `failed` with the driver's reason, quickly, and is deleted like any other."""

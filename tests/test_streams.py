@@ -27,7 +27,7 @@ import pytest
 from sessions_support import Api, new_user
 from support import RunEnv, Service, Stack, kill_sessions, new_account, wait_for
 
-from streamspace_common.admin import create_agent_token
+from streamspace_tools.admin import create_agent_token
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]

@@ -18,10 +18,11 @@ import redis.asyncio
 import structlog
 from support import BASE_REDIS_URL, wait_for
 
-from streamspace_agent.client import socket_urls
 from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
+from streamspace_agent.drivers.settings import LocalSettings, load_agent_settings
 from streamspace_agent.executor import Executor
+from streamspace_agent.gateways import socket_urls
 from streamspace_agent.journal import Journal
 from streamspace_common.commands import TRANSITIONS, CommandLifecycle
 from streamspace_common.db import load_queries
@@ -29,9 +30,11 @@ from streamspace_common.keys import RedisKeys
 from streamspace_common.resilience import Backoff, Outage, forever
 from streamspace_common.routing import RoutingTable
 from streamspace_common.schemas import CONNECT_PATH, AgentFrame, Command, Result
-from streamspace_common.settings import Settings, SettingsError, load_settings
+from streamspace_common.settings import SettingsError, load_settings
+from streamspace_dispatcher.settings import DispatcherSettings
 from streamspace_gateway.api.commands import CreateCommand
 from streamspace_gateway.errors import field_of
+from streamspace_gateway.settings import GatewaySettings
 from streamspace_gateway.throttle import LocalCounter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +156,7 @@ class CountingDriver(LocalDriver):
     """The real local driver, counting how often each command really runs; SLEEP can be held."""
 
     def __init__(self) -> None:
-        super().__init__(Settings(agent_id="unit-agent"))
+        super().__init__(LocalSettings(agent_id="unit-agent"))
         self.runs: dict[str, int] = {}
         self.started = asyncio.Event()
         self.release = asyncio.Event()
@@ -289,7 +292,7 @@ async def test_different_commands_each_run(executors: ExecutorFactory) -> None:
 
 
 async def test_unknown_action_fails_with_a_clear_error(executors: ExecutorFactory) -> None:
-    executor = executors(LocalDriver(Settings(agent_id="unit-agent")))
+    executor = executors(LocalDriver(LocalSettings(agent_id="unit-agent")))
     rocket = command("LAUNCH_ROCKET")
     executor.submit(rocket)
     [result] = await next_results(executor)
@@ -307,7 +310,7 @@ async def test_unknown_action_fails_with_a_clear_error(executors: ExecutorFactor
     ids=["missing", "negative", "string", "too_long", "unknown_field", "misspelt"],
 )
 async def test_bad_sleep_payload_fails(payload: dict[str, Any], executors: ExecutorFactory) -> None:
-    executor = executors(LocalDriver(Settings(agent_id="unit-agent")))
+    executor = executors(LocalDriver(LocalSettings(agent_id="unit-agent")))
     sleep = command("SLEEP", payload)
     executor.submit(sleep)
     [result] = await next_results(executor)
@@ -320,7 +323,7 @@ async def test_a_driver_crash_still_answers_failed(executors: ExecutorFactory) -
         async def execute(self, command: Command) -> dict[str, Any]:
             raise RuntimeError("disk on fire")
 
-    executor = executors(BrokenDriver(Settings(agent_id="unit-agent")))
+    executor = executors(BrokenDriver(LocalSettings(agent_id="unit-agent")))
     executor.submit(command("PING"))
     [result] = await next_results(executor)
     assert result.status == "failed"
@@ -436,29 +439,29 @@ async def test_keys_are_prefixed_and_isolated(routing: Routing) -> None:
 
 
 def test_environment_names_map_to_fields() -> None:
-    settings = load_settings(
-        {
-            "DATABASE_URL": "postgresql://db.example/streamspace",
-            "REDIS_URL": "redis://cache:6379/3",
-            "REDIS_KEY_PREFIX": "tenant-a:",
-            "RABBITMQ_URL": "amqp://u:p@mq/",
-            "POD_NAME": "gateway-7",
-            "HOST": "0.0.0.0",
-            "PORT": "8123",
-            "HEARTBEAT_INTERVAL": "2.5",
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "debug",
-            "AGENT_ID": "agent-1",
-            "AGENT_TOKEN": "secret",
-            "GATEWAY_URLS": "http://a:1,http://b:2",
-            "AGENT_PLATFORM": "local",
-            "MAX_REQUEST_BYTES": "1024",
-            "SWEEP_INTERVAL": "1",
-            "ACK_TIMEOUT": "3",
-            "UNRELATED_VARIABLE": "ignored",
-            "PATH": "/usr/bin",
-        }
-    )
+    environ = {
+        "DATABASE_URL": "postgresql://db.example/streamspace",
+        "REDIS_URL": "redis://cache:6379/3",
+        "REDIS_KEY_PREFIX": "tenant-a:",
+        "RABBITMQ_URL": "amqp://u:p@mq/",
+        "POD_NAME": "gateway-7",
+        "HOST": "0.0.0.0",
+        "PORT": "8123",
+        "HEARTBEAT_INTERVAL": "2.5",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "debug",
+        "AGENT_ID": "agent-1",
+        "AGENT_TOKEN": "secret",
+        "GATEWAY_URLS": "http://a:1,http://b:2",
+        "AGENT_PLATFORM": "local",
+        "MAX_REQUEST_BYTES": "1024",
+        "SWEEP_INTERVAL": "1",
+        "ACK_TIMEOUT": "3",
+        "UNRELATED_VARIABLE": "ignored",
+        "PATH": "/usr/bin",
+    }
+    settings, gateway = load_settings(DispatcherSettings, environ), load_settings(GatewaySettings, environ)
+    agent = load_agent_settings(environ)
     assert settings.database_url == "postgresql://db.example/streamspace"
     assert settings.redis_url == "redis://cache:6379/3"
     assert settings.redis_key_prefix == "tenant-a:"
@@ -469,17 +472,17 @@ def test_environment_names_map_to_fields() -> None:
     assert settings.heartbeat_interval == 2.5
     assert settings.log_format == "json"
     assert settings.log_level == "debug"
-    assert (settings.agent_id, settings.agent_token) == ("agent-1", "secret")
-    assert settings.gateway_urls == "http://a:1,http://b:2"
-    assert settings.agent_platform == "local"
-    assert settings.max_request_bytes == 1024
+    assert (agent.agent_id, agent.agent_token, agent.port) == ("agent-1", "secret", 8123)
+    assert agent.gateway_urls == "http://a:1,http://b:2"
+    assert agent.agent_platform == "local" and isinstance(agent, LocalSettings)
+    assert gateway.max_request_bytes == 1024 and gateway.redis_url == settings.redis_url
     assert settings.sweep_interval == 1.0
     assert settings.ack_timeout == 3.0
 
 
 def test_defaults_and_empty_values() -> None:
-    settings = load_settings({"PORT": "", "HEARTBEAT_INTERVAL": ""})  # empty means "not set"
-    defaults = Settings()
+    settings = load_settings(GatewaySettings, {"PORT": "", "HEARTBEAT_INTERVAL": ""})  # empty means "not set"
+    defaults = GatewaySettings()
     assert settings.port == defaults.port == 0
     assert settings.heartbeat_interval == 10.0
     assert settings.redis_url.endswith("/1")  # Redis database 1 by default, as in the original
@@ -493,15 +496,36 @@ def test_defaults_and_empty_values() -> None:
         ("HEARTBEAT_INTERVAL", "abc"),
         ("PORT", "eighty"),
         ("LOG_FORMAT", "xml"),
-        ("AGENT_PLATFORM", "mainframe"),
         ("MAX_REQUEST_BYTES", "1.5"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError) as raised:
-        load_settings({variable: value})
+        load_settings(GatewaySettings, {variable: value})
     assert variable.lower() in str(raised.value).lower()
     assert isinstance(raised.value, SystemExit)  # uncaught, it ends the process with the message
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"AGENT_PLATFORM": "mainframe"}, "agent_platform"),
+        ({"AGENT_PLATFORM": "docker", "DOCKER_ENDPOINT": "host"}, "docker_endpoint"),
+        ({"AGENT_PLATFORM": "kubernetes", "KUBERNETES_SESSION_UID": "0"}, "kubernetes_session_uid"),
+    ],
+)
+def test_the_agent_reads_its_platform_drivers_settings(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_agent_settings(environ)
+
+
+def test_each_process_reads_its_own_settings_alone() -> None:
+    """A variable of another service's (or another platform's) is not read, so it cannot stop this one."""
+    others = {"DOCKER_ENDPOINT": "host", "MAX_REQUEST_BYTES": "x", "SWEEP_INTERVAL": "x", "AGENT_CONCURRENCY": "x"}
+    assert isinstance(load_agent_settings({**others, "AGENT_CONCURRENCY": "1"}), LocalSettings)
+    assert load_settings(DispatcherSettings, {**others, "SWEEP_INTERVAL": "2"}).sweep_interval == 2
+    assert load_settings(GatewaySettings, {**others, "MAX_REQUEST_BYTES": "1"}).max_request_bytes == 1
+    assert not hasattr(load_settings(GatewaySettings, {}), "rabbitmq_url")
 
 
 # --- field_of -----------------------------------------------------------------------------------
@@ -552,6 +576,7 @@ QUERY_PACKAGES = {
     "streamspace_common": REPO / "libs" / "streamspace_common",
     "streamspace_gateway": REPO / "services" / "gateway" / "streamspace_gateway",
     "streamspace_dispatcher": REPO / "services" / "dispatcher" / "streamspace_dispatcher",
+    "streamspace_tools": REPO / "tools" / "streamspace_tools",
 }
 _LOADED_AS = re.compile(r"^(\w+) = load_queries\(\"([\w.]+)\"(?:, \"([\w.]+)\")?\)", re.MULTILINE)
 QueryFile = tuple[str, str]  # (package, file name)
@@ -559,8 +584,11 @@ QueryFile = tuple[str, str]  # (package, file name)
 
 def query_names_used() -> dict[QueryFile, set[str]]:
     """(package, file) -> query names the source looks up, read from `NAME = load_queries(...)` and NAME["query"]."""
-    files = [(package, folder / "queries.sql") for package, folder in QUERY_PACKAGES.items()]
-    used: dict[QueryFile, set[str]] = {(package, "queries.sql"): set() for package, path in files if path.exists()}
+    used: dict[QueryFile, set[str]] = {
+        (package, "queries.sql"): set()
+        for package, directory in QUERY_PACKAGES.items()
+        if (directory / "queries.sql").exists()
+    }
     for directory in QUERY_PACKAGES.values():
         for source in directory.rglob("*.py"):
             text = source.read_text()
@@ -575,7 +603,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
     assert used["streamspace_gateway", "agent_tokens.sql"] >= {"agent_for_token"}
     assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
     assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
-    assert used["streamspace_common", "queries.sql"] >= {"ensure_agent", "register_token"}
+    assert used["streamspace_common", "registry.sql"] >= {"ensure_agent", "register_agent_token", "record_audit"}
     lifecycle = {"claim", "requeue_sent", "record_frames", "requeue_unseen"}
     assert used["streamspace_common", "commands.sql"] >= lifecycle
     assert used["streamspace_dispatcher", "queries.sql"] >= {"agents_with_due_commands"}

@@ -23,7 +23,7 @@ from typing import TextIO
 import aiohttp
 import msgspec
 
-from streamspace_agent.client import Route
+from streamspace_agent.gateways import Route
 from streamspace_common import closecodes
 from streamspace_common.schemas import (
     CONNECT_PATH,

@@ -39,8 +39,8 @@ import asyncpg
 from support import RunEnv, Service, Stack, new_account, wait_for, with_database
 from test_pipeline import count_event
 
-from streamspace_common.admin import create_agent_token
-from streamspace_common.migrate import create_database_if_missing, migrate
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 from .proxy import TcpProxy
 from .servers import Servers

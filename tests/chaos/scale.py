@@ -27,9 +27,9 @@ from pathlib import Path
 import asyncpg
 from support import Service, Stack, free_port, wait_for, with_database
 
-from streamspace_common.admin import QUERIES as ADMIN_QUERIES
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_tools.admin import REGISTRY as ADMIN_QUERIES
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 from .harness import INSERT, ChaosEnv
 from .servers import Servers
@@ -151,7 +151,8 @@ class ScaleRun:
         async with self.db.acquire() as conn, conn.transaction():
             await conn.executemany(ADMIN_QUERIES["ensure_agent"], [(agent_id,) for agent_id in self.agent_ids])
             await conn.executemany(
-                ADMIN_QUERIES["register_token"], [(agent_id, hash_token(token), None) for agent_id, token in tokens]
+                ADMIN_QUERIES["register_agent_token"],
+                [(agent_id, hash_token(token), None) for agent_id, token in tokens],
             )
         return tokens
 

@@ -24,8 +24,8 @@ from support import Account, RunEnv, Stack, kill_sessions, new_account, wait_for
 from test_accounts import Client, bearer, create_key, expect, gateway, login, make_gateway, user
 from test_bad_input import assert_error
 
-from streamspace_common.admin import create_agent_token, create_user, rotate_agent_token
 from streamspace_dispatcher.retention import AuditPruner
+from streamspace_tools.admin import create_agent_token, create_user, rotate_agent_token
 
 __all__ = ["gateway", "make_gateway", "user"]  # fixtures of test_accounts used here
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]

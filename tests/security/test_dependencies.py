@@ -43,13 +43,15 @@ from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionE
 from sessions_support import Api, new_user
 from support import RunEnv, Stack, free_port, new_account, wait_for
 
-from streamspace_common.admin import create_agent_token
+from streamspace_agent.settings import AgentSettings
 from streamspace_common.deploy_secrets import Layout, init_secrets, rabbitmq_conf
-from streamspace_common.migrate import create_database_if_missing, migrate
 from streamspace_common.redis_acl import RedisUser, acl_file
 from streamspace_common.routing import create_redis
 from streamspace_common.settings import SettingsError, load_settings
 from streamspace_common.tokens import hash_token
+from streamspace_gateway.settings import GatewaySettings
+from streamspace_tools.admin import create_agent_token
+from streamspace_tools.migrate import create_database_if_missing, migrate
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 POD_A, POD_B = "creds-a", "creds-b"
@@ -306,13 +308,14 @@ def test_settings_read_from_files(tmp_path: Path) -> None:
     url.write_text("postgresql://streamspace:s3cret@postgres:5432/streamspace\n")
     token = tmp_path / "agent-token"
     token.write_text("tok")
-    settings = load_settings({"DATABASE_URL_FILE": str(url), "AGENT_TOKEN_FILE": str(token)})
+    files = {"DATABASE_URL_FILE": str(url), "AGENT_TOKEN_FILE": str(token)}
+    settings = load_settings(GatewaySettings, files)
     assert settings.database_url == "postgresql://streamspace:s3cret@postgres:5432/streamspace"
-    assert settings.agent_token == "tok"
-    both = load_settings({"AGENT_TOKEN": "from-env", "AGENT_TOKEN_FILE": str(token)})
+    assert load_settings(AgentSettings, files).agent_token == "tok"
+    both = load_settings(AgentSettings, {"AGENT_TOKEN": "from-env", "AGENT_TOKEN_FILE": str(token)})
     assert both.agent_token == "from-env"
     with pytest.raises(SettingsError, match="REDIS_URL_FILE"):
-        load_settings({"REDIS_URL_FILE": str(tmp_path / "missing")})
+        load_settings(GatewaySettings, {"REDIS_URL_FILE": str(tmp_path / "missing")})
 
 
 def test_compose_secrets_are_generated_once_and_derived_files_follow_them(tmp_path: Path) -> None:
@@ -633,7 +636,7 @@ def test_compose_redis_and_bootstrap_work_from_the_generated_files(test_env: Run
     def local(args: list[str]) -> list[str]:
         return [arg.replace(SECRETS_DIR, secrets_dir).replace("$$", "$") for arg in args]
 
-    admin = [sys.executable, "-c", "from streamspace_common.admin import main; main()"]
+    admin = [sys.executable, "-c", "from streamspace_tools.admin import main; main()"]
     command = local(services["secrets"]["command"])
     assert command[0] == "streamspace-admin"
     subprocess.run([*admin, *command[1:]], check=True, capture_output=True, timeout=60)
@@ -682,7 +685,7 @@ def test_compose_redis_and_bootstrap_work_from_the_generated_files(test_env: Run
     token = (tmp_path / "secrets" / "agent-token").read_text()
     assert token not in result.stdout + result.stderr  # registered, never printed into compose's logs
     agent_env = local([services["agent-1"]["environment"]["AGENT_TOKEN_FILE"]])[0]
-    assert load_settings({"AGENT_TOKEN_FILE": agent_env}).agent_token == token
+    assert load_settings(AgentSettings, {"AGENT_TOKEN_FILE": agent_env}).agent_token == token
 
     async def owner() -> str:
         conn = await asyncpg.connect(test_env.database_url)

@@ -31,7 +31,6 @@ from test_ha import decode, lease_epoch, next_frame
 from test_pipeline import count_event
 
 from streamspace_common import closecodes
-from streamspace_common.admin import create_agent_token
 from streamspace_common.schemas import (
     CONNECT_PATH,
     FEATURE_CONFIRM,
@@ -46,6 +45,7 @@ from streamspace_common.schemas import (
     Welcome,
 )
 from streamspace_gateway.writer import FrameWriter, Queued
+from streamspace_tools.admin import create_agent_token
 
 
 @asynccontextmanager
@@ -296,7 +296,7 @@ async def test_the_agent_refuses_a_command_of_a_stale_epoch(stack: Stack, tmp_pa
 
 def admin_cli(test_env: RunEnv, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": test_env.database_url, "LOG_LEVEL": "warning"}
-    command = [sys.executable, "-c", "from streamspace_common.admin import main; main()", *args]
+    command = [sys.executable, "-c", "from streamspace_tools.admin import main; main()", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -22,9 +22,9 @@ from test_deploy_static import only, render
 from streamspace_agent.drivers.docker import DockerDriver
 from streamspace_agent.drivers.kubernetes import KubernetesDriver
 from streamspace_agent.drivers.local import LocalDriver, proc_stat
+from streamspace_agent.drivers.settings import DockerSettings, KubernetesSettings, LocalSettings
 from streamspace_common.actions import CreateSession, Resources
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings
 
 NAMESPACE = "sessions"
 AGENT = "iso-agent"
@@ -52,7 +52,7 @@ async def fake_api() -> AsyncIterator[tuple[FakeKubernetes, str]]:
 
 
 def kubernetes_driver(url: str, selector: str = CHART_AGENT_SELECTOR) -> KubernetesDriver:
-    settings = Settings(
+    settings = KubernetesSettings(
         agent_id=AGENT,
         agent_platform="kubernetes",
         kubernetes_namespace=NAMESPACE,
@@ -177,7 +177,9 @@ async def test_kubernetes_agent_in_another_namespace_is_named_by_namespace(
 def test_kubernetes_agent_refuses_to_start_without_the_agent_selector() -> None:
     """No selector, no policy that could admit the agent: the driver refuses rather than run sessions open."""
     with pytest.raises(ValueError, match="KUBERNETES_AGENT_SELECTOR"):
-        KubernetesDriver(Settings(agent_id=AGENT, agent_platform="kubernetes", kubernetes_namespace=NAMESPACE))
+        KubernetesDriver(
+            KubernetesSettings(agent_id=AGENT, agent_platform="kubernetes", kubernetes_namespace=NAMESPACE)
+        )
 
 
 # --- docker ------------------------------------------------------------------------------------
@@ -196,36 +198,36 @@ def docker_spec(session_id: str) -> CreateSession:
 def test_docker_sessions_drop_capabilities_and_privileges() -> None:
     """A session escaping its container: every capability dropped but the few a desktop's entrypoint
     needs to hand /data to its user, and no setuid binary gains anything (no-new-privileges)."""
-    driver = DockerDriver(Settings(agent_id=AGENT, agent_platform="docker"))
-    host = driver._config(docker_spec(new_session_id()))["HostConfig"]
+    driver = DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker"))
+    host = driver.specs.container(docker_spec(new_session_id()))["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert host["CapAdd"] == ["CHOWN", "SETUID", "SETGID"]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["Privileged"] is False
 
-    bare = DockerDriver(Settings(agent_id=AGENT, agent_platform="docker", docker_cap_add=""))
-    assert bare._config(docker_spec(new_session_id()))["HostConfig"]["CapAdd"] == []
+    bare = DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_cap_add=""))
+    assert bare.specs.container(docker_spec(new_session_id()))["HostConfig"]["CapAdd"] == []
     for bad in ("ALL", "SYS_ADMIN;rm", "net admin"):
         with pytest.raises(ValueError, match="DOCKER_CAP_ADD"):
-            DockerDriver(Settings(agent_id=AGENT, agent_platform="docker", docker_cap_add=bad))
+            DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_cap_add=bad))
 
 
 def test_docker_sessions_sit_on_their_own_network_and_cannot_reach_each_other() -> None:
     """One session dialling another's VNC port over the engine's network: sessions are on a bridge of
     their own with inter-container traffic off, and only the first port is published, on 127.0.0.1."""
-    driver = DockerDriver(Settings(agent_id=AGENT, agent_platform="docker", docker_network="ss-net"))
-    assert driver.network_config() == {
+    driver = DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_network="ss-net"))
+    assert driver.specs.network_config() == {
         "Name": "ss-net",
         "Driver": "bridge",
         "Labels": {"io.streamspace.managed": "true"},
         "Options": {"com.docker.network.bridge.enable_icc": "false"},
     }
-    config = driver._config(docker_spec(new_session_id()))
+    config = driver.specs.container(docker_spec(new_session_id()))
     assert config["HostConfig"]["NetworkMode"] == "ss-net"
     assert config["HostConfig"]["PortBindings"] == {"5900/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
     for engine_network in ("bridge", "host", "none", "default"):
         with pytest.raises(ValueError, match="DOCKER_NETWORK"):
-            DockerDriver(Settings(agent_id=AGENT, agent_platform="docker", docker_network=engine_network))
+            DockerDriver(DockerSettings(agent_id=AGENT, agent_platform="docker", docker_network=engine_network))
 
 
 # --- local -------------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def local_create(session_id: str, argv: list[str]) -> Command:
 async def test_local_session_listening_beyond_the_loopback_is_refused(tmp_path: Path, argv: list[str]) -> None:
     """The local platform is single-user: a session program that listens on every address would put
     the user's desktop on the network. It is terminated and the session reported failed."""
-    driver = LocalDriver(Settings(agent_id=AGENT, local_session_dir=str(tmp_path), local_stop_grace=2))
+    driver = LocalDriver(LocalSettings(agent_id=AGENT, local_session_dir=str(tmp_path), local_stop_grace=2))
     session_id = new_session_id()
     try:
         report = await driver.execute(local_create(session_id, argv))
@@ -259,7 +261,7 @@ async def test_local_session_listening_beyond_the_loopback_is_refused(tmp_path: 
 
 
 async def test_local_session_on_the_loopback_runs(tmp_path: Path) -> None:
-    driver = LocalDriver(Settings(agent_id=AGENT, local_session_dir=str(tmp_path), local_stop_grace=2))
+    driver = LocalDriver(LocalSettings(agent_id=AGENT, local_session_dir=str(tmp_path), local_stop_grace=2))
     session_id = new_session_id()
     try:
         report = await driver.execute(local_create(session_id, [*ECHO_ON, "127.0.0.1"]))

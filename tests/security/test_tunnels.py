@@ -31,11 +31,12 @@ from sessions_support import Api, new_user
 from support import RunEnv, Service, Stack, free_port, kill_sessions, new_account, wait_for
 
 from streamspace_agent.drivers.local import LocalDriver
+from streamspace_agent.drivers.settings import LocalSettings
 from streamspace_agent.tunnels import Tunnels
-from streamspace_common.admin import create_agent_token
 from streamspace_common.db import load_queries
 from streamspace_common.settings import load_settings
 from streamspace_common.tokens import hash_token
+from streamspace_tools.admin import create_agent_token
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 TEMPLATE = "sec-tunnel-echo"
@@ -345,7 +346,7 @@ def test_which_dial_back_urls_the_agent_accepts(tmp_path: Path) -> None:
     """The dial-back allow-list: scheme, host and port of a GATEWAY_URLS entry (http -> ws, https -> wss,
     default ports filled in); wss only when a gateway is wss; TUNNEL_NETWORKS admits addresses in those
     networks on a gateway's scheme and port."""
-    settings = load_settings({"AGENT_ID": "allow-list", "LOCAL_SESSION_DIR": str(tmp_path)})
+    settings = load_settings(LocalSettings, {"AGENT_ID": "allow-list", "LOCAL_SESSION_DIR": str(tmp_path)})
     driver = LocalDriver(settings)
     plain = Tunnels(driver, "http://gw-a:8000,http://10.1.2.3:8001", 60, 1, 1)
     assert plain.allowed("ws://gw-a:8000/api/v1/agents/tunnel") is None

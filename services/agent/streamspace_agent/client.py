@@ -1,20 +1,9 @@
 """The agent's link to the control plane: connect, hello, heartbeats, commands in, acks and results out.
 
-It reconnects forever (§4): it starts on a random one of GATEWAY_URLS (AGENT_GATEWAY_START), on a
-failure it moves to the next and waits with exponential backoff and full jitter (0.25 s up to 30 s); a
-close with 1012 (gateway restarting) moves on at once to a random other one, so a restarted replica's
-agents spread over the rest. A close with 4412 (MOVE: the replica holds more than its fair share,
-docs/operations.md "Scaling the gateways") moves on at once too, announcing MOVING_HEADER: a replica at
-its fair share refuses that connect with 409 and the agent tries another URL, until every other URL
-refused it (or MOVE_TRIES refusals with fewer URLs, e.g. one load-balanced Service); then it connects
-without the header.
+It reconnects forever (§4), with exponential backoff and full jitter (0.25 s up to 30 s) after a
+failure; which of GATEWAY_URLS it tries next, and when it says it is moving, is gateways.py's `Route`.
+What one socket sends (acks, and the results a gateway has not confirmed) is outbox.py's `Outbox`.
 
-A command is acknowledged ACK_AFTER (5 ms) after it arrived unless its result is journaled by then:
-the result acknowledges it too, so a quick command costs one write and one commit less on its way.
-
-Results stay with the executor until a gateway confirms them. On each socket the agent sends every
-unconfirmed result in order, at most RESULT_WINDOW of them unconfirmed at once (that bounds what the
-gateway holds for this socket), so a result in flight when a socket dies goes out again on the next.
 Replicas of one agent id may run at once (HA): the agent announces the `ha` feature and the gateway
 says with `role` frames whether this replica is active (it receives commands) or standby (it starts
 nothing new; what it already runs finishes, but a result it reports under a lost epoch is refused and
@@ -39,7 +28,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections import deque
 
 import aiohttp
 import msgspec
@@ -49,7 +37,6 @@ from streamspace_common import closecodes
 from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
-    CONNECT_PATH,
     FEATURE_CONFIRM,
     FEATURE_FENCE,
     FEATURE_HA,
@@ -64,71 +51,20 @@ from streamspace_common.schemas import (
     GatewayFrame,
     Heartbeat,
     Hello,
-    Result,
     Role,
     Welcome,
 )
 
 from . import __version__, metrics
 from .executor import Executor
+from .gateways import Route, socket_urls
+from .outbox import Outbox
 
-RESULT_WINDOW = 256  # results sent on one socket and not yet confirmed, at most
-ACK_AFTER = 0.005  # seconds: a command whose result is journaled sooner is acknowledged by its result
 MAX_HELLO_IDS = 10_000  # more running + unreported than this: the hello lists none (and asks no requeue)
-MOVE_TRIES = 3  # refusals (409) a moving agent takes at least before it connects without MOVING_HEADER
 REFUSED_PAUSE = 0.2  # seconds at most (jittered) between a refused move and the next try
 log = structlog.get_logger("agent.client")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
-
-
-def socket_urls(gateway_urls: str) -> list[str]:
-    """`http://host:8000` -> `ws://host:8000/api/v1/agents/connect`; ws:// and wss:// are kept."""
-    urls = []
-    for base in filter(None, (part.strip() for part in gateway_urls.split(","))):
-        base = base.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        urls.append(base if base.endswith(CONNECT_PATH) else base + CONNECT_PATH)
-    if not urls:
-        raise ValueError("GATEWAY_URLS names no gateway")
-    return urls
-
-
-class Route:
-    """Which of GATEWAY_URLS to try next, and whether the agent is moving (4412) and should say so."""
-
-    def __init__(self, count: int, random_start: bool) -> None:
-        self.count = count
-        self.index = random.randrange(count) if random_start else 0  # noqa: S311 (spread, not a secret)
-        self.moving = False
-        self.avoid: set[int] = set()
-        self.refusals = 0
-        self.left = self.index  # the URL it was last asked to leave (1012, 4412)
-
-    def failed(self) -> None:
-        """A failure: the next URL in order."""
-        self.index = (self.index + 1) % self.count
-
-    def elsewhere(self, moving: bool) -> None:
-        """Closed by 1012 or 4412: a random other URL at once (any, with one URL)."""
-        self.moving, self.avoid, self.refusals, self.left = moving, {self.index}, 0, self.index
-        self.index = self.pick()
-
-    def refused(self) -> None:
-        """A moving connect refused with 409: another URL, or (tried enough) connect without moving, to any
-        URL but the one it was asked to leave."""
-        self.avoid.add(self.index)
-        self.refusals += 1
-        if self.refusals >= max(MOVE_TRIES, self.count - 1):
-            self.moving = False
-            self.avoid = {self.left}
-        self.index = self.pick()
-
-    def arrived(self) -> None:
-        self.moving, self.avoid, self.refusals = False, set(), 0
-
-    def pick(self) -> int:
-        others = [i for i in range(self.count) if i not in self.avoid] or list(range(self.count))
-        return random.choice(others)  # noqa: S311
 
 
 class HelloRefused(Exception):
@@ -141,57 +77,6 @@ class HelloRefused(Exception):
     def unknown_field(self) -> bool:
         """An earlier gateway's answer to a field added since (its frames forbid unknown fields)."""
         return self.code == closecodes.BAD_FRAME and "unknown field" in self.reason
-
-
-class Outbox:
-    """What one socket sends: acks of commands still without a result ACK_AFTER after they arrived, and
-    every unconfirmed result, in order, at most `window` unconfirmed at once."""
-
-    def __init__(self, executor: Executor, confirms: bool, window: int = RESULT_WINDOW) -> None:
-        self.executor = executor
-        self.confirms = confirms
-        self.window = window
-        self.queue: deque[str] = deque(executor.unconfirmed)
-        self.in_flight: set[str] = set()
-        self.acks: list[str] = []
-        self.wake = asyncio.Event()
-        if self.queue:
-            self.wake.set()
-
-    def add(self, command_id: str) -> None:
-        self.queue.append(command_id)
-        self.wake.set()
-
-    def confirmed(self, command_ids: list[str]) -> None:
-        self.in_flight.difference_update(command_ids)
-        self.wake.set()
-
-    def ack_later(self, command_id: str) -> None:
-        """Acknowledge the command unless its result is journaled within ACK_AFTER: a result acknowledges
-        too (the gateway records both at once), so a quick command costs the control plane one write, and
-        its latency one commit less. A slow one is acknowledged long before any ack deadline."""
-        asyncio.get_running_loop().call_later(ACK_AFTER, self._ack_if_unanswered, command_id)
-
-    def _ack_if_unanswered(self, command_id: str) -> None:
-        if not self.executor.has_answer(command_id):
-            self.acks.append(command_id)
-            self.wake.set()
-
-    def take_acks(self) -> list[str]:
-        acks, self.acks = self.acks, []
-        return acks
-
-    def take(self) -> list[Result]:
-        """What may go out now; the window counts only for a gateway that confirms."""
-        batch: list[Result] = []
-        while self.queue and (not self.confirms or len(self.in_flight) < self.window):
-            result = self.executor.unconfirmed.get(self.queue.popleft())
-            if result is not None:  # else confirmed meanwhile
-                batch.append(result)
-                if self.confirms:
-                    self.in_flight.add(result.command_id)
-        self.wake.clear()
-        return batch
 
 
 class AgentClient:

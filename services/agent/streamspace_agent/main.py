@@ -9,21 +9,22 @@ import structlog
 from aiohttp import web
 
 from streamspace_common.log import configure_logging
-from streamspace_common.settings import Settings, load_settings, port_or
 from streamspace_common.web import add_health_routes, background, serve
 
 from . import metrics
 from .client import AgentClient
 from .drivers import create_driver
+from .drivers.settings import load_agent_settings
 from .executor import Executor
 from .journal import Journal, state_dir
+from .settings import AgentSettings
 from .tunnels import Tunnels
 
 DEFAULT_PORT = 8091
 log = structlog.get_logger("agent")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: AgentSettings) -> web.Application:
     driver = create_driver(settings)
     tunnels = Tunnels(
         driver,
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_agent_settings()
     configure_logging(settings.log_format, settings.log_level, service="agent", agent_id=settings.agent_id)
     missing = [name for name in ("agent_id", "agent_token") if not getattr(settings, name)]
     if missing:
@@ -74,6 +75,6 @@ def main() -> None:
     except (ValueError, OSError) as exc:
         log.error("bad_settings", error=str(exc))
         sys.exit(2)
-    port = port_or(settings, DEFAULT_PORT)
+    port = settings.port_or(DEFAULT_PORT)
     log.info("starting", platform=settings.agent_platform, gateways=settings.gateway_urls, port=port)
     serve(app, settings.host, port)

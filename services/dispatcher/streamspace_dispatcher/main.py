@@ -14,7 +14,7 @@ from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys,
 from streamspace_common.keys import RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.routing import RoutingTable, create_redis
-from streamspace_common.settings import Settings, load_settings, port_or
+from streamspace_common.settings import load_settings
 from streamspace_common.web import add_health_routes, background, serve
 
 from .dispatcher import Dispatcher
@@ -22,13 +22,14 @@ from .idle import IdleHibernator
 from .reconcile import Reconciler
 from .retention import Retention
 from .retries import RetryScheduler
+from .settings import DispatcherSettings
 
 DEFAULT_PORT = 8090
 DISPATCHER_KEY = web.AppKey("dispatcher", Dispatcher)
 log = structlog.get_logger("dispatcher")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: DispatcherSettings) -> web.Application:
     if settings.delivery_keys:
         parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
     app = web.Application()
@@ -82,8 +83,8 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(DispatcherSettings)
     configure_logging(settings.log_format, settings.log_level, service="dispatcher", pod=settings.pod_name)
-    port = port_or(settings, DEFAULT_PORT)
+    port = settings.port_or(DEFAULT_PORT)
     log.info("starting", host=settings.host, port=port)
     serve(create_app(settings), settings.host, port)

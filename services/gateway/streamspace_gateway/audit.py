@@ -23,7 +23,7 @@ from streamspace_common.db import load_queries
 
 from .auth import Caller
 
-QUERIES = load_queries("streamspace_gateway", "audit.sql")
+REGISTRY = load_queries("streamspace_common", "registry.sql")
 # What each action is done to (its `target`).
 ACTIONS = {
     "auth.login": "user id",
@@ -74,7 +74,7 @@ async def record(
     actor = who(request, caller)
     if caller is None:
         actor = (user_id, username, *actor[2:])
-    await db.execute(QUERIES["record"], *actor, action, target, detail or {})
+    await db.execute(REGISTRY["record_audit"], *actor, action, target, detail or {})
 
 
 def who(

@@ -17,7 +17,7 @@ from streamspace_common.log import configure_logging
 from streamspace_common.passwords import configure as configure_passwords
 from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.schemas import CONNECT_PATH
-from streamspace_common.settings import STALE_AFTER_INTERVALS, Settings, load_settings, port_or
+from streamspace_common.settings import STALE_AFTER_INTERVALS, load_settings
 from streamspace_common.web import add_health_routes, background, metrics_listener, serve
 
 from . import metrics
@@ -35,6 +35,7 @@ from .rebalance import REBALANCER_KEY, Rebalancer
 from .registry import REGISTRY_KEY, AgentRegistry
 from .request_context import add_headers, request_context
 from .revocation import OPEN_STREAMS_KEY, OpenStreams
+from .settings import GatewaySettings
 from .store import STORE_KEY, Store
 from .throttle import ADDRESSES_KEY, THROTTLE_KEY, ClientAddresses, LoginThrottle
 from .tickets import StreamTickets
@@ -49,7 +50,7 @@ POD_CHANNEL_KEY = web.AppKey("pod_channel", PodChannel)
 log = structlog.get_logger("gateway")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: GatewaySettings) -> web.Application:
     if settings.delivery_keys:
         parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
     app = web.Application(middlewares=[request_context, json_errors], client_max_size=settings.max_request_bytes)
@@ -127,7 +128,7 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def login_throttle(settings: Settings, redis: Redis, keys: RedisKeys) -> LoginThrottle:
+def login_throttle(settings: GatewaySettings, redis: Redis, keys: RedisKeys) -> LoginThrottle:
     limits = settings.login_failure_limit, settings.login_address_limit
     return LoginThrottle(redis, keys, *limits, settings.login_failure_window)
 
@@ -136,7 +137,7 @@ def refused_delivery(path: str, reason: str) -> None:
     metrics.DELIVERIES_REFUSED.labels(path, reason).inc()
 
 
-def tunnel_url(settings: Settings) -> str:
+def tunnel_url(settings: GatewaySettings) -> str:
     """Where agents dial back to reach this replica's tunnels (TUNNEL_URL, else its own address)."""
     if settings.tunnel_url:
         base = settings.tunnel_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -144,7 +145,7 @@ def tunnel_url(settings: Settings) -> str:
     all_interfaces = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, not bound to)
     host = settings.pod_ip or (settings.pod_name if settings.host in all_interfaces else settings.host)
     host = f"[{host}]" if ":" in host else host  # an IPv6 address
-    return f"ws://{host}:{port_or(settings, DEFAULT_PORT)}{TUNNEL_PATH}"
+    return f"ws://{host}:{settings.port_or(DEFAULT_PORT)}{TUNNEL_PATH}"
 
 
 def raise_open_files_limit(needed: int = OPEN_FILES_NEEDED) -> int:
@@ -172,9 +173,9 @@ def raise_open_files_limit(needed: int = OPEN_FILES_NEEDED) -> int:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(GatewaySettings)
     configure_logging(settings.log_format, settings.log_level, service="gateway", pod=settings.pod_name)
-    port = port_or(settings, DEFAULT_PORT)
+    port = settings.port_or(DEFAULT_PORT)
     log.info("starting", host=settings.host, port=port, metrics_port=settings.metrics_port or None)
     raise_open_files_limit()
     serve(create_app(settings), settings.host, port, shutdown_timeout=10)

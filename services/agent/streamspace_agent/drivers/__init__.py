@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 from streamspace_common.actions import SessionInventoryItem
 from streamspace_common.schemas import Command
-from streamspace_common.settings import Settings
+
+from ..settings import AgentSettings
+from .settings import PLATFORM_SETTINGS, DockerSettings, KubernetesSettings, LocalSettings
 
 
 class CommandFailed(Exception):
@@ -51,18 +53,21 @@ class Driver(Protocol):
         ...
 
 
-def create_driver(settings: Settings) -> Driver:
-    """The driver for AGENT_PLATFORM, with its own settings; ValueError for a bad setting."""
-    if settings.agent_platform == "local":
+def create_driver(settings: AgentSettings) -> Driver:
+    """The driver of the settings' type (drivers/settings.py: `load_agent_settings` reads AGENT_PLATFORM's);
+    ValueError for a bad setting."""
+    if PLATFORM_SETTINGS.get(settings.agent_platform) is not type(settings):
+        raise ValueError(f"AGENT_PLATFORM={settings.agent_platform!r} with {type(settings).__name__}: no driver")
+    if isinstance(settings, LocalSettings):
         from .local import LocalDriver
 
         return LocalDriver(settings)
-    if settings.agent_platform == "docker":
+    if isinstance(settings, DockerSettings):
         from .docker import DockerDriver
 
         return DockerDriver(settings)
-    if settings.agent_platform == "kubernetes":
+    if isinstance(settings, KubernetesSettings):
         from .kubernetes import KubernetesDriver
 
         return KubernetesDriver(settings)
-    raise ValueError(f"AGENT_PLATFORM={settings.agent_platform!r} has no driver")
+    raise ValueError(f"no driver takes {type(settings).__name__}")

@@ -1,5 +1,8 @@
 """The `docker` platform: a session is a container on a Docker Engine, via aiodocker.
 
+What the driver asks the engine for (the container's configuration, the network) and how it reads a
+session's endpoint back are docker_objects.py's; this module runs them against the engine.
+
 Per session: a container `ss-<session_id>` running the template's image (its own command) with
 labels io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id (and
 io.streamspace.template), on the network DOCKER_NETWORK, with a named volume
@@ -41,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from functools import partial
 from typing import Any
 
@@ -50,8 +52,7 @@ import structlog
 from aiodocker.exceptions import DockerError
 from aiodocker.volumes import DockerVolume
 
-from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
-from streamspace_common.settings import Settings
+from streamspace_common.actions import CreateSession, SessionInventoryItem, SessionReport
 
 from . import CommandFailed
 from .base import (
@@ -59,37 +60,16 @@ from .base import (
     MANAGED_LABEL,
     PROBE_HOLD,
     SESSION_LABEL,
-    TEMPLATE_LABEL,
     SessionDriver,
     SessionFailed,
     until_ready,
 )
+from .docker_objects import ENGINE_NETWORKS, ICC_OPTION, PORT_LABEL, Specs, capabilities, container_name, volume_name
+from .settings import DockerSettings
 
-DATA_PATH = "/data"
-PORT_LABEL = "io.streamspace.port"  # the template's first port: the session's endpoint
 PAUSE_ATTEMPTS = 3
 PAUSE_RETRY_DELAY = 0.5  # seconds
-ENGINE_NETWORKS = ("bridge", "host", "none", "default")
-ICC_OPTION = "com.docker.network.bridge.enable_icc"
-CAPABILITY = re.compile(r"^[A-Z][A-Z_]*$")
 log = structlog.get_logger("agent.docker")
-
-
-def capabilities(text: str) -> list[str]:
-    """DOCKER_CAP_ADD as a list of capability names (CAP_ prefix optional); ValueError for a bad one."""
-    names = [name.strip().upper().removeprefix("CAP_") for name in text.split(",") if name.strip()]
-    bad = [name for name in names if not CAPABILITY.match(name) or name == "ALL"]
-    if bad:
-        raise ValueError(f"DOCKER_CAP_ADD={text!r}: not capability names: {', '.join(bad)}")
-    return names
-
-
-def container_name(session_id: str) -> str:
-    return f"ss-{session_id}"
-
-
-def volume_name(session_id: str) -> str:
-    return f"ss-{session_id}-data"
 
 
 def not_running(session_id: str, data: dict[str, Any] | None) -> str | None:
@@ -104,7 +84,7 @@ def not_running(session_id: str, data: dict[str, Any] | None) -> str | None:
 class DockerDriver(SessionDriver):
     platform = "docker"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DockerSettings) -> None:
         super().__init__(settings.agent_id)
         self.url = settings.docker_host or None
         if settings.docker_network in ENGINE_NETWORKS:
@@ -113,11 +93,11 @@ class DockerDriver(SessionDriver):
                 "sessions need a network of their own"
             )
         self.network = settings.docker_network
-        self.publish_host = settings.docker_publish_host
         self.endpoint_mode = settings.docker_endpoint
-        self.cap_add = capabilities(settings.docker_cap_add)
-        if self.endpoint_mode == "published" and self.publish_host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("docker_sessions_published_beyond_this_host", publish_host=self.publish_host)
+        publish_host, cap_add = settings.docker_publish_host, capabilities(settings.docker_cap_add)
+        self.specs = Specs(settings.agent_id, self.network, publish_host, self.endpoint_mode, cap_add)
+        if self.endpoint_mode == "published" and publish_host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("docker_sessions_published_beyond_this_host", publish_host=publish_host)
         self.stop_timeout = settings.docker_stop_timeout
         self.pull_timeout = settings.docker_pull_timeout
         self.ready_timeout = settings.session_ready_timeout
@@ -134,9 +114,6 @@ class DockerDriver(SessionDriver):
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
-
-    def labels(self, session_id: str) -> dict[str, str]:
-        return {MANAGED_LABEL: "true", SESSION_LABEL: session_id, AGENT_LABEL: self.agent_id}
 
     async def _containers(self, session_id: str | None = None) -> list[dict[str, Any]]:
         """This agent's session containers (one session's, if given), as the engine lists them."""
@@ -158,35 +135,6 @@ class DockerDriver(SessionDriver):
             raise SessionFailed(f"container {container_name(session_id)} exists but is not this agent's")
         return data
 
-    def _address(self, labels: dict[str, str], networks: dict[str, Any]) -> Endpoint | None:
-        """DOCKER_ENDPOINT=address: the container's address on the sessions' network, the template's port."""
-        address = (networks.get(self.network) or {}).get("IPAddress")
-        port = int(labels.get(PORT_LABEL, "0"))
-        return Endpoint(host=address, port=port) if address and port else None
-
-    def _endpoint(self, data: dict[str, Any]) -> Endpoint | None:
-        """Where the agent reaches the session, from an inspect result (DOCKER_ENDPOINT)."""
-        labels = data.get("Config", {}).get("Labels", {})
-        settings = data.get("NetworkSettings", {})
-        if self.endpoint_mode == "address":
-            return self._address(labels, settings.get("Networks") or {})
-        bindings = (settings.get("Ports") or {}).get(f"{labels.get(PORT_LABEL)}/tcp") or []
-        for binding in bindings:
-            if binding.get("HostPort"):
-                return Endpoint(host=self.publish_host, port=int(binding["HostPort"]))
-        return None
-
-    def _listed_endpoint(self, data: dict[str, Any]) -> Endpoint | None:
-        """The same as `_endpoint`, from a container list entry (which has another shape)."""
-        labels = data.get("Labels") or {}
-        if self.endpoint_mode == "address":
-            return self._address(labels, (data.get("NetworkSettings") or {}).get("Networks") or {})
-        first = int(labels.get(PORT_LABEL, "0"))
-        for port in data.get("Ports") or []:
-            if port.get("PrivatePort") == first and port.get("PublicPort"):
-                return Endpoint(host=self.publish_host, port=int(port["PublicPort"]))
-        return None
-
     async def _ensure_image(self, image: str) -> None:
         """The image on the engine, pulled if missing for at most DOCKER_PULL_TIMEOUT seconds (0: never)."""
         try:
@@ -206,15 +154,6 @@ class DockerDriver(SessionDriver):
         except DockerError as exc:
             raise SessionFailed(f"{missing}, and pulling it failed: {exc.message}") from exc
 
-    def network_config(self) -> dict[str, Any]:
-        """The sessions' network: a bridge on which containers cannot reach each other."""
-        return {
-            "Name": self.network,
-            "Driver": "bridge",
-            "Labels": {MANAGED_LABEL: "true"},
-            "Options": {ICC_OPTION: "false"},
-        }
-
     async def _ensure_network(self) -> None:
         try:
             network = await self.docker.networks.get(self.network)
@@ -222,7 +161,7 @@ class DockerDriver(SessionDriver):
             if exc.status != 404:
                 raise
             try:
-                await self.docker.networks.create(self.network_config())
+                await self.docker.networks.create(self.specs.network_config())
             except DockerError as race:
                 if race.status != 409:  # made by another agent meanwhile
                     raise
@@ -230,32 +169,6 @@ class DockerDriver(SessionDriver):
         options = (await network.show()).get("Options") or {}
         if options.get(ICC_OPTION) != "false":
             log.warning("docker_network_lets_sessions_talk", network=self.network, option=f"{ICC_OPTION}=false")
-
-    def _config(self, spec: CreateSession) -> dict[str, Any]:
-        if not spec.ports:
-            raise SessionFailed("the template has no ports; the docker platform publishes the first one")
-        port = f"{spec.ports[0]}/tcp"
-        labels = {**self.labels(spec.session_id), TEMPLATE_LABEL: spec.name, PORT_LABEL: str(spec.ports[0])}
-        published = {port: [{"HostIp": self.publish_host, "HostPort": ""}]} if self.endpoint_mode == "published" else {}
-        env = {**spec.env, "PORT": str(spec.ports[0]), "STREAMSPACE_SESSION_ID": spec.session_id}
-        return {
-            "Image": spec.image,
-            "Env": [f"{name}={value}" for name, value in env.items()],
-            "Labels": labels,
-            "ExposedPorts": {f"{p}/tcp": {} for p in spec.ports},
-            "HostConfig": {
-                "NanoCpus": int(spec.resources.cpu * 1e9),
-                "Memory": spec.resources.memory * 1024 * 1024,
-                "PortBindings": published,
-                "Mounts": [{"Type": "volume", "Source": volume_name(spec.session_id), "Target": DATA_PATH}],
-                "NetworkMode": self.network,
-                "RestartPolicy": {"Name": "no"},
-                "CapDrop": ["ALL"],
-                "CapAdd": self.cap_add,
-                "SecurityOpt": ["no-new-privileges:true"],
-                "Privileged": False,
-            },
-        }
 
     async def _exited(self, session_id: str) -> str | None:
         """Why the session's container no longer runs (None while it does): ends a readiness wait early."""
@@ -266,7 +179,7 @@ class DockerDriver(SessionDriver):
         data = await self._inspect(session_id)
         if data is None or not data["State"]["Running"]:
             raise SessionFailed(not_running(session_id, data) or "")
-        endpoint = self._endpoint(data)
+        endpoint = self.specs.endpoint(data)
         if endpoint is None:
             raise SessionFailed(f"the container has no endpoint (DOCKER_ENDPOINT={self.endpoint_mode})")
         try:
@@ -287,10 +200,10 @@ class DockerDriver(SessionDriver):
         if not spec.image:
             raise SessionFailed("the docker platform runs the template's image, and this template has none")
         if await self._inspect(spec.session_id) is None:
-            config = self._config(spec)
+            config = self.specs.container(spec)
             await self._ensure_image(spec.image)
             await self._ensure_network()
-            volume = {"Name": volume_name(spec.session_id), "Labels": self.labels(spec.session_id)}
+            volume = {"Name": volume_name(spec.session_id), "Labels": self.specs.labels(spec.session_id)}
             await self.docker.volumes.create(volume)
             try:
                 await self.docker.containers.create(config, name=container_name(spec.session_id))
@@ -368,7 +281,7 @@ class DockerDriver(SessionDriver):
         for data in await self._containers():
             session_id = data["Labels"][SESSION_LABEL]
             if data["State"] == "running":
-                endpoint = self._listed_endpoint(data)
+                endpoint = self.specs.listed_endpoint(data)
                 items.append(SessionInventoryItem(session_id=session_id, state="running", endpoint=endpoint))
             elif data["State"] == "paused":
                 items.append(SessionInventoryItem(session_id=session_id, state="hibernated"))

@@ -1,20 +1,7 @@
 """The `kubernetes` platform: a session is a Deployment, a Service and a PVC, via kubernetes_asyncio.
 
-Per session, in KUBERNETES_NAMESPACE, all named `ss-<session_id>` and labelled
-io.streamspace.managed=true, io.streamspace.session_id, io.streamspace.agent_id:
-- a NetworkPolicy, made first so no session pod ever runs without it: the session's pods admit
-  ingress only from the agent's own pods (KUBERNETES_AGENT_SELECTOR; in another namespace, that
-  namespace's pods of that selector) and only on the template's ports. Other sessions, the gateways and
-  every other pod are refused (docs/security.md, "## Session isolation");
-- a PersistentVolumeClaim (always one: KUBERNETES_STORAGE_SIZE, ReadWriteOnce, KUBERNETES_STORAGE_CLASS
-  or the cluster's default) mounted at /data, so a hibernated session keeps its files;
-- a ClusterIP Service exposing the template's ports; the endpoint is its cluster DNS name
-  (`ss-<id>.<namespace>.svc.<KUBERNETES_CLUSTER_DOMAIN>`) and the first port;
-- a Deployment (Recreate strategy, one container `session` with the image's own command, PORT set,
-  cpu/memory as both requests and limits, a tcpSocket readiness probe on the first port) with replicas
-  1. Its pods run restricted (the Pod Security Standard): as KUBERNETES_SESSION_UID, never root, no
-  privilege escalation, every capability dropped, the runtime's default seccomp profile, no
-  service-account token and no service links.
+What each session's four objects hold is kubernetes_objects.py's; this module makes, scales, lists
+and deletes them.
 
 hibernate and stop = patch replicas to 0 (the annotation io.streamspace.state records which, so
 inventory can tell them apart); wake = replicas 1; delete = delete all four (the policy last). Creating
@@ -36,7 +23,6 @@ create/patch/delete/list, services, persistentvolumeclaims and networkpolicies c
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,66 +30,41 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport, SessionState
-from streamspace_common.settings import Settings
+from streamspace_common.actions import CreateSession, SessionInventoryItem, SessionReport, SessionState
 
 from .base import (
-    AGENT_LABEL,
-    MANAGED_LABEL,
     SESSION_LABEL,
-    TEMPLATE_LABEL,
     SessionDriver,
     SessionFailed,
     not_ready_reason,
     observe_ready,
 )
+from .kubernetes_objects import LABEL_VALUE, STATE_ANNOTATION, Manifests, object_name, parse_selector
+from .settings import KubernetesSettings
 
-STATE_ANNOTATION = "io.streamspace.state"
-# the kubelet's probe of the session's first port: every second, 2 s to connect, unready after 3 misses
-READINESS = {"periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 3}
 READY_POLL = 0.5  # seconds between two reads of the Deployment's status while waiting for Ready
-DATA_PATH = "/data"
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def object_name(session_id: str) -> str:
-    return f"ss-{session_id}"
-
-
-def parse_selector(text: str) -> dict[str, str]:
-    """KUBERNETES_AGENT_SELECTOR (`k=v,k=v`) as matchLabels; ValueError when empty or malformed."""
-    pairs = [part.strip().split("=", 1) for part in text.split(",") if part.strip()]
-    labels = {key.strip(): value.strip() for key, value in (pair for pair in pairs if len(pair) == 2)}
-    if not labels or len(labels) != len(pairs) or not all(LABEL_VALUE.match(v) for v in labels.values()):
-        raise ValueError(
-            f"KUBERNETES_AGENT_SELECTOR={text!r} must be the agent pods' labels as k=v[,k=v]: each session's "
-            "NetworkPolicy admits those pods alone"
-        )
-    return labels
-
-
-def label_value(text: str) -> str:
-    """Template names may hold anything; a label value may not. Keep what fits."""
-    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", text)[:63].strip("-_.")
-    return cleaned
 
 
 class KubernetesDriver(SessionDriver):
     platform = "kubernetes"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: KubernetesSettings) -> None:
         super().__init__(settings.agent_id)
         if len(settings.agent_id) > 63 or not LABEL_VALUE.match(settings.agent_id):
             raise ValueError(f"AGENT_ID={settings.agent_id!r} must be a Kubernetes label value for this platform")
         self.namespace = settings.kubernetes_namespace or self._own_namespace()
         self.api_url = settings.kubernetes_api_url
-        self.storage_size = settings.kubernetes_storage_size
-        self.storage_class = settings.kubernetes_storage_class
-        self.cluster_domain = settings.kubernetes_cluster_domain
-        self.agent_selector = parse_selector(settings.kubernetes_agent_selector)
-        self.agent_namespace = self._namespace_file() or self.namespace
-        self.session_uid = settings.kubernetes_session_uid
+        self.manifests = Manifests(
+            agent_id=settings.agent_id,
+            namespace=self.namespace,
+            agent_namespace=self._namespace_file() or self.namespace,
+            agent_selector=parse_selector(settings.kubernetes_agent_selector),
+            storage_size=settings.kubernetes_storage_size,
+            storage_class=settings.kubernetes_storage_class,
+            session_uid=settings.kubernetes_session_uid,
+            cluster_domain=settings.kubernetes_cluster_domain,
+        )
         self.ready_timeout = settings.session_ready_timeout
         self._api: client.ApiClient | None = None
 
@@ -147,115 +108,6 @@ class KubernetesDriver(SessionDriver):
             await self._api.close()
             self._api = None
 
-    # --- the objects -----------------------------------------------------------------------
-
-    def labels(self, session_id: str) -> dict[str, str]:
-        return {MANAGED_LABEL: "true", SESSION_LABEL: session_id, AGENT_LABEL: self.agent_id}
-
-    def selector(self) -> str:
-        return f"{MANAGED_LABEL}=true,{AGENT_LABEL}={self.agent_id}"
-
-    def _metadata(self, session_id: str, **extra: Any) -> dict[str, Any]:
-        return {"name": object_name(session_id), "labels": self.labels(session_id), **extra}
-
-    def claim_body(self, spec: CreateSession) -> Any:
-        claim: dict[str, Any] = {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": self.storage_size}},
-        }
-        if self.storage_class:
-            claim["storageClassName"] = self.storage_class
-        return {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": self._metadata(spec.session_id),
-            "spec": claim,
-        }
-
-    def service_body(self, spec: CreateSession) -> Any:
-        ports = [{"name": f"port-{port}", "port": port, "targetPort": port, "protocol": "TCP"} for port in spec.ports]
-        return {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": self._metadata(spec.session_id),
-            "spec": {"type": "ClusterIP", "selector": self.labels(spec.session_id), "ports": ports},
-        }
-
-    def deployment_body(self, spec: CreateSession) -> Any:
-        labels = {**self.labels(spec.session_id), TEMPLATE_LABEL: label_value(spec.name)}
-        env = {**spec.env, "PORT": str(spec.ports[0]), "STREAMSPACE_SESSION_ID": spec.session_id}
-        amounts = {"cpu": f"{round(spec.resources.cpu * 1000)}m", "memory": f"{spec.resources.memory}Mi"}
-        container = {
-            "name": "session",
-            "image": spec.image,
-            "env": [{"name": name, "value": value} for name, value in env.items()],
-            "ports": [{"containerPort": port, "protocol": "TCP"} for port in spec.ports],
-            "resources": {"requests": amounts, "limits": amounts},
-            "volumeMounts": [{"name": "data", "mountPath": DATA_PATH}],
-            "readinessProbe": {"tcpSocket": {"port": spec.ports[0]}, **READINESS},
-        }
-        volume = {"name": "data", "persistentVolumeClaim": {"claimName": object_name(spec.session_id)}}
-        pod_security, container["securityContext"] = self.pod_security()
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": self._metadata(spec.session_id, annotations={STATE_ANNOTATION: "running"}),
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": self.labels(spec.session_id)},
-                "strategy": {"type": "Recreate"},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [container],
-                        "volumes": [volume],
-                        "securityContext": pod_security,
-                        "automountServiceAccountToken": False,  # a session has no business with the API
-                        "enableServiceLinks": False,  # nor with the addresses of every Service around it
-                    },
-                },
-            },
-        }
-
-    def policy_body(self, spec: CreateSession) -> Any:
-        """Ingress to the session's pods from the agent's pods alone, on the template's ports alone."""
-        agents: dict[str, Any] = {"podSelector": {"matchLabels": self.agent_selector}}
-        if self.agent_namespace != self.namespace:
-            agents["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": self.agent_namespace}}
-        return {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": self._metadata(spec.session_id),
-            "spec": {
-                "podSelector": {"matchLabels": self.labels(spec.session_id)},
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": [agents], "ports": [{"protocol": "TCP", "port": port} for port in spec.ports]}],
-            },
-        }
-
-    def pod_security(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The pod's and the container's securityContext: the "restricted" Pod Security Standard."""
-        uid = self.session_uid
-        pod = {
-            "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": uid,
-            "fsGroup": uid,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        }
-        container = {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        }
-        return pod, container
-
-    def endpoint(self, session_id: str, port: int) -> Endpoint:
-        host = f"{object_name(session_id)}.{self.namespace}.svc.{self.cluster_domain}"
-        return Endpoint(host=host, port=port)
-
     # --- the session operations ------------------------------------------------------------
 
     async def create(self, spec: CreateSession) -> SessionReport:
@@ -264,10 +116,11 @@ class KubernetesDriver(SessionDriver):
         if not spec.ports:
             raise SessionFailed("the template has no ports; the kubernetes platform serves the first one")
         core, apps, networking = await self.core(), await self.apps(), await self.networking()
-        await _exists_is_fine(networking.create_namespaced_network_policy(self.namespace, self.policy_body(spec)))
-        await _exists_is_fine(core.create_namespaced_persistent_volume_claim(self.namespace, self.claim_body(spec)))
-        await _exists_is_fine(core.create_namespaced_service(self.namespace, self.service_body(spec)))
-        if await _exists_is_fine(apps.create_namespaced_deployment(self.namespace, self.deployment_body(spec))):
+        manifests = self.manifests
+        await _exists_is_fine(networking.create_namespaced_network_policy(self.namespace, manifests.policy(spec)))
+        await _exists_is_fine(core.create_namespaced_persistent_volume_claim(self.namespace, manifests.claim(spec)))
+        await _exists_is_fine(core.create_namespaced_service(self.namespace, manifests.service(spec)))
+        if await _exists_is_fine(apps.create_namespaced_deployment(self.namespace, manifests.deployment(spec))):
             return await self.wake(spec.session_id)  # it was there: make sure it runs
         return await self._ready(spec.session_id, spec.ports[0])
 
@@ -294,11 +147,11 @@ class KubernetesDriver(SessionDriver):
                 raise SessionFailed(not_ready_reason(port, self.ready_timeout))
             await asyncio.sleep(READY_POLL)
         observe_ready(self.platform, started, "ready")
-        return SessionReport(session_id=session_id, state="running", endpoint=self.endpoint(session_id, port))
+        return SessionReport(session_id=session_id, state="running", endpoint=self.manifests.endpoint(session_id, port))
 
     async def _deployment(self, session_id: str) -> Any:
         """The session's Deployment as the API has it now (status included); SessionFailed if gone."""
-        selector = f"{self.selector()},{SESSION_LABEL}={session_id}"
+        selector = f"{self.manifests.selector()},{SESSION_LABEL}={session_id}"
         listed = await (await self.apps()).list_namespaced_deployment(self.namespace, label_selector=selector)
         if not listed.items:
             raise SessionFailed(f"no session {session_id} on this agent")
@@ -324,12 +177,14 @@ class KubernetesDriver(SessionDriver):
     # --- what runs -------------------------------------------------------------------------
 
     async def inventory(self) -> list[SessionInventoryItem]:
-        listed = await (await self.apps()).list_namespaced_deployment(self.namespace, label_selector=self.selector())
+        listed = await (await self.apps()).list_namespaced_deployment(
+            self.namespace, label_selector=self.manifests.selector()
+        )
         items = []
         for deployment in listed.items:
             session_id = deployment.metadata.labels[SESSION_LABEL]
             if deployment.spec.replicas:
-                endpoint = self.endpoint(session_id, first_port(deployment)) if is_ready(deployment) else None
+                endpoint = self.manifests.endpoint(session_id, first_port(deployment)) if is_ready(deployment) else None
                 items.append(SessionInventoryItem(session_id=session_id, state="running", endpoint=endpoint))
             else:
                 wanted = (deployment.metadata.annotations or {}).get(STATE_ANNOTATION)
@@ -339,7 +194,7 @@ class KubernetesDriver(SessionDriver):
 
     async def workload_ids(self) -> list[str]:
         core, apps, networking = await self.core(), await self.apps(), await self.networking()
-        selector = self.selector()
+        selector = self.manifests.selector()
         ids: set[str] = set()
         for listing in (
             await apps.list_namespaced_deployment(self.namespace, label_selector=selector),

@@ -38,9 +38,9 @@ from typing import Literal
 import msgspec
 
 from streamspace_common.actions import CreateSession, Endpoint, SessionInventoryItem, SessionReport
-from streamspace_common.settings import Settings
 
 from .base import SessionDriver, SessionFailed, poll_until
+from .settings import LocalSettings
 
 HOST = "127.0.0.1"
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -139,7 +139,7 @@ def port_is_free(port: int) -> bool:
 class LocalDriver(SessionDriver):
     platform = "local"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LocalSettings) -> None:
         super().__init__(settings.agent_id)
         default_dir = Path(tempfile.gettempdir()) / "streamspace-sessions" / (settings.agent_id or "agent")
         self.root = Path(settings.local_session_dir) if settings.local_session_dir else default_dir

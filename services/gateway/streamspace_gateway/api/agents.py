@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
@@ -32,6 +33,7 @@ from .base import (
 )
 
 QUERIES = load_queries("streamspace_gateway.api", "agents.sql")
+REGISTRY = load_queries("streamspace_common", "registry.sql")
 log = structlog.get_logger("gateway.agents")
 routes = ApiRoutes()
 
@@ -125,7 +127,7 @@ async def list_agents(request: web.Request, _: Caller) -> web.Response:
 async def get_agent(request: web.Request, _: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
     pool = pool_of(request)
-    row = await pool.fetchrow(QUERIES["get_agent"], agent_id)
+    row = await pool.fetchrow(REGISTRY["get_agent"], agent_id)
     if row is None:
         raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
     epoch = await pool.fetchval(QUERIES["lease_epoch"], agent_id)
@@ -151,11 +153,11 @@ async def create_agent_token(request: web.Request, caller: Caller) -> web.Respon
         raise ApiError(400, "invalid_field", "use letters, digits, '.', '_', ':' or '-' (255 at most)", "agent_id")
     token = new_token()
     async with pool_of(request).acquire() as conn, conn.transaction():
-        if await conn.fetchval(QUERIES["ensure_agent"], agent_id) is not None:
+        if await conn.fetchval(REGISTRY["ensure_agent"], agent_id) is not None:
             raise deleted(agent_id)
-        row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, hash_token(token), None)
+        row = await conn.fetchrow(REGISTRY["register_agent_token"], agent_id, hash_token(token), None)
         await audit.record(conn, request, caller, "agent_token.create", row["id"], {"agent_id": agent_id})
-    return encoded(AgentTokenCreated(token=token, **dict(row)), status=201)
+    return encoded(AgentTokenCreated(token=token, **issued(row)), status=201)
 
 
 @routes.route(
@@ -177,17 +179,17 @@ async def rotate_agent_token(request: web.Request, caller: Caller) -> web.Respon
     token = new_token()
     token_hash = hash_token(token)
     async with pool_of(request).acquire() as conn, conn.transaction():
-        agent = await conn.fetchrow(QUERIES["get_agent"], agent_id)
+        agent = await conn.fetchrow(REGISTRY["get_agent"], agent_id)
         if agent is None:
             raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
         if agent["deleted_at"] is not None:
             raise deleted(agent_id)
-        row = await conn.fetchrow(QUERIES["create_agent_token"], agent_id, token_hash, body.expires_in_seconds)
-        old = await conn.fetch(QUERIES["supersede_agent_tokens"], agent_id, body.overlap_seconds, token_hash)
+        row = await conn.fetchrow(REGISTRY["register_agent_token"], agent_id, token_hash, body.expires_in_seconds)
+        old = await conn.fetch(REGISTRY["supersede_agent_tokens"], agent_id, body.overlap_seconds, token_hash)
         detail = {"agent_id": agent_id, "superseded": [r["id"] for r in old], "overlap_seconds": body.overlap_seconds}
         await audit.record(conn, request, caller, "agent_token.rotate", row["id"], detail)
     superseded = [view(r, AgentTokenView) for r in old]
-    return encoded(AgentTokenRotated(token=token, superseded=superseded, **dict(row)), status=201)
+    return encoded(AgentTokenRotated(token=token, superseded=superseded, **issued(row)), status=201)
 
 
 @routes.route(
@@ -203,7 +205,7 @@ async def rotate_agent_token(request: web.Request, caller: Caller) -> web.Respon
 async def list_agent_tokens(request: web.Request, _: Caller) -> web.Response:
     agent_id = path_identifier(request, "agent_id", "agent_not_found")
     pool = pool_of(request)
-    if await pool.fetchrow(QUERIES["get_agent"], agent_id) is None:
+    if await pool.fetchrow(REGISTRY["get_agent"], agent_id) is None:
         raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
     rows = await pool.fetch(QUERIES["list_agent_tokens"], agent_id)
     return encoded(AgentTokenList(tokens=[view(row, AgentTokenView) for row in rows]))
@@ -227,6 +229,11 @@ async def revoke_agent_token(request: web.Request, caller: Caller) -> web.Respon
             raise ApiError(404, "token_not_found", f"agent {agent_id!r} has no token {token_id!r}", "token_id")
         await audit.record(conn, request, caller, "agent_token.revoke", token_id, {"agent_id": agent_id})
     return no_content()
+
+
+def issued(row: asyncpg.Record) -> dict[str, Any]:
+    """A token registered now, as the API shows it (registry.sql's row also says whether this call made it)."""
+    return {name: row[name] for name in ("id", "agent_id", "created_at", "expires_at")}
 
 
 def deleted(agent_id: str) -> ApiError:

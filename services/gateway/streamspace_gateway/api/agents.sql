@@ -1,25 +1,12 @@
 -- Agents and their tokens through the REST API (api/agents.py). Presence (online/offline, heartbeats)
 -- is written by the agent socket, not here.
+-- The statements streamspace-admin runs as well are in streamspace_common/registry.sql.
 
 -- name: list_agents
 -- Deleted (drained) agents too, with their deleted_at: the rows stay for history.
 SELECT agent_id, status, gateway_pod, platform, version, capabilities, concurrency, instance_id,
        last_heartbeat, connected_at, deleted_at
 FROM agents ORDER BY agent_id;
-
--- name: get_agent
-SELECT agent_id, status, gateway_pod, platform, version, capabilities, concurrency, instance_id,
-       last_heartbeat, connected_at, deleted_at
-FROM agents WHERE agent_id = $1;
-
--- name: ensure_agent
--- The agent's row, made if new; its deleted_at (a deleted agent gets no new token).
-WITH made AS (
-    INSERT INTO agents (agent_id) VALUES ($1) ON CONFLICT (agent_id) DO NOTHING RETURNING deleted_at
-)
-SELECT deleted_at FROM made
-UNION ALL
-SELECT deleted_at FROM agents WHERE agent_id = $1;
 
 -- name: mark_agent_deleted
 -- Draining: the row stays (commands and sessions refer to it) with its deleted_at, the first one kept
@@ -33,21 +20,6 @@ RETURNING deleted_at;
 UPDATE agent_tokens SET revoked_at = now()
 WHERE agent_id = $1 AND revoked_at IS NULL
 RETURNING id::text;
-
--- name: create_agent_token
--- $3: seconds until it expires (NULL: never).
-INSERT INTO agent_tokens (agent_id, token_hash, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
-RETURNING id::text, agent_id, created_at, expires_at;
-
--- name: supersede_agent_tokens
--- Rotation (as streamspace-admin agent-token rotate does): the agent's live tokens but the new one
--- ($3) keep working for $2 more seconds (the overlap), or until their own earlier expiry, and are
--- marked superseded.
-UPDATE agent_tokens
-SET superseded_at = coalesce(superseded_at, now()),
-    expires_at = least(expires_at, now() + make_interval(secs => $2))
-WHERE agent_id = $1 AND token_hash <> $3 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-RETURNING id::text, agent_id, created_at, revoked_at, expires_at, superseded_at;
 
 -- name: list_agent_tokens
 SELECT id::text, agent_id, created_at, revoked_at, expires_at, superseded_at FROM agent_tokens

@@ -26,6 +26,7 @@ from ..errors import ApiError, read_body
 from .base import NO_NUL, ApiRoutes, Param, encoded, no_content, pool_of, view
 
 QUERIES = load_queries("streamspace_gateway.api", "templates.sql")
+REGISTRY = load_queries("streamspace_common", "registry.sql")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$(?!\n)"
 Platform = Literal["local", "docker", "kubernetes"]
 TemplateName = Annotated[
@@ -149,7 +150,7 @@ def create_payload(template: asyncpg.Record) -> dict[str, Any]:
 async def create_template(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, CreateTemplate)
     async with pool_of(request).acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(QUERIES["create_template"], body.name, *spec_values(body))
+        row = await conn.fetchrow(REGISTRY["create_template"], body.name, *spec_values(body))
         if row is None:
             raise ApiError(409, "template_exists", f"template {body.name!r} already exists", "name")
         await audit.record(conn, request, caller, "template.create", body.name, spec_detail(body))

@@ -1,12 +1,5 @@
 -- Templates through the REST API (api/templates.py).
-
--- name: create_template
--- No row: the name is taken.
-INSERT INTO templates (name, description, image, command, ports, cpu, memory, env, platforms, idle_timeout_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (name) DO NOTHING
-RETURNING id::text, name, description, image, command, ports, cpu, memory, env, platforms, idle_timeout_seconds,
-          created_at, updated_at;
+-- The statements streamspace-admin runs as well are in streamspace_common/registry.sql.
 
 -- name: replace_template
 UPDATE templates

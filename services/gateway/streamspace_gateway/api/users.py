@@ -28,6 +28,7 @@ from .base import NO_NUL, ApiRoutes, encoded, no_content, path_uuid, pool_of, uu
 from .login import LoginToken, issue, log, reserve
 
 QUERIES = load_queries("streamspace_gateway.api", "users.sql")
+REGISTRY = load_queries("streamspace_common", "registry.sql")
 routes = ApiRoutes()
 
 Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN, description="letters, digits, '.', '_', '@', '-'")]
@@ -135,7 +136,7 @@ async def create_user(request: web.Request, caller: Caller) -> web.Response:
     body = await read_body(request, CreateUser)
     password_hash = await hash_password(body.password)
     async with pool_of(request).acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(QUERIES["create_user"], body.username, password_hash, body.role)
+        row = await conn.fetchrow(REGISTRY["create_user"], body.username, password_hash, body.role)
         if row is None:
             raise ApiError(409, "username_taken", f"user {body.username!r} already exists", "username")
         detail = {"username": body.username, "role": body.role}

@@ -1,13 +1,8 @@
 -- Users through the REST API (api/users.py) and login (api/auth.py).
+-- The statements streamspace-admin runs as well are in streamspace_common/registry.sql.
 
 -- name: user_for_login
 SELECT id::text, role, password_hash FROM users WHERE username = $1 AND disabled_at IS NULL;
-
--- name: create_user
--- No row: the username is taken.
-INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3)
-ON CONFLICT (username) DO NOTHING
-RETURNING id::text, username, role, created_at, disabled_at;
 
 -- name: list_users
 SELECT id::text, username, role, created_at, disabled_at FROM users ORDER BY username;

@@ -1,4 +1,4 @@
-"""streamspace-admin: operator tasks (§6).
+"""streamspace-admin: operator tasks.
 
     streamspace-admin agent-token create AGENT_ID [--token VALUE | --token-file PATH] [--expires-in SECONDS]
     streamspace-admin agent-token rotate AGENT_ID [--overlap SECONDS] [--expires-in SECONDS]
@@ -28,21 +28,23 @@ import getpass
 import os
 import re
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from .db import init_connection, load_queries
-from .deploy_secrets import Layout, init_secrets
-from .passwords import MIN_LENGTH, hash_password, new_password
-from .schemas import ID_PATTERN, USERNAME_PATTERN
-from .settings import load_settings
-from .tokens import hash_token, new_token
+from streamspace_common.db import init_connection, load_queries
+from streamspace_common.deploy_secrets import Layout, init_secrets
+from streamspace_common.passwords import MIN_LENGTH, hash_password, new_password
+from streamspace_common.schemas import ID_PATTERN, USERNAME_PATTERN
+from streamspace_common.settings import load_settings
+from streamspace_common.tokens import hash_token, new_token
 
-QUERIES = load_queries("streamspace_common")
+from .settings import ToolSettings
+
+# The REST API's own statements (registry.sql): the command line and the API make the same rows.
+REGISTRY = load_queries("streamspace_common", "registry.sql")
 DEFAULT_OVERLAP = 3600  # seconds an agent's old token keeps working after a rotation
 
 
@@ -52,7 +54,8 @@ class AdminError(Exception):
 
 async def audit(conn: asyncpg.Connection, action: str, target: str, detail: dict[str, Any]) -> None:
     """One audit row (docs/security.md "Audit trail"), on the connection of the change."""
-    await conn.execute(QUERIES["audit"], f"streamspace-admin ({operator()})", action, target, detail)
+    actor = f"streamspace-admin ({operator()})"
+    await conn.execute(REGISTRY["record_audit"], None, actor, None, None, None, action, target, detail)
 
 
 def operator() -> str:
@@ -125,7 +128,7 @@ async def install_samples(dsn: str) -> list[tuple[str, bool]]:
         for sample in SAMPLE_TEMPLATES:
             values = msgspec.structs.astuple(sample)
             async with conn.transaction():
-                installed = await conn.fetchval(QUERIES["install_template"], *values) is not None
+                installed = await conn.fetchrow(REGISTRY["create_template"], *values) is not None
                 if installed:
                     await audit(
                         conn, "template.create", sample.name, {"image": sample.image, "command": sample.command}
@@ -136,13 +139,11 @@ async def install_samples(dsn: str) -> list[tuple[str, bool]]:
     return done
 
 
-def expiry(seconds: float | None) -> datetime | None:
-    """The end of a token `seconds` from now (None: it never ends)."""
-    if seconds is None:
-        return None
-    if seconds <= 0:
+def lifetime(seconds: float | None) -> float | None:
+    """A token's lifetime in seconds (None: it never ends), refused unless positive."""
+    if seconds is not None and seconds <= 0:
         raise AdminError("a token's lifetime must be positive")
-    return datetime.now(UTC) + timedelta(seconds=seconds)
+    return seconds
 
 
 async def create_agent_token(dsn: str, agent_id: str, token: str | None = None, expires_in: float | None = None) -> str:
@@ -153,10 +154,11 @@ async def create_agent_token(dsn: str, agent_id: str, token: str | None = None, 
     await init_connection(conn)
     try:
         async with conn.transaction():
-            await conn.execute(QUERIES["ensure_agent"], agent_id)
-            if await conn.fetchval(QUERIES["agent_deleted_at"], agent_id) is not None:
+            if await conn.fetchval(REGISTRY["ensure_agent"], agent_id) is not None:
                 raise AdminError(f"agent {agent_id!r} was deleted (drained): use a new agent id")
-            row = await conn.fetchrow(QUERIES["register_token"], agent_id, hash_token(token), expiry(expires_in))
+            row = await conn.fetchrow(
+                REGISTRY["register_agent_token"], agent_id, hash_token(token), lifetime(expires_in)
+            )
             if row["agent_id"] != agent_id:  # raised inside the transaction, so the new agent row is rolled back too
                 raise AdminError("that token is already registered to another agent")
             if row["registered"]:
@@ -178,12 +180,13 @@ async def rotate_agent_token(
     await init_connection(conn)
     try:
         async with conn.transaction():
-            if await conn.fetchval(QUERIES["agent_exists"], agent_id) is None:
+            agent = await conn.fetchrow(REGISTRY["get_agent"], agent_id)
+            if agent is None:
                 raise AdminError(f"no agent {agent_id!r} is registered (agent-token create registers one)")
-            if await conn.fetchval(QUERIES["agent_deleted_at"], agent_id) is not None:
+            if agent["deleted_at"] is not None:
                 raise AdminError(f"agent {agent_id!r} was deleted (drained): use a new agent id")
-            row = await conn.fetchrow(QUERIES["register_token"], agent_id, token_hash, expiry(expires_in))
-            superseded = await conn.fetch(QUERIES["supersede_tokens"], agent_id, overlap, token_hash)
+            row = await conn.fetchrow(REGISTRY["register_agent_token"], agent_id, token_hash, lifetime(expires_in))
+            superseded = await conn.fetch(REGISTRY["supersede_agent_tokens"], agent_id, overlap, token_hash)
             detail = {"agent_id": agent_id, "superseded": [r["id"] for r in superseded], "overlap_seconds": overlap}
             await audit(conn, "agent_token.rotate", row["id"], detail)
     finally:
@@ -204,7 +207,7 @@ async def create_user(dsn: str, username: str, admin: bool = False, password: st
     await init_connection(conn)
     try:
         async with conn.transaction():
-            created = await conn.fetchval(QUERIES["create_user"], username, password_hash, role)
+            created = await conn.fetchval(REGISTRY["create_user"], username, password_hash, role)
             if created is not None:
                 await audit(conn, "user.create", created, {"username": username, "role": role})
     finally:
@@ -252,7 +255,7 @@ def main() -> None:
         for name in init_secrets(args.directory, Layout(gateways=gateways)):
             print(f"made {args.directory / name}")
         return
-    settings = load_settings()
+    settings = load_settings(ToolSettings)
     try:
         if args.group == "templates":
             for name, installed in asyncio.run(install_samples(settings.database_url)):

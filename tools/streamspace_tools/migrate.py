@@ -1,4 +1,4 @@
-"""streamspace-migrate: apply migrations/*.sql in order, once each (§6).
+"""streamspace-migrate: apply migrations/*.sql in order, once each.
 
 Each file runs in its own transaction and is recorded in schema_migrations. A session-level
 advisory lock makes two migrators started at once take turns, so running it twice, or from two
@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from .log import configure_logging
-from .settings import load_settings
+from streamspace_common.log import configure_logging
+from streamspace_common.settings import load_settings
+
+from .settings import ToolSettings
 
 LOCK_KEY = 0x5354524D  # "STRM"
 log = structlog.get_logger("migrate")
@@ -100,7 +102,7 @@ def main() -> None:
         "--dump-schema", action="store_true", help="after migrating, print the schema (docs/schema.sql is this output)"
     )
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_settings(ToolSettings)
     configure_logging(settings.log_format, settings.log_level, service="migrate")
 
     async def run() -> None:

@@ -1,4 +1,4 @@
-"""streamspace-dev: the whole stack in one terminal (§6).
+"""streamspace-dev: the whole stack in one terminal.
 
 Applies migrations (creating the database if needed), registers the dev agent's token, then runs
 two gateway replicas, a dispatcher and a `local` agent against the configured PostgreSQL, Redis and
@@ -15,10 +15,12 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from streamspace_common.log import configure_logging
+from streamspace_common.settings import load_settings
+
 from .admin import create_agent_token
-from .log import configure_logging
 from .migrate import create_database_if_missing, migrate
-from .settings import load_settings
+from .settings import DevSettings
 
 DEV_AGENT_ID = "local-agent"
 DEV_AGENT_TOKEN = "streamspace-dev-agent-token"  # noqa: S105 (dev only: registered in the dev database alone)
@@ -61,7 +63,7 @@ async def pipe_output(child: Child, stream: asyncio.StreamReader) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings(DevSettings)
     await create_database_if_missing(settings.database_url)
     await migrate(settings.database_url)
     token = await create_agent_token(settings.database_url, DEV_AGENT_ID, settings.agent_token or DEV_AGENT_TOKEN)
@@ -118,6 +120,6 @@ def main() -> None:
     parser.add_argument("--dispatcher-port", type=int, default=8090)
     parser.add_argument("--agent-port", type=int, default=8091)
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_settings(DevSettings)
     configure_logging(settings.log_format, settings.log_level, service="dev")
     sys.exit(asyncio.run(run(args)))

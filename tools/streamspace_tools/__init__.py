@@ -1,0 +1,1 @@
+"""StreamSpace operator tools: streamspace-migrate, streamspace-admin and streamspace-dev."""
