@@ -17,7 +17,7 @@ rows * (span - 30) / span. Then:
 
     .venv/bin/python bench/retention.py [--rows 10000000] [--span 40] [--phase-rows 1500000]
 
-Writes bench/results/<UTC time>-retention.json. Takes ~20 min at 10 million rows on the 2-core dev
+Writes bench/results/<UTC time>-retention-<rows>-rows.json. Takes ~20 min at 10 million rows on the 2-core dev
 machine and needs ~5 GB of disk.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from harness import BENCH_DIR, load_bench_queries, percentile
+from figures import percentile, results_path, write_results
+from harness import BENCH_DIR, load_bench_queries
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import with_database
@@ -191,6 +193,7 @@ async def main() -> None:
     every = args.every / 1000
     await create_database_if_missing(dsn)
     result: dict[str, Any] = {"rows": args.rows, "span_days": args.span, "retention_days": RETENTION_DAYS}
+    result["load_average_before"] = os.getloadavg()
     try:
         await migrate(dsn)
         conn = await asyncpg.connect(dsn)
@@ -220,10 +223,10 @@ async def main() -> None:
         admin = await asyncpg.connect(args.database_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
-    out = BENCH_DIR / "results" / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-retention.json"
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2, default=str))
-    print(f"written: {out}")
+    rows = f"{args.rows // 1_000_000}m" if args.rows % 1_000_000 == 0 else str(args.rows)
+    print(f"written: {write_results(results_path('retention', f'{rows}-rows'), result)}")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,16 @@ move to running: PostgreSQL's clock, both), so polling does not enter the figure
 is printed too. Every session is deleted (and waited gone) before the next row.
 
     .venv/bin/python bench/sessions.py [--agents 1,4] [--light 20] [--burst 40] [--users 8] [--parallel 8]
+
+Writes a summary (percentiles) to bench/results/<UTC time>-sessions-local.json; `--samples` also every
+sample, to bench/results/raw/ (git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -34,6 +36,7 @@ import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import RAW_DIR, line, results_path, summary, write_results
 from support import Account, Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
 from streamspace_tools.admin import create_agent_token, install_samples
@@ -50,16 +53,6 @@ FROM sessions WHERE id = ANY($1::uuid[])
 async def online(db: asyncpg.Pool, agents: int) -> bool:
     count: int = await db.fetchval("SELECT count(*) FROM agents WHERE status = 'online'")
     return count >= agents
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> str:
-    ms = [v * 1000 for v in values]
-    return f"p50 {percentile(ms, 0.5):7.1f} ms  p99 {percentile(ms, 0.99):7.1f} ms  max {max(ms):7.1f} ms"
 
 
 async def post_session(http: aiohttp.ClientSession, url: str, user: Account) -> tuple[str, float]:
@@ -142,7 +135,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
     rabbitmqctl("add_vhost", env.vhost)
     rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
     await install_samples(env.database_url)
-    results: dict[str, Any] = {"machine_cores": __import__("os").cpu_count(), "rows": []}
+    results: dict[str, Any] = {"machine_cores": os.cpu_count(), "load_average_before": os.getloadavg(), "rows": []}
     db = await asyncpg.create_pool(env.database_url, min_size=1, max_size=4)
     try:
         with tempfile.TemporaryDirectory() as work:
@@ -181,7 +174,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
                         row["light"] = await light(http, gateway.url, db, users[0], args.light)
                         row["burst"] = await burst(http, gateway.url, db, users, args.burst, args.parallel)
                         results["rows"].append(row)
-                        print_row(row)
+                        print_row(summarise(row))
             finally:
                 stack.stop_all()
     finally:
@@ -195,19 +188,29 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
     return results
 
 
+def summarise(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's samples (seconds) as percentile summaries in ms: what the results file keeps."""
+    out: dict[str, Any] = {"agents": row["agents"]}
+    for part in ("light", "burst"):
+        figures = {k: v for k, v in row[part].items() if not isinstance(v, list)}
+        for key in ("to_running", "post_round_trip"):
+            figures[f"{key}_ms"] = summary([v * 1000 for v in row[part][key]], digits=3)
+        out[part] = figures
+    return out
+
+
 def print_row(row: dict[str, Any]) -> None:
     light_row, burst_row = row["light"], row["burst"]
     print(f"--- {row['agents']} agent(s)")
-    count = len(light_row["to_running"])
-    print(f"  light load, POST -> running ({count} one at a time): {summary(light_row['to_running'])}")
-    print(f"  light load, POST round trip: {summary(light_row['post_round_trip'])}")
+    light = light_row["to_running_ms"]
+    print(f"  light load, POST -> running ({light['n']} one at a time): {line(light)}")
+    print(f"  light load, POST round trip: {line(light_row['post_round_trip_ms'])}")
     print(
         f"  burst of {burst_row['sessions']}: {burst_row['per_second']:.1f} sessions/s "
         f"({burst_row['seconds']:.2f} s, first POST -> last running)"
     )
-    print(f"  burst, POST -> running: {summary(burst_row['to_running'])}")
-    print(f"  burst, POST round trip: {summary(burst_row['post_round_trip'])}")
-    print(f"  (median of light load: {statistics.median(light_row['to_running']) * 1000:.1f} ms)", flush=True)
+    print(f"  burst, POST -> running: {line(burst_row['to_running_ms'])}")
+    print(f"  burst, POST round trip: {line(burst_row['post_round_trip_ms'])}", flush=True)
 
 
 def main() -> None:
@@ -217,11 +220,15 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=40, help="sessions created at once")
     parser.add_argument("--users", type=int, default=8, help="users the burst is spread over")
     parser.add_argument("--parallel", type=int, default=8, help="POSTs in flight at once")
-    parser.add_argument("--json", help="write every sample to this file")
+    parser.add_argument("--samples", action="store_true", help="also every sample, in bench/results/raw/")
     args = parser.parse_args()
     results = asyncio.run(measure([int(n) for n in args.agents.split(",")], args))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    results["load_average_after"] = os.getloadavg()
+    path = results_path("sessions", "local")
+    summaries = {**results, "rows": [summarise(row) for row in results["rows"]], "settings": vars(args)}
+    print(f"summary: {write_results(path, summaries)}")
+    if args.samples:
+        print(f"samples: {write_results(RAW_DIR / path.name.replace('.json', '-samples.json'), results)}")
 
 
 if __name__ == "__main__":

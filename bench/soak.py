@@ -16,7 +16,7 @@ a row becomes prunable `--retention` seconds after it finished. Everything else 
 Every `--sample` seconds: rows of agent_commands (commands and inventories apart),
 agent_command_attempts and audit_log, their pg_total_relation_size, live and dead tuples and
 autovacuum counts, commands still open, and the load's own counts. The JSON summary
-(bench/results/<time>-soak.json) is rewritten after every sample, so a soak cut short still leaves its
+(bench/results/<time>-soak-<N>min.json) is rewritten after every sample, so a soak cut short still leaves its
 table. Its own PostgreSQL server (bench/harness.py OwnPostgres: production's defaults, autovacuum
 on, which the machine's shared server has off; `--shared-postgres` to use that one instead), database
 `soak_<id>`, Redis prefix and RabbitMQ vhost; all removed at the end.
@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,11 @@ import aiohttp
 import asyncpg
 import psutil
 import structlog
+from figures import results_path, write_results
 from harness import BENCH_DIR, OwnPostgres, load_bench_queries, start_sim_agents
-from run import SERVICE_SETTINGS, create_tokens, drop_databases, machine_info, say, server_facts
+from machine import machine_info, say, server_facts
 from support import RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, with_database
+from systems import SERVICE_SETTINGS, create_tokens, drop_databases
 
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
@@ -198,7 +199,7 @@ async def soak_on(args: argparse.Namespace, log_dir: Path, out: Path, env: RunEn
             results["samples"].append(await sample(env.database_url, started, load))
             say(json.dumps(results["samples"][-1]))
             results["verdict"] = verdict(results["samples"], settle_minutes=2 * args.retention / 60 + 2)
-            await asyncio.to_thread(out.write_text, json.dumps(results, indent=1))
+            await asyncio.to_thread(write_results, out, results)
     finally:
         if loader is not None:
             loader.cancel()
@@ -253,13 +254,16 @@ def main() -> None:
         "--shared-postgres", action="store_true", help="the machine's PostgreSQL (autovacuum off) instead of one's own"
     )
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
-    parser.add_argument("--out", type=Path, help="the JSON summary (default bench/results/<time>-soak.json)")
+    parser.add_argument(
+        "--out", type=Path, help="the JSON summary (default bench/results/<time>-soak-<minutes>min.json)"
+    )
     parser.add_argument("--table", type=Path, help="print the markdown table of an earlier results file, and stop")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
         return
-    out = args.out or BENCH_DIR / "results" / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-soak.json"
+    variant = f"{args.minutes:g}min" + ("-shared-postgres" if args.shared_postgres else "")
+    out = args.out or results_path("soak", variant)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         log_dir = args.logs or Path(scratch)

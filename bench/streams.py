@@ -13,7 +13,8 @@ Latency: `--samples` round trips of a 32-byte message, one at a time: p50 / p99,
 over direct TCP. CPU: the CPU-seconds the path's own processes (websockify and its children; ours:
 gateway B and the agent, each also given alone) used during the throughput run, per GiB moved (both
 ways counted): stable under a loaded machine where MiB/s is not. Writes
-bench/results/<UTC time>-streams.json.
+bench/results/<UTC time>-streams-<mib>mib.json (a summary: percentiles of the round trips). bench/run.py
+folds these rows into its table (its `streams` section).
 
     .venv/bin/python bench/streams.py [--mib 50] [--samples 1000]
 """
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ import asyncpg
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import percentile, results_path, write_results
 from support import Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
 from streamspace_tools.admin import create_agent_token
@@ -49,7 +50,6 @@ from streamspace_tools.migrate import create_database_if_missing, migrate
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_LEVEL": "warning"}
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 CHUNK = 64 * 1024
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Link(Protocol):
@@ -123,11 +123,6 @@ async def round_trips(link: Link, samples: int) -> list[float]:
         if index >= 50:  # warm-up
             times.append(time.perf_counter() - started)
     return times
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def free_port() -> int:
@@ -316,13 +311,11 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=50)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--perf", type=Path, help="a directory for `perf record` files of each path's processes")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the JSON results")
+    parser.add_argument("--results", type=Path, help="directory of the JSON summary (default bench/results)")
     args = parser.parse_args()
     results = asyncio.run(measure(args))
-    args.results.mkdir(exist_ok=True)
-    path = args.results / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-streams.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"written {path}")
+    path = results_path("streams", f"{args.mib}mib")
+    print(f"written {write_results(args.results / path.name if args.results else path, results)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A FAKE Kubernetes API server, for the kubernetes driver's tests only.
 
-No Kubernetes API can run on this machine (no kind, k3s or envtest: TEST-MACHINE.md), so this small
+No Kubernetes API can run on this machine (no kind, k3s or envtest: docs/test-machine.md), so this small
 aiohttp app stands in for one. It implements exactly the calls the driver makes, and nothing more:
 create, list (by label selector), patch (merge) and delete of Deployments, and create, list and
 delete of Services, PersistentVolumeClaims and NetworkPolicies, namespaced, answering 404 and 409 as the real server

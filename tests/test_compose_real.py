@@ -9,7 +9,7 @@ on one engine must not take each other's session containers), a 3 s heartbeat (s
 timings show within a test) and, where the machine intercepts TLS, builds on the host network.
 No registry is reachable here: scripts/base-images builds local stand-ins for python:3.11-slim,
 postgres:15, redis:7 and rabbitmq:3.12-management from Debian's packages under the official names,
-so compose.yaml and the Dockerfiles are used unchanged. Each run has its own compose project name
+so compose.yaml and the Dockerfile are used unchanged. Each run has its own compose project name
 and ends with `docker compose down -v`, whatever happened; images stay (layer cache between runs).
 
 The tests of this module run in file order against one stack. Skipped, saying why, only when no

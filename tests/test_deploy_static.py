@@ -280,14 +280,52 @@ def pip_installs(stage: list[Instruction]) -> list[tuple[int, list[str]]]:
     ]
 
 
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def named_stages(instructions: list[Instruction]) -> dict[str, list[Instruction]]:
+    """Each stage of the Dockerfile by its name (`FROM image AS name`); the unnamed last one as ""."""
+    _, found = stages(instructions)
+    named: dict[str, list[Instruction]] = {}
+    for stage in found:
+        _, _, name = stage[0].args.partition(" AS ")
+        assert name not in named, f"two stages named {name!r}"
+        named[name] = stage
+    return named
+
+
+def image_stages(service: str) -> tuple[list[Instruction], list[Instruction], list[Instruction]]:
+    """SERVICE's image as the one Dockerfile builds it with `--build-arg SERVICE=<service>`: (the
+    instructions before the first FROM, the build stage, the image's own instructions: the shared
+    runtime stage followed by the service's stage, which the last `FROM ${SERVICE}` picks), with
+    ${SERVICE} replaced by its value as the build does."""
+    instructions = [Instruction(i.keyword, i.args.replace("${SERVICE}", service)) for i in parse_dockerfile(DOCKERFILE)]
+    preamble, _ = stages(instructions)
+    named = named_stages(instructions)
+    assert set(named) == {"build", "novnc", "runtime", *SERVICES, ""}, sorted(named)
+    assert named[""] == [Instruction("FROM", service)], "the last stage must be `FROM ${SERVICE}` alone"
+    own = named[service]
+    assert own[0] == Instruction("FROM", f"runtime AS {service}")
+    return preamble, named["build"], named["runtime"] + own[1:]
+
+
+def test_one_dockerfile_for_every_service() -> None:
+    """The services' images come from the root Dockerfile alone, the service a build argument."""
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "a per-service Dockerfile is back"
+    preamble, _ = stages(parse_dockerfile(DOCKERFILE))
+    assert Instruction("ARG", "SERVICE") in preamble  # no default: an image built without it fails
+    assert not is_dockerignored("Dockerfile", dockerignore_patterns())
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> None:
-    path = ROOT / "services" / service / "Dockerfile"
-    preamble, (build, runtime) = stages(parse_dockerfile(path))
-    # The base image is a build argument whose default is the official image.
-    assert preamble == [Instruction("ARG", "PYTHON_IMAGE=python:3.11-slim")]
+    path = DOCKERFILE
+    preamble, build, runtime = image_stages(service)
+    # The base image is a build argument whose default is the official image; SERVICE picks the rest.
+    assert preamble == [Instruction("ARG", "PYTHON_IMAGE=python:3.11-slim"), Instruction("ARG", "SERVICE")]
     assert build[0] == Instruction("FROM", "${PYTHON_IMAGE} AS build")
-    assert runtime[0] == Instruction("FROM", "${PYTHON_IMAGE}")
+    assert build[1] == Instruction("ARG", "SERVICE")
+    assert runtime[0] == Instruction("FROM", "${PYTHON_IMAGE} AS runtime")
 
     # Build stage: pip, setuptools and wheel, then the service's third-party dependencies, both from the
     # locks with hashes (their layers survive code changes); then libs/ and this service in one pip
@@ -320,28 +358,28 @@ def test_dockerfile_is_multi_stage_on_a_base_image_argument(service: str) -> Non
     # Only this service is copied in, no other.
     copied = [ins.args.split()[-2] for stage in (build, runtime) for ins in stage if ins.keyword == "COPY"]
     for other in set(SERVICES) - {service}:
-        assert not [c for c in copied if other in c], f"{path} copies {other}"
+        assert not [c for c in copied if other in c], f"{path} copies {other} into the {service} image"
 
-    # Runtime stage: the virtualenv from the build stage and the migrations; no sources, no pip install.
+    # Runtime: the virtualenv from the build stage and the migrations; no sources, no pip install.
     runtime_copies = [ins.args for ins in runtime if ins.keyword == "COPY"]
     # The gateway's also holds Debian's noVNC files, which its viewer page loads (NOVNC_DIR).
-    novnc = ["--from=build /tmp/novnc/root/usr/share/novnc /usr/share/novnc"] if service == "gateway" else []
-    assert runtime_copies == ["--from=build /opt/streamspace /opt/streamspace", *novnc, "migrations /app/migrations"]
+    novnc = ["--from=novnc /tmp/novnc/root/usr/share/novnc /usr/share/novnc"] if service == "gateway" else []
+    assert runtime_copies == ["--from=build /opt/streamspace /opt/streamspace", "migrations /app/migrations", *novnc]
     assert not pip_installs(runtime)
     assert dockerfile_env(runtime).get("PATH", "").startswith("/opt/streamspace/bin:")
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_runtime_settings(service: str) -> None:
-    path = ROOT / "services" / service / "Dockerfile"
-    _, (_, runtime) = stages(parse_dockerfile(path))
+    path = DOCKERFILE
+    _, _, runtime = image_stages(service)
 
     env = dockerfile_env(runtime)
     assert env.get("HOST") == "0.0.0.0"
     assert env.get("LOG_FORMAT") == "json"
     assert env.get("MIGRATIONS_DIR") == "/app/migrations"
     # The image runs the service and the operator commands (streamspace-migrate, streamspace-admin).
-    assert_env_read(set(env) - {"PATH"}, (service, "migrate/admin"), str(path))
+    assert_env_read(set(env) - {"PATH"}, (service, "migrate/admin"), f"{path} ({service})")
 
     users = [ins.args for ins in runtime if ins.keyword == "USER"]
     assert users, f"{path}: runs as root"
@@ -351,7 +389,7 @@ def test_dockerfile_runtime_settings(service: str) -> None:
     assert last_user > last_run
 
     exposes = [ins.args.split() for ins in runtime if ins.keyword == "EXPOSE"]
-    assert [str(PORTS[service])] in exposes
+    assert exposes == [[str(PORTS[service])]]
 
     cmds = [ins.args for ins in runtime if ins.keyword == "CMD"]
     assert len(cmds) == 1
@@ -419,20 +457,20 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 def image_service(service: dict[str, Any]) -> str:
-    """Which of our Dockerfiles builds this compose service's image."""
-    dockerfile = service["build"]["dockerfile"]
-    match = re.fullmatch(r"services/(\w+)/Dockerfile", dockerfile)
-    assert match and match.group(1) in SERVICES, f"unexpected dockerfile {dockerfile}"
-    assert Path(service["build"]["context"]).resolve() == ROOT
-    return match.group(1)
+    """Which service's image (the root Dockerfile's SERVICE build argument) this compose service runs."""
+    build = service["build"]
+    assert build["dockerfile"] == "Dockerfile", f"unexpected dockerfile {build['dockerfile']}"
+    assert Path(build["context"]).resolve() == ROOT
+    built = build["args"]["SERVICE"]
+    assert built in SERVICES, f"unexpected SERVICE {built}"
+    assert service["image"].split(":")[0] == f"streamspace/{built}", service["image"]
+    return str(built)
 
 
 def python_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services built from our Python Dockerfiles (services/*/Dockerfile; not the sample images)."""
+    """The services built from our Python Dockerfile (the root one, context the root; not the sample images)."""
     return {
-        name: svc
-        for name, svc in compose.items()
-        if "build" in svc and "dockerfile" in svc["build"] and svc["build"]["dockerfile"].startswith("services/")
+        name: svc for name, svc in compose.items() if "build" in svc and Path(svc["build"]["context"]).resolve() == ROOT
     }
 
 
@@ -583,7 +621,7 @@ def test_compose_ha_agent_pair_dispatcher_pair_and_named_volumes(compose_bin: Pa
     mounts = {(v["source"], v["target"]) for name in ("postgres", "rabbitmq") for v in compose[name]["volumes"]}
     mounts -= {("secrets", SECRETS_DIR)}
     assert mounts == {("pgdata", "/var/lib/postgresql/data"), ("rabbitmq-data", "/var/lib/rabbitmq")}
-    # Redis is a cache (design §1): no persistence, so a restart really starts empty.
+    # Redis is a cache (docs/architecture.md §1): no persistence, so a restart really starts empty.
     assert compose["redis"]["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
 
 

@@ -434,7 +434,7 @@ async def test_the_stream_benchmark_runs(tmp_path: Path) -> None:
     )
     output = (await process.communicate())[0].decode(errors="replace")
     assert process.returncode == 0, output
-    (written,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*-streams.json")))
+    (written,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*-streams-*.json")))
     paths = json.loads(written.read_text())["paths"]
     assert set(paths) == {"direct TCP", "websockify", "ours (B -> agent on A)"}, output
     assert all(row["mib_per_s_each_way"] > 0 for row in paths.values()), paths

@@ -1,5 +1,5 @@
 """Throwaway HA clusters of the three engines for the chaos suite's failover scenarios (13-15), from
-Debian's packages on this host (recipes in ../shared/design/TEST-MACHINE.md; docs/chaos.md says why
+Debian's packages on this host (recipes in docs/test-machine.md; docs/chaos.md says why
 not testcontainers):
 
 - `PatroniCluster`: one etcd and three PostgreSQL members under Patroni, synchronous replication;

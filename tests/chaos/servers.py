@@ -1,5 +1,5 @@
 """Throwaway PostgreSQL, Redis and RabbitMQ servers for the chaos suite (recipes in
-../shared/design/TEST-MACHINE.md). The chaos suite kills and restarts these; the machine's shared
+docs/test-machine.md). The chaos suite kills and restarts these; the machine's shared
 servers are never touched. Each scenario gets its own database, Redis key prefix and vhost on them.
 """
 

@@ -1,0 +1,63 @@
+"""The machine a bench ran on: CPU, cores, memory, load, the servers' settings and versions; `say` for
+progress lines (stderr, stdout is the table)."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+import redis.asyncio as aioredis
+from harness import BENCH_DIR, load_bench_queries
+from support import new_test_env, with_database
+
+
+def git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR)
+    return done.stdout.strip()
+
+
+async def server_facts(dsn: str, redis_url: str) -> dict[str, Any]:
+    """The PostgreSQL settings that matter for commit-bound work, and the servers' versions."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        settings = {row["name"]: row["setting"] for row in await conn.fetch(load_bench_queries()["server_settings"])}
+    finally:
+        await conn.close()
+    redis = aioredis.from_url(redis_url)
+    try:
+        redis_version = (await redis.info("server"))["redis_version"]
+    finally:
+        await redis.aclose()
+    return {"postgresql": settings, "redis_version": redis_version}
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
+
+
+async def machine_info() -> dict[str, Any]:
+    base = new_test_env()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": cpu_model(),
+        "cores": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "commit": git_commit(),
+        "load_average_before": list(psutil.getloadavg()),
+        **await server_facts(with_database(base.database_url, "postgres"), base.redis_url),
+    }
+
+
+def say(text: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", file=sys.stderr, flush=True)
