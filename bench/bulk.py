@@ -12,8 +12,9 @@ import asyncpg
 from flows import statuses
 from harness import CpuSplit
 from machine import say
-from support import Account, new_account
 from systems import Q, Run, sim_agents
+
+from streamspace_testkit import Account, new_account
 
 # --- 5. the bulk path ------------------------------------------------------------------------
 

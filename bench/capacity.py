@@ -37,8 +37,9 @@ from harness import OwnPostgres
 from machine import machine_info, say, server_facts
 from sockets import GATEWAY_FILES_HEADROOM, allow_open_files
 from streams import BYTE_ECHO, kill_sessions
-from support import RedisServer, Service, rabbitmqctl
 from systems import create_tokens
+
+from streamspace_testkit import RedisServer, Service, rabbitmqctl
 
 # --- the run ---------------------------------------------------------------------------------------------
 

@@ -32,9 +32,9 @@ from harness import OwnPostgres, rss_mib, start_sim_agents
 from machine import say
 from sockets import GATEWAY_FILES_HEADROOM, allow_open_files, connect_idle
 from streams import WsLink, create_running, throughput
-from support import Service, wait_for
 from systems import create_tokens
 
+from streamspace_testkit import Service, wait_until
 from streamspace_tools.migrate import create_database_if_missing
 
 # --- 1. idle agent sockets ---------------------------------------------------------------------------
@@ -124,7 +124,7 @@ async def paced_commands(setup: Setup, agents: list[str], rate: float, count: in
             await asyncio.gather(*tasks)
         pool = await asyncpg.connect(setup.env.database_url)
         try:
-            await wait_for(lambda: none_open(pool), timeout=300, interval=0.05)
+            await wait_until(lambda: none_open(pool), timeout=300, interval=0.05)
         finally:
             await pool.close()
 
@@ -208,7 +208,7 @@ async def sessions(setup: Setup, sizes: Sizes, agent: Service) -> dict[str, Any]
                     assert response.status == 204, await response.text()
         conn = await asyncpg.connect(setup.env.database_url)
         try:
-            await wait_for(lambda: sessions_gone(conn, ids), timeout=300, interval=0.1)
+            await wait_until(lambda: sessions_gone(conn, ids), timeout=300, interval=0.1)
         finally:
             await conn.close()
 

@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import psutil
 from harness import BENCH_DIR, OwnPostgres, load_bench_queries
-from support import RedisServer, RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl
 
+from streamspace_testkit import RedisServer, RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "capacity.sql")

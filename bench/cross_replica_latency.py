@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +21,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Stack, new_account, new_test_env
-
+from streamspace_testkit import Stack, drop_database, new_account, new_test_env
 from streamspace_tools.admin import create_agent_token
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
@@ -60,9 +57,7 @@ async def measure(count: int, warmup: int) -> None:
             await run_commands(env.database_url, gateway_b.url, admin.headers, count, warmup)
         finally:
             stack.stop_all()
-            conn = await asyncpg.connect(env.database_url, database="postgres")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-            await conn.close()
+            await drop_database(env.database_url)
 
 
 async def run_commands(database_url: str, gateway_url: str, headers: dict[str, str], count: int, warmup: int) -> None:

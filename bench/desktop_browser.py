@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,11 +15,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from desktop_platform import docker_memory, local_memory
 from figures import summary
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from desktop_platform import docker_memory, local_memory
-from support import Account, wait_for
+from streamspace_testkit import Account, wait_until
 
 PRODUCTION = {"HEARTBEAT_INTERVAL": "10", "SWEEP_INTERVAL": "5", "ACK_TIMEOUT": "10", "LOG_LEVEL": "warning"}
 STATE_SQL = """
@@ -225,7 +223,7 @@ class Bench:
             left: int = await self.db.fetchval("SELECT count(*) FROM sessions WHERE id = ANY($1::uuid[])", ids)
             return left == 0
 
-        await wait_for(gone, timeout=180)
+        await wait_until(gone, timeout=180)
 
     async def one_at_a_time(self) -> Round:
         result = Round()

@@ -21,13 +21,11 @@ import psutil
 from aiodocker.exceptions import DockerError
 from figures import summary
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import free_port, kill_sessions
-
 from streamspace_agent.drivers import create_driver
 from streamspace_agent.drivers.base import SessionDriver
 from streamspace_agent.drivers.settings import load_agent_settings
 from streamspace_common.actions import CreateSession, Resources
+from streamspace_testkit import free_port, kill_sessions
 from streamspace_tools.admin import SAMPLE_TEMPLATES
 
 IMAGE = "streamspace/desktop:dev"

@@ -44,7 +44,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -54,13 +53,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from figures import line, results_path, write_results
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from desktop_browser import FRAME_HOOK, PRODUCTION, Bench
 from desktop_platform import IMAGE, baselines, check_image, check_prerequisites, remove_docker_leftovers
-from support import Stack, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_for
+from figures import line, results_path, write_results
 
+from streamspace_testkit import Stack, drop_database, kill_sessions, new_account, new_test_env, rabbitmqctl, wait_until
 from streamspace_tools.admin import create_agent_token, install_samples
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
@@ -79,11 +76,7 @@ async def isolated_env() -> AsyncIterator[Any]:
         yield env
     finally:
         rabbitmqctl("delete_vhost", env.vhost)
-        conn = await asyncpg.connect(env.database_url, database="postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(env.database_url)
 
 
 def agent_settings(args: argparse.Namespace, work: Path, network: str) -> dict[str, str]:
@@ -110,7 +103,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             settings = agent_settings(args, work, network)
             agent = stack.agent(agent_id, token, [gateway], **settings, **PRODUCTION)
             await stack.ready(agent)
-            await wait_for(lambda: agent_online(db, agent_id), timeout=60)
+            await wait_until(lambda: agent_online(db, agent_id), timeout=60)
             user = await new_account(env.database_url, f"bench-desk-{tag}")
             bench = Bench(args, gateway.url, db, user)
             bench.http, bench.agent_id = http, agent_id

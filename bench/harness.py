@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import Service, Stack, free_port, wait_for
+from streamspace_testkit import Service, Stack, free_port
+from streamspace_testkit.servers import PostgresServer
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_DIR = BENCH_DIR / "peer"
@@ -217,10 +216,6 @@ async def start_sim_agents(
     return service, float(json.loads(line)["seconds"])
 
 
-async def wait_until(probe: Callable[[], Any], timeout: float) -> Any:
-    return await wait_for(probe, timeout=timeout, interval=0.1)
-
-
 # --- the peer's venv -----------------------------------------------------------------------------
 
 
@@ -253,8 +248,8 @@ def ensure_peer_venv() -> tuple[Path | None, str]:
 
 
 class OwnPostgres:
-    """A throwaway PostgreSQL 15 server (tests/chaos/servers.py's recipe) with production's defaults, not
-    the shared CI server's: autovacuum on (the machine's server runs with it off), fsync on,
+    """A throwaway PostgreSQL 15 server (the test kit's recipe: streamspace_testkit.servers) with
+    production's defaults, not the shared CI server's: autovacuum on (the machine's server runs with it off), fsync on,
     pg_stat_statements loaded, every autovacuum logged. Its WAL, statements and vacuums are the bench's
     alone, whatever else runs on the machine."""
 
@@ -272,8 +267,6 @@ class OwnPostgres:
     )
 
     def __init__(self) -> None:
-        from chaos.servers import PostgresServer  # tests/ is on sys.path (above)
-
         self.server = PostgresServer()
         self.server.init()
         self.log_path = self.server.base / "postgres.log"

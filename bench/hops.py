@@ -10,15 +10,12 @@ import aiohttp
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
-from harness import (
-    wait_until,
-)
-from support import Stack, new_account
 from systems import Ours
 
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import RedisKeys
 from streamspace_common.schemas import CONNECT_PATH, Command, Delivery, GatewayFrame, Hello, Welcome
+from streamspace_testkit import Stack, new_account, wait_until
 
 # --- 4. REST and the Redis hop -----------------------------------------------------------
 

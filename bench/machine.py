@@ -15,7 +15,8 @@ import asyncpg
 import psutil
 import redis.asyncio as aioredis
 from harness import BENCH_DIR, load_bench_queries
-from support import new_test_env, with_database
+
+from streamspace_testkit import new_test_env, with_database
 
 
 def git_commit() -> str:

@@ -27,22 +27,18 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from figures import percentile, results_path, write_results
 from harness import BENCH_DIR, load_bench_queries
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import with_database
-
 from streamspace_common.db import server_settings
 from streamspace_dispatcher.retention import PRUNE_PAUSE, QUERIES
+from streamspace_testkit import drop_database, with_database
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "retention.sql")
@@ -220,9 +216,7 @@ async def main() -> None:
         log(f"partitions: {result['partitions']}")
         await conn.close()
     finally:
-        admin = await asyncpg.connect(args.database_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(with_database(args.database_url, database))
     result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2, default=str))
     rows = f"{args.rows // 1_000_000}m" if args.rows % 1_000_000 == 0 else str(args.rows)

@@ -38,9 +38,9 @@ from machine import machine_info, say
 from report import table
 from simagents import HEARTBEAT_FRAMES_ENV
 from sockets import socket_scale
-from support import Stack, new_test_env, rabbitmqctl
 from systems import PROFILES, Peer, Q, Run, Side, Sizes, create_tokens, drop_databases, start_ours, start_peer
 
+from streamspace_testkit import Stack, new_test_env, rabbitmqctl
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
 SECTIONS = ("latency", "throughput", "bulk", "scale", "streams")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -34,11 +33,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from figures import RAW_DIR, line, results_path, summary, write_results
-from support import Account, Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
+from streamspace_testkit import Account, Stack, drop_database, new_account, new_test_env, rabbitmqctl, wait_until
 from streamspace_tools.admin import create_agent_token, install_samples
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
@@ -88,7 +85,7 @@ async def delete_all(http: aiohttp.ClientSession, url: str, db: asyncpg.Pool, ow
         left: int = await db.fetchval("SELECT count(*) FROM sessions WHERE id = ANY($1::uuid[])", ids)
         return left == 0
 
-    await wait_for(gone, timeout=120)
+    await wait_until(gone, timeout=120)
 
 
 async def light(http: aiohttp.ClientSession, url: str, db: asyncpg.Pool, user: Account, count: int) -> dict[str, Any]:
@@ -169,7 +166,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
                             )
                             await stack.ready(agent)
                             running_agents.append(agent)
-                        await wait_for(partial(online, db, agents))
+                        await wait_until(partial(online, db, agents))
                         row: dict[str, Any] = {"agents": agents}
                         row["light"] = await light(http, gateway.url, db, users[0], args.light)
                         row["burst"] = await burst(http, gateway.url, db, users, args.burst, args.parallel)
@@ -180,11 +177,7 @@ async def measure(agent_counts: list[int], args: argparse.Namespace) -> dict[str
     finally:
         await db.close()
         rabbitmqctl("delete_vhost", env.vhost)
-        conn = await asyncpg.connect(env.database_url, database="postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(env.database_url)
     return results
 
 

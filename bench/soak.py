@@ -42,9 +42,9 @@ import structlog
 from figures import results_path, write_results
 from harness import BENCH_DIR, OwnPostgres, load_bench_queries, start_sim_agents
 from machine import machine_info, say, server_facts
-from support import RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, with_database
 from systems import SERVICE_SETTINGS, create_tokens, drop_databases
 
+from streamspace_testkit import RunEnv, Service, Stack, new_account, new_test_env, rabbitmqctl, with_database
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
 Q = load_bench_queries(BENCH_DIR / "soak.sql")

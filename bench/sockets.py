@@ -13,8 +13,9 @@ from typing import Any
 import asyncpg
 from harness import CpuSplit, rss_mib, start_sim_agents
 from profiling import Profiles
-from support import Service, Stack
 from systems import SERVICE_SETTINGS
+
+from streamspace_testkit import Service, Stack
 
 SOCKETS_PER_SIM_PROCESS = 10_000  # the open-file limit is per process (20,000 here)
 # Each simulated-agent process connects from a loopback address of its own: one (source, gateway)

@@ -37,13 +37,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-import asyncpg
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from figures import percentile, results_path, write_results
-from support import Stack, new_account, new_test_env, rabbitmqctl, wait_for
 
+from streamspace_testkit import Stack, drop_database, new_account, new_test_env, rabbitmqctl, wait_until
 from streamspace_tools.admin import create_agent_token
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
@@ -162,7 +159,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     host, port = session["endpoint"]["host"], session["endpoint"]["port"]
                     bridge_port = free_port()
                     bridge = start_websockify(bridge_port, host, port)
-                    await wait_for(lambda: listening(bridge_port), timeout=15)
+                    await wait_until(lambda: listening(bridge_port), timeout=15)
 
                     setup: dict[str, float] = {}  # ours' connect: the ticket, the upgrade, the rest (tunnel, echo)
                     cpu_of = {
@@ -206,11 +203,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 kill_sessions(Path(work) / "sessions")
     finally:
         rabbitmqctl("delete_vhost", env.vhost)
-        conn = await asyncpg.connect(env.database_url, database="postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{env.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(env.database_url)
     return results
 
 
@@ -246,7 +239,7 @@ async def create_running(http: aiohttp.ClientSession, url: str) -> dict[str, Any
             now: dict[str, Any] = await response.json()
         return now if now["state"] == "running" else None
 
-    return await wait_for(running, timeout=60)
+    return await wait_until(running, timeout=60)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -25,12 +25,11 @@ from harness import (
     pids_named,
     start_process,
     start_sim_agents,
-    wait_until,
 )
 from profiling import Profiles
-from support import Service, Stack, free_port, with_database
 
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_testkit import Service, Stack, drop_database, free_port, wait_until, with_database
 from streamspace_tools.admin import REGISTRY as ADMIN_QUERIES
 from streamspace_tools.migrate import create_database_if_missing
 
@@ -69,7 +68,7 @@ PROFILES = {
     "full": Sizes(1000, 50, 10_000, 1000, 10_000, (1000, 5000, 10_000, 50_000), 30.0, 1000, 1000),
     # the CI size of every row; the goals are for the full profile's sizes
     "quick": Sizes(200, 20, 2000, 1000, 2000, (1000,), 10.0, 200, 200, bulk=20_000, stream_mib=50, stream_samples=200),
-    # tests/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
+    # tests/e2e/test_bench_smoke.py; 1,000 commands so each CPU window outlasts a few clock ticks (10 ms)
     "smoke": Sizes(20, 5, 1000, 10, 1000, (20,), 1.0, 20, 20, bulk=2000, stream_mib=2, stream_samples=20),
 }
 
@@ -228,9 +227,5 @@ async def sim_agents(run: Run, sim_ids: list[str], log_dir: Path) -> tuple[Servi
 
 
 async def drop_databases(dsns: list[str]) -> None:
-    conn = await asyncpg.connect(dsns[0], database="postgres")
-    try:
-        for dsn in dsns:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    for dsn in dsns:
+        await drop_database(dsn)

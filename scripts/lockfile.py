@@ -5,7 +5,7 @@ holds exactly that: no package missing, none at another version, none the locks 
 
 compares the environment of PYTHON (default: the one running this) with the union of the locks, our
 own units (streamspace-*) aside; --sync first uninstalls what no lock names. Exit 1 on a difference.
-scripts/install runs it on .venv; tests/test_lock.py on .venv and inside each service's image.
+scripts/install runs it on .venv; tests/unit/test_lock.py on .venv and inside each service's image.
 Only the standard library and pip's own copy of `packaging` (every environment here has pip).
 """
 

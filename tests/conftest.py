@@ -1,4 +1,11 @@
-"""Fixtures: the isolated test environment, a database pool, and real service stacks."""
+"""The tiers (a marker per folder) and the fixtures every tier shares: the isolated test environment, a
+database pool, accounts, and real service stacks (subprocesses; tests/integration/conftest.py has the
+in-process ones).
+
+Tiers: tests/unit (no servers), tests/integration (the real PostgreSQL, Redis and RabbitMQ; services in
+this process), tests/e2e (service subprocesses, Docker, Chromium, the bench and soak smoke runs),
+tests/chaos (throwaway servers killed and restarted). Each test gets its folder's marker, so
+`pytest -m "unit or integration"` selects like `pytest tests/unit tests/integration`."""
 
 from __future__ import annotations
 
@@ -12,37 +19,49 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio
-from support import SAMPLE_IMAGE, Account, RunEnv, Stack, new_account, new_test_env, rabbitmqctl
 
 from streamspace_common.db import create_pool
+from streamspace_testkit import (
+    SAMPLE_IMAGE,
+    Account,
+    RunEnv,
+    Stack,
+    drop_run_data,
+    new_account,
+    new_test_env,
+    open_run_data,
+    release,
+    sweep_stale,
+)
 from streamspace_tools.admin import create_agent_token
-from streamspace_tools.migrate import create_database_if_missing, migrate
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e", "chaos")  # folders under tests/, and their markers (pyproject.toml)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The safety net's sweep: kill what runs of pytest or bench that were killed left behind."""
+    sweep_stale()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    release()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier: the folder under tests/ it lives in."""
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        assert tier in TIERS, f"{item.nodeid}: every test lives in a tier folder, one of {TIERS}"
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
 def test_env() -> Iterator[RunEnv]:
     env = new_test_env()
-    asyncio.run(create_database_if_missing(env.database_url))
-    asyncio.run(migrate(env.database_url))
-    rabbitmqctl("add_vhost", env.vhost)
-    rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
+    asyncio.run(open_run_data(env))
     yield env
-    rabbitmqctl("delete_vhost", env.vhost)
-    asyncio.run(_drop_run_data(env))
-
-
-async def _drop_run_data(env: RunEnv) -> None:
-    database = env.database_url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(env.database_url, database="postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
-    client = redis.asyncio.Redis.from_url(env.redis_url)
-    keys = [key async for key in client.scan_iter(match=f"{env.redis_prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    asyncio.run(drop_run_data(env))
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +153,7 @@ async def agent_token(test_env: RunEnv, agent_id: str) -> str:
 def sample_image() -> str:
     """A running Docker Engine and the sample image, built once per run (kept between runs) for every
     docker test module; skips them where no engine can start."""
-    root = Path(__file__).resolve().parent.parent
+    root = TESTS.parent
     engine = subprocess.run(["bash", str(root / "scripts/docker-engine")], capture_output=True, text=True)
     if engine.returncode != 0:
         pytest.skip(f"no Docker Engine could be started: {engine.stderr.strip() or engine.stdout.strip()}")

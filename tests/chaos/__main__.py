@@ -21,11 +21,13 @@ import time
 import traceback
 from pathlib import Path
 
+from streamspace_testkit import release, sweep_stale
+from streamspace_testkit.servers import Servers
+
 from .failover import FAILOVER_SCENARIOS, run_failover
 from .harness import BULK_LOAD_TITLE, LOAD_SETTINGS, LOAD_TITLE, ChaosRun, Counts, table
 from .scale import ScaleRun
 from .scenarios import SCENARIOS, ScenarioFailed, run_scenario
-from .servers import Servers
 
 
 async def failovers(
@@ -147,6 +149,10 @@ if __name__ == "__main__":
     parser.add_argument("--dispatchers", type=int, default=4, help="with --scale (default 4)")
     parser.add_argument("--agents", type=int, default=5000, help="with --scale: simulated agents (default 5000)")
     arguments = parser.parse_args()
-    if arguments.scale:
-        sys.exit(asyncio.run(scale(arguments.gateways, arguments.dispatchers, arguments.agents)))
-    sys.exit(asyncio.run(main(arguments.commands, arguments.load, arguments.only, arguments.single_endpoint)))
+    sweep_stale()  # what a killed earlier run left behind (the test kit's safety net, docs/testing.md)
+    try:
+        if arguments.scale:
+            sys.exit(asyncio.run(scale(arguments.gateways, arguments.dispatchers, arguments.agents)))
+        sys.exit(asyncio.run(main(arguments.commands, arguments.load, arguments.only, arguments.single_endpoint)))
+    finally:
+        release()

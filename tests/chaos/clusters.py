@@ -13,6 +13,7 @@ is the fault (kill -9, the process never comes back). The machine's shared serve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -24,35 +25,21 @@ import time
 import typing
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from support import free_port
 
-from .servers import PG_BIN, RABBITMQ_BIN, Servers, rabbitmqctl
+from streamspace_testkit import free_port, kill_group, register, spawn, wait_until
+from streamspace_testkit.servers import PG_BIN, RABBITMQ_BIN, Servers, rabbitmqctl
 
 SENTINEL_SERVICE = "chaos"
 REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 
 
-def _wait(probe: object, what: str, timeout: float) -> None:
-    """Poll `probe()` (a callable returning truthy when ready) until `timeout`; RuntimeError naming `what`."""
-    assert callable(probe)
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            if probe():
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
-        time.sleep(0.2)
-
-
-def _kill_group(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+def _wait(probe: Callable[[], object], what: str, timeout: float) -> None:
+    """Poll `probe()` until it returns something truthy (an exception counts as not yet)."""
+    asyncio.run(wait_until(probe, timeout=timeout, interval=0.2, what=what, retry_on=(Exception,)))
 
 
 # --- PostgreSQL under Patroni ------------------------------------------------------------------
@@ -85,7 +72,7 @@ class PatroniCluster:
 
     def start(self) -> None:
         os.chmod(self.base, 0o755)
-        self.etcd = subprocess.Popen(
+        self.etcd = spawn(
             [
                 "etcd",
                 *("--name", "default", "--data-dir", str(self.base / "etcd")),
@@ -97,7 +84,6 @@ class PatroniCluster:
             ],
             stdout=subprocess.DEVNULL,
             stderr=(self.base / "etcd.log").open("ab"),
-            start_new_session=True,
         )
         _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{self.etcd_port}/health", timeout=1), "etcd", 30)
         for member in range(self.MEMBERS):
@@ -112,12 +98,11 @@ class PatroniCluster:
         shutil.chown(home, "postgres", "postgres") if os.geteuid() == 0 else None
         config = home / "member.yml"
         config.write_text(json.dumps(self._config(member, home)))  # JSON is YAML
-        return subprocess.Popen(
+        return spawn(
             ["patroni", str(config)],
             stdout=(home / "patroni.log").open("ab"),
             stderr=subprocess.STDOUT,
             user="postgres" if os.geteuid() == 0 else None,
-            start_new_session=True,
         )
 
     def _config(self, member: int, home: Path) -> dict[str, object]:
@@ -191,18 +176,18 @@ class PatroniCluster:
         postmaster = self.base / f"m{member}" / "data" / "postmaster.pid"
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(postmaster.read_text().split()[0])
-            _kill_group(self.members[member])
+            kill_group(self.members[member])
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _kill_group(self.members[member])
+        kill_group(self.members[member])
 
     def destroy(self) -> None:
         for member in range(self.MEMBERS):
             if member not in self.killed:
                 self.kill_member(member)
-        _kill_group(self.etcd)
+        kill_group(self.etcd)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -232,7 +217,7 @@ class SentinelRedis:
     def start(self) -> None:
         for port in self.ports:
             replica = [] if port == self.ports[0] else ["--replicaof", "127.0.0.1", str(self.ports[0])]
-            self.servers[port] = subprocess.Popen(
+            self.servers[port] = spawn(
                 [*REDIS_SERVER, "--port", str(port), "--dir", str(self.base), *replica],
                 stdout=(self.base / f"redis-{port}.log").open("ab"),
                 stderr=subprocess.STDOUT,
@@ -248,7 +233,7 @@ class SentinelRedis:
                 f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
             )
             self.sentinels.append(
-                subprocess.Popen(
+                spawn(
                     ["redis-sentinel", str(config)],
                     stdout=(self.base / f"sentinel-{port}.log").open("ab"),
                     stderr=subprocess.STDOUT,
@@ -331,6 +316,7 @@ class RabbitNode:
 
     def wait(self) -> None:
         self.ctl("wait", "--timeout", "120", str(self.pid_file), timeout=150)
+        register(os.getpgid(int(self.pid_file.read_text().strip())))  # -detached: the safety net's to sweep
 
     @property
     def pid_file(self) -> Path:

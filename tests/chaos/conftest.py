@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .servers import Servers
+from streamspace_testkit.servers import Servers
 
 
 @pytest.fixture(scope="session")

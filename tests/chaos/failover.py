@@ -29,13 +29,14 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-from support import Service, with_database
-from test_redis_outage import count
+from e2e.test_redis_outage import count
+
+from streamspace_testkit import Service, with_database
+from streamspace_testkit.servers import Servers
 
 from .clusters import PatroniCluster, RabbitCluster, SentinelRedis, WithCluster
 from .harness import ChaosRun, Counts
 from .scenarios import RATE, ScenarioFailed
-from .servers import Servers
 
 BACK_TIMEOUT = 90.0  # seconds the services get to find the engine again after the kill
 WITHHOLD_SECONDS = 18.0  # scenario 15: agent-2's frames held back 3 s of every 6, so ack deadlines pass

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from support import RunEnv, Service, Stack, new_account, wait_for, with_database
-from test_pipeline import count_event
+from e2e.test_pipeline import count_event
 
+from streamspace_testkit import RunEnv, Service, Stack, new_account, wait_until, with_database
+from streamspace_testkit.servers import Servers
 from streamspace_tools.admin import create_agent_token
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
 from .proxy import TcpProxy
-from .servers import Servers
 
 # How many commands each scenario streams: few in CI (`bash .ci/run`), more from `scripts/chaos`.
 COMMANDS = int(os.environ.get("CHAOS_COMMANDS", "300"))
@@ -193,7 +193,7 @@ class ChaosRun:
         self.agent("agent-2", "agent-2", f"{self.proxy.url},{self.g2.url}")
         ha_1 = self.agent("ha-1", "agent-ha", f"{self.g1.url},{self.g2.url}")
         await self.stack.ready(*self.agents.values())
-        await wait_for(lambda: self.lease_holder_pod("agent-ha"), timeout=20)
+        await wait_until(lambda: self.lease_holder_pod("agent-ha"), timeout=20)
         self.agent("ha-2", "agent-ha", f"{self.g2.url},{self.g1.url}")
         await self.stack.ready(*self.agents.values())
 
@@ -205,7 +205,7 @@ class ChaosRun:
             instances = await self.db.fetchval("SELECT count(*) FROM agent_instances WHERE agent_id = 'agent-ha'")
             return len(rows) == 3 and {r["gateway_pod"] for r in rows} == {"gateway-1"} and instances == 2
 
-        await wait_for(settled, timeout=30)
+        await wait_until(settled, timeout=30)
         assert await self.lease_holder_pod("agent-ha") == "gateway-1", ha_1.log()
 
     def agent(self, name: str, agent_id: str, urls: str) -> Service:
@@ -353,7 +353,7 @@ class ChaosRun:
             return bool(open_rows == 0)
 
         with contextlib.suppress(AssertionError):  # still open: counted as lost
-            await wait_for(quiet, timeout=timeout, interval=0.2)
+            await wait_until(quiet, timeout=timeout, interval=0.2)
         await asyncio.sleep(1.0)  # a late duplicate execution would show in the logs by now
 
     async def snapshot_in_flight(self, agent_id: str) -> None:

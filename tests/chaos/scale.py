@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from support import Service, Stack, free_port, wait_for, with_database
 
 from streamspace_common.tokens import hash_token, new_token
+from streamspace_testkit import Service, Stack, free_port, spawn, wait_until, with_database
+from streamspace_testkit.servers import Servers
 from streamspace_tools.admin import REGISTRY as ADMIN_QUERIES
 from streamspace_tools.migrate import create_database_if_missing, migrate
 
 from .harness import INSERT, ChaosEnv
-from .servers import Servers
 
 # A 20 s heartbeat (10 s deployed): at 5,000 agents on a 2-core box shared with other test runs (load
 # average 30+), 3 missed 10 s heartbeats closed hundreds of sockets as stale and their reconnects fed the
@@ -129,7 +129,7 @@ class ScaleRun:
         for first in range(0, self.agents, AGENTS_PER_FLEET):
             self.start_fleet(len(self.fleets), tokens[first : first + AGENTS_PER_FLEET], urls)
         await asyncio.gather(*(asyncio.to_thread(self.fleet_ready, fleet) for fleet in self.fleets))
-        await wait_for(self.all_online, timeout=900, interval=2.0)
+        await wait_until(self.all_online, timeout=900, interval=2.0)
 
     def start_gateway(self, pod: str, port: int, metrics_port: int) -> Service:
         """A gateway on a given port (a restarted one keeps its address: the agents' URLs do not change)."""
@@ -137,7 +137,7 @@ class ScaleRun:
         env = {**os.environ, **self.env.service_env(), **extra}
         log_path = self.log_dir / f"{pod}.log"
         with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
+            process = spawn(
                 [sys.executable, "-m", "streamspace_gateway"], env=env, stdout=log_file, stderr=subprocess.STDOUT
             )
         service = Service(pod, process, port, log_path, metrics_port)
@@ -163,7 +163,7 @@ class ScaleRun:
         tests = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
         with (self.log_dir / f"fleet-{number}.log").open("ab") as stderr:
-            fleet = subprocess.Popen(
+            fleet = spawn(
                 [sys.executable, "-m", "chaos.fleet", str(spec)], env=env, stdout=subprocess.PIPE, stderr=stderr
             )
         self.fleets.append(fleet)
@@ -207,7 +207,7 @@ class ScaleRun:
     async def run(self, settle_timeout: float = 600) -> ScaleCounts:
         """Spread at first (random start), stream while every gateway restarts in turn, then wait until
         spread again and everything is finished; count."""
-        await wait_for(self.spread_evenly, timeout=settle_timeout, interval=2.0)
+        await wait_until(self.spread_evenly, timeout=settle_timeout, interval=2.0)
         self.counts.before = await self.per_gateway()
         stop = asyncio.Event()
         streaming = asyncio.create_task(self.stream(stop))
@@ -216,11 +216,11 @@ class ScaleRun:
             for pod in list(self.pods):
                 await self.restart(pod)
             self.counts.restarts_seconds = time.monotonic() - began
-            await wait_for(self.all_online, timeout=settle_timeout, interval=0.5)
+            await wait_until(self.all_online, timeout=settle_timeout, interval=0.5)
             self.counts.after_restarts = await self.per_gateway()
             restarted = time.monotonic()
             with contextlib.suppress(AssertionError):
-                await wait_for(self.spread_evenly, timeout=settle_timeout, interval=1.0)
+                await wait_until(self.spread_evenly, timeout=settle_timeout, interval=1.0)
                 self.counts.spread_seconds = time.monotonic() - restarted
             self.counts.spread = await self.per_gateway()
         finally:
@@ -261,7 +261,7 @@ class ScaleRun:
             return bool(open_rows == 0)
 
         with contextlib.suppress(AssertionError):  # still open: counted as lost
-            await wait_for(quiet, timeout=timeout, interval=1.0)
+            await wait_until(quiet, timeout=timeout, interval=1.0)
         await asyncio.sleep(2.0)  # a late second execution would show in the logs by now
 
     async def count(self) -> None:

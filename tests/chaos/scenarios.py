@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import wait_for
-from test_pipeline import count_event
-from test_redis_outage import count
+from e2e.test_pipeline import count_event
+from e2e.test_redis_outage import count
+
+from streamspace_testkit import wait_until
+from streamspace_testkit.servers import Servers
 
 from .harness import STREAM_AGENTS, ChaosRun, Counts, agent_disconnects
-from .servers import Servers
 
 OUTAGE_SECONDS = 30.0  # Redis down, RabbitMQ down
 STOP_SECONDS = 10.0  # SIGSTOP, link cut: longer than the stale threshold (3 heartbeats of 2 s)
@@ -113,7 +114,7 @@ async def kill_dispatcher_mid_claim(run: ChaosRun) -> None:
             )
             return bool(waiting)
 
-        await wait_for(claim_waiting, timeout=15)
+        await wait_until(claim_waiting, timeout=15)
         run.d1.kill()
         run.note = "dispatcher-1 killed while its claim waited on the lock"
 
@@ -183,7 +184,7 @@ async def retried_without_rabbitmq(run: ChaosRun, counts: Counts) -> None:
     async def reconnected() -> bool:
         return all(count(d, "dependency_back", "rabbitmq") for d in dispatchers)
 
-    await wait_for(reconnected, timeout=60, interval=0.5)
+    await wait_until(reconnected, timeout=60, interval=0.5)
 
 
 async def dispatcher_killed(run: ChaosRun, counts: Counts) -> None:

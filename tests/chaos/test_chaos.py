@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from streamspace_testkit.servers import Servers
+
 from .harness import COMMANDS, table
 from .scenarios import SCENARIOS, Scenario, ScenarioFailed, run_scenario
-from .servers import Servers
 
 
 def tails(log_dir: Path) -> str:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from streamspace_testkit.servers import Servers
+
 from .failover import FAILOVER_SCENARIOS, FailoverScenario, run_failover
 from .harness import COMMANDS, table
 from .scenarios import ScenarioFailed
-from .servers import Servers
 from .test_chaos import tails
 
 MISSING = [tool for tool in ("patroni", "etcd", "redis-sentinel") if not shutil.which(tool)]

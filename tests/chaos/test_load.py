@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from streamspace_testkit.servers import Servers
+
 from .harness import BULK_LOAD_TITLE, LOAD_COMMANDS, LOAD_SETTINGS, LOAD_TITLE, ChaosRun, table
-from .servers import Servers
 
 
 @pytest.mark.timeout(420)

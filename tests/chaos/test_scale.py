@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from streamspace_testkit.servers import Servers
+
 from .scale import ScaleRun
-from .servers import Servers
 
 
 @pytest.mark.timeout(900)

@@ -39,7 +39,7 @@ from .tunnels import Tunnels
 # or more after the first delivery, so this must outlast that many seconds of results: at the bulk
 # path's 10,000 commands/s, 100,000. With 10,000, a burst of 100 x 1,000 bulk-created commands on a
 # loaded machine (a result committed past its deadline, the command sent again 11 s later, 15,000
-# results on) ran 38 commands twice (tests/test_bulk.py). ~40 MiB when full of small results.
+# results on) ran 38 commands twice (tests/e2e/test_bulk.py). ~40 MiB when full of small results.
 REMEMBERED_RESULTS = 100_000
 log = structlog.get_logger("agent.executor")
 Listener = Callable[[str], None]

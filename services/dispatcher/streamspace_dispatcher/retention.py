@@ -113,7 +113,7 @@ class Retention:
 
 
 class AuditPruner:
-    """The audit trail's job alone, drained to the end (tests/security/test_audit.py)."""
+    """The audit trail's job alone, drained to the end (tests/integration/test_audit.py)."""
 
     def __init__(self, pool: asyncpg.Pool, retention_days: int) -> None:
         self.pool = pool

@@ -12,7 +12,7 @@ Inventory and orphans come from label selectors.
 probe connects to it, and create and wake wait (SESSION_READY_TIMEOUT) for the Deployment's status to
 count the pod Ready (`readyReplicas`, of the current generation); past the timeout the session is
 failed ("port 5901 did not answer within 60 s"). The endpoint is reported, and listed by inventory,
-only for a Deployment whose pod is Ready. Tested against a fake API (tests/fake_kubernetes.py, which
+only for a Deployment whose pod is Ready. Tested against a fake API (streamspace_testkit.fake_kubernetes, which
 models that status), never a real cluster: an image that cannot be pulled shows here only as a pod
 that never becomes Ready.
 
