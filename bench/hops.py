@@ -14,11 +14,8 @@ from systems import Ours
 
 from streamspace_common.delivery_auth import DeliverySigner, load_delivery_keys
 from streamspace_common.keys import RedisKeys
-from streamspace_common.schemas import Command, Delivery, GatewayFrame, Hello, Welcome
+from streamspace_common.schemas import CONNECT_PATH, Command, Delivery, GatewayFrame, Hello, Welcome
 from streamspace_testkit import Stack, new_account, wait_until
-
-CONNECT_PATH = "/api/v1/agents/connect"
-
 
 # --- 4. REST and the Redis hop -----------------------------------------------------------
 

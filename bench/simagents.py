@@ -36,6 +36,7 @@ import aiohttp
 import msgspec
 
 from streamspace_common.schemas import (
+    CONNECT_PATH,
     FEATURE_PING_LIVENESS,
     FEATURES,
     Command,
@@ -46,7 +47,6 @@ from streamspace_common.schemas import (
     Welcome,
 )
 
-CONNECT_PATH = "/api/v1/agents/connect"
 PING_RESULT: dict[str, object] = {"pong": True}
 EMPTY_INVENTORY: dict[str, object] = {"sessions": [], "workloads": []}
 _encoder = msgspec.json.Encoder()

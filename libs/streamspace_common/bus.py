@@ -1,44 +1,51 @@
 """The delivery bus: how a dispatcher hands a claimed command to the gateway replica holding its agent
 (§2 step 3, §3 "Redis outage").
 
-Two paths behind one small interface (`routes`, `publish`), like python-socketio's pub/sub managers:
+Two backends behind one small interface (`routes`, `publish`, `subscribe`), like python-socketio's
+pub/sub managers (`_publish`/`_listen`) or encode/broadcaster's backends: dispatchers publish, each
+gateway replica subscribes to its own pod's channel.
 
-- **Redis**, the fast path: the routing cache `agent:{id}:pod` and a PUBLISH on `pod:{pod}:commands`.
-  PUBLISH answers how many replicas received each message, so a stale mapping shows at once.
+- **Redis**, the fast path: the routing cache `agent:{id}:pod` and a PUBLISH on `pod:{pod}:commands`
+  (keys.RedisKeys.pod_commands), to which the pod's gateway SUBSCRIBEs. PUBLISH answers how many
+  replicas received each message, so a stale mapping shows at once.
 - **PostgreSQL**, while Redis is unreachable: the agent's replica from `agents.gateway_pod` and a NOTIFY
-  on that replica's own channel (`keys.pod_notify_channel`), which every gateway LISTENs on
-  (`PostgresListener`). A NOTIFY payload holds at most 8000 bytes, so it hands over (command_id,
-  attempt) pairs and the gateway reads the rows. NOTIFY cannot count receivers, so routes go only to
-  replicas whose LISTEN connection is alive in pg_stat_activity; a replica that no longer holds the
-  agent gives the command back at once, as on the Redis path.
+  on that replica's own channel (`keys.pod_notify_channel`), which every gateway LISTENs on. A NOTIFY
+  payload holds at most 8000 bytes, so it hands over (command_id, attempt) pairs and the gateway reads
+  the rows. NOTIFY cannot count receivers, so routes go only to replicas whose LISTEN connection is
+  alive in pg_stat_activity; a replica that no longer holds the agent gives the command back at once,
+  as on the Redis path.
 
-Both paths carry the dispatcher's signature (delivery_auth.py): a gateway forwards nothing that Redis
-or a NOTIFY alone could have made up.
+Both paths carry the dispatcher's signature (delivery_auth.py): `publish` signs, `subscribe` yields
+only what a dispatcher signed, so a gateway forwards nothing that Redis or a NOTIFY alone could have
+made up. A subscription is an `async with`: entered once the server confirmed it, left when it is
+lost (the caller's `resilience.forever` opens the next one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import asyncpg
 import msgspec
-import structlog
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
 from .db import load_queries
 from .delivery_auth import DeliverySigner, DeliveryVerifier
-from .keys import ACCESS_CHANNEL, LEASE_CHANNEL, POD_CHANNEL_PREFIX, pod_notify_channel
-from .resilience import Outage, forever
+from .keys import POD_CHANNEL_PREFIX, pod_notify_channel
 from .routing import RoutingTable
 from .schemas import Command, Delivery, HandOver
 
 QUERIES = load_queries("streamspace_common", "bus.sql")
 NOTIFY_PAYLOAD_LIMIT = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
 SIGNED_FIELDS_LIMIT = 420  # bytes a hand-over's pod (at most 253), expiry, key id and signature add
-log = structlog.get_logger("bus")
 _encoder = msgspec.json.Encoder()
+Deliveries = AsyncIterator[Delivery]
 
 
 class DeliveryBus(Protocol):
@@ -50,6 +57,9 @@ class DeliveryBus(Protocol):
     async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
         """Send each (pod, delivery); how many replicas received each (0: nobody listens on that pod)."""
 
+    def subscribe(self, pod: str, verifier: DeliveryVerifier) -> AbstractAsyncContextManager[Deliveries]:
+        """Hold `pod`'s channel: entered once subscribed; iterate for the deliveries a dispatcher signed."""
+
 
 def delivery_of(row: asyncpg.Record) -> Delivery:
     """The delivery of a claimed agent_commands row (claim and handed_over return the same columns)."""
@@ -60,31 +70,75 @@ def delivery_of(row: asyncpg.Record) -> Delivery:
 
 
 class RedisBus:
+    """Dispatchers publish with a signer; a gateway subscribes with its verifier (it needs no signer)."""
+
     name = "redis"
 
-    def __init__(self, routing: RoutingTable, signer: DeliverySigner) -> None:
+    def __init__(self, routing: RoutingTable, signer: DeliverySigner | None = None) -> None:
         self.routing = routing
         self.signer = signer
+        self._decoder = msgspec.json.Decoder(Delivery)
 
     async def routes(self, agent_ids: list[str]) -> dict[str, str]:
         return await self.routing.lookup(agent_ids)
 
     async def publish(self, deliveries: list[tuple[str, Delivery]]) -> list[int]:
         now = time.time()
-        sign = self.signer.sign
+        sign = signer_of(self.signer).sign
         messages = [
             (pod, _encoder.encode(msgspec.structs.replace(sign(d, pod, now), published_at=now)))
             for pod, d in deliveries
         ]
         return await self.routing.publish_many(messages)
 
+    @contextlib.asynccontextmanager
+    async def subscribe(self, pod: str, verifier: DeliveryVerifier) -> AsyncIterator[Deliveries]:
+        pubsub = self.routing.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.routing.keys.pod_commands(pod))
+            while (await pubsub.get_message(timeout=1.0)) is None:  # wait for the confirmation
+                pass
+            async with contextlib.aclosing(self._deliveries(pubsub, verifier)) as deliveries:
+                yield deliveries
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    async def _deliveries(self, pubsub: PubSub, verifier: DeliveryVerifier) -> AsyncGenerator[Delivery, None]:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # redis-py may swallow a cancellation: honour it
+                raise asyncio.CancelledError
+            if message is None or message["type"] != "message":
+                continue
+            try:
+                delivery = self._decoder.decode(message["data"])
+            except msgspec.DecodeError as exc:
+                verifier.malformed("redis", str(exc))
+                continue
+            if verifier.admit(delivery, time.time()):
+                yield delivery
+
 
 class PostgresBus:
+    """Dispatchers publish with a signer; a gateway subscribes (its own LISTEN connection to `dsn`). The
+    same connection can carry other NOTIFY channels (`notices`: channel -> callback with the payload)."""
+
     name = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool, signer: DeliverySigner) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        signer: DeliverySigner | None = None,
+        dsn: str = "",
+        notices: Mapping[str, Callable[[str], None]] | None = None,
+    ) -> None:
         self.pool = pool
         self.signer = signer
+        self.dsn = dsn
+        self.notices = dict(notices or {})
+        self._decoder = msgspec.json.Decoder(HandOver)
 
     async def routes(self, agent_ids: list[str]) -> dict[str, str]:
         rows = await self.pool.fetch(QUERIES["online_agent_pods"], agent_ids)
@@ -100,12 +154,60 @@ class PostgresBus:
         channels: list[str] = []
         payloads: list[str] = []
         now = time.time()
+        signer = signer_of(self.signer)
         for pod, commands in by_pod.items():
             for chunk in hand_over_chunks(commands):
                 channels.append(pod_notify_channel(pod))
-                payloads.append(_encoder.encode(self.signer.sign_hand_over(pod, chunk, now)).decode())
+                payloads.append(_encoder.encode(signer.sign_hand_over(pod, chunk, now)).decode())
         await self.pool.execute(QUERIES["hand_over"], channels, payloads)
         return [1] * len(deliveries)  # routes() found each pod's listener alive
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, pod: str, verifier: DeliveryVerifier) -> AsyncIterator[Deliveries]:
+        """LISTEN until the connection is lost (the iteration then ends)."""
+        channel = pod_notify_channel(pod)
+        # application_name = channel: dispatchers find the live listeners in pg_stat_activity.
+        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": channel})
+        handed: asyncio.Queue[str | None] = asyncio.Queue()
+        try:
+            conn.add_termination_listener(lambda _: handed.put_nowait(None))
+            await conn.add_listener(channel, lambda *args: handed.put_nowait(args[3]))
+            for notice_channel, callback in self.notices.items():
+                await conn.add_listener(notice_channel, payload_to(callback))
+            async with contextlib.aclosing(self._deliveries(handed, verifier)) as deliveries:
+                yield deliveries
+        finally:
+            conn.terminate()
+
+    async def _deliveries(
+        self, handed: asyncio.Queue[str | None], verifier: DeliveryVerifier
+    ) -> AsyncGenerator[Delivery, None]:
+        while (payload := await handed.get()) is not None:
+            try:
+                hand_over = self._decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                verifier.malformed("postgres", str(exc))
+                continue
+            if not verifier.admit_hand_over(hand_over, time.time()):
+                continue
+            commands = hand_over.commands
+            command_ids = [command_id for command_id, _ in commands]
+            attempts = [attempt for _, attempt in commands]
+            # A failure here (PostgreSQL gone) ends the subscription; the rows stay sent and their ack
+            # deadline retries them.
+            for row in await self.pool.fetch(QUERIES["handed_over"], command_ids, attempts):
+                yield delivery_of(row)
+
+
+def payload_to(callback: Callable[[str], None]) -> Callable[..., None]:
+    """An asyncpg listener (connection, pid, channel, payload) that hands `callback` the payload."""
+    return lambda *args: callback(args[3])
+
+
+def signer_of(signer: DeliverySigner | None) -> DeliverySigner:
+    if signer is None:
+        raise TypeError("this bus was made without a DeliverySigner: only a dispatcher publishes")
+    return signer
 
 
 def hand_over_chunks(commands: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
@@ -124,71 +226,3 @@ def hand_over_chunks(commands: list[tuple[str, int]]) -> list[list[tuple[str, in
     if chunk:
         chunks.append(chunk)
     return chunks
-
-
-class PostgresListener:
-    """A gateway's end of the PostgreSQL path: LISTENs on its pod's channel and delivers what it is handed.
-    The same connection also hears of released HA leases (keys.LEASE_CHANNEL) for `on_lease_released`, and
-    of ended credentials (keys.ACCESS_CHANNEL) for `on_access_revoked`."""
-
-    def __init__(
-        self,
-        dsn: str,
-        pool: asyncpg.Pool,
-        pod: str,
-        deliver: Callable[[Delivery], Awaitable[None]],
-        verifier: DeliveryVerifier,
-        on_lease_released: Callable[[str], None] | None = None,
-        on_access_revoked: Callable[[str], None] | None = None,
-    ) -> None:
-        self.dsn = dsn
-        self.pool = pool
-        self.verifier = verifier
-        self.channel = pod_notify_channel(pod)
-        self.deliver = deliver
-        self.on_lease_released = on_lease_released
-        self.on_access_revoked = on_access_revoked
-        self.listening = False
-        self.outage = Outage("postgres_listen", log)
-        self._decoder = msgspec.json.Decoder(HandOver)
-
-    async def run(self) -> None:
-        await forever(self._listen, self.outage, cap=1.0)
-
-    async def _listen(self) -> None:
-        """Hold the LISTEN connection until it is lost (then return, and `forever` opens another)."""
-        # application_name = channel: dispatchers find the live listeners in pg_stat_activity.
-        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": self.channel})
-        handed: asyncio.Queue[str | None] = asyncio.Queue()
-        try:
-            conn.add_termination_listener(lambda _: handed.put_nowait(None))
-            await conn.add_listener(self.channel, lambda *args: handed.put_nowait(args[3]))
-            if self.on_lease_released is not None:
-                released = self.on_lease_released
-                await conn.add_listener(LEASE_CHANNEL, lambda *args: released(args[3]))
-            if self.on_access_revoked is not None:
-                revoked = self.on_access_revoked
-                await conn.add_listener(ACCESS_CHANNEL, lambda *args: revoked(args[3]))
-            self.listening = True
-            self.outage.recovered()
-            while (payload := await handed.get()) is not None:
-                await self._deliver_handed(payload)
-        finally:
-            self.listening = False
-            conn.terminate()
-
-    async def _deliver_handed(self, payload: str) -> None:
-        try:
-            hand_over = self._decoder.decode(payload)
-        except msgspec.DecodeError as exc:
-            self.verifier.malformed("postgres", str(exc))
-            return
-        if not self.verifier.admit_hand_over(hand_over, time.time()):
-            return
-        commands = hand_over.commands
-        command_ids = [command_id for command_id, _ in commands]
-        attempts = [attempt for _, attempt in commands]
-        # A failure here (PostgreSQL gone) ends the connection; the rows stay sent and their ack deadline retries them.
-        rows = await self.pool.fetch(QUERIES["handed_over"], command_ids, attempts)
-        for row in rows:
-            await self.deliver(delivery_of(row))

@@ -46,6 +46,7 @@ FEATURE_FENCE = "fence"
 # sends no heartbeat frame, its ping is the one liveness frame of an interval (issue 27).
 FEATURE_PING_LIVENESS = "ping_liveness"
 FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS)
+CONNECT_PATH = "/api/v1/agents/connect"  # every gateway's agent WebSocket (GET, Authorization: Bearer)
 LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
 # A WebSocket handshake header an agent sends when it reconnects after a 4412 (MOVE, rebalancing): a gateway
 # at or above its fair share answers 409 (the agent tries another URL); an earlier gateway ignores it.

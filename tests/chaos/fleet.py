@@ -23,9 +23,10 @@ from typing import TextIO
 import aiohttp
 import msgspec
 
-from streamspace_agent.gateways import CONNECT_PATH, Route
+from streamspace_agent.gateways import Route
 from streamspace_common import closecodes
 from streamspace_common.schemas import (
+    CONNECT_PATH,
     FEATURES,
     LEASE_HEADER,
     MOVING_HEADER,

@@ -23,7 +23,7 @@ import pytest
 from e2e.test_end_to_end import post_command, wait_online, wait_status
 from e2e.test_retries import silent_agent
 from streamspace_common import closecodes
-from streamspace_common.schemas import Heartbeat, Hello
+from streamspace_common.schemas import CONNECT_PATH, Heartbeat, Hello
 from streamspace_common.tokens import hash_token, new_token
 from streamspace_testkit import RunEnv, Service, Stack, get_json, new_account, wait_until
 from streamspace_tools.admin import AdminError, create_agent_token
@@ -126,7 +126,7 @@ async def test_drain_cancels_commands_loses_sessions_revokes_tokens_and_refuses_
     token = new_token()
     await db.execute("INSERT INTO agent_tokens (agent_id, token_hash) VALUES ($1, $2)", agent_id, hash_token(token))
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers) as ws:
+    async with http.ws_connect(f"{gateway.url}{CONNECT_PATH}", headers=headers) as ws:
         hello = Hello(agent_id=agent_id, platform="local", version="test", instance_id="late")
         await ws.send_str(msgspec.json.encode(hello).decode())
         message = await ws.receive(timeout=10)

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 
 from streamspace_common import closecodes
-from streamspace_common.schemas import Hello
+from streamspace_common.schemas import CONNECT_PATH, Hello
 from streamspace_gateway.store import Store
 from streamspace_testkit import Stack, wait_until
 
@@ -40,15 +40,15 @@ async def agent_row(db: asyncpg.Pool, agent_id: str) -> tuple[str, str, str | No
 async def test_a_late_registration_write_leaves_the_newer_sockets_row_online(db: asyncpg.Pool) -> None:
     agent_id = await new_agent(db)
     x, y = Store(db, f"race-x-{agent_id}"), Store(db, f"race-y-{agent_id}")
-    slow = await x.registration_clock()  # X began to register first, and is slow to write the row
-    fast = await y.registration_clock()
-    y_registered = await y.agent_online(hello(agent_id, "i-1"), fast)
+    slow = await x.presence.registration_clock()  # X began to register first, and is slow to write the row
+    fast = await y.presence.registration_clock()
+    y_registered = await y.presence.agent_online(hello(agent_id, "i-1"), fast)
     assert y_registered is not None
 
-    assert await x.agent_online(hello(agent_id, "i-1"), slow) is None  # its late write is refused
+    assert await x.presence.agent_online(hello(agent_id, "i-1"), slow) is None  # its late write is refused
     assert await agent_row(db, agent_id) == ("online", y.pod, "i-1")
     # Y's socket still owns the row: only its own leaving marks the agent offline.
-    await y.agent_offline(agent_id, y_registered)
+    await y.presence.agent_offline(agent_id, y_registered)
     assert (await agent_row(db, agent_id))[0] == "offline"
 
 
@@ -57,14 +57,14 @@ async def test_an_ha_replica_that_took_the_lease_before_the_newer_holder_does_no
 ) -> None:
     agent_id = await new_agent(db)
     x, y = Store(db, f"race-x-{agent_id}"), Store(db, f"race-y-{agent_id}")
-    old = await x.acquire_lease(agent_id, "i-a", 30, None, None)
+    old = await x.leases.acquire(agent_id, "i-a", 30, None, None)
     assert old is not None
-    await x.release_lease(agent_id, "i-a", old[0])  # its socket closed while the row write was on its way
-    new = await y.acquire_lease(agent_id, "i-b", 30, None, None)
+    await x.leases.release(agent_id, "i-a", old[0])  # its socket closed while the row write was on its way
+    new = await y.leases.acquire(agent_id, "i-b", 30, None, None)
     assert new is not None and new[0] > old[0] and new[1] > old[1]
-    assert await y.agent_online(hello(agent_id, "i-b"), new[1]) is not None
+    assert await y.presence.agent_online(hello(agent_id, "i-b"), new[1]) is not None
 
-    assert await x.agent_online(hello(agent_id, "i-a"), old[1]) is None
+    assert await x.presence.agent_online(hello(agent_id, "i-a"), old[1]) is None
     assert await agent_row(db, agent_id) == ("online", y.pod, "i-b")
 
 
@@ -86,7 +86,7 @@ async def test_a_gateway_whose_row_write_comes_late_closes_its_socket_and_leaves
         tx = lock.transaction()
         await tx.start()
         await lock.execute("SELECT 1 FROM agents WHERE agent_id = $1 FOR UPDATE", agent_id)
-        async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers) as ws:
+        async with http.ws_connect(f"{gateway.url}{CONNECT_PATH}", headers=headers) as ws:
             await ws.send_str(msgspec.json.encode(hello(agent_id, "i-1")).decode())
             await wait_until(lambda: row_write_waiting(db), timeout=30)
             # Meanwhile the agent registered again on another replica, and that one wrote its row first.

@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 
 from e2e.test_end_to_end import post_command, wait_status
+from streamspace_common.schemas import CONNECT_PATH
 from streamspace_testkit import RunEnv, Stack
 from streamspace_tools.admin import create_agent_token
 
@@ -64,7 +65,7 @@ async def test_one_agents_backlog_never_starves_another_agent(
         "INSERT INTO agent_commands (agent_id, action) SELECT $1, 'PING' FROM generate_series(1, $2)", busy, BACKLOG
     )
 
-    url = gateway.url.replace("http://", "ws://", 1) + "/api/v1/agents/connect"
+    url = gateway.url.replace("http://", "ws://", 1) + CONNECT_PATH
     async with http.ws_connect(url, headers={"Authorization": f"Bearer {busy_token}"}) as ws:
         hello = {"type": "hello", "agent_id": busy, "platform": "local", "version": "t", "instance_id": "i"}
         await ws.send_json({**hello, "concurrency": 1})

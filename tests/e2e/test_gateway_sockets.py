@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from streamspace_common.schemas import FEATURES, GatewayFrame, Hello, Welcome
+from streamspace_common.schemas import CONNECT_PATH, FEATURES, GatewayFrame, Hello, Welcome
 from streamspace_gateway.main import OPEN_FILES_NEEDED
 from streamspace_testkit import RunEnv, Service, Stack, free_port
 from streamspace_tools.admin import create_agent_token
@@ -75,7 +75,7 @@ async def test_an_agent_socket_declines_permessage_deflate_and_works_without_it(
     await stack.ready(gateway)
     agent_id = f"plain-{uuid.uuid4().hex[:8]}"
     token = await create_agent_token(test_env.database_url, agent_id)
-    url = gateway.url.replace("http://", "ws://") + "/api/v1/agents/connect"
+    url = gateway.url.replace("http://", "ws://") + CONNECT_PATH
     instance = uuid.uuid4().hex
     hello = Hello(agent_id=agent_id, platform="test", version="t", instance_id=instance, features=list(FEATURES))
     async with (

@@ -21,6 +21,7 @@ from e2e.test_end_to_end import post_command, wait_status
 from e2e.test_pipeline import count_event
 from streamspace_common import closecodes
 from streamspace_common.schemas import (
+    CONNECT_PATH,
     FEATURE_CONFIRM,
     FEATURE_HA,
     Command,
@@ -107,7 +108,7 @@ async def replica(
 ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """A raw replica that announces HA; it answers only what the test tells it to."""
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers) as ws:
+    async with http.ws_connect(f"{gateway.url}{CONNECT_PATH}", headers=headers) as ws:
         hello = Hello(
             agent_id=agent_id,
             platform="local",

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from streamspace_common.schemas import (
+    CONNECT_PATH,
     FEATURE_CONFIRM,
     FEATURE_PING_LIVENESS,
     AgentFrame,
@@ -28,7 +29,6 @@ from streamspace_common.schemas import (
 )
 from streamspace_testkit import HEARTBEAT_INTERVAL, Stack, serve_locally
 
-CONNECT_PATH = "/api/v1/agents/connect"
 INTERVAL = 1.0  # seconds: the agent's and the scripted gateway's heartbeat interval
 WATCH = 4.5  # seconds of an idle socket watched: past the gateway's 3 intervals (the tests' 2 s) of silence
 

@@ -17,6 +17,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from streamspace_common.schemas import CONNECT_PATH
 from streamspace_common.tokens import hash_token
 from streamspace_testkit import BASE_DATABASE_URL, RunEnv, Stack, drop_database, wait_until, with_database
 from streamspace_tools.migrate import LOCK_KEY, dump_schema
@@ -244,7 +245,7 @@ async def test_admin_prints_a_new_token_that_authenticates(
     assert await db.fetchval("SELECT status FROM agents WHERE agent_id = $1", agent_id) == "offline"
 
     # And a gateway accepts it for that agent.
-    url = shared_stack.services[0].url.replace("http://", "ws://", 1) + "/api/v1/agents/connect"
+    url = shared_stack.services[0].url.replace("http://", "ws://", 1) + CONNECT_PATH
     async with http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
         await ws.send_json(
             {"type": "hello", "agent_id": agent_id, "platform": "local", "version": "t", "instance_id": "i"}

@@ -19,12 +19,11 @@ import pytest
 from aiohttp import web
 
 from streamspace_common import closecodes
-from streamspace_common.schemas import FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
+from streamspace_common.schemas import CONNECT_PATH, FEATURE_CONFIRM, Ack, AgentFrame, Command, Hello, Result, Welcome
 from streamspace_testkit import RunEnv, Service, Stack, serve_locally, wait_until
 
 BURST = int(os.environ.get("PIPELINE_BURST", "10000"))
 CLIENTS = 20
-CONNECT_PATH = "/api/v1/agents/connect"
 
 
 async def open_rows(db: asyncpg.Pool, agent_id: str) -> int:

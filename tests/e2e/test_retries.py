@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from e2e.test_end_to_end import post_command, wait_status
-from streamspace_common.schemas import Command, Hello, Welcome
+from streamspace_common.schemas import CONNECT_PATH, Command, Hello, Welcome
 from streamspace_testkit import Service, Stack, wait_until
 
 
@@ -27,7 +27,7 @@ async def silent_agent(
     http: aiohttp.ClientSession, gateway_url: str, agent_id: str, token: str
 ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.ws_connect(f"{gateway_url}/api/v1/agents/connect", headers=headers) as ws:
+    async with http.ws_connect(f"{gateway_url}{CONNECT_PATH}", headers=headers) as ws:
         hello = Hello(agent_id=agent_id, platform="local", version="test", instance_id="silent")
         await ws.send_str(msgspec.json.encode(hello).decode())
         welcome = msgspec.json.decode(await ws.receive_str(timeout=10), type=Welcome)

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from integration.test_bad_input import assert_error, hello
+from streamspace_common.schemas import CONNECT_PATH
 from streamspace_common.settings import load_settings
 from streamspace_gateway.api import openapi_document, operations
 from streamspace_gateway.auth import sign_token, signing_secret
@@ -428,7 +429,7 @@ async def test_agent_tokens_through_the_api(gateway: Client, db: asyncpg.Pool, a
     assert created["agent_id"] == agent_id and len(created["token"]) >= 32
     assert await db.fetchval("SELECT status FROM agents WHERE agent_id = $1", agent_id) == "offline"
 
-    async with gateway.ws_connect("/api/v1/agents/connect", headers=bearer(created["token"])) as ws:
+    async with gateway.ws_connect(CONNECT_PATH, headers=bearer(created["token"])) as ws:
         await ws.send_json(hello(agent_id))
         assert (await ws.receive_json(timeout=10))["type"] == "welcome"
     # The gateway marks the agent offline after the socket closed, in its own time: wait for that, or
@@ -444,7 +445,7 @@ async def test_agent_tokens_through_the_api(gateway: Client, db: asyncpg.Pool, a
         await expect(response, 204)
     before = await snapshot(db)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        async with gateway.ws_connect("/api/v1/agents/connect", headers=bearer(created["token"])):
+        async with gateway.ws_connect(CONNECT_PATH, headers=bearer(created["token"])):
             pass
     assert refused.value.status == 401
     assert await snapshot(db) == before

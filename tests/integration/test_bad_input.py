@@ -19,10 +19,10 @@ import redis.asyncio
 
 from streamspace_common import closecodes
 from streamspace_common.keys import RedisKeys
+from streamspace_common.schemas import CONNECT_PATH
 from streamspace_testkit import InProcessStack, RunEnv, wait_until
 from streamspace_tools.admin import create_agent_token
 
-CONNECT_PATH = "/api/v1/agents/connect"
 JSON = {"Content-Type": "application/json"}
 TEXT = {"Content-Type": "text/plain"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -1,5 +1,6 @@
-"""The PostgreSQL path of the delivery bus (bus.py) against the real server: who is routable, what a
-listening replica is handed, and payloads that stay under NOTIFY's limit."""
+"""The delivery bus (bus.py) against the real servers: on the PostgreSQL path who is routable, what a
+listening replica is handed, and payloads that stay under NOTIFY's limit; on the Redis path, that a
+subscriber gets only what a dispatcher signed for its pod."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import uuid
 
 import asyncpg
 import msgspec
+import pytest
+from redis.asyncio import Redis
 
-from streamspace_common.bus import NOTIFY_PAYLOAD_LIMIT, PostgresBus, PostgresListener, delivery_of, hand_over_chunks
+from streamspace_common.bus import NOTIFY_PAYLOAD_LIMIT, PostgresBus, RedisBus, delivery_of, hand_over_chunks
 from streamspace_common.delivery_auth import DeliverySigner, DeliveryVerifier, parse_delivery_keys
-from streamspace_common.schemas import Delivery, HandOver
+from streamspace_common.keys import RedisKeys
+from streamspace_common.routing import RoutingTable
+from streamspace_common.schemas import Command, Delivery, HandOver
 from streamspace_testkit import RunEnv, wait_until
 
 KEYS = parse_delivery_keys("bus-test:" + "k" * 32)
@@ -48,15 +53,8 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
     bus = PostgresBus(db, DeliverySigner(KEYS))
     assert await bus.routes([here, elsewhere]) == {}  # nobody listens yet: both count as offline
 
-    got: list[Delivery] = []
-
-    async def deliver(delivery: Delivery) -> None:
-        got.append(delivery)
-
-    listener = PostgresListener(test_env.database_url, db, pod, deliver, DeliveryVerifier(KEYS, pod))
-    task = asyncio.create_task(listener.run())
-    try:
-        await wait_until(lambda: asyncio.sleep(0, listener.listening))
+    gateway_side = PostgresBus(db, dsn=test_env.database_url)
+    async with gateway_side.subscribe(pod, DeliveryVerifier(KEYS, pod)) as deliveries:
         assert await bus.routes([here, elsewhere]) == {here: pod}
 
         current = await sent_command(db, here, attempts=2)
@@ -67,13 +65,33 @@ async def test_only_replicas_listening_now_are_routes_and_they_get_what_they_are
         stale = Delivery(agent_id=here, command=handed[1].command, attempt=2)
         assert await bus.publish([(pod, handed[0]), (pod, stale), (pod, handed[2])]) == [1, 1, 1]
 
-        await wait_until(lambda: asyncio.sleep(0, got))
-        await asyncio.sleep(0.3)  # anything else handed would have arrived by now
+        got = [await anext(deliveries)]
+        with pytest.raises(TimeoutError):  # anything else handed would have arrived by now
+            got.append(await asyncio.wait_for(anext(deliveries), 0.3))
         assert got == [handed[0]]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert await bus.routes([here]) == {}  # its connection closed with it
+
+    async def no_route() -> bool:
+        return await bus.routes([here]) == {}
+
+    await wait_until(no_route)  # its connection closed with it (the backend leaves pg_stat_activity just after)
+
+
+async def test_the_redis_backend_delivers_only_what_a_dispatcher_signed_for_this_pod(
+    test_env: RunEnv, redis_client: Redis
+) -> None:
+    pod = f"bus-pod-{uuid.uuid4().hex[:8]}"
+    routing = RoutingTable(redis_client, RedisKeys(test_env.redis_prefix))
+    dispatcher_side = RedisBus(routing, DeliverySigner(KEYS))
+    command = Command(command_id="c-1", action="PING", payload={})
+    delivery = Delivery(agent_id="a-1", command=command, attempt=1)
+    async with RedisBus(routing).subscribe(pod, DeliveryVerifier(KEYS, pod)) as deliveries:
+        await routing.redis.publish(routing.keys.pod_commands(pod), msgspec.json.encode(delivery))  # unsigned
+        await routing.redis.publish(routing.keys.pod_commands(pod), b"not json")
+        assert await dispatcher_side.publish([(pod, delivery), (f"{pod}-other", delivery)]) == [1, 0]
+        got = await anext(deliveries)
+        assert (got.agent_id, got.command, got.attempt) == ("a-1", command, 1)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(deliveries), 0.3)
 
 
 def test_hand_over_payloads_stay_under_the_notify_limit_and_keep_every_command() -> None:

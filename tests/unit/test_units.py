@@ -22,12 +22,12 @@ from streamspace_agent.drivers import Driver
 from streamspace_agent.drivers.local import LocalDriver
 from streamspace_agent.drivers.settings import LocalSettings, load_agent_settings
 from streamspace_agent.executor import Executor
-from streamspace_agent.gateways import CONNECT_PATH, socket_urls
+from streamspace_agent.gateways import socket_urls
 from streamspace_agent.journal import PRUNE_EVERY, Journal
 from streamspace_agent.outbox import ACK_AFTER, Outbox
 from streamspace_common.db import load_queries
 from streamspace_common.resilience import Backoff, Outage, forever
-from streamspace_common.schemas import AgentFrame, Command, Result
+from streamspace_common.schemas import CONNECT_PATH, AgentFrame, Command, Result
 from streamspace_common.settings import SettingsError, load_settings
 from streamspace_dispatcher.settings import DispatcherSettings
 from streamspace_gateway.api.commands import CreateCommand
@@ -495,7 +495,7 @@ def query_names_used() -> dict[QueryFile, set[str]]:
 
 def test_every_service_loads_the_queries_its_code_uses() -> None:
     used = query_names_used()
-    assert used["streamspace_gateway", "queries.sql"] >= {"agent_for_token"}
+    assert used["streamspace_gateway", "agent_tokens.sql"] >= {"agent_for_token"}
     assert used["streamspace_gateway.api", "commands.sql"] >= {"create_command", "get_command"}
     assert used["streamspace_gateway", "auth.sql"] >= {"user_for_api_key", "user_for_token"}
     assert used["streamspace_common", "registry.sql"] >= {"ensure_agent", "register_agent_token", "record_audit"}
@@ -509,7 +509,7 @@ def test_every_service_loads_the_queries_its_code_uses() -> None:
 
 
 def test_load_queries_splits_on_name_lines_only() -> None:
-    queries = load_queries("streamspace_gateway")
+    queries = load_queries("streamspace_gateway", "leases.sql")
     assert queries["lease_epoch"] == "SELECT epoch FROM agent_leases WHERE agent_id = $1;"
     assert "-- name:" not in "".join(queries.values())
 

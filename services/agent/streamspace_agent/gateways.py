@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 
-CONNECT_PATH = "/api/v1/agents/connect"
+from streamspace_common.schemas import CONNECT_PATH
+
 MOVE_TRIES = 3  # refusals (409) a moving agent takes at least before it connects without MOVING_HEADER
 
 

@@ -1,1 +1,1 @@
-"""StreamSpace gateway: REST API, agent WebSocket endpoint and the AgentHub of this replica."""
+"""StreamSpace gateway: REST API, agent WebSocket endpoint and the agent registry of this replica."""

@@ -18,10 +18,11 @@ from streamspace_common.schemas import LEASE_HEADER, MOVING_HEADER, Ack, AgentFr
 from streamspace_common.tokens import hash_token
 
 from . import metrics
+from .agent_tokens import AgentTokens
+from .connection import AgentConnection, Refused
 from .errors import ApiError
-from .hub import HUB_KEY, AgentConnection, AgentHub, Refused
 from .rebalance import REBALANCER_KEY
-from .store import Store
+from .registry import REGISTRY_KEY, AgentRegistry
 from .writer import MAX_WAITING_PER_SOCKET, FrameWriter
 
 log = structlog.get_logger("gateway.socket")
@@ -47,7 +48,7 @@ def decode_frame(message: WSMessage) -> AgentFrame:
         raise FrameRejected(closecodes.BAD_FRAME, f"frame is not valid JSON: {exc}") from exc
 
 
-async def authenticate(request: web.Request, store: Store) -> tuple[str, str, bool]:
+async def authenticate(request: web.Request, tokens: AgentTokens) -> tuple[str, str, bool]:
     """The agent id the bearer token belongs to, the token's hash (the socket keeps it: a revoked or
     expired token closes its sockets) and whether the agent was deleted (its socket is refused after
     hello, 4404). An old token inside its rotation overlap works, with a warning."""
@@ -56,7 +57,7 @@ async def authenticate(request: web.Request, store: Store) -> tuple[str, str, bo
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <agent token>", "Authorization")
     token_hash = hash_token(token.strip())
-    row = await store.agent_for_token(token_hash)
+    row = await tokens.agent_for_token(token_hash)
     if row is None:
         log.warning("agent_token_refused", token_prefix=token_hash[:12], remote=request.remote)
         raise ApiError(401, "unauthorized", "unknown, revoked or expired agent token", "Authorization")
@@ -74,10 +75,10 @@ async def authenticate(request: web.Request, store: Store) -> tuple[str, str, bo
 
 
 async def agent_connect(request: web.Request) -> web.StreamResponse:
-    hub = request.app[HUB_KEY]
-    if hub.closing:
+    registry = request.app[REGISTRY_KEY]
+    if registry.closing:
         raise ApiError(503, "shutting_down", "this gateway replica is shutting down")
-    token_agent_id, token_hash, deleted = await authenticate(request, hub.store)
+    token_agent_id, token_hash, deleted = await authenticate(request, registry.store.tokens)
     rebalancer = request.app.get(REBALANCER_KEY)
     if request.headers.get(MOVING_HEADER) and rebalancer is not None and not rebalancer.takes_mover():
         metrics.MOVERS_REFUSED.inc()
@@ -103,14 +104,14 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     lease_secret = request.headers.get(LEASE_HEADER, "").strip()
     conn.proof_hash = hash_token(lease_secret) if lease_secret else None
     try:
-        await hub.admit(conn)  # refused before its welcome: it never looks connected
+        await registry.admit(conn)  # refused before its welcome: it never looks connected
     except Refused as exc:
         return await reject(ws, exc, token_agent_id, hello.instance_id)
     try:
         # Welcome first: once registered, commands may arrive, and the agent expects welcome before any.
-        welcome = Welcome(pod=hub.pod, heartbeat_interval=hub.heartbeat_interval, features=conn.features)
+        welcome = Welcome(pod=registry.pod, heartbeat_interval=registry.heartbeat_interval, features=conn.features)
         await ws.send_str(_encoder.encode(welcome).decode())
-        await hub.register(conn)
+        await registry.register(conn)
         log.info(
             "agent_connected",
             agent_id=token_agent_id,
@@ -121,11 +122,11 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
             running=len(hello.running),
             unreported=len(hello.unreported),
         )
-        await read_frames(ws, conn, hub)
+        await read_frames(ws, conn, registry)
     except Refused as exc:
         await reject(ws, exc, token_agent_id, hello.instance_id)
     finally:
-        await hub.unregister(conn)
+        await registry.unregister(conn)
         log.info("agent_disconnected", agent_id=token_agent_id, instance_id=hello.instance_id, close_code=ws.close_code)
     return ws
 
@@ -147,13 +148,13 @@ async def receive_hello(ws: web.WebSocketResponse, token_agent_id: str) -> Hello
     return frame
 
 
-async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, hub: AgentHub) -> None:
+async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, registry: AgentRegistry) -> None:
     """Read and queue, never wait: aiohttp answers the agent's pings only while we are in receive().
 
     An ack or result from an HA socket that is not the active one here is logged as refused; it is still
     queued, stamped with the socket's epoch, so the writer's statement refuses it (the lease's epoch in
     PostgreSQL is the authority, across replicas) and confirms it, and the replica forgets it."""
-    writer: FrameWriter = hub.writer
+    writer: FrameWriter = registry.writer
     async for message in ws:
         if message.type in (WSMsgType.ERROR, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
@@ -162,7 +163,7 @@ async def read_frames(ws: web.WebSocketResponse, conn: AgentConnection, hub: Age
             await answer_ping(ws, message)
             continue
         frame = decode_frame(message)
-        if isinstance(frame, Ack | Result) and conn.ha and not hub.is_active(conn):
+        if isinstance(frame, Ack | Result) and conn.ha and not registry.is_active(conn):
             log.warning(
                 "frame_refused_not_active",
                 agent_id=conn.agent_id,

@@ -9,39 +9,44 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from streamspace_common.bus import PostgresListener
+from streamspace_common.bus import PostgresBus, RedisBus
 from streamspace_common.db import create_pool, server_settings
 from streamspace_common.delivery_auth import DeliveryVerifier, load_delivery_keys, parse_delivery_keys
-from streamspace_common.keys import RedisKeys
+from streamspace_common.keys import ACCESS_CHANNEL, LEASE_CHANNEL, RedisKeys
 from streamspace_common.log import configure_logging
 from streamspace_common.passwords import configure as configure_passwords
 from streamspace_common.routing import RoutingTable, create_redis
+from streamspace_common.schemas import CONNECT_PATH
 from streamspace_common.settings import STALE_AFTER_INTERVALS, load_settings
 from streamspace_common.web import add_health_routes, background, metrics_listener, serve
 
 from . import metrics
 from .agent_socket import agent_connect
 from .api import add_api_routes
-from .api.commands import BULK_BYTES_KEY, COMMAND_EXPIRY_KEY
+from .api.bulk_commands import BULK_BYTES_KEY
+from .api.commands import COMMAND_EXPIRY_KEY
 from .api.sessions import HEARTBEAT_WITHIN_KEY, QUOTA_KEY
 from .api.streams import STREAMS_KEY, StreamConfig
 from .auth import AUTH_KEY, Authenticator, signing_secret
 from .console import add_console_routes
 from .errors import json_errors
-from .hub import HUB_KEY, AgentHub
+from .pod_channel import PodChannel
 from .rebalance import REBALANCER_KEY, Rebalancer
+from .registry import REGISTRY_KEY, AgentRegistry
 from .request_context import add_headers, request_context
 from .revocation import OPEN_STREAMS_KEY, OpenStreams
 from .settings import GatewaySettings
 from .store import STORE_KEY, Store
 from .throttle import ADDRESSES_KEY, THROTTLE_KEY, ClientAddresses, LoginThrottle
+from .tickets import StreamTickets
 from .tunnels import TUNNEL_PATH, TunnelBroker
+from .upkeep import Upkeep
 
 DEFAULT_PORT = 8000
 # One descriptor per agent socket, plus the pool, Redis, listeners and headroom: 50,000 agents on one
 # replica is the sizing goal (bench/README.md, docs/operations.md "Open files").
 OPEN_FILES_NEEDED = 50_000 + 1_024
-LISTENER_KEY = web.AppKey("postgres_listener", PostgresListener)
+POD_CHANNEL_KEY = web.AppKey("pod_channel", PodChannel)
 log = structlog.get_logger("gateway")
 
 
@@ -50,7 +55,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         parse_delivery_keys(settings.delivery_keys)  # a malformed DELIVERY_KEYS stops the process at once
     app = web.Application(middlewares=[request_context, json_errors], client_max_size=settings.max_request_bytes)
     app.on_response_prepare.append(add_headers)
-    app.router.add_get("/api/v1/agents/connect", agent_connect)  # before /agents/{agent_id}
+    app.router.add_get(CONNECT_PATH, agent_connect)  # before /agents/{agent_id}
     broker = TunnelBroker(tunnel_url(settings))
     app.router.add_get(TUNNEL_PATH, broker.agent_dial)
     add_api_routes(app)
@@ -65,10 +70,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     def is_ready() -> bool:
         """Not while stopping; otherwise while commands can reach us by either path. Not tied to Redis
         alone: a Redis outage must not take every replica out of a Kubernetes Service (§3)."""
-        hub, listener = app.get(HUB_KEY), app.get(LISTENER_KEY)
-        if hub is None or listener is None or hub.closing:
+        registry, pod_channel = app.get(REGISTRY_KEY), app.get(POD_CHANNEL_KEY)
+        if registry is None or pod_channel is None or registry.closing:
             return False
-        return hub.subscribed or listener.listening
+        return pod_channel.ready
 
     add_health_routes(app, is_ready, with_metrics=False)  # never on the API port: METRICS_PORT
 
@@ -80,35 +85,29 @@ def create_app(settings: GatewaySettings) -> web.Application:
         pool = await create_pool(settings.database_url, server_settings("gateway", settings.pod_name))
         redis = create_redis(settings.redis_url)
         store = Store(pool, settings.pod_name)
-        await store.pod_agents_offline()  # a restarted replica holds no sockets yet
+        await store.pod_gone()  # a restarted replica holds no sockets yet
         routing = RoutingTable(redis, RedisKeys(settings.redis_key_prefix))
         delivery_keys = await load_delivery_keys(pool, settings.delivery_keys)
         verifier = DeliveryVerifier(delivery_keys, settings.pod_name, refused_delivery)
-        hub = AgentHub(settings.pod_name, routing, store, settings.heartbeat_interval, verifier)
+        registry = AgentRegistry(settings.pod_name, routing, store, settings.heartbeat_interval)
         secret = await signing_secret(pool, settings.auth_secret)
         app[AUTH_KEY] = Authenticator(pool, secret, settings.auth_token_ttl)
         app[THROTTLE_KEY] = login_throttle(settings, redis, routing.keys)
         open_streams = app[OPEN_STREAMS_KEY] = OpenStreams(pool, secret, settings.stream_access_check)
-        listener = PostgresListener(
-            settings.database_url,
-            pool,
-            settings.pod_name,
-            hub.forward,
-            verifier,
-            on_lease_released=hub.on_lease_released,
-            on_access_revoked=open_streams.wake,
-        )
-        app[STORE_KEY], app[HUB_KEY], app[LISTENER_KEY] = store, hub, listener
+        # The LISTEN connection also hears of released HA leases and of ended credentials.
+        notices = {LEASE_CHANNEL: registry.on_lease_released, ACCESS_CHANNEL: open_streams.wake}
+        postgres_bus = PostgresBus(pool, dsn=settings.database_url, notices=notices)
+        pod_channel = PodChannel(registry, RedisBus(routing), postgres_bus, verifier)
+        app[STORE_KEY], app[REGISTRY_KEY], app[POD_CHANNEL_KEY] = store, registry, pod_channel
         rebalance = (settings.rebalance_interval, settings.rebalance_tolerance, settings.rebalance_batch)
-        rebalancer = app[REBALANCER_KEY] = Rebalancer(hub, *rebalance)
-        app[STREAMS_KEY] = StreamConfig(
-            redis, routing.keys, broker, settings.stream_ticket_ttl, settings.stream_setup_timeout, secret
-        )
+        rebalancer = app[REBALANCER_KEY] = Rebalancer(registry, *rebalance)
+        tickets = StreamTickets(redis, routing.keys, settings.stream_ticket_ttl, secret)
+        app[STREAMS_KEY] = StreamConfig(tickets, broker, settings.stream_setup_timeout)
         loops = (
-            hub.run_subscription(),
-            listener.run(),
-            hub.run_upkeep(),
-            hub.writer.run(),
+            pod_channel.run_redis(),
+            pod_channel.run_postgres(),
+            Upkeep(registry).run(),
+            registry.writer.run(),
             open_streams.run(),
             rebalancer.run(),
         )
@@ -121,7 +120,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         log.info("shutting_down")
         if STREAMS_KEY in app:
             await app[STREAMS_KEY].shutdown()
-        await app[HUB_KEY].shutdown()
+        await app[REGISTRY_KEY].shutdown()
 
     app.cleanup_ctx.append(metrics)
     app.cleanup_ctx.append(resources)

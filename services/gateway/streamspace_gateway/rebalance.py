@@ -16,7 +16,7 @@ never takes a mover back: no ping-pong.
 
 Commands are not lost while an agent moves (the path of a 1012): its lease is vacated rather than released
 (the same process takes it back, epoch and work in flight unchanged, on the replica it lands on); a delivery
-that reaches this replica after the close is given back and claimed again (hub.forward); a command sent
+that reaches this replica after the close is given back and claimed again (pod_channel.py); a command sent
 but never acknowledged is requeued by the agent's next hello (inventory) or the ack deadline; results the
 agent held unconfirmed it sends again on its next socket.
 """
@@ -36,7 +36,8 @@ from streamspace_common.db import TRANSIENT_ERRORS
 from streamspace_common.resilience import Outage, forever
 
 from . import metrics
-from .hub import AgentConnection, AgentHub
+from .connection import AgentConnection
+from .registry import AgentRegistry
 
 log = structlog.get_logger("gateway.rebalance")
 MIN_SLACK = 2  # agents above fair share a replica may hold before it sheds any (small fleets)
@@ -62,8 +63,8 @@ class Share:
 
 
 class Rebalancer:
-    def __init__(self, hub: AgentHub, interval: float, tolerance: float, batch: int) -> None:
-        self.hub = hub
+    def __init__(self, registry: AgentRegistry, interval: float, tolerance: float, batch: int) -> None:
+        self.registry = registry
         self.interval = interval
         self.tolerance = tolerance
         self.batch = batch
@@ -71,7 +72,7 @@ class Rebalancer:
         self.outage = Outage("postgres", log)
 
     def held(self) -> int:
-        return sum(not conn.ws.closed and not conn.moving for conn in self.hub.connections.values())
+        return sum(not conn.ws.closed and not conn.moving for conn in self.registry.connections.values())
 
     def takes_mover(self) -> bool:
         """A connect with MOVING_HEADER: taken only below the fair share (the live count, not last round's)."""
@@ -93,21 +94,21 @@ class Rebalancer:
 
     async def once(self) -> list[str]:
         """Read the fair share; ask the agents above it to move (in the background, each after its delay)."""
-        replicas, agents = await self.hub.store.presence(self.hub.mapping_ttl)
+        replicas, agents = await self.registry.store.presence.count(self.registry.mapping_ttl)
         self.share = Share(replicas=replicas, agents=agents)
         held = self.held()
         metrics.FAIR_SHARE.set(self.share.fair)
-        surplus = 0 if self.hub.closing else self.share.surplus(held, self.tolerance, self.batch)
+        surplus = 0 if self.registry.closing else self.share.surplus(held, self.tolerance, self.batch)
         if surplus <= 0:
             return []
-        movable = [conn for conn in self.hub.connections.values() if self.movable(conn)]
+        movable = [conn for conn in self.registry.connections.values() if self.movable(conn)]
         chosen = random.sample(movable, min(surplus, len(movable)))
         if not chosen:
             return []
         log.info("rebalancing", held=held, fair=self.share.fair, replicas=replicas, agents=agents, moving=len(chosen))
         for conn in chosen:
             conn.moving = True
-            self.hub.in_background(self.move(conn, random.uniform(0, self.interval / 2)))  # noqa: S311
+            self.registry.in_background(self.move(conn, random.uniform(0, self.interval / 2)))  # noqa: S311
         return [conn.agent_id for conn in chosen]
 
     @staticmethod
@@ -119,10 +120,10 @@ class Rebalancer:
 
     async def move(self, conn: AgentConnection, delay: float) -> None:
         await asyncio.sleep(delay)
-        if conn.ws.closed or self.hub.connections.get(conn.agent_id) is not conn:
+        if conn.ws.closed or self.registry.connections.get(conn.agent_id) is not conn:
             return
         if conn.ha:
-            await self.hub.store.until_done(lambda: self.hub.store.vacate_lease(conn.agent_id))
+            await self.registry.store.until_done(lambda: self.registry.store.leases.vacate(conn.agent_id))
         metrics.AGENTS_MOVED.inc()
         log.info("agent_asked_to_move", agent_id=conn.agent_id, instance_id=conn.instance_id)
         await conn.ws.close(code=closecodes.MOVE, message=b"rebalancing: reconnect to another gateway")

@@ -15,14 +15,23 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import time
 
 import msgspec
+import redis.asyncio
+import structlog
+from redis.exceptions import RedisError
 
+from streamspace_common.keys import RedisKeys
+
+from . import metrics
 from .auth import Credential
+from .errors import ApiError
 
 TICKET_PREFIX = "sstk_"
 TICKET_PATTERN = r"^sstk_[A-Za-z0-9_-]{1,600}\.[A-Za-z0-9_-]{43}$"
 KEY_LABEL = b"streamspace stream ticket v1"  # derives the ticket key from the signing secret
+log = structlog.get_logger("gateway.streams")
 
 
 class TicketClaims(msgspec.Struct, forbid_unknown_fields=True):
@@ -87,3 +96,39 @@ class TicketSigner:
         if claims.sid != session_id:
             raise TicketRefused("the ticket is for another session")
         return claims
+
+
+class StreamTickets:
+    """Tickets issued and checked on this replica (no I/O), and used once across replicas (Redis)."""
+
+    def __init__(self, redis_client: redis.asyncio.Redis, keys: RedisKeys, ttl: float, signing_secret: bytes) -> None:
+        self.redis = redis_client
+        self.keys = keys
+        self.ttl = ttl
+        self.signer = TicketSigner(signing_secret)
+
+    def issue(self, session_id: str, user_id: str, credential: Credential) -> str:
+        return self.signer.issue(session_id, user_id, time.time() + self.ttl, credential)
+
+    def verify(self, ticket: str, session_id: str) -> TicketClaims:
+        """The claims of a ticket we signed, unexpired, for this session (no I/O); TicketRefused otherwise."""
+        return self.signer.verify(ticket, session_id, time.time())
+
+    async def mark_used(self, claims: TicketClaims) -> None:
+        """Use a verified ticket for the first time (any replica): its id is SET NX in Redis until it
+        expires. TicketRefused when it was used already."""
+        expires_in = max(1, int((claims.exp - time.time()) * 1000) + 1000)
+        try:
+            first = await self.redis.set(self.keys.stream_ticket_used(claims.tid), b"1", nx=True, px=expires_in)
+        except RedisError as exc:
+            raise tickets_unavailable() from exc
+        if not first:
+            raise TicketRefused("the ticket was used already")
+
+
+def tickets_unavailable() -> ApiError:
+    """Single use is kept in Redis: while it is down no new stream starts (refused rather than letting a
+    ticket be used once per replica); open streams go on (they never touch it)."""
+    log.warning("stream_refused", reason="Redis (used stream tickets) is unreachable")
+    metrics.STREAMS_REFUSED.labels("tickets_unavailable").inc()
+    return ApiError(503, "tickets_unavailable", "Redis (used stream tickets) is unreachable; retry")

@@ -15,7 +15,6 @@ closes the other with its code and reason.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from streamspace_common import closecodes
+from streamspace_common.tokens import hash_token
 
 from . import metrics
 from .errors import ApiError
@@ -52,16 +52,16 @@ class TunnelBroker:
         """A new single-use token for `agent_id`'s dial-back, and what its arrival resolves."""
         token = secrets.token_urlsafe(32)
         pending = PendingTunnel(agent_id)
-        self.pending[_hash(token)] = pending
+        self.pending[hash_token(token)] = pending
         return token, pending
 
     def forget(self, token: str) -> None:
-        self.pending.pop(_hash(token), None)
+        self.pending.pop(hash_token(token), None)
 
     async def agent_dial(self, request: web.Request) -> web.StreamResponse:
         """GET /api/v1/agents/tunnel: an agent's data WebSocket for a tunnel this replica asked for. The
         single-use X-Tunnel-Token is the whole credential (no agent token is sent or looked at)."""
-        pending = self.pending.pop(_hash(request.headers.get("X-Tunnel-Token", "")), None)
+        pending = self.pending.pop(hash_token(request.headers.get("X-Tunnel-Token", "")), None)
         if pending is None:
             metrics.STREAMS_REFUSED.labels("tunnel_token").inc()
             log.warning("tunnel_refused", reason="unknown, used or abandoned tunnel token", remote=request.remote)
@@ -75,10 +75,6 @@ class TunnelBroker:
         pending.dialled.set_result(ws)
         await pending.finished.wait()  # the browser's handler pipes through this socket until either closes
         return ws
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def close_code(code: int | None) -> int:

@@ -29,9 +29,9 @@ from aiohttp import web
 from e2e.test_end_to_end import post_command, wait_status
 from e2e.test_ha import decode, lease_epoch, next_frame
 from e2e.test_pipeline import count_event
-from streamspace_agent.gateways import CONNECT_PATH
 from streamspace_common import closecodes
 from streamspace_common.schemas import (
+    CONNECT_PATH,
     FEATURE_CONFIRM,
     FEATURE_HA,
     Ack,
@@ -58,7 +58,7 @@ async def rogue(
     if ha:
         hello.features = [FEATURE_CONFIRM, FEATURE_HA]
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers) as ws:
+    async with http.ws_connect(f"{gateway.url}{CONNECT_PATH}", headers=headers) as ws:
         await ws.send_str(msgspec.json.encode(hello).decode())
         message = await ws.receive(timeout=10)
         yield ws, decode(message.data) if message.type == aiohttp.WSMsgType.TEXT else None
@@ -313,7 +313,7 @@ async def connect_status(http: aiohttp.ClientSession, gateway: Service, token: s
     """The handshake's status with this token: 101 if the gateway took the socket."""
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        async with http.ws_connect(f"{gateway.url}/api/v1/agents/connect", headers=headers):
+        async with http.ws_connect(f"{gateway.url}{CONNECT_PATH}", headers=headers):
             return 101
     except aiohttp.WSServerHandshakeError as exc:
         return exc.status

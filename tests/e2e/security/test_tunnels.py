@@ -33,12 +33,13 @@ from streamspace_agent.drivers.settings import LocalSettings
 from streamspace_agent.tunnels import Tunnels
 from streamspace_common.db import load_queries
 from streamspace_common.settings import load_settings
+from streamspace_common.tokens import hash_token
 from streamspace_testkit import Api, RunEnv, Service, Stack, free_port, kill_sessions, new_account, new_user, wait_until
 from streamspace_tools.admin import create_agent_token
 
 BYTE_ECHO = ["{python}", "-m", "streamspace_agent.byte_echo", "--port", "{port}"]
 TEMPLATE = "sec-tunnel-echo"
-STREAM_QUERIES = load_queries("streamspace_gateway.api", "streams.sql")
+STREAM_QUERIES = load_queries("streamspace_gateway.api", "stream_relay.sql")
 
 
 class Recorder:
@@ -278,7 +279,7 @@ async def test_a_ticket_forged_in_redis_opens_nothing(
     forged = "sstk_" + secrets.token_urlsafe(32)
     claim = json.dumps({"session_id": session["id"], "user_id": "anyone"})
     try:
-        await client.set(f"{test_env.redis_prefix}stream-ticket:{hashlib.sha256(forged.encode()).hexdigest()}", claim)
+        await client.set(f"{test_env.redis_prefix}stream-ticket:{hash_token(forged)}", claim)
         assert await refused_status(tunnels.b, session["id"], forged) == 401
         # a ticket of the right shape, signed with a key of the attacker's
         fields = {"tid": "x" * 22, "sid": session["id"], "sub": "anyone", "exp": time.time() + 60}

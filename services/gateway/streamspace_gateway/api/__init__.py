@@ -13,10 +13,10 @@ import msgspec
 from aiohttp import web
 
 from ..errors import ErrorResponse
-from . import agents, audit, auth, commands, keys, sessions, streams, templates, users
+from . import agents, audit, bulk_commands, commands, keys, login, sessions, streams, templates, users
 from .base import JSON_VALUE_SCHEMA, ApiRoutes, Operation, encoded
 
-MODULES = (auth, users, keys, agents, commands, templates, sessions, streams, audit)
+MODULES = (login, users, keys, agents, commands, bulk_commands, templates, sessions, streams, audit)
 meta = ApiRoutes()
 STATUS_TEXT = {
     400: "bad input; `field` names it",

@@ -18,7 +18,7 @@ from streamspace_common.tokens import hash_token, new_token
 from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
-from ..hub import HUB_KEY
+from ..registry import REGISTRY_KEY
 from .base import (
     ApiRoutes,
     encoded,
@@ -131,7 +131,7 @@ async def get_agent(request: web.Request, _: Caller) -> web.Response:
     if row is None:
         raise ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", "agent_id")
     epoch = await pool.fetchval(QUERIES["lease_epoch"], agent_id)
-    seen_within = request.app[HUB_KEY].mapping_ttl
+    seen_within = request.app[REGISTRY_KEY].mapping_ttl
     instances = [view(i, InstanceView) for i in await pool.fetch(QUERIES["agent_instances"], agent_id, seen_within)]
     return encoded(msgspec.structs.replace(view(row, AgentDetail), epoch=epoch, instances=instances))
 

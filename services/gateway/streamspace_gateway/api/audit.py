@@ -18,7 +18,7 @@ from streamspace_common.db import load_queries
 
 from ..auth import Caller
 from .base import NO_NUL, ApiRoutes, Param, encoded, pool_of, read_query, view
-from .commands import PAGE_PARAMS, read_cursor, rfc3339, unset_as_none, write_cursor
+from .paging import PAGE_PARAMS, read_cursor, rfc3339, unset_as_none, write_cursor
 
 QUERIES = load_queries("streamspace_gateway.api", "audit.sql")
 ACTION_PATTERN = r"^[a-z_]{1,32}(\.[a-z_]{1,32}|\.\*)?$(?!\n)"

@@ -3,10 +3,8 @@ Administrators only: the low-level API under the sessions a user will drive."""
 
 from __future__ import annotations
 
-import re
-import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, get_args
 
 import asyncpg
 import msgspec
@@ -20,7 +18,7 @@ from streamspace_common.schemas import ID_PATTERN, Action, CommandStatus
 
 from .. import audit
 from ..auth import Caller
-from ..errors import ApiError, decode_body, read_body
+from ..errors import ApiError, read_body
 from .base import (
     NO_NUL,
     ApiRoutes,
@@ -33,31 +31,14 @@ from .base import (
     read_query,
     view,
 )
+from .paging import PAGE_PARAMS, RFC3339, read_cursor, rfc3339, unset_as_none, write_cursor
 
 QUERIES = load_queries("streamspace_gateway.api", "commands.sql")
 _STATUS = "(" + "|".join(get_args(CommandStatus)) + ")"
-T = TypeVar("T")
-CURSOR_PATTERN = "[0-9]{1,17}-[0-9a-f]{32}"
-# The paging parameters of every list endpoint (commands, sessions, audit): a page size and the cursor.
-PAGE_PARAMS = (
-    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
-    Param("cursor", "query", {"type": "string", "pattern": f"^{CURSOR_PATTERN}$"}, "next_cursor of the last page"),
-)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATUS_LIST = f"^{_STATUS}(,{_STATUS})*$(?!\\n)"
 RESERVED_ACTIONS = (OPEN_TUNNEL, CANCEL_COMMAND)
 MAX_EXPIRY = 365 * 86400
 COMMAND_EXPIRY_KEY = web.AppKey("command_expiry", int)  # COMMAND_EXPIRY: seconds, 0 = never
-BULK_BYTES_KEY = web.AppKey("max_bulk_request_bytes", int)  # MAX_BULK_REQUEST_BYTES
-MAX_BULK = 1000  # commands in one bulk create
-# An RFC 3339 time with its zone, as a pattern only real calendar dates match (but 29 February of a common
-# year), so a string the schema allows is one the handler reads: a schema-valid request is never a 400.
-_DAY = r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-9]))"
-_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
-RFC3339_PATTERN = rf"^[1-9][0-9]{{3}}-{_DAY}T{_TIME}(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)"
-RFC3339 = Annotated[
-    str, msgspec.Meta(pattern=RFC3339_PATTERN, extra_json_schema={"format": "date-time"}, description="RFC 3339")
-]
 routes = ApiRoutes()
 
 
@@ -74,26 +55,8 @@ class CreateCommand(msgspec.Struct, forbid_unknown_fields=True):
     expires_at: RFC3339 | None = None  # with both, the earlier one applies; one in the past: at the next sweep
 
 
-class BulkItem(msgspec.Struct, forbid_unknown_fields=True):
-    """One command of a bulk create: the single create's fields that matter in bulk, validated alike."""
-
-    agent_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-    action: Action
-    payload: JsonObject = {}
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
-    timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] | None = None
-
-
-class BulkCreate(msgspec.Struct, forbid_unknown_fields=True):
-    commands: Annotated[list[BulkItem], msgspec.Meta(min_length=1, max_length=MAX_BULK)]
-
-
 class CreatedCommand(msgspec.Struct):
     command_id: str
-
-
-class BulkCreated(msgspec.Struct):
-    commands: list[CreatedCommand]  # in the order of the request's items
 
 
 class CommandView(msgspec.Struct):
@@ -209,65 +172,6 @@ async def no_agent(request: web.Request, agent_id: str, field: str) -> ApiError:
     if await pool_of(request).fetchval(QUERIES["agent_deleted_at"], agent_id) is not None:
         return ApiError(409, "agent_deleted", f"agent {agent_id!r} was deleted (drained)", field)
     return ApiError(404, "agent_not_found", f"no agent {agent_id!r} is registered", field)
-
-
-@routes.route(
-    "POST",
-    "/api/v1/commands",
-    "admin",
-    summary="Create up to 1,000 commands at once",
-    description="All in one transaction: every command is created or none is. An item that is invalid, or "
-    "names an agent that is unknown (404) or deleted (409), refuses the whole request, its `field` naming the "
-    "item, e.g. `commands[3].action`. The ids come back in the items' order. Each command is audited and "
-    "dispatched as one created by `POST /api/v1/agents/{agent_id}/commands`, with COMMAND_EXPIRY as its expiry.",
-    status=202,
-    reply=BulkCreated,
-    body=BulkCreate,
-    errors=(404, 409),
-)
-async def create_commands(request: web.Request, caller: Caller) -> web.Response:
-    body = decode_body(await read_bulk_body(request), BulkCreate)
-    items = body.commands
-    for index, item in enumerate(items):
-        if item.action in RESERVED_ACTIONS:
-            raise ApiError(
-                400, "invalid_field", f"{item.action} is asked only by the gateway itself", item_field(index, "action")
-            )
-    encode = msgspec.json.encode
-    row = await pool_of(request).fetchrow(
-        QUERIES["create_commands"],
-        [item.agent_id for item in items],
-        [item.action for item in items],
-        [encode(item.payload).decode() for item in items],
-        [item.session_id for item in items],
-        [item.timeout_seconds for item in items],
-        default_expiry(request.app[COMMAND_EXPIRY_KEY]),
-        *audit.who(request, caller),  # one audit row per command, by the same statement
-    )
-    if row["unknown_item"] is not None:
-        index = row["unknown_item"] - 1
-        raise await no_agent(request, items[index].agent_id, item_field(index, "agent_id"))
-    return encoded(BulkCreated(commands=[CreatedCommand(command_id) for command_id in row["command_ids"]]), status=202)
-
-
-def item_field(index: int, name: str) -> str:
-    return f"commands[{index}].{name}"
-
-
-async def read_bulk_body(request: web.Request) -> bytes:
-    """The raw body, up to MAX_BULK_REQUEST_BYTES (the app's limit, MAX_REQUEST_BYTES, is for one command)."""
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json", "Content-Type")
-    limit = request.app[BULK_BYTES_KEY]
-    too_large = ApiError(413, "request_entity_too_large", f"the body is over {limit} bytes (MAX_BULK_REQUEST_BYTES)")
-    if (request.content_length or 0) > limit:
-        raise too_large
-    raw = bytearray()
-    async for chunk in request.content.iter_any():
-        raw += chunk
-        if len(raw) > limit:
-            raise too_large
-    return bytes(raw)
 
 
 def expiry(body: CreateCommand, default_seconds: int) -> datetime | None:
@@ -390,30 +294,3 @@ def parse_statuses(text: str) -> list[str]:
     if unknown:
         raise ApiError(400, "invalid_field", f"unknown status {unknown[0]!r}; one of {', '.join(known)}", "status")
     return statuses
-
-
-def unset_as_none(value: T | UnsetType) -> T | None:
-    return None if value is UNSET else value
-
-
-def rfc3339(value: str | UnsetType, name: str) -> datetime | None:
-    if value is UNSET:
-        return None
-    try:
-        return msgspec.convert(value, datetime)
-    except msgspec.ValidationError as exc:
-        raise ApiError(
-            400, "invalid_field", f"{name} must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z", name
-        ) from exc
-
-
-def write_cursor(created_at: datetime, row_id: str) -> str:
-    """The last row's (created_at in microseconds since 1970, id): any string of CURSOR_PATTERN reads back."""
-    return f"{(created_at - EPOCH) // timedelta(microseconds=1)}-{uuid.UUID(row_id).hex}"
-
-
-def read_cursor(cursor: str) -> tuple[datetime, str]:
-    if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise ApiError(400, "invalid_field", "cursor is not one this API gave out", "cursor")
-    micros, _, row_id = cursor.partition("-")
-    return EPOCH + timedelta(microseconds=int(micros)), str(uuid.UUID(row_id))

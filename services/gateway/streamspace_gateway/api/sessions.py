@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, get_args
+from typing import Annotated
 
 import asyncpg
 import msgspec
@@ -36,8 +36,8 @@ from .. import audit
 from ..auth import Caller
 from ..errors import ApiError, read_body
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, read_query, uuid_param
-from .commands import PAGE_PARAMS, read_cursor, write_cursor
-from .templates import Platform, TemplateName
+from .paging import PAGE_PARAMS, read_cursor, write_cursor
+from .templates import Platform, TemplateName, create_payload, runnable_on
 
 QUERIES = load_queries("streamspace_gateway.api", "sessions.sql")
 QUOTA_KEY = web.AppKey("session_quota", int)
@@ -132,24 +132,6 @@ async def visible_session(request: web.Request, caller: Caller) -> asyncpg.Recor
     if row is None or (not caller.is_admin and str(row["user_id"]) != caller.user_id):
         raise not_found(session_id)
     return row
-
-
-def runnable_on(template: asyncpg.Record) -> list[str]:
-    """The platforms the template can run on: those it allows that it has what they need for."""
-    can = [p for p in get_args(Platform) if (template["command"] if p == "local" else template["image"])]
-    allowed = template["platforms"] or can
-    return [p for p in allowed if p in can]
-
-
-def create_payload(template: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "name": template["name"],
-        "image": template["image"],
-        "command": template["command"],
-        "ports": template["ports"],
-        "resources": {"cpu": template["cpu"], "memory": template["memory"]},
-        "env": template["env"],
-    }
 
 
 @routes.route(

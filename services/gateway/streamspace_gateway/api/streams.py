@@ -8,42 +8,32 @@ Redis only marks its id used (SET NX), so a ticket is used at most once across r
 GET /api/v1/sessions/{id}/stream?ticket=... is the browser's WebSocket (subprotocol `binary`, as noVNC's
 websockify speaks): binary frames both ways, piped through the agent's data WebSocket (tunnels.py).
 While it is open the session counts as used (its idle clock is reset), and it is closed with a reason
-when the session stops running.
+when the session stops running (stream_relay.py runs one stream; tickets.py signs and spends tickets).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import Counter
-from typing import Any
 
 import asyncpg
 import msgspec
-import redis.asyncio
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from streamspace_common import closecodes
-from streamspace_common.commands import CommandLifecycle
-from streamspace_common.db import load_queries
-from streamspace_common.keys import RedisKeys
-from streamspace_common.sessions import SessionLifecycle
 
-from .. import audit, metrics
+from .. import metrics
 from ..auth import Caller, Credential
 from ..errors import ApiError
 from ..revocation import OPEN_STREAMS_KEY, OpenStream, Standing
 from ..throttle import client_address
-from ..tickets import TICKET_PATTERN, TicketClaims, TicketRefused, TicketSigner
-from ..tunnels import MAX_FRAME_BYTES, PendingTunnel, TunnelBroker, pipe
+from ..tickets import TICKET_PATTERN, StreamTickets, TicketClaims, TicketRefused
+from ..tunnels import MAX_FRAME_BYTES, TunnelBroker
 from .base import ApiRoutes, Param, encoded, path_uuid, pool_of, uuid_param
 from .sessions import QUERIES as SESSION_QUERIES
 from .sessions import visible_session
+from .stream_relay import Stream
 
-QUERIES = load_queries("streamspace_gateway.api", "streams.sql")
-STATE_CHECK = 2.0  # seconds between looks at an open stream's session (closed when it stops running)
 log = structlog.get_logger("gateway.streams")
 routes = ApiRoutes()
 
@@ -55,22 +45,11 @@ class StreamTicket(msgspec.Struct):
 
 
 class StreamConfig:
-    """What the stream endpoints need: the ticket signer, Redis (tickets used), the tunnel broker, the timeouts."""
+    """What the stream endpoints need: the tickets, the tunnel broker, the setup timeout, the open streams."""
 
-    def __init__(
-        self,
-        redis_client: redis.asyncio.Redis,
-        keys: RedisKeys,
-        broker: TunnelBroker,
-        ticket_ttl: float,
-        setup: float,
-        signing_secret: bytes,
-    ) -> None:
-        self.redis = redis_client
-        self.keys = keys
-        self.signer = TicketSigner(signing_secret)
+    def __init__(self, tickets: StreamTickets, broker: TunnelBroker, setup: float) -> None:
+        self.tickets = tickets
         self.broker = broker
-        self.ticket_ttl = ticket_ttl
         self.setup_timeout = setup
         self.browsers: set[web.WebSocketResponse] = set()  # open streams, closed with 1012 at shutdown
 
@@ -78,32 +57,6 @@ class StreamConfig:
         """This replica is stopping: every stream it holds closes with 1012; the viewer reconnects."""
         for ws in list(self.browsers):
             await ws.close(code=closecodes.SERVICE_RESTART, message=b"gateway restarting: reconnect")
-
-    def issue(self, session_id: str, caller: Caller) -> str:
-        return self.signer.issue(session_id, caller.user_id, time.time() + self.ticket_ttl, caller.credential)
-
-    def verify(self, ticket: str, session_id: str) -> TicketClaims:
-        """The claims of a ticket we signed, unexpired, for this session (no I/O); TicketRefused otherwise."""
-        return self.signer.verify(ticket, session_id, time.time())
-
-    async def mark_used(self, claims: TicketClaims) -> None:
-        """Use a verified ticket for the first time (any replica): its id is SET NX in Redis until it
-        expires. TicketRefused when it was used already."""
-        expires_in = max(1, int((claims.exp - time.time()) * 1000) + 1000)
-        try:
-            first = await self.redis.set(self.keys.stream_ticket_used(claims.tid), b"1", nx=True, px=expires_in)
-        except RedisError as exc:
-            raise tickets_unavailable() from exc
-        if not first:
-            raise TicketRefused("the ticket was used already")
-
-
-def tickets_unavailable() -> ApiError:
-    """Single use is kept in Redis: while it is down no new stream starts (refused rather than letting a
-    ticket be used once per replica); open streams go on (they never touch it)."""
-    log.warning("stream_refused", reason="Redis (used stream tickets) is unreachable")
-    metrics.STREAMS_REFUSED.labels("tickets_unavailable").inc()
-    return ApiError(503, "tickets_unavailable", "Redis (used stream tickets) is unreachable; retry")
 
 
 STREAMS_KEY = web.AppKey("streams", StreamConfig)
@@ -131,10 +84,10 @@ def require_running(row: asyncpg.Record) -> None:
 async def stream_ticket(request: web.Request, caller: Caller) -> web.Response:
     row = await visible_session(request, caller)
     require_running(row)
-    config = request.app[STREAMS_KEY]
-    ticket = config.issue(str(row["id"]), caller)
+    tickets = request.app[STREAMS_KEY].tickets
+    ticket = tickets.issue(str(row["id"]), caller.user_id, caller.credential)
     url = f"/api/v1/sessions/{row['id']}/stream?ticket={ticket}"
-    return encoded(StreamTicket(ticket=ticket, expires_in_seconds=config.ticket_ttl, url=url), status=201)
+    return encoded(StreamTicket(ticket=ticket, expires_in_seconds=tickets.ttl, url=url), status=201)
 
 
 @routes.public(
@@ -162,14 +115,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         # the signature first (no I/O for a forged ticket), then at once: its single use, the session and
         # the standing of the credential it was asked with
-        claims = config.verify(request.query.get("ticket", ""), session_id)
+        claims = config.tickets.verify(request.query.get("ticket", ""), session_id)
         if claims.crd is None:
             raise ApiError(
                 401, "unauthorized", "stream ticket refused: from an earlier release; ask a new one", "ticket"
             )
         row, _, standing = await asyncio.gather(
             pool_of(request).fetchrow(SESSION_QUERIES["get_session"], session_id),
-            config.mark_used(claims),
+            config.tickets.mark_used(claims),
             request.app[OPEN_STREAMS_KEY].standing_of([claims.sub], [claims.crd]),
         )
     except TicketRefused as exc:
@@ -189,7 +142,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     config.browsers.add(ws)
     request.app[OPEN_STREAMS_KEY].add(opened)
     try:
-        await Stream(request, config, row, ws, claims.sub).run()
+        await Stream(request, config.broker, config.setup_timeout, row, ws, claims.sub).run()
     finally:
         config.browsers.discard(ws)
         request.app[OPEN_STREAMS_KEY].discard(opened)
@@ -215,129 +168,3 @@ def admitted(
         )
         raise ApiError(401, "unauthorized", f"the credential this ticket was asked with ended: {reason}", "ticket")
     return opened
-
-
-class Stream:
-    """One browser stream on this replica: set up the tunnel, pipe, keep the session marked as used."""
-
-    def __init__(
-        self,
-        request: web.Request,
-        config: StreamConfig,
-        row: asyncpg.Record,
-        ws: web.WebSocketResponse,
-        user_id: str | None = None,  # who streams (the ticket's user): the audit trail's actor
-    ) -> None:
-        self.request = request
-        self.user_id = user_id
-        self.pool = pool_of(request)
-        self.config = config
-        self.row = row
-        self.session_id = str(row["id"])
-        self.browser = ws
-        self.log = log.bind(session_id=self.session_id, agent_id=row["agent_id"])
-
-    async def run(self) -> None:
-        started = time.monotonic()
-        token, pending = self.config.broker.expect(self.row["agent_id"])
-        try:
-            await self.serve(started, token, pending)
-        finally:
-            pending.finished.set()  # the agent's dial-back handler (if it came) returns: its socket is done
-
-    async def serve(self, started: float, token: str, pending: PendingTunnel) -> None:
-        try:
-            agent = await self.tunnel(token, pending.dialled)
-        except TunnelRefused as exc:
-            metrics.STREAMS_REFUSED.labels("tunnel").inc()
-            self.log.warning("stream_refused", reason=exc.reason)
-            await self.browser.close(code=closecodes.STREAM_REFUSED, message=exc.reason.encode()[:120])
-            return
-        finally:
-            self.config.broker.forget(token)
-            if not pending.dialled.done():
-                pending.dialled.cancel()
-            elif not pending.dialled.cancelled() and self.browser.closed:  # dialled just as we gave up
-                await pending.dialled.result().close(code=closecodes.STREAM_REFUSED, message=b"stream given up")
-        setup = time.monotonic() - started
-        metrics.TUNNEL_SETUP.observe(setup)
-        metrics.STREAMS_OPEN.inc()
-        self.log.info("stream_open", setup_seconds=round(setup, 4))
-        # the row is written while the first bytes flow (not before them); awaited before stream.close's
-        opened = asyncio.create_task(self.audit("stream.open", {"agent_id": self.row["agent_id"]}))
-        watcher = asyncio.create_task(self.keep_used())
-        tally: Counter[str] = Counter()
-        code, reason = closecodes.STREAM_ERROR, "the stream's handler ended"
-        try:
-            code, reason = await pipe(self.browser, agent, tally)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            if not self.browser.closed:
-                await self.browser.close(code=closecodes.STREAM_ENDED, message=b"the session stopped running")
-            await agent.close()
-            metrics.STREAMS_OPEN.dec()
-            await asyncio.gather(opened, return_exceptions=True)
-            seconds = round(time.monotonic() - started, 3)
-            sent = {"to_session": tally["to_session"], "to_browser": tally["to_browser"]}  # bytes
-            await self.audit(
-                "stream.close", {"agent_id": self.row["agent_id"], "seconds": seconds, "code": code, **sent}
-            )
-        self.log.info("stream_closed", code=code, reason=reason, seconds=seconds)
-
-    async def audit(self, action: str, detail: dict[str, Any]) -> None:
-        """One row; a failure to write it is logged, never ends the stream or masks how it ended."""
-        try:
-            await audit.record(self.pool, self.request, None, action, self.session_id, detail, user_id=self.user_id)
-        except (asyncpg.PostgresError, OSError) as exc:
-            self.log.error("audit_record_failed", action=action, error=repr(exc))
-
-    async def tunnel(self, token: str, dialled: asyncio.Future[web.WebSocketResponse]) -> web.WebSocketResponse:
-        """Ask the agent for OPEN_TUNNEL and wait for its dial-back, its refusal, or the setup timeout."""
-        payload: dict[str, Any] = {
-            "session_id": self.session_id,
-            "host": self.row["endpoint_host"],
-            "port": self.row["endpoint_port"],
-            "url": self.config.broker.url,
-            "token": token,
-        }
-        timeout = self.config.setup_timeout
-        command_id = await self.pool.fetchval(
-            QUERIES["open_tunnel"], self.row["agent_id"], payload, max(1, round(timeout))
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                return await asyncio.wait_for(asyncio.shield(dialled), 0.25)
-            except TimeoutError:
-                pass
-            state = await self.pool.fetchrow(QUERIES["tunnel_command"], command_id)
-            if state is not None and state["status"] in ("failed", "cancelled"):
-                raise TunnelRefused(f"the agent refused: {state['error_message'] or state['status']}")
-        await CommandLifecycle(self.pool).cancel(command_id, "the stream's tunnel was not set up in time")
-        raise TunnelRefused(f"the agent did not dial back within {timeout:g} s (STREAM_SETUP_TIMEOUT)")
-
-    async def keep_used(self) -> None:
-        """An open stream is use: reset the session's idle clock (three times per idle timeout, so
-        auto-hibernation never takes a watched session), and close the stream within STATE_CHECK seconds
-        of the session being asked to stop running (hibernate, stop, delete)."""
-        touch_every = min(60.0, max(0.5, self.row["idle_timeout_seconds"] / 3))
-        lifecycle = SessionLifecycle(self.pool)
-        touched = 0.0
-        while True:
-            if time.monotonic() - touched >= touch_every:
-                row = await lifecycle.touch(self.session_id)
-                touched = time.monotonic()
-            else:
-                row = await self.pool.fetchrow(SESSION_QUERIES["get_session"], self.session_id)
-            if row is None or row["desired_state"] != "running":
-                state = "deleted" if row is None else f"asked to be {row['desired_state']}"
-                await self.browser.close(code=closecodes.STREAM_ENDED, message=f"the session is {state}".encode())
-                return
-            await asyncio.sleep(min(touch_every, STATE_CHECK))
-
-
-class TunnelRefused(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason

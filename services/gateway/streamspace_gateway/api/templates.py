@@ -11,8 +11,9 @@ is hibernated (0: never).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -116,6 +117,24 @@ def spec_values(spec: TemplateSpec) -> tuple[object, ...]:
 def spec_detail(spec: TemplateSpec) -> dict[str, object]:
     """What the audit trail keeps of a template: what it runs, not its environment (it may hold secrets)."""
     return {"image": spec.image, "command": spec.command, "platforms": spec.platforms, "env": sorted(spec.env)}
+
+
+def runnable_on(template: asyncpg.Record) -> list[str]:
+    """The platforms the template can run on: those it allows that it has what they need for."""
+    can = [p for p in get_args(Platform) if (template["command"] if p == "local" else template["image"])]
+    allowed = template["platforms"] or can
+    return [p for p in allowed if p in can]
+
+
+def create_payload(template: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "name": template["name"],
+        "image": template["image"],
+        "command": template["command"],
+        "ports": template["ports"],
+        "resources": {"cpu": template["cpu"], "memory": template["memory"]},
+        "env": template["env"],
+    }
 
 
 @routes.route(

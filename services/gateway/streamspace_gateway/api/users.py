@@ -24,8 +24,8 @@ from .. import audit
 from ..auth import Caller, Role
 from ..errors import ApiError, read_body
 from ..throttle import THROTTLE_KEY, client_address
-from .auth import LoginToken, issue, log, reserve
 from .base import NO_NUL, ApiRoutes, encoded, no_content, path_uuid, pool_of, uuid_param, view
+from .login import LoginToken, issue, log, reserve
 
 QUERIES = load_queries("streamspace_gateway.api", "users.sql")
 REGISTRY = load_queries("streamspace_common", "registry.sql")
