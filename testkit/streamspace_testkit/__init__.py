@@ -21,7 +21,7 @@ from .env import (
 from .inprocess import InProcessService, InProcessStack, start_dispatcher, start_gateway
 from .processes import kill_group, kill_sessions, register, register_sessions, release, spawn, sweep_stale
 from .stack import SAMPLE_IMAGE, RedisServer, Service, Stack, free_port, get_json, serve_locally
-from .waits import wait_until
+from .waits import wait_until, wait_until_blocking
 
 __all__ = [
     "BASE_DATABASE_URL",
@@ -62,5 +62,6 @@ __all__ = [
     "templates_admin",
     "wait_agent_online",
     "wait_until",
+    "wait_until_blocking",
     "with_database",
 ]

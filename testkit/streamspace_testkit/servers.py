@@ -6,7 +6,6 @@ registered with the process safety net (processes.py), so none outlives a killed
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -20,7 +19,7 @@ import redis
 
 from .processes import register, spawn
 from .stack import RedisServer, free_port
-from .waits import wait_until
+from .waits import wait_until_blocking
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -81,7 +80,7 @@ class PostgresServer:
                 raise RuntimeError(f"postgres exited: {(self.base / 'postgres.log').read_text()[-2000:]}")
             return False
 
-        asyncio.run(wait_until(ready, timeout=timeout, what="postgres ready"))
+        wait_until_blocking(ready, timeout=timeout, what="postgres ready")
 
     def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
         """SIGINT: PostgreSQL's fast shutdown (what a restart does to every session)."""
@@ -166,7 +165,7 @@ class Servers:
         """Until the throwaway Redis answers PING (blocking, like `PostgresServer.wait_ready`)."""
         client = redis.Redis(port=self.redis.port, socket_timeout=1)
         try:
-            asyncio.run(wait_until(client.ping, timeout=timeout, what="redis ready", retry_on=(redis.ConnectionError,)))
+            wait_until_blocking(client.ping, timeout=timeout, what="redis ready", retry_on=(redis.ConnectionError,))
         finally:
             client.close()
 

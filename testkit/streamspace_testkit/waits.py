@@ -1,4 +1,5 @@
-"""The one polling helper of tests and bench: `wait_until`."""
+"""The one polling helper of tests and bench: `wait_until`, and `wait_until_blocking` for code that must not
+start an event loop (Playwright's sync API runs one in the calling thread)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ async def wait_until(
 ) -> Any:
     """Poll `probe()` (plain or async) until it returns something truthy, and return that; after `timeout`
     seconds fail with AssertionError naming `what` and the last value (or the last exception in `retry_on`,
-    which count as "not yet"). Code without an event loop calls it through `asyncio.run`."""
+    which count as "not yet")."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -53,3 +54,26 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s (last: {last})")
         await asyncio.sleep(interval)
+
+
+def wait_until_blocking(
+    probe: Callable[[], T | None],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+    retry_on: Errors = (),
+) -> T:
+    """`wait_until` for blocking code: the same rules, time.sleep between probes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except retry_on as exc:
+            value, last = None, repr(exc)
+        else:
+            last = repr(value)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s (last: {last})")
+        time.sleep(interval)

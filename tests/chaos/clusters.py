@@ -13,7 +13,6 @@ is the fault (kill -9, the process never comes back). The machine's shared serve
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import redis
 
-from streamspace_testkit import free_port, kill_group, register, spawn, wait_until
+from streamspace_testkit import free_port, kill_group, register, spawn, wait_until_blocking
 from streamspace_testkit.servers import PG_BIN, RABBITMQ_BIN, Servers, rabbitmqctl
 
 SENTINEL_SERVICE = "chaos"
@@ -39,7 +38,7 @@ REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendon
 
 def _wait(probe: Callable[[], object], what: str, timeout: float) -> None:
     """Poll `probe()` until it returns something truthy (an exception counts as not yet)."""
-    asyncio.run(wait_until(probe, timeout=timeout, interval=0.2, what=what, retry_on=(Exception,)))
+    wait_until_blocking(probe, timeout=timeout, interval=0.2, what=what, retry_on=(Exception,))
 
 
 # --- PostgreSQL under Patroni ------------------------------------------------------------------

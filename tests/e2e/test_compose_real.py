@@ -18,7 +18,6 @@ engine can start.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
 import json
@@ -96,9 +95,9 @@ def override_yaml(build_on_host_network: bool, gateway_ports: dict[str, int]) ->
 
 
 def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """The kit's wait, for these blocking tests (no event loop runs here); probe errors count as not yet."""
+    """The kit's blocking wait (Playwright's sync API runs a loop in this thread); probe errors count as not yet."""
     retry = (OSError, AssertionError, KeyError, ValueError)
-    return asyncio.run(kit.wait_until(probe, timeout=timeout, interval=interval, what=what, retry_on=retry))
+    return kit.wait_until_blocking(probe, timeout=timeout, interval=interval, what=what, retry_on=retry)
 
 
 def compose_binary() -> Path | None:

@@ -61,6 +61,13 @@ def docker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=False, timeout=60)
 
 
+def where_the_desktop_is(session_id: str) -> str:
+    """What a failed typing check needs: the session's home and files, and every desktop container."""
+    home = docker("exec", f"ss-{session_id}", "sh", "-c", "hostname; echo HOME=$HOME; ls -la /data /data/home /tmp")
+    desktops = docker("ps", "-a", "--filter", "ancestor=streamspace/desktop:dev", "--format", "{{.Names}} {{.ID}}")
+    return f"in ss-{session_id}:\n{home.stdout}{home.stderr}\ndesktop containers:\n{desktops.stdout}"
+
+
 def container_state(session_id: str) -> str | None:
     """The engine's state of the session's container (running, paused, exited...), None when gone."""
     result = docker("inspect", "-f", "{{.State.Status}}", f"ss-{session_id}")
@@ -158,7 +165,11 @@ def test_a_desktop_from_compose_in_the_browser(desktop_stack: Stack) -> None:
             page.keyboard.type(f"touch {marker}", delay=40)
             page.keyboard.press("Enter")
             typed = f"/data/home/{marker}"
-            wait_until(lambda: docker("exec", f"ss-{session_id}", "test", "-f", typed).returncode == 0, 30, typed)
+            try:
+                wait_until(lambda: docker("exec", f"ss-{session_id}", "test", "-f", typed).returncode == 0, 30, typed)
+            except AssertionError:
+                print(where_the_desktop_is(session_id))
+                raise
             owner = docker("exec", f"ss-{session_id}", "stat", "-c", "%u", typed).stdout.strip()
             assert owner == "10001", f"the desktop runs as {owner}, not the image's non-root user"
             memory = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", f"ss-{session_id}").stdout.strip()
