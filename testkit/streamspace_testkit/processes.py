@@ -91,8 +91,13 @@ def kill_group(process: subprocess.Popen[Any] | None, timeout: float = 30) -> No
     """SIGKILL a spawned process and everything in its group; reap it."""
     if process is None:
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
         os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # not a group leader (started without spawn): the process alone
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    except PermissionError:
+        pass
     process.wait(timeout=timeout)
 
 

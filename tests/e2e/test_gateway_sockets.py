@@ -37,6 +37,7 @@ def start_limited_gateway(stack: Stack, test_env: RunEnv, pod: str) -> Service:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: limited_to(LOW_SOFT, LOW_HARD),  # only setrlimit, before exec
+            start_new_session=True,  # a group of its own, as the kit's stack kills groups
         )
     service = Service(pod, process, port, log_path)
     stack.services.append(service)
