@@ -27,7 +27,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from streamspace_common.bus import DeliveryBus, PostgresBus, RedisBus, delivery_of
-from streamspace_common.commands import OPEN_STATUSES, CommandLifecycle
+from streamspace_common.commands import CommandLifecycle
 from streamspace_common.db import load_queries, server_settings
 from streamspace_common.delivery_auth import DeliverySigner
 from streamspace_common.keys import DISPATCH_CHANNEL, DISPATCH_EVERY_AGENT
@@ -40,7 +40,6 @@ from .retries import RetryScheduler
 from .streaks import Streak
 
 STREAK_MIN = 2  # commands a round must claim to start a streak: a lone command wakes nobody's streak
-BACKLOG_TOP_AGENTS = 10  # agents in the backlog gauge (its only label is agent_id: kept few)
 RECHECK_AFTER = 0.1  # seconds before a round that left due commands behind (send window full) looks again
 REDIS_PROBE_INTERVAL = 1.0  # seconds on the PostgreSQL path after a Redis failure before Redis is tried again
 RETRY_WAKE_DELAY = 0.05  # seconds from a NOTIFY to the retry scheduler's look (one look for all NOTIFYs meanwhile)
@@ -61,8 +60,6 @@ class Dispatcher:
         sweep_interval: float,
         ack_timeout: float,
         batch_size: int,
-        command_timeout: float = 300.0,
-        deadline_interval: float = 1.0,
         send_window: int = 1000,
     ) -> None:
         self.dsn = dsn
@@ -77,14 +74,11 @@ class Dispatcher:
         self.sweep_interval = sweep_interval
         self.ack_timeout = ack_timeout
         self.batch_size = batch_size
-        self.command_timeout = command_timeout
-        self.deadline_interval = deadline_interval
         self.send_window = send_window
         self.recheck: asyncio.TimerHandle | None = None  # the next round's wake-up, when one is due later
         self.streak = Streak(pool, name)
         self.due_agents = False  # the last round found routable agents with due commands
         self.retries: RetryScheduler | None = None  # set by the app: retries through RabbitMQ
-        self.counted_at = 0.0  # monotonic time of the last commands-by-status count
         self.wake = asyncio.Event()
         self.scan_all = False  # the next round looks at every agent with due commands
         self.notified: set[str] = set()  # agents named by NOTIFYs since the last round began
@@ -244,22 +238,6 @@ class Dispatcher:
         await self.requeue(unroutable)
         return len(rows)
 
-    async def count_open_commands(self) -> None:
-        """The commands-by-status gauge, at most once per sweep interval."""
-        if time.monotonic() < self.counted_at + self.sweep_interval:
-            return
-        self.counted_at = time.monotonic()
-        counts = {status: (0, 0.0) for status in OPEN_STATUSES}
-        rows = await self.pool.fetch(QUERIES["open_commands_by_status"])
-        counts.update({row["status"]: (row["count"], max(0.0, row["oldest"])) for row in rows})
-        for status, (count, oldest) in counts.items():
-            metrics.COMMANDS_OPEN.labels(status).set(count)
-            metrics.COMMANDS_OLDEST.labels(status).set(oldest)
-        top = await self.pool.fetch(QUERIES["pending_backlog_top"], BACKLOG_TOP_AGENTS)
-        metrics.BACKLOG_TOP.clear()  # at most BACKLOG_TOP_AGENTS series at any time
-        for row in top:
-            metrics.BACKLOG_TOP.labels(row["agent_id"]).set(row["count"])
-
     def routed_lately(self, agent_ids: list[str]) -> bool:
         """Every one of these agents had a route in Redis at the last look (and Redis answers): the claim
         need not wait for the route, which is read alongside it."""
@@ -338,42 +316,3 @@ class Dispatcher:
 
     async def requeue(self, rows: list[asyncpg.Record]) -> None:
         await self.commands.requeue_sent([row["command_id"] for row in rows], [row["attempts"] for row in rows])
-
-    # --- ack and completion deadlines -------------------------------------------------------
-
-    async def run_expiry(self) -> None:
-        """Every deadline interval: commands past their ack or completion deadline wait for a retry or fail,
-        and pending ones past their expiry end expired."""
-        await forever(self.expire_round, Outage("expiry", log))
-
-    async def expire_round(self) -> None:
-        await asyncio.sleep(self.deadline_interval)
-        rows = await self.commands.expire_deadlines(self.command_timeout)
-        for row in rows:
-            deadline = "ack" if row["was"] == "sent" else "completion"
-            log.info(
-                "deadline_passed",
-                deadline=deadline,
-                command_id=row["command_id"],
-                agent_id=row["agent_id"],
-                status=row["status"],
-                attempts=row["attempts"],
-            )
-            metrics.DEADLINES_PASSED.labels(deadline, row["status"]).inc()
-        if any(row["status"] == "pending" for row in rows):
-            self.wake_retries()
-        await self.expire_pending()
-        await self.count_open_commands()
-
-    async def expire_pending(self) -> None:
-        """Pending commands past their expires_at end `expired`, a batch at a time, instead of waiting for
-        their agent forever."""
-        while True:
-            rows = await self.commands.expire_pending(self.batch_size)
-            for row in rows:
-                log.info(
-                    "command_expired", command_id=row["command_id"], agent_id=row["agent_id"], attempts=row["attempts"]
-                )
-            metrics.COMMANDS_EXPIRED.inc(len(rows))
-            if len(rows) < self.batch_size:
-                return

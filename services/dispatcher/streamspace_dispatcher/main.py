@@ -17,6 +17,7 @@ from streamspace_common.routing import RoutingTable, create_redis
 from streamspace_common.settings import load_settings
 from streamspace_common.web import add_health_routes, background, serve
 
+from .deadlines import Deadlines
 from .dispatcher import Dispatcher
 from .idle import IdleHibernator
 from .reconcile import Reconciler
@@ -52,14 +53,20 @@ def create_app(settings: DispatcherSettings) -> web.Application:
             sweep_interval=settings.sweep_interval,
             ack_timeout=settings.ack_timeout,
             batch_size=settings.claim_batch_size,
-            command_timeout=settings.command_timeout,
-            deadline_interval=settings.deadline_interval,
             send_window=settings.send_window,
         )
         retries = RetryScheduler(settings.rabbitmq_url, pool, dispatcher.wake_all)
         dispatcher.retries = retries
         app[DISPATCHER_KEY] = dispatcher
-        loops = (dispatcher.run_listener(), dispatcher.run_claimer(), dispatcher.run_expiry())
+        deadlines = Deadlines(
+            pool,
+            interval=settings.deadline_interval,
+            command_timeout=settings.command_timeout,
+            batch_size=settings.claim_batch_size,
+            count_interval=settings.sweep_interval,
+            on_pending_again=dispatcher.wake_retries,
+        )
+        loops = (dispatcher.run_listener(), dispatcher.run_claimer(), deadlines.run())
         sessions = (
             IdleHibernator(pool, settings.idle_check_interval).run(),
             Reconciler(pool, settings.reconcile_interval, settings.heartbeat_interval, settings.agent_lost_after).run(),
