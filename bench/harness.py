@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from streamspace_testkit import Service, Stack, free_port
+from streamspace_testkit import Service, Stack, free_port, spawn
 from streamspace_testkit.servers import PostgresServer
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -276,7 +276,7 @@ class OwnPostgres:
             argv += ["-c", setting]
         as_user = "postgres" if os.geteuid() == 0 else None
         with self.log_path.open("ab") as log_file:
-            self.server.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_file, user=as_user)
+            self.server.process = spawn(argv, stdout=subprocess.DEVNULL, stderr=log_file, user=as_user)  # dies with us
         self.server.wait_ready()
 
     def url(self, database: str) -> str:
