@@ -10,7 +10,6 @@ area and the viewer go to test-artifacts/ (git-ignored; `TEST_ARTIFACTS` moves t
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 import uuid
@@ -21,21 +20,12 @@ from typing import Any
 import pytest
 
 from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, wait_until
+from streamspace_testkit.browser import ARTIFACTS, BROWSER_ARGS
+from streamspace_testkit.browser import MISSING_DESKTOP_TOOLS as MISSING
 from streamspace_tools.admin import create_agent_token
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-MISSING = [
-    name
-    for name, present in (
-        ("Xvnc", shutil.which("Xvnc")),
-        ("xterm", shutil.which("xterm")),
-        ("chromium", shutil.which("chromium")),
-        ("noVNC", Path("/usr/share/novnc/core/rfb.js").is_file()),
-    )
-    if not present
-]
+
 needs_desktop = pytest.mark.skipif(bool(MISSING), reason=f"missing {', '.join(MISSING)}: scripts/desktop-packages")
 TAG = uuid.uuid4().hex[:6]
 DESKTOP_T = f"console-desktop-{TAG}"  # names of this module's own: the run's database is shared

@@ -18,23 +18,21 @@ builds the images (the desktop's Debian packages: a few minutes); later ones reu
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.test_compose_real import AGENT_ID, Stack, compose_up, http, wait_until
+from streamspace_testkit.browser import ARTIFACTS, BROWSER_ARGS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
 TEMPLATE = "desktop"
 WAIT_MS = 120_000  # a desktop container starting on a loaded 2-core machine
 

@@ -26,6 +26,8 @@ import aiohttp
 import pytest
 
 from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, new_user, wait_until
+from streamspace_testkit.browser import ARTIFACTS, BROWSER_ARGS
+from streamspace_testkit.browser import MISSING_DESKTOP_TOOLS as MISSING
 from streamspace_tools.admin import create_agent_token
 
 DESKTOP = ["{python}", "-m", "streamspace_agent.desktop", "--port", "{port}"]
@@ -336,20 +338,6 @@ async def test_an_open_stream_keeps_the_session_from_hibernating(streams: Stream
         assert (await owner.session(session["id"]))["state"] == "running"
         await ws.close()
     await owner.until_state(session["id"], "hibernated", timeout=15)
-
-
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-MISSING = [
-    name
-    for name, present in (
-        ("Xvnc", shutil.which("Xvnc")),
-        ("xterm", shutil.which("xterm")),
-        ("chromium", shutil.which("chromium")),
-        ("noVNC", Path("/usr/share/novnc/core/rfb.js").is_file()),
-    )
-    if not present
-]
 
 
 @pytest.mark.skipif(bool(MISSING), reason=f"missing {', '.join(MISSING)}: scripts/desktop-packages installs them")
