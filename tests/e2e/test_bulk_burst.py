@@ -1,8 +1,9 @@
 """The bulk path under a burst (issue 27): bulk requests of 1,000 commands to one agent, each command
 completed and executed once. 20 requests (20,000 commands) in the test command; the issue's 100 with
-`BULK_BURST_REQUESTS=100` (docs/testing.md, "Sizes"). A module of its own: the module-scoped stacks of test_bulk.py (their
-dispatchers run the tests' 2 s ack deadline and claim every agent's commands in the run's database) are
-gone before it starts, so only this test's dispatcher, with its 60 s deadline, claims the burst."""
+`BULK_BURST_REQUESTS=100` (docs/testing.md, "Sizes"). A module of its own: the module-scoped stacks of
+test_bulk.py (their dispatchers run the tests' 2 s ack deadline and claim every agent's commands in the
+run's database) are gone before it starts, so only this test's dispatcher, with its 60 s deadline,
+claims the burst."""
 
 from __future__ import annotations
 
