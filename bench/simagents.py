@@ -14,7 +14,7 @@ reconciliation then asks it every RECONCILE_INTERVAL, as a real agent); with `--
 Nth command of each agent is answered `failed` (an attempt row each).
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
-        [--inventory] [--fail-every N] [--source 127.0.0.2]
+        [--inventory] [--fail-every N] [--source 127.0.0.2] [--heartbeat-frames] [--without pong_liveness]
 
 AGENTS_JSON holds `[[agent_id, token, gateway_url], ...]`. Once every agent has its welcome the
 process prints one JSON line `{"connected": N, "seconds": S}` to stdout, then runs until killed.
@@ -58,6 +58,8 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
 HEARTBEAT = _encoder.encode(Heartbeat()).decode()
 HEARTBEAT_FRAMES_ENV = "SIM_HEARTBEAT_FRAMES"  # set (bench/run.py --heartbeat-frames): the earlier agents' frames
+# comma-separated features the hello leaves out, e.g. "pong_liveness": agents of the previous release (ping + pong)
+WITHOUT_FEATURES_ENV = "SIM_WITHOUT_FEATURES"
 
 
 @dataclass(frozen=True)
@@ -188,14 +190,22 @@ def main() -> None:
         default=bool(os.environ.get(HEARTBEAT_FRAMES_ENV)),
         help=f"as agents before ping_/pong_liveness: ping + heartbeat frame (default: ${HEARTBEAT_FRAMES_ENV})",
     )
+    parser.add_argument(
+        "--without",
+        default=os.environ.get(WITHOUT_FEATURES_ENV, ""),
+        help=f"comma-separated features the hello leaves out (default: ${WITHOUT_FEATURES_ENV})",
+    )
     parser.add_argument("--inventory", action="store_true", help="announce and answer INVENTORY_SESSIONS")
     parser.add_argument("--fail-every", type=int, default=0, help="answer every Nth command failed (0: never)")
     args = parser.parse_args()
     raise_open_files_limit()
     with open(args.agents_file) as f:
         specs = json.load(f)
-    earlier = (FEATURE_PING_LIVENESS, FEATURE_PONG_LIVENESS)
-    features = [f for f in FEATURES if f not in earlier] if args.heartbeat_frames else list(FEATURES)
+    left_out = {
+        *args.without.split(","),
+        *((FEATURE_PING_LIVENESS, FEATURE_PONG_LIVENESS) if args.heartbeat_frames else ()),
+    }
+    features = [f for f in FEATURES if f not in left_out]
     behaviour = Behaviour(args.mode == "respond", args.ping_interval, features, args.inventory, args.fail_every)
     asyncio.run(main_async(specs, behaviour, args.connect_concurrency, args.source))
 
