@@ -12,6 +12,7 @@ import asyncpg
 from flows import statuses
 from harness import CpuSplit
 from machine import say
+from profiling import PgActivity, Profiles
 from systems import Q, Run, sim_agents
 
 from streamspace_testkit import Account, new_account
@@ -43,13 +44,16 @@ async def bulk_create(run: Run, agent_ids: list[str], admin: Account) -> list[st
     return [command_id for batch in batches for command_id in batch]
 
 
-async def bulk(run: Run, agent_ids: list[str], admin: Account) -> dict[str, Any]:
+async def bulk(run: Run, agent_ids: list[str], admin: Account, profiles: Profiles) -> dict[str, Any]:
     """Commands created through the bulk API; first request sent to last completion NOTIFY."""
     side = run.sides[0]
     completions = side.completions
     completions.recorded, completions.repeats = {}, 0
     cpu = CpuSplit(run.groups(side))
+    activity = PgActivity(side.dsn, Q["active_backends"])
+    await activity.start()
     cpu.start()
+    profiles.start()
     started = time.perf_counter()
     ids = await bulk_create(run, agent_ids, admin)
     creating = time.perf_counter() - started
@@ -60,6 +64,8 @@ async def bulk(run: Run, agent_ids: list[str], admin: Account) -> dict[str, Any]
         await asyncio.sleep(0.1)
         missing = [command_id for command_id in missing if command_id not in recorded]
     split = cpu.stop()
+    postgres = await activity.stop()
+    stacks = profiles.stop()
     finished = len(ids) - len(missing)
     seconds = max((recorded[command_id] for command_id in ids if command_id in recorded), default=started) - started
     completions.recorded = None
@@ -81,6 +87,8 @@ async def bulk(run: Run, agent_ids: list[str], admin: Account) -> dict[str, Any]
         "completed_twice": completions.repeats,
         "attempts_over_one": redelivered,
         "cpu_percent_of_a_core": split,
+        "profiles": stacks,
+        "postgres_activity": postgres,
     }
     return figures | await statuses(side, ids)
 
@@ -89,10 +97,13 @@ async def measure_bulk(run: Run, results: dict[str, Any], sim_ids: list[str], lo
     sizes = run.sizes
     admin = await new_account(run.stack.env.database_url, "bench-bulk-admin", admin=True)
     say(f"5. bulk: {sizes.bulk} commands, {sizes.bulk_size} a request from {sizes.bulk_clients} clients, 1 agent")
-    figures = {"ours, 1 agent": await bulk(run, [run.sides[0].agent_id], admin)}
+    ours = run.ours
+    services = [ours.gateway_a, ours.gateway_b, *ours.dispatchers]
+    one_agent = run.profiles("bulk-one-agent", [*services, ours.agent])
+    figures = {"ours, 1 agent": await bulk(run, [run.sides[0].agent_id], admin, one_agent)}
     say(f"5. bulk: the same to {len(sim_ids)} simulated agents on 2 gateways")
-    await sim_agents(run, sim_ids, log_dir)
-    dispatchers = len(run.ours.dispatchers)
+    sim, _ = await sim_agents(run, sim_ids, log_dir)
+    dispatchers = len(ours.dispatchers)
     key = f"ours, {len(sim_ids)} agents, 2 gateways, {dispatchers} dispatcher{'s' * (dispatchers > 1)}"
-    figures[key] = await bulk(run, sim_ids, admin)
+    figures[key] = await bulk(run, sim_ids, admin, run.profiles("bulk-sim", [*services, sim]))
     results["bulk"] = figures

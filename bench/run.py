@@ -180,7 +180,9 @@ def main() -> None:
         help="simulated agents as before ping_liveness and pong_liveness: ping + heartbeat frame",
     )
     parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
-    parser.add_argument("--py-spy", type=Path, help="profile our processes in the throughput runs into this directory")
+    parser.add_argument(
+        "--py-spy", type=Path, help="profile our processes in the throughput, bulk and idle windows into this directory"
+    )
     parser.add_argument("--from-json", type=Path, help="print the table of an earlier results file")
     args = parser.parse_args()
     if args.from_json:

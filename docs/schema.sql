@@ -914,7 +914,7 @@ CREATE TRIGGER agent_commands_inventory_reported AFTER UPDATE OF status ON publi
 -- Name: agent_commands agent_commands_notify; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER agent_commands_notify AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW EXECUTE FUNCTION public.streamspace_notify_command();
+CREATE TRIGGER agent_commands_notify AFTER UPDATE OF status ON public.agent_commands FOR EACH ROW WHEN (((((new.status)::text = 'pending'::text) AND ((old.status)::text <> 'pending'::text)) OR (((old.status)::text = ANY ((ARRAY['sent'::character varying, 'acknowledged'::character varying])::text[])) AND ((new.status)::text <> (old.status)::text)))) EXECUTE FUNCTION public.streamspace_notify_command();
 
 
 --

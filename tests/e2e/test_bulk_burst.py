@@ -1,11 +1,13 @@
-"""The bulk path under a burst (issue 27): 100 bulk requests of 1,000 commands to one agent, each command
-completed and executed once. A module of its own: the module-scoped stacks of test_bulk.py (their
+"""The bulk path under a burst (issue 27): bulk requests of 1,000 commands to one agent, each command
+completed and executed once. 20 requests (20,000 commands) in the test command; the issue's 100 with
+`BULK_BURST_REQUESTS=100` (docs/testing.md, "Sizes"). A module of its own: the module-scoped stacks of test_bulk.py (their
 dispatchers run the tests' 2 s ack deadline and claim every agent's commands in the run's database) are
 gone before it starts, so only this test's dispatcher, with its 60 s deadline, claims the burst."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,11 +19,11 @@ from integration.test_bulk_requests import BULK, created_ids
 from e2e.test_bulk import LOAD_SETTINGS, online, wait_completed
 from streamspace_testkit import RunEnv, Stack, wait_until
 
-BURST_REQUESTS = 100
+BURST_REQUESTS = int(os.environ.get("BULK_BURST_REQUESTS", "20"))
 
 
 @pytest.mark.timeout(600)
-async def test_a_burst_of_100_bulk_requests_to_one_agent_completes_each_once(
+async def test_a_burst_of_bulk_requests_to_one_agent_completes_each_once(
     test_env: RunEnv,
     stack: Stack,
     tmp_path: Path,
@@ -30,7 +32,7 @@ async def test_a_burst_of_100_bulk_requests_to_one_agent_completes_each_once(
     agent_id: str,
     agent_token: str,
 ) -> None:
-    """100 x 1,000 commands to one agent, 10 requests at a time over two gateways: every command
+    """BURST_REQUESTS x 1,000 commands to one agent, 10 requests at a time over two gateways: every command
     completed, and executed once (the agent's execution log).
 
     The dispatcher's ack deadline is 60 s, not the default 10 s: on this shared 2-core machine at a load
