@@ -71,7 +71,7 @@ class Pongs:
         self.sent_at = time.monotonic()
 
     async def run(self, lock: asyncio.Lock | None = None) -> None:
-        due = self.interval - SLACK  # so that a pong sent just after a whole second has its next on one
+        due = max(self.interval - SLACK, self.interval / 2)  # a pong just after a whole second: its next on one
         while not self.ws.closed:
             idle = time.monotonic() - self.sent_at
             if idle < due:
