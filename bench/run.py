@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument(
         "--heartbeat-frames",
         action="store_true",
-        help="simulated agents as before ping_liveness: ping + heartbeat frame",
+        help="simulated agents as before ping_liveness and pong_liveness: ping + heartbeat frame",
     )
     parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument(

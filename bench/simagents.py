@@ -1,8 +1,11 @@
 """Many simulated agents in one process, speaking the real frames (hello/welcome/command/ack/result).
 
 Each agent is its own WebSocket, authenticated with its own agent token, and behaves on the wire like
-streamspace-agent: hello announcing `confirm` and `inventory`, WebSocket pings and (unless the gateway
-counts pings, `ping_liveness`, or --heartbeat-frames) a heartbeat frame every heartbeat interval, and
+streamspace-agent: hello announcing `confirm` and `inventory`, and one liveness frame an interval: an
+unsolicited pong after an interval in which it sent nothing where the welcome names `pong_liveness` (no
+pings; TCP_USER_TIMEOUT set, as the agent), else WebSocket pings and (unless the gateway counts pings,
+`ping_liveness`) a heartbeat frame every heartbeat interval; --heartbeat-frames: as agents before both
+features, a ping and a heartbeat frame every interval. And
 (in `respond` mode) a `completed` result for every command at once (and no ack: the real agent
 acknowledges a command by its result when that comes within its ACK_AFTER). It runs nothing and
 keeps no journal: it is load, not an agent. `idle` mode only keeps the sockets open. With `--inventory`
@@ -11,7 +14,7 @@ reconciliation then asks it every RECONCILE_INTERVAL, as a real agent); with `--
 Nth command of each agent is answered `failed` (an attempt row each).
 
     python bench/simagents.py AGENTS_JSON --mode respond|idle [--connect-concurrency 200] [--ping-interval 10]
-        [--inventory] [--fail-every N] [--source 127.0.0.2]
+        [--inventory] [--fail-every N] [--source 127.0.0.2] [--heartbeat-frames] [--without pong_liveness]
 
 AGENTS_JSON holds `[[agent_id, token, gateway_url], ...]`. Once every agent has its welcome the
 process prints one JSON line `{"connected": N, "seconds": S}` to stdout, then runs until killed.
@@ -35,9 +38,11 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
+from streamspace_common.liveness import Pongs, bound_unacknowledged, stop_pings
 from streamspace_common.schemas import (
     CONNECT_PATH,
     FEATURE_PING_LIVENESS,
+    FEATURE_PONG_LIVENESS,
     FEATURES,
     Command,
     GatewayFrame,
@@ -53,13 +58,15 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(GatewayFrame)
 HEARTBEAT = _encoder.encode(Heartbeat()).decode()
 HEARTBEAT_FRAMES_ENV = "SIM_HEARTBEAT_FRAMES"  # set (bench/run.py --heartbeat-frames): the earlier agents' frames
+# comma-separated features the hello leaves out, e.g. "pong_liveness": agents of the previous release (ping + pong)
+WITHOUT_FEATURES_ENV = "SIM_WITHOUT_FEATURES"
 
 
 @dataclass(frozen=True)
 class Behaviour:
     respond: bool  # answer every command at once (respond mode); else only keep the socket
     ping_interval: float
-    features: list[str]  # the hello's features (without ping_liveness: the earlier agents' heartbeats)
+    features: list[str]  # the hello's features (without ping_ and pong_liveness: the earlier agents' heartbeats)
     inventory: bool = False  # announce INVENTORY_SESSIONS, answer it with an empty inventory
     fail_every: int = 0  # answer every Nth command `failed` (0: none)
 
@@ -99,14 +106,25 @@ class SimAgent:
                     if not isinstance(welcome, Welcome):
                         raise RuntimeError(f"expected welcome, got {message!r}")
                 self.welcomed.set()
-                await self.serve(ws, welcome.heartbeat_interval, FEATURE_PING_LIVENESS in welcome.features)
+                await self.serve(ws, welcome.heartbeat_interval, welcome.features)
             except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError, msgspec.DecodeError) as exc:
                 print(f"{self.agent_id}: {exc!r}", file=sys.stderr)
             await asyncio.sleep(1.0)
 
-    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, pings_count: bool) -> None:
-        # As streamspace-agent: an idle socket's ping is its one liveness frame when the gateway counts it
-        beats = asyncio.create_task(self.heartbeats(ws, heartbeat_interval)) if not pings_count else None
+    async def serve(self, ws: aiohttp.ClientWebSocketResponse, heartbeat_interval: float, features: list[str]) -> None:
+        # As streamspace-agent: an idle socket's pong (or else its ping, where the gateway counts it) is its
+        # one liveness frame an interval
+        pongs = None
+        if FEATURE_PONG_LIVENESS in features:
+            interval = min(self.ping_interval, heartbeat_interval)
+            stop_pings(ws)
+            bound_unacknowledged(ws, interval)
+            pongs = Pongs(ws, interval)
+            beats: asyncio.Task[None] | None = asyncio.create_task(pongs.run())
+        elif FEATURE_PING_LIVENESS in features:
+            beats = None
+        else:
+            beats = asyncio.create_task(self.heartbeats(ws, heartbeat_interval))
         try:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
@@ -114,6 +132,8 @@ class SimAgent:
                 frame = _decoder.decode(message.data)
                 if isinstance(frame, Command) and self.respond:
                     await ws.send_str(_encoder.encode(self.answer(frame)).decode())
+                    if pongs is not None:
+                        pongs.sent()
                 # Confirm frames: nothing to forget, the simulated agent keeps no journal.
         finally:
             if beats is not None:
@@ -168,7 +188,12 @@ def main() -> None:
         "--heartbeat-frames",
         action="store_true",
         default=bool(os.environ.get(HEARTBEAT_FRAMES_ENV)),
-        help=f"as agents before ping_liveness: a heartbeat frame beside every ping (default: ${HEARTBEAT_FRAMES_ENV})",
+        help=f"as agents before ping_/pong_liveness: ping + heartbeat frame (default: ${HEARTBEAT_FRAMES_ENV})",
+    )
+    parser.add_argument(
+        "--without",
+        default=os.environ.get(WITHOUT_FEATURES_ENV, ""),
+        help=f"comma-separated features the hello leaves out (default: ${WITHOUT_FEATURES_ENV})",
     )
     parser.add_argument("--inventory", action="store_true", help="announce and answer INVENTORY_SESSIONS")
     parser.add_argument("--fail-every", type=int, default=0, help="answer every Nth command failed (0: never)")
@@ -176,7 +201,11 @@ def main() -> None:
     raise_open_files_limit()
     with open(args.agents_file) as f:
         specs = json.load(f)
-    features = [f for f in FEATURES if f != FEATURE_PING_LIVENESS] if args.heartbeat_frames else list(FEATURES)
+    left_out = {
+        *args.without.split(","),
+        *((FEATURE_PING_LIVENESS, FEATURE_PONG_LIVENESS) if args.heartbeat_frames else ()),
+    }
+    features = [f for f in FEATURES if f not in left_out]
     behaviour = Behaviour(args.mode == "respond", args.ping_interval, features, args.inventory, args.fail_every)
     asyncio.run(main_async(specs, behaviour, args.connect_concurrency, args.source))
 

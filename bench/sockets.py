@@ -27,9 +27,9 @@ GATEWAY_FILES_HEADROOM = 1_024  # the gateway's pool, Redis, listeners, logs
 async def connect_idle(
     stack: Stack, name: str, gateway: Service, tokens: dict[str, str], work: Path
 ) -> tuple[list[Service], float]:
-    """Idle simulated agents (pings every 10 s, as the real agent) on `gateway`, one process per
-    SOCKETS_PER_SIM_PROCESS each from a loopback address of its own; the processes once every agent has its
-    welcome, and the seconds the slowest took."""
+    """Idle simulated agents (one liveness frame every 10 s, as the real agent: an unsolicited pong) on
+    `gateway`, one process per SOCKETS_PER_SIM_PROCESS each from a loopback address of its own; the processes
+    once every agent has its welcome, and the seconds the slowest took."""
     ids = list(tokens)
     files = []
     for chunk in range(0, len(ids), SOCKETS_PER_SIM_PROCESS):  # each process stays under its own file limit

@@ -45,7 +45,18 @@ FEATURE_FENCE = "fence"
 # The gateway counts the agent's WebSocket pings as signs of life (and answers them itself): an idle agent
 # sends no heartbeat frame, its ping is the one liveness frame of an interval (issue 27).
 FEATURE_PING_LIVENESS = "ping_liveness"
-FEATURES: tuple[str, ...] = (FEATURE_CONFIRM, FEATURE_INVENTORY, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS)
+# The agent's sign of life is an unsolicited WebSocket pong (RFC 6455 5.5.3: a unidirectional heartbeat,
+# not answered) after an interval in which it sent nothing; it does not ping. The gateway sends nothing on an
+# idle socket; the agent finds a dead gateway host by TCP_USER_TIMEOUT on its unacknowledged pongs (liveness.py).
+FEATURE_PONG_LIVENESS = "pong_liveness"
+FEATURES: tuple[str, ...] = (
+    FEATURE_CONFIRM,
+    FEATURE_INVENTORY,
+    FEATURE_HA,
+    FEATURE_FENCE,
+    FEATURE_PING_LIVENESS,
+    FEATURE_PONG_LIVENESS,
+)
 CONNECT_PATH = "/api/v1/agents/connect"  # every gateway's agent WebSocket (GET, Authorization: Bearer)
 LEASE_HEADER = "X-StreamSpace-Lease"  # a WebSocket handshake header: unknown to a gateway before "fence"
 # A WebSocket handshake header an agent sends when it reconnects after a 4412 (MOVE, rebalancing): a gateway

@@ -1,5 +1,9 @@
 """The agent's link to the control plane: connect, hello, heartbeats, commands in, acks and results out.
 
+Liveness on an idle socket is one frame an interval: an unsolicited pong where the gateway's welcome names
+`pong_liveness` (no pings then; TCP_USER_TIMEOUT finds a vanished gateway: streamspace_common/liveness.py),
+else aiohttp's ping (answered by a pong), plus a heartbeat frame unless the welcome names `ping_liveness`.
+
 It reconnects forever (§4), with exponential backoff and full jitter (0.25 s up to 30 s) after a
 failure; which of GATEWAY_URLS it tries next, and when it says it is moving, is gateways.py's `Route`.
 What one socket sends (acks, and the results a gateway has not confirmed) is outbox.py's `Outbox`.
@@ -35,6 +39,7 @@ import structlog
 
 from streamspace_common import closecodes
 from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
+from streamspace_common.liveness import Pongs, bound_unacknowledged, stop_pings
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -42,6 +47,7 @@ from streamspace_common.schemas import (
     FEATURE_HA,
     FEATURE_INVENTORY,
     FEATURE_PING_LIVENESS,
+    FEATURE_PONG_LIVENESS,
     LEASE_HEADER,
     MOVING_HEADER,
     Ack,
@@ -107,6 +113,7 @@ class AgentClient:
         self.fenced = False  # the gateway of this socket speaks HA: every command must carry a current epoch
         self.lease: str | None = None  # the secret naming this process as its lease's holder (active role frame)
         self.received_at = 0.0  # monotonic time the last frame came from the gateway
+        self.pongs: Pongs | None = None  # this socket's liveness frames when the gateway takes pongs
         self._send_lock = asyncio.Lock()
 
     @property
@@ -134,7 +141,7 @@ class AgentClient:
         )
         if legacy:
             return hello
-        hello.features = [FEATURE_CONFIRM, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS]
+        hello.features = [FEATURE_CONFIRM, FEATURE_HA, FEATURE_FENCE, FEATURE_PING_LIVENESS, FEATURE_PONG_LIVENESS]
         running, unreported = list(self.executor.running), self.executor.unreported()
         if len(running) + len(unreported) <= MAX_HELLO_IDS:  # complete lists, or none at all
             hello.features.append(FEATURE_INVENTORY)
@@ -215,8 +222,14 @@ class AgentClient:
                 pings_count = (
                     FEATURE_PING_LIVENESS in welcome.features and self.ping_interval <= welcome.heartbeat_interval
                 )
+                if FEATURE_PONG_LIVENESS in welcome.features:  # no pings: a pong after an interval of silence
+                    interval = min(self.ping_interval, welcome.heartbeat_interval)
+                    stop_pings(ws)
+                    bound_unacknowledged(ws, interval)  # a vanished gateway leaves our pongs unacknowledged
+                    self.pongs = Pongs(ws, interval)
                 await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms), pings_count)
             finally:
+                self.pongs = None
                 self.connected_to = None
                 self.disconnected_at = time.monotonic()
                 metrics.CONNECTED.set(0)
@@ -229,10 +242,12 @@ class AgentClient:
         self.executor.listeners.add(outbox.add)
         for command_id in list(self.executor.running):  # its ack may have been due on a socket now gone
             outbox.ack_later(command_id)
-        senders = [
-            asyncio.create_task(self.send_heartbeats(ws, heartbeat_interval, pings_count)),
-            asyncio.create_task(self.send_outbox(ws, outbox)),
-        ]
+        beats = (
+            self.pongs.run(self._send_lock)
+            if self.pongs is not None
+            else self.send_heartbeats(ws, heartbeat_interval, pings_count)
+        )
+        senders = [asyncio.create_task(beats), asyncio.create_task(self.send_outbox(ws, outbox))]
         try:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
@@ -284,6 +299,8 @@ class AgentClient:
     async def send(self, ws: aiohttp.ClientWebSocketResponse, frame: AgentFrame) -> None:
         async with self._send_lock:
             await ws.send_str(_encoder.encode(frame).decode())
+        if self.pongs is not None:
+            self.pongs.sent()  # a sign of life already: no pong due for another interval
 
     async def send_heartbeats(self, ws: aiohttp.ClientWebSocketResponse, interval: float, pings_count: bool) -> None:
         """A heartbeat frame every interval; none while the gateway counts pings (`ping_liveness`) and

@@ -88,7 +88,9 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     # sixth of its CPU, and their pong deadline (half an interval) closed the sockets of agents whose
     # host was merely busy, which then all reconnected.
     # Pings are answered here, not by aiohttp (autoping off), so that each one marks the socket seen: an
-    # idle agent that announced "ping_liveness" sends its ping and no heartbeat frame (one frame an interval).
+    # idle agent that announced "ping_liveness" sends its ping and no heartbeat frame; one that announced
+    # "pong_liveness" sends an unsolicited pong, which marks it seen as well and is not answered (one frame an
+    # interval, nothing back: docs/control-plane.md).
     # No permessage-deflate: the frames are small JSON; declining it saves each socket a zlib compressor
     # and decompressor and every frame a deflate or inflate. An agent that offers it gets a handshake
     # without it and sends plain frames (RFC 7692: the server may decline).
