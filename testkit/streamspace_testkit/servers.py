@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -28,6 +29,16 @@ RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 def _as_postgres() -> str | None:
     """initdb refuses root: as root, run the server as the postgres user."""
     return "postgres" if os.geteuid() == 0 else None
+
+
+def bindable(port: int) -> bool:
+    """No socket holds this loopback port now (listening or connected from it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def rabbitmqctl(node: str, *args: str, timeout: float = 90) -> None:
@@ -102,13 +113,20 @@ class PostgresServer:
 class RabbitServer:
     """A throwaway RabbitMQ node (~6-12 s to start on this machine); it keeps its data across a restart."""
 
+    START_ATTEMPTS = 3
+
     def __init__(self) -> None:
-        self.port = free_port()
-        self.dist_port = free_port()
         self.node = f"chaos{uuid.uuid4().hex[:8]}@localhost"
         self.base = Path(tempfile.mkdtemp(prefix="chaos-rabbit-"))
-        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
         (self.base / "plugins").write_text("[].\n")
+        self.choose_ports()
+
+    def choose_ports(self) -> None:
+        """Free ports now; another process may take one before the node binds it (free_port's ports come
+        from the ephemeral range every outgoing connection draws on): start() then tries new ones."""
+        self.port = free_port()
+        self.dist_port = free_port()
+        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
 
     def url(self, vhost: str) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
@@ -117,6 +135,21 @@ class RabbitServer:
         rabbitmqctl(self.node, *args, timeout=timeout)
 
     def start(self) -> None:
+        """Start the node; a first start whose port was taken meanwhile (the node exits at once, seen
+        2026-12-06: `dist_port_already_used`) is tried again on new ports. A restart keeps its ports."""
+        first = not (self.base / "mnesia" / "started-once").exists()
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            if first and not (bindable(self.port) and bindable(self.dist_port)):
+                self.choose_ports()  # taken since they were chosen: a failed start costs `wait`'s 90 s
+            try:
+                self._start_once()
+                return
+            except subprocess.CalledProcessError:
+                if attempt == self.START_ATTEMPTS or not first:
+                    raise
+                self.choose_ports()
+
+    def _start_once(self) -> None:
         env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
@@ -125,6 +158,7 @@ class RabbitServer:
             "RABBITMQ_LOG_BASE": str(self.base / "log"),
             "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "plugins"),
+            "ERL_CRASH_DUMP": str(self.base / "erl_crash.dump"),  # not in the caller's working directory
         }
         subprocess.run(
             [str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"], env=env, check=True, capture_output=True, timeout=60
@@ -132,6 +166,7 @@ class RabbitServer:
         pid_file = self.base / "mnesia" / f"{self.node}.pid"
         self.ctl("wait", "--timeout", "90", str(pid_file), timeout=120)
         register(os.getpgid(int(pid_file.read_text().strip())))  # -detached: no child of ours to die with us
+        (self.base / "mnesia" / "started-once").touch()
 
     def stop(self) -> None:
         self.ctl("stop")
