@@ -7,6 +7,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,17 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
 
 
+def python_loop_seconds(additions: int = 10_000_000) -> float:
+    """How fast this machine runs Python right now: seconds for `additions` integer additions in a loop
+    inside a function. The VM's speed drifts: the same loop at a module's top level took 0.99 s at 15:30
+    and 0.65 s at 16:53 UTC on 2026-12-06. Runs compare through this and the floor row, not directly."""
+    started = time.perf_counter()
+    total = 0
+    for n in range(additions):
+        total += n
+    return round(time.perf_counter() - started, 3)
+
+
 async def machine_info() -> dict[str, Any]:
     base = new_test_env()
     return {
@@ -56,6 +68,7 @@ async def machine_info() -> dict[str, Any]:
         "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "commit": git_commit(),
         "load_average_before": list(psutil.getloadavg()),
+        "python_loop_seconds": python_loop_seconds(),
         **await server_facts(with_database(base.database_url, "postgres"), base.redis_url),
     }
 

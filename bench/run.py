@@ -210,7 +210,8 @@ def main() -> None:
     results["table"] = text
     written = write(results, args.profile, args.out, args.samples)
     machine = results["machine"]
-    print(f"{machine['date']}, {machine['cpu']}, {machine['cores']} cores, profile {args.profile}")
+    speed = f", Python loop {machine['python_loop_seconds']} s" if "python_loop_seconds" in machine else ""
+    print(f"{machine['date']}, {machine['cpu']}, {machine['cores']} cores{speed}, profile {args.profile}")
     print(f"peer: {results['peer_status']}")
     print(text)
     print("wrote " + " and ".join(map(str, written)))
