@@ -189,12 +189,14 @@ async def test_a_burst_starts_a_streak_and_it_ends_with_the_work(
     async with running_dispatcher(db, redis_client, test_env):
         clients = [await asyncpg.connect(test_env.database_url) for _ in range(10)]
         try:
-            created = await asyncio.gather(*(one_by_one(client, online_agent, 20) for client in clients))
+            async with waits_reported(test_env, 60):  # it once hung past the test's timeout in a full run
+                created = await asyncio.gather(*(one_by_one(client, online_agent, 20) for client in clients))
         finally:
             await asyncio.gather(*(client.close() for client in clients))
         expected = sorted(command_id for ids in created for command_id in ids)
         await until(lambda: len(published) >= len(expected), timeout=20)
-        await wait_until(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"), timeout=5)
+        async with waits_reported(test_env, 10):
+            await wait_until(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM dispatcher_streaks)"), timeout=5)
     assert sorted(published) == expected
     assert notifications.count < len(expected)
     await db.execute("DELETE FROM agent_commands WHERE agent_id = $1", online_agent)
@@ -253,6 +255,26 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         return condition() or None
 
     await wait_until(probe, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def waits_reported(test_env: RunEnv, seconds: float) -> AsyncIterator[None]:
+    """Fail after `seconds` naming what every backend of the server waits on and who blocks it: a
+    statement stuck on a lock would otherwise hang the test until pytest-timeout, saying nothing."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        conn = await asyncpg.connect(test_env.database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid, datname, state, wait_event_type, wait_event, pg_blocking_pids(pid) AS blocked_by,"
+                " left(query, 120) AS query FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        waits = "\n".join(map(str, rows))
+        raise AssertionError(f"still waiting after {seconds} s:\n{waits}") from None
 
 
 async def one_by_one(client: asyncpg.Connection, agent_id: str, count: int) -> list[str]:
