@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from streamspace_common.liveness import Pongs, bound_unacknowledged, stop_pings
+from streamspace_common.liveness import take_pongs
 from streamspace_common.schemas import (
     CONNECT_PATH,
     FEATURE_PING_LIVENESS,
@@ -116,10 +116,7 @@ class SimAgent:
         # one liveness frame an interval
         pongs = None
         if FEATURE_PONG_LIVENESS in features:
-            interval = min(self.ping_interval, heartbeat_interval)
-            stop_pings(ws)
-            bound_unacknowledged(ws, interval)
-            pongs = Pongs(ws, interval)
+            pongs = take_pongs(ws, self.ping_interval, heartbeat_interval)
             beats: asyncio.Task[None] | None = asyncio.create_task(pongs.run())
         elif FEATURE_PING_LIVENESS in features:
             beats = None

@@ -80,3 +80,12 @@ class Pongs:
             async with lock if lock is not None else contextlib.nullcontext():
                 await self.ws.pong()
             self.sent()
+
+
+def take_pongs(ws: aiohttp.ClientWebSocketResponse, own_interval: float, gateway_interval: float) -> Pongs:
+    """The welcome named `pong_liveness`: no more pings on `ws`, unacknowledged data bounded, and the pongs
+    to run, at the shorter of the agent's interval and the gateway's."""
+    interval = min(own_interval, gateway_interval)
+    stop_pings(ws)
+    bound_unacknowledged(ws, interval)
+    return Pongs(ws, interval)

@@ -11,6 +11,8 @@ an agent that announces neither still sends heartbeat frames (and its pings are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -36,22 +38,33 @@ INTERVAL = 1.0  # seconds: the agent's and the scripted gateway's heartbeat inte
 WATCH = 4.5  # seconds of an idle socket watched: past the gateway's 3 intervals (the tests' 2 s) of silence
 
 
+@contextlib.asynccontextmanager
+async def welcomed(
+    stack: Stack, agent_id: str, agent_token: str, feature: str, heartbeat: float | None = None
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A raw agent socket on the stack's first gateway whose hello announced only `feature`, after a welcome
+    naming just that feature. `heartbeat`: aiohttp's pings at that interval; None: no pings, no autoping
+    (receive() returns every frame the gateway sends, pings and pongs included)."""
+    url = stack.services[0].url.replace("http://", "ws://") + CONNECT_PATH
+    hello = Hello(agent_id=agent_id, platform="test", version="t", instance_id="i-1", features=[feature])
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent_token}"}) as http,
+        http.ws_connect(url, heartbeat=heartbeat, autoping=heartbeat is not None) as ws,
+    ):
+        await ws.send_str(msgspec.json.encode(hello).decode())
+        welcome = msgspec.json.decode((await ws.receive(timeout=10)).data, type=GatewayFrame)
+        assert isinstance(welcome, Welcome) and welcome.features == [feature]
+        yield ws
+
+
 async def test_an_agent_that_only_pings_stays_connected(
     shared_stack: Stack, db: asyncpg.Pool, agent_id: str, agent_token: str
 ) -> None:
     """A client announcing ping_liveness pings every interval and sends no heartbeat frame: past 3 intervals
     (6 s here, checked every interval) the gateway has not closed it as stale (4410); its welcome named
     the feature."""
-    gateway = shared_stack.services[0]
-    url = gateway.url.replace("http://", "ws://") + CONNECT_PATH
-    hello = Hello(agent_id=agent_id, platform="test", version="t", instance_id="i-1", features=[FEATURE_PING_LIVENESS])
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent_token}"}) as http,
-        http.ws_connect(url, heartbeat=float(HEARTBEAT_INTERVAL)) as ws,  # the gateway's interval, as an agent
-    ):
-        await ws.send_str(msgspec.json.encode(hello).decode())
-        welcome = msgspec.json.decode((await ws.receive(timeout=10)).data, type=GatewayFrame)
-        assert isinstance(welcome, Welcome) and welcome.features == [FEATURE_PING_LIVENESS]
+    # pings at the gateway's interval, as an agent
+    async with welcomed(shared_stack, agent_id, agent_token, FEATURE_PING_LIVENESS, float(HEARTBEAT_INTERVAL)) as ws:
         # receive() answers nothing but a frame or a close (the pongs it reads are aiohttp's own)
         received = asyncio.create_task(ws.receive())
         await asyncio.sleep(5 * float(HEARTBEAT_INTERVAL))
@@ -67,16 +80,8 @@ async def test_an_agent_that_only_sends_pongs_gets_nothing_back_and_stays_connec
     """A client announcing pong_liveness sends an unsolicited pong every interval and nothing else: the
     gateway's welcome names the feature, it sends no frame at all in 5 intervals (no pong, no ping:
     receive() without autoping returns every frame) and does not close the socket as stale (4410)."""
-    url = shared_stack.services[0].url.replace("http://", "ws://") + CONNECT_PATH
     interval = float(HEARTBEAT_INTERVAL)
-    hello = Hello(agent_id=agent_id, platform="test", version="t", instance_id="i-1", features=[FEATURE_PONG_LIVENESS])
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent_token}"}) as http,
-        http.ws_connect(url, heartbeat=None, autoping=False) as ws,
-    ):
-        await ws.send_str(msgspec.json.encode(hello).decode())
-        welcome = msgspec.json.decode((await ws.receive(timeout=10)).data, type=GatewayFrame)
-        assert isinstance(welcome, Welcome) and welcome.features == [FEATURE_PONG_LIVENESS]
+    async with welcomed(shared_stack, agent_id, agent_token, FEATURE_PONG_LIVENESS) as ws:
         received = asyncio.create_task(ws.receive())
         for _ in range(5):
             await asyncio.sleep(interval)
@@ -93,15 +98,7 @@ async def test_an_earlier_agent_gets_no_pong_liveness_and_its_pings_answered(
 ) -> None:
     """A hello without pong_liveness (an agent of an earlier release): the welcome does not name it, and the
     gateway answers the agent's ping with a pong carrying its payload."""
-    url = shared_stack.services[0].url.replace("http://", "ws://") + CONNECT_PATH
-    hello = Hello(agent_id=agent_id, platform="test", version="t", instance_id="i-1", features=[FEATURE_CONFIRM])
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent_token}"}) as http,
-        http.ws_connect(url, heartbeat=None, autoping=False) as ws,
-    ):
-        await ws.send_str(msgspec.json.encode(hello).decode())
-        welcome = msgspec.json.decode((await ws.receive(timeout=10)).data, type=GatewayFrame)
-        assert isinstance(welcome, Welcome) and welcome.features == [FEATURE_CONFIRM]
+    async with welcomed(shared_stack, agent_id, agent_token, FEATURE_CONFIRM) as ws:
         await ws.ping(b"are you there")
         answer = await ws.receive(timeout=10)
         assert (answer.type, answer.data) == (WSMsgType.PONG, b"are you there")

@@ -39,7 +39,7 @@ import structlog
 
 from streamspace_common import closecodes
 from streamspace_common.actions import CANCEL_COMMAND, OPEN_TUNNEL
-from streamspace_common.liveness import Pongs, bound_unacknowledged, stop_pings
+from streamspace_common.liveness import Pongs, take_pongs
 from streamspace_common.resilience import Backoff, Outage
 from streamspace_common.schemas import (
     FEATURE_CONFIRM,
@@ -223,10 +223,7 @@ class AgentClient:
                     FEATURE_PING_LIVENESS in welcome.features and self.ping_interval <= welcome.heartbeat_interval
                 )
                 if FEATURE_PONG_LIVENESS in welcome.features:  # no pings: a pong after an interval of silence
-                    interval = min(self.ping_interval, welcome.heartbeat_interval)
-                    stop_pings(ws)
-                    bound_unacknowledged(ws, interval)  # a vanished gateway leaves our pongs unacknowledged
-                    self.pongs = Pongs(ws, interval)
+                    self.pongs = take_pongs(ws, self.ping_interval, welcome.heartbeat_interval)
                 await self.serve(ws, welcome.heartbeat_interval, Outbox(self.executor, confirms), pings_count)
             finally:
                 self.pongs = None
