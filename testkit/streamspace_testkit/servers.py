@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -19,7 +18,7 @@ from pathlib import Path
 import redis
 
 from .processes import register, spawn
-from .stack import RedisServer, free_port
+from .stack import RedisServer, bindable, free_port
 from .waits import wait_until_blocking
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -29,16 +28,6 @@ RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 def _as_postgres() -> str | None:
     """initdb refuses root: as root, run the server as the postgres user."""
     return "postgres" if os.geteuid() == 0 else None
-
-
-def bindable(port: int) -> bool:
-    """No socket holds this loopback port now (listening or connected from it)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def rabbitmqctl(node: str, *args: str, timeout: float = 90) -> None:

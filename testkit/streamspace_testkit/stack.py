@@ -30,6 +30,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bindable(port: int) -> bool:
+    """No socket holds this loopback port now (listening or connected from it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 async def serve_locally(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
     """Serve an aiohttp app (a stand-in peer: a fake API, a scripted gateway, an in-process service) on a
     loopback port (a free one unless given); the caller ends it with `runner.cleanup()`."""
