@@ -3,7 +3,17 @@ accounts and a user's view of the API (accounts), service stacks as subprocesses
 process (inprocess), throwaway PostgreSQL/Redis/RabbitMQ servers (servers), a fake Kubernetes API
 (fake_kubernetes), the one polling helper (waits) and the process safety net (processes)."""
 
-from .accounts import ECHO, Account, Api, Json, new_account, new_user, templates_admin, wait_agent_online
+from .accounts import (
+    ECHO,
+    Account,
+    Api,
+    Json,
+    new_account,
+    new_user,
+    templates_admin,
+    wait_agent_online,
+    wait_only_placeable,
+)
 from .env import (
     BASE_DATABASE_URL,
     BASE_RABBITMQ_URL,
@@ -61,6 +71,7 @@ __all__ = [
     "sweep_stale",
     "templates_admin",
     "wait_agent_online",
+    "wait_only_placeable",
     "wait_until",
     "wait_until_blocking",
     "with_database",

@@ -15,6 +15,7 @@ import asyncpg
 from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
 from streamspace_tools.admin import create_user
 
+from .env import HEARTBEAT_INTERVAL
 from .waits import wait_until
 
 Json = dict[str, Any]
@@ -120,3 +121,21 @@ async def wait_agent_online(db: asyncpg.Pool, agent_id: str) -> None:
         return await db.fetchval("SELECT status = 'online' FROM agents WHERE agent_id = $1", agent_id) is True
 
     await wait_until(online, what=f"agent {agent_id} online")
+
+
+async def wait_only_placeable(db: asyncpg.Pool, agent_ids: set[str], platform: str = "local") -> None:
+    """Until `agent_ids` are the only agents of `platform` a session can be placed on. The run's database is
+    shared: an agent killed with an earlier module's stack keeps its 'online' row, and placement takes it
+    until its last heartbeat is 3 intervals old (the gateway's placement window), so a session created
+    without an agent_id could land on a process that is gone."""
+
+    async def only_ours() -> bool:
+        rows = await db.fetch(
+            "SELECT agent_id FROM agents WHERE status = 'online' AND platform = $1 AND deleted_at IS NULL "
+            "AND last_heartbeat > now() - make_interval(secs => $2)",
+            platform,
+            3 * float(HEARTBEAT_INTERVAL),
+        )
+        return {row["agent_id"] for row in rows} == agent_ids
+
+    await wait_until(only_ours, timeout=30, what=f"only {sorted(agent_ids)} placeable on {platform}")

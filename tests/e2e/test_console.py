@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, wait_until
+from streamspace_testkit import Api, RunEnv, Service, Stack, kill_sessions, new_account, wait_only_placeable, wait_until
 from streamspace_testkit.browser import ARTIFACTS, BROWSER_ARGS
 from streamspace_testkit.browser import MISSING_DESKTOP_TOOLS as MISSING
 from streamspace_tools.admin import create_agent_token
@@ -38,7 +39,9 @@ class ConsoleStack:
 
 
 @pytest.fixture(scope="module")
-async def console(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConsoleStack]:
+async def console(
+    test_env: RunEnv, db: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ConsoleStack]:
     base = tmp_path_factory.mktemp("console")
     stack = Stack(test_env, base)
     a = stack.gateway(f"gateway-ca-{TAG}", SESSION_QUOTA="100")
@@ -50,6 +53,7 @@ async def console(test_env: RunEnv, tmp_path_factory: pytest.TempPathFactory) ->
     token = await create_agent_token(test_env.database_url, agent_id)
     agent = stack.agent(agent_id, token, [a, b], LOCAL_SESSION_DIR=str(sessions))
     await stack.ready(agent)
+    await wait_only_placeable(db, {agent_id})  # the console creates without an agent_id
     account = await new_account(test_env.database_url, f"console-admin-{TAG}", admin=True)
     admin = Api(a.url, account.token)
     template = {"name": DESKTOP_T, "command": DESKTOP, "platforms": ["local"], "description": "a desktop"}
@@ -111,7 +115,11 @@ async def actions_of(page: Any, session_id: str) -> list[str]:
 
 
 async def until_card_state(page: Any, session_id: str, state: str, timeout: float = 40) -> None:
-    await page.wait_for_selector(f"{CARD.format(session_id)}[data-state={state}]", timeout=timeout * 1000)
+    try:
+        await page.wait_for_selector(f"{CARD.format(session_id)}[data-state={state}]", timeout=timeout * 1000)
+    except Exception as exc:
+        card = await page.locator(CARD.format(session_id)).get_attribute("data-state", timeout=1000)
+        raise AssertionError(f"card {session_id} not {state} within {timeout} s: {card=}, {page.problems}") from exc
 
 
 # --- the session name through the API ----------------------------------------------------------------

@@ -39,6 +39,7 @@ from streamspace_testkit import (
     new_account,
     new_user,
     wait_agent_online,
+    wait_only_placeable,
     wait_until,
 )
 from streamspace_tools.admin import SAMPLE_TEMPLATES, create_agent_token
@@ -176,14 +177,7 @@ async def test_fifteen_users_at_once(
     for agent_id in agent_ids:
         await wait_agent_online(db, agent_id)
 
-    async def only_ours_placeable() -> bool:  # rows left online by other modules' killed gateways age out
-        rows = await db.fetch(
-            "SELECT agent_id FROM agents WHERE status = 'online' AND platform = 'local' "
-            "AND last_heartbeat > now() - interval '6 seconds'"
-        )
-        return {row["agent_id"] for row in rows} == set(agent_ids)
-
-    await wait_until(only_ours_placeable, timeout=30)
+    await wait_only_placeable(db, set(agent_ids))
     users = await asyncio.gather(*(new_user(admin_api, f"crowd{i}") for i in range(15)))
 
     async def life(user: Api) -> set[str]:
