@@ -100,13 +100,15 @@ class PostgresServer:
 
 
 class RabbitServer:
-    """A throwaway RabbitMQ node (~6-12 s to start on this machine); it keeps its data across a restart."""
+    """A throwaway RabbitMQ node (~6-12 s to start on this machine); it keeps its data across a restart.
+    `base` and `name`: a directory and node name of the caller's (tests/chaos/clusters.py's nodes)."""
 
     START_ATTEMPTS = 3
 
-    def __init__(self) -> None:
-        self.node = f"chaos{uuid.uuid4().hex[:8]}@localhost"
-        self.base = Path(tempfile.mkdtemp(prefix="chaos-rabbit-"))
+    def __init__(self, base: Path | None = None, name: str | None = None) -> None:
+        self.node = f"{name or 'chaos' + uuid.uuid4().hex[:8]}@localhost"
+        self.base = base or Path(tempfile.mkdtemp(prefix="chaos-rabbit-"))
+        self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "plugins").write_text("[].\n")
         self.choose_ports()
 
@@ -152,10 +154,18 @@ class RabbitServer:
         subprocess.run(
             [str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"], env=env, check=True, capture_output=True, timeout=60
         )
-        pid_file = self.base / "mnesia" / f"{self.node}.pid"
-        self.ctl("wait", "--timeout", "90", str(pid_file), timeout=120)
-        register(os.getpgid(int(pid_file.read_text().strip())))  # -detached: no child of ours to die with us
+        self.ctl("wait", "--timeout", "90", str(self.pid_file), timeout=120)
+        register(os.getpgid(int(self.pid_file.read_text().strip())))  # -detached: no child of ours to die with us
         (self.base / "mnesia" / "started-once").touch()
+
+    @property
+    def pid_file(self) -> Path:
+        return self.base / "mnesia" / f"{self.node}.pid"
+
+    def kill(self) -> None:
+        """kill -9 the node's Erlang VM (as if its host died)."""
+        with contextlib.suppress(ProcessLookupError, OSError, ValueError):
+            os.kill(int(self.pid_file.read_text().strip()), signal.SIGKILL)
 
     def stop(self) -> None:
         self.ctl("stop")

@@ -25,12 +25,13 @@ import typing
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
 
-from streamspace_testkit import free_port, kill_group, register, spawn, wait_until_blocking
-from streamspace_testkit.servers import PG_BIN, RABBITMQ_BIN, Servers, rabbitmqctl
+from streamspace_testkit import free_port, kill_group, spawn, wait_until_blocking
+from streamspace_testkit.servers import PG_BIN, RabbitServer, Servers
 
 SENTINEL_SERVICE = "chaos"
 REDIS_SERVER = ("redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
@@ -286,70 +287,22 @@ class SentinelRedis:
 # --- a RabbitMQ cluster -------------------------------------------------------------------------
 
 
-class RabbitNode:
-    def __init__(self, base: Path, name: str) -> None:
-        self.port = free_port()
-        self.dist_port = free_port()
-        self.node = f"{name}@localhost"
-        self.base = base / name
-        self.base.mkdir()
-        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
-        (self.base / "plugins").write_text("[].\n")
-
-    def ctl(self, *args: str, timeout: float = 90) -> None:
-        rabbitmqctl(self.node, *args, timeout=timeout)
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "plugins"),
-        }
-        command = [str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"]
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=60)
-
-    def wait(self) -> None:
-        self.ctl("wait", "--timeout", "120", str(self.pid_file), timeout=150)
-        register(os.getpgid(int(self.pid_file.read_text().strip())))  # -detached: the safety net's to sweep
-
-    @property
-    def pid_file(self) -> Path:
-        return self.base / "mnesia" / f"{self.node}.pid"
-
-    def kill(self) -> None:
-        """kill -9 the node's Erlang VM (as if its host died)."""
-        pid = int(self.pid_file.read_text().strip())
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError, ValueError):
-            self.ctl("stop", timeout=60)
-
-
 class RabbitCluster:
     """Three nodes in one cluster (the 2nd and 3rd join the 1st); quorum queues spread over all three."""
 
     def __init__(self) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="chaos-rabbitc-"))
         tag = uuid.uuid4().hex[:6]
-        self.nodes = [RabbitNode(self.base, f"chaos{tag}n{i}") for i in range(3)]
-        self.killed: list[RabbitNode] = []
+        self.nodes = [RabbitServer(self.base / f"n{i}", f"chaos{tag}n{i}") for i in range(3)]
+        self.killed: list[RabbitServer] = []
         self.killed_at = 0.0
 
     def url(self, vhost: str) -> str:
         return ",".join(f"amqp://guest:guest@127.0.0.1:{node.port}/{vhost}" for node in self.nodes)
 
     def start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        for node in self.nodes:
-            node.wait()
+        with ThreadPoolExecutor(len(self.nodes)) as starting:  # each start waits for its node: all at once
+            list(starting.map(RabbitServer.start, self.nodes))
         for node in self.nodes[1:]:
             node.ctl("stop_app")
             node.ctl("join_cluster", self.nodes[0].node)
@@ -367,10 +320,10 @@ class RabbitCluster:
     def destroy(self) -> None:
         for node in self.nodes:
             if node not in self.killed:
-                node.stop()
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    node.stop()
         for node in self.killed:  # a killed node's epmd registration and files only
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(node.pid_file.read_text().strip()), signal.SIGKILL)
+            node.kill()
         shutil.rmtree(self.base, ignore_errors=True)
 
 
