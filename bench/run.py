@@ -138,7 +138,7 @@ async def measure_streams(sizes: Sizes) -> dict[str, Any]:
     import streams  # its stack and session template; imported here so the other sections never load it
 
     say(f"6. streams: {sizes.stream_mib} MiB each way and {sizes.stream_samples} round trips on each path")
-    args = argparse.Namespace(mib=sizes.stream_mib, samples=sizes.stream_samples, perf=None)
+    args = argparse.Namespace(mib=sizes.stream_mib, samples=sizes.stream_samples, connects=streams.CONNECTS, perf=None)
     with contextlib.redirect_stdout(sys.stderr):  # its per-path lines are progress here; stdout is the table
         return await streams.measure(args)
 

@@ -92,7 +92,8 @@ def test_bench_smoke_run_produces_every_figure(tmp_path: Path) -> None:
     assert set(streams) == {"direct TCP", "websockify", "ours (B -> agent on A)"}
     for path in streams.values():
         assert path["mib_per_s_each_way"] > 0 and 0 < path["rtt_p50_ms"] <= path["rtt_p99_ms"]
-        assert path["connect_to_first_echo_ms"] > 0
+        assert path["connect_first_ms"] > 0 and 0 < path["connect_p50_ms"] <= path["connect_p90_ms"]
+        assert path["connects"] == 20
 
     if "peer" not in results["latency_ms"]:
         pytest.skip(f"ours checked; the peer was not measured: {results['peer_status']}")
