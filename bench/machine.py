@@ -46,9 +46,11 @@ def cpu_model() -> str:
 
 
 def python_loop_seconds(additions: int = 10_000_000) -> float:
-    """How fast this machine runs Python right now: seconds for `additions` integer additions in a loop
-    inside a function. The VM's speed drifts: the same loop at a module's top level took 0.99 s at 15:30
-    and 0.65 s at 16:53 UTC on 2026-12-06. Runs compare through this and the floor row, not directly."""
+    """How fast this machine runs Python in one process right now: seconds for `additions` integer additions
+    in a loop inside a function. The VM's speed drifts: the same loop at a module's top level took 0.99 s at
+    15:30 and 0.65 s at 16:53 UTC on 2026-12-06. It does not tell the VM's speed for work that crosses
+    processes: at 19:00 it was the fastest yet (0.29-0.48 s) while the peer's latency and the floor row were
+    the slowest of the day. Runs compare through the peer and the floor row; this is one more clue."""
     started = time.perf_counter()
     total = 0
     for n in range(additions):

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from streamspace_common.settings import STALE_AFTER_INTERVALS
 from streamspace_gateway.auth import password_fingerprint, sign_token, signing_secret
 from streamspace_tools.admin import create_user
 
@@ -126,15 +127,15 @@ async def wait_agent_online(db: asyncpg.Pool, agent_id: str) -> None:
 async def wait_only_placeable(db: asyncpg.Pool, agent_ids: set[str], platform: str = "local") -> None:
     """Until `agent_ids` are the only agents of `platform` a session can be placed on. The run's database is
     shared: an agent killed with an earlier module's stack keeps its 'online' row, and placement takes it
-    until its last heartbeat is 3 intervals old (the gateway's placement window), so a session created
-    without an agent_id could land on a process that is gone."""
+    until its last heartbeat is STALE_AFTER_INTERVALS intervals old (the gateway's placement window), so a
+    session created without an agent_id could land on a process that is gone."""
 
     async def only_ours() -> bool:
         rows = await db.fetch(
             "SELECT agent_id FROM agents WHERE status = 'online' AND platform = $1 AND deleted_at IS NULL "
             "AND last_heartbeat > now() - make_interval(secs => $2)",
             platform,
-            3 * float(HEARTBEAT_INTERVAL),
+            STALE_AFTER_INTERVALS * float(HEARTBEAT_INTERVAL),
         )
         return {row["agent_id"] for row in rows} == agent_ids
 
